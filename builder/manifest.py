@@ -1,0 +1,497 @@
+"""The distribution manifest: its model, loading with spins, and validation.
+
+The dataclasses below are the single declaration of distro.yaml. The loader reads a
+file and everything it `extends:`, loads each component's recipe, merges them by the
+rules documented in README.md, and builds the model; every error names a file and line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import jinja2
+
+from . import located, typed
+from .errors import Loc, ManifestError
+from .located import LDict, LList
+from .typed import field
+
+# --- the model -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Verify:
+    """Signatures a source must carry, checked against the named keys only."""
+
+    keys: list[str] = field(
+        "armored OpenPGP public key files, relative to the file naming them", factory=list, path=True
+    )
+    tag: bool = field("the git ref must be a tag signed by one of the keys", False)
+    commit: bool = field("the locked git commit must be signed by one of the keys", False)
+    signature: str = field("URL of a detached OpenPGP signature of the tarball", "")
+
+
+@dataclass(frozen=True)
+class GitSource:
+    """A git repository at a branch, tag or commit."""
+
+    DISCRIMINATED = True
+    git: str = field("repository URL (mirrors may rewrite it)")
+    ref: str = field("branch, tag or commit to build", "HEAD")
+    verify: Verify | None = field("signatures required", None)
+
+    @property
+    def kind(self) -> str:
+        return "git"
+
+
+@dataclass(frozen=True)
+class TarballSource:
+    """A source tarball fetched over HTTP and unpacked."""
+
+    DISCRIMINATED = True
+    url: str = field("tarball URL (mirrors may rewrite it)")
+    sha256: str = field("expected sha256; empty means trust on first lock", "")
+    verify: Verify | None = field("signatures required", None)
+
+    @property
+    def kind(self) -> str:
+        return "tarball"
+
+
+@dataclass(frozen=True)
+class PrebuiltSource:
+    """A file fetched over HTTP and used as it is (not unpacked)."""
+
+    DISCRIMINATED = True
+    prebuilt: str = field("artifact URL (mirrors may rewrite it)")
+    sha256: str = field("expected sha256; empty means trust on first lock", "")
+    verify: Verify | None = field("signatures required", None)
+
+    @property
+    def kind(self) -> str:
+        return "prebuilt"
+
+
+@dataclass(frozen=True)
+class DebianSource:
+    """A Debian source package from the base archive, verified through the archive's signed index."""
+
+    DISCRIMINATED = True
+    debian: str = field("source package name")
+    version: str = field("exact version; empty means the suite's current one", "")
+
+    @property
+    def kind(self) -> str:
+        return "debian"
+
+
+@dataclass(frozen=True)
+class ArchiveSource:
+    """Binary packages taken from the base archive unchanged."""
+
+    DISCRIMINATED = True
+    archive: list[str] = field("binary package names")
+
+    @property
+    def kind(self) -> str:
+        return "archive"
+
+
+@dataclass(frozen=True)
+class PathSource:
+    """A source tree kept in this repository."""
+
+    DISCRIMINATED = True
+    path: str = field("directory, relative to the file naming it", path=True)
+
+    @property
+    def kind(self) -> str:
+        return "path"
+
+
+Source = GitSource | TarballSource | PrebuiltSource | DebianSource | ArchiveSource | PathSource
+
+
+@dataclass(frozen=True)
+class Step:
+    """One build command, run in the build root with $SRC read-only and $OUT writable."""
+
+    name: str = field("short name, used for the log file")
+    run: str = field("shell script run by /bin/sh -e")
+
+
+@dataclass(frozen=True)
+class Package:
+    """How the staged output tree becomes a Debian package."""
+
+    name: str = field("binary package name")
+    depends: list[str] = field("runtime dependencies (Debian package relations)", factory=list)
+    description: str = field("one-line package description", "")
+
+
+@dataclass(frozen=True)
+class Component:
+    """One part of the distribution: where its source is and how it is built."""
+
+    source: Source = field("where the source comes from")
+    description: str = field("what the component is", "")
+    optional: bool = field("a build may leave it out when its source cannot be had (--strict refuses)", False)
+    build_depends: list[str] = field("Debian packages in the build root", factory=list)
+    after: list[str] = field("components that must be built first", factory=list)
+    steps: list[Step] = field("build commands, in order", factory=list)
+    outputs: list[str] = field("paths under $OUT that a successful build must produce", factory=list)
+    package: Package | None = field("package the staged $OUT tree as this .deb", None)
+    recipe: str = field("the recipe file (default components/NAME.yaml beside the file naming it)", "", path=True)
+
+
+@dataclass(frozen=True)
+class Base:
+    """The Debian archive the distribution is made from."""
+
+    suite: str = field("Debian suite", "bookworm")
+    mirror: str = field("archive URL", "http://deb.debian.org/debian")
+    keyring: str = field("keyring that signs the archive's InRelease", "/usr/share/keyrings/debian-archive-keyring.gpg")
+    architecture: Literal["amd64"] = field("Debian architecture", "amd64")
+    areas: list[str] = field("archive areas", factory=lambda: ["main"])
+
+
+@dataclass(frozen=True)
+class Rootfs:
+    """The dom0 root filesystem."""
+
+    variant: Literal["essential", "apt", "required", "minbase", "important", "standard"] = field(
+        "mmdebstrap variant", "minbase"
+    )
+    packages: list[str] = field("archive packages installed besides the components", factory=list)
+    overlays: list[str] = field("directories laid over the tree (*.j2 files rendered)", factory=list, path=True)
+    hooks: list[str] = field("scripts run with the tree's path as $1 after packages are in", factory=list, path=True)
+    compression: Literal["zstd", "xz", "gzip"] = field("squashfs compression", "zstd")
+
+
+@dataclass(frozen=True)
+class Installer:
+    """The installer that runs in dom0 from the ISO."""
+
+    component: str = field("the component that provides the installer", "installer")
+    answerfile: str = field("answerfile built into the ISO for unattended installs", "", path=True)
+
+
+@dataclass(frozen=True)
+class Boot:
+    """How the ISO boots Xen."""
+
+    bios: bool = field("boot on BIOS machines (El Torito, isohybrid)", True)
+    uefi: bool = field("boot on UEFI machines", True)
+    timeout: int = field("seconds the boot menu waits", 5)
+    serial: bool = field("menu and consoles on the first serial port too", True)
+    xen_cmdline: str = field("Xen command line", "console=com1,vga com1=115200 dom0_mem=1024M,max:1024M")
+    dom0_cmdline: str = field("dom0 kernel command line", "console=hvc0")
+
+
+@dataclass(frozen=True)
+class Iso:
+    """The installer ISO."""
+
+    volume_id: str = field("ISO volume id (at most 32 of A-Z 0-9 _)", "XENSPIN")
+    label: str = field("title shown in the boot menu", "xenspin")
+    filename: str = field("output file name, {name} and {version} substituted", "{name}-{version}-amd64.iso")
+    boot: Boot = field("boot settings", factory=Boot)
+
+
+@dataclass(frozen=True)
+class Distro:
+    """A Xen distribution: the top level of distro.yaml or a spin."""
+
+    name: str = field("distribution name (lowercase letters, digits, - and .)")
+    version: str = field("version; {{ date }} renders as the build date (YYYYMMDD)")
+    components: dict[str, Component] = field("the components by name")
+    vendor: str = field("who makes it", "")
+    description: str = field("one line about it", "")
+    extends: str = field("a manifest this one overrides (a spin)", "", path=True)
+    base: Base = field("the Debian archive", factory=Base)
+    rootfs: Rootfs = field("the dom0 root filesystem", factory=Rootfs)
+    installer: Installer = field("the installer", factory=Installer)
+    iso: Iso = field("the installer ISO", factory=Iso)
+
+    def check(self, raw: LDict, path: str) -> None:
+        """Checks across fields: names, references between components, cycles."""
+        if not re.fullmatch(r"[a-z0-9][a-z0-9.+-]*", self.name):
+            raise ManifestError(
+                raw.loc_of("name"), "name", f"{self.name!r} (expected lowercase letters, digits, '-', '.')"
+            )
+        comps = raw.get("components", LDict(raw.loc))
+        for name, comp in self.components.items():
+            if not re.fullmatch(r"[a-z0-9][a-z0-9-]*", name):
+                raise ManifestError(
+                    comps.loc_of(name), f"components.{name}", "bad name (expected lowercase letters, digits, '-')"
+                )
+            for i, dep in enumerate(comp.after):
+                if dep not in self.components:
+                    after = comps[name]["after"]
+                    hint = typed._did_you_mean(dep, list(self.components))
+                    raise ManifestError(
+                        after.loc_of(i), f"components.{name}.after[{i}]", f"names no component {dep!r}{hint}"
+                    )
+        cycle = find_cycle({n: c.after for n, c in self.components.items()})
+        if cycle:
+            first = cycle[0]
+            raise ManifestError(
+                comps[first].loc_of("after"), f"components.{first}.after", "dependency cycle: " + " -> ".join(cycle)
+            )
+        if self.installer.component not in self.components:
+            inst = raw.get("installer")
+            loc = inst.loc_of("component") if isinstance(inst, LDict) else raw.loc
+            hint = typed._did_you_mean(self.installer.component, list(self.components))
+            raise ManifestError(loc, "installer.component", f"names no component {self.installer.component!r}{hint}")
+        vid = self.iso.volume_id
+        if not re.fullmatch(r"[A-Z0-9_]{1,32}", vid):
+            iso = raw.get("iso")
+            loc = iso.loc_of("volume-id") if isinstance(iso, LDict) else raw.loc
+            raise ManifestError(loc, "iso.volume-id", f"{vid!r} (expected 1 to 32 of A-Z, 0-9, _)")
+
+    @property
+    def iso_filename(self) -> str:
+        return self.iso.filename.format(name=self.name, version=self.version)
+
+
+def find_cycle(graph: dict[str, list[str]]) -> list[str]:
+    """A dependency cycle as [a, b, ..., a], or [] when the graph is acyclic."""
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str]:
+        state[node] = 1
+        stack.append(node)
+        for dep in graph.get(node, []):
+            if state.get(dep) == 1:
+                return stack[stack.index(dep) :] + [dep]
+            if dep not in state and dep in graph:
+                found = visit(dep)
+                if found:
+                    return found
+        stack.pop()
+        state[node] = 2
+        return []
+
+    for node in sorted(graph):
+        if node not in state:
+            found = visit(node)
+            if found:
+                return found
+    return []
+
+
+def build_order(distro: Distro) -> list[str]:
+    """Components in an order where each comes after what it needs; ties by name."""
+    done: list[str] = []
+    pending = dict(sorted(distro.components.items()))
+    while pending:
+        ready = [n for n, c in pending.items() if all(d in done for d in c.after)]
+        done.extend(ready)
+        for n in ready:
+            del pending[n]
+    return done
+
+
+# --- loading ---------------------------------------------------------------------
+
+
+def load(path: Path | str) -> Distro:
+    """Load a manifest (following extends:) into the model; ManifestError on bad input."""
+    path = Path(path).absolute()
+    raw = _load_chain(path, [], None)
+    distro = typed.parse_dataclass(Distro, raw, raw.loc, "")
+    return dataclasses.replace(distro, version=_render_version(distro.version, raw))
+
+
+def load_raw(path: Path | str) -> LDict:
+    """The merged manifest before it becomes the model (for tests and `show --raw`)."""
+    return _load_chain(Path(path).absolute(), [], None)
+
+
+def _load_chain(path: Path, chain: list[Path], via: tuple[Loc, str] | None) -> LDict:
+    if path in chain:
+        names = " -> ".join(p.name for p in chain[chain.index(path) :] + [path])
+        raise ManifestError(via[0], via[1], f"extends cycle: {names}")  # type: ignore[index]
+    if via is not None and not path.is_file():
+        what = "is a directory" if path.is_dir() else "does not exist"
+        raise ManifestError(via[0], via[1], f"{path} {what} (expected a manifest file)")
+    doc = located.load(path)
+    resolve_paths(Distro, doc, path.parent)
+    base: LDict | None = None
+    ext = doc.get("extends")
+    if ext is not None:
+        if not isinstance(ext, str) or not ext:
+            raise ManifestError(doc.loc_of("extends"), "extends", "expected a path to a manifest file")
+        base = _load_chain(Path(ext), chain + [path], (doc.loc_of("extends"), "extends"))
+    _load_recipes(doc, base, path)
+    return merge(base, doc, ()) if base is not None else merge(LDict(doc.loc), doc, ())
+
+
+def _load_recipes(doc: LDict, base: LDict | None, path: Path) -> None:
+    """Replace each component entry of doc by its recipe with the entry's fields on top."""
+    comps = doc.get("components")
+    if not isinstance(comps, LDict):
+        return  # the model reports the wrong type
+    known = base.get("components", {}) if base is not None else {}
+    for name, entry in list(comps.items()):
+        where = f"components.{name}"
+        if entry is None:
+            if base is None:
+                raise ManifestError(
+                    comps.loc_of(name), where, "is empty (expected a mapping; use {} for a recipe's defaults)"
+                )
+            if name not in known:
+                hint = typed._did_you_mean(name, list(known))
+                raise ManifestError(comps.loc_of(name), where, f"removes no component{hint}")
+            continue
+        if not isinstance(entry, LDict):
+            continue
+        recipe = entry.get("recipe")
+        if recipe is None and (name in known or "source" in entry):
+            continue
+        if recipe is None:
+            recipe = str(path.parent / "components" / f"{name}.yaml")
+            if not Path(recipe).is_file():
+                raise ManifestError(
+                    comps.loc_of(name),
+                    where,
+                    f"no recipe {Path(recipe)} (expected that file, a recipe: path or a source:)",
+                )
+        if not isinstance(recipe, str):
+            raise ManifestError(entry.loc_of("recipe"), where + ".recipe", "expected a path to a recipe file")
+        rpath = Path(recipe)
+        if not rpath.is_file():
+            what = "is a directory" if rpath.is_dir() else "does not exist"
+            raise ManifestError(entry.loc_of("recipe"), where + ".recipe", f"{rpath} {what} (expected a recipe file)")
+        rdoc = located.load(rpath)
+        resolve_paths(Component, rdoc, rpath.parent)
+        rdoc.put("recipe", str(rpath), rdoc.loc)
+        over = LDict(entry.loc)
+        for k, v in entry.items():
+            if k != "recipe":
+                over.put(k, v, entry.loc_of(k), entry.raw.get(k))
+        # A recipe given in a spin replaces the component; otherwise the entry refines its recipe.
+        comps.put(name, merge(rdoc, over, ("components", name)), comps.loc_of(name))
+
+
+def resolve_paths(tp: Any, value: Any, base: Path) -> None:
+    """Make every path field under value absolute against base (the directory of its file)."""
+    args = typed._union_args(tp)
+    if args is not None:
+        members = [a for a in args if a is not type(None)]
+        if isinstance(value, LDict) and all(dataclasses.is_dataclass(m) for m in members) and len(members) > 1:
+            members = [m for m in members if typed.discriminator(m) in value][:1]
+        for m in members:
+            resolve_paths(m, value, base)
+        return
+    if get_origin(tp) is dict and isinstance(value, LDict):
+        for v in value.values():
+            resolve_paths(get_args(tp)[1], v, base)
+    elif get_origin(tp) is list and isinstance(value, LList):
+        for v in value:
+            resolve_paths(get_args(tp)[0], v, base)
+    elif dataclasses.is_dataclass(tp) and isinstance(value, LDict):
+        for f, ftp in typed.fields_of(tp):
+            key = typed.yaml_key(f)
+            for k in (key, key + "+", key + "-"):
+                if k not in value:
+                    continue
+                if f.metadata.get("path"):
+                    value[k] = _absolute(value[k], base)
+                else:
+                    resolve_paths(ftp, value[k], base)
+
+
+def _absolute(value: Any, base: Path) -> Any:
+    if isinstance(value, str) and value and "://" not in value:
+        return os.path.normpath(base / os.path.expanduser(value))
+    if isinstance(value, LList):
+        for i, v in enumerate(value):
+            value[i] = _absolute(v, base)
+    return value
+
+
+def _atomic(path: tuple[str, ...]) -> bool:
+    """Values replaced whole rather than merged: a component's source is one thing."""
+    return len(path) == 3 and path[0] == "components" and path[2] == "source"
+
+
+def merge(base: LDict, over: LDict, path: tuple[str, ...]) -> LDict:
+    """over laid on base: mappings merge, lists and scalars replace, KEY+ appends, KEY- removes, null deletes."""
+    out = LDict(base.loc)
+    for k, v in base.items():
+        out.put(k, v, base.loc_of(k), base.raw.get(k))
+    for key, value in over.items():
+        loc = over.loc_of(key)
+        dotted = ".".join(path + (key,))
+        if key[-1:] in ("+", "-") and len(key) > 1:
+            name, op = key[:-1], key[-1]
+            if not isinstance(value, LList):
+                raise ManifestError(
+                    loc, dotted, f"got {typed._kind(value)} (expected a list to {'append' if op == '+' else 'remove'})"
+                )
+            current = out.get(name)
+            if current is not None and not isinstance(current, LList):
+                raise ManifestError(
+                    loc, dotted, f"the file extended has {typed._kind(current)} for {name} (expected a list)"
+                )
+            new = LList(loc)
+            for i, item in enumerate(current or []):
+                if op == "+" or item not in value:
+                    new.push(item, current.loc_of(i), current.raw[i])
+            if op == "+":
+                for i, item in enumerate(value):
+                    new.push(item, value.loc_of(i), value.raw[i])
+            else:
+                for i, item in enumerate(value):
+                    if item not in (current or []):
+                        raise ManifestError(
+                            value.loc_of(i), f"{dotted}[{i}]", f"removes {item!r}, which {name} does not hold"
+                        )
+            out.put(name, new, loc)
+        elif value is None and key in out:
+            del out[key]
+        elif isinstance(value, LDict) and isinstance(out.get(key), LDict) and not _atomic(path + (key,)):
+            out.put(key, merge(out[key], value, path + (key,)), loc)
+        else:
+            out.put(key, value, loc, over.raw.get(key))
+    return out
+
+
+def _render_version(version: str, raw: LDict) -> str:
+    if "{" not in version:
+        return version
+    stamp = os.environ.get("SOURCE_DATE_EPOCH")
+    when = (
+        datetime.datetime.fromtimestamp(int(stamp), datetime.UTC)
+        if stamp and stamp.isdigit()
+        else datetime.datetime.now(datetime.UTC)
+    )
+    try:
+        env = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False)
+        return env.from_string(version).render(date=when.strftime("%Y%m%d"))
+    except jinja2.TemplateError as e:
+        raise ManifestError(
+            raw.loc_of("version"), "version", f"bad template: {e} (expected {{{{ date }}}} only)"
+        ) from None
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON Schema of one manifest file; required fields and references are checked after merging."""
+    defs: dict[str, Any] = {}
+    top = typed.schema(Distro, defs)
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "https://xenspin.invalid/schema/distro.json",
+        "title": "xenspin manifest (distro.yaml, a spin, or a component recipe under $defs/Component)",
+        **top,
+        "$defs": defs,
+    }

@@ -1,0 +1,88 @@
+"""The one place that starts processes: logs each command, keeps its output, turns failure into one error."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import shutil
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from .errors import XenspinError
+
+log = logging.getLogger("xenspin.run")
+
+TAIL_LINES = 20
+
+
+class CommandError(XenspinError):
+    """A command failed; the message names what it was for, its status and where its log is."""
+
+    def __init__(self, what: str, cmd: Sequence[str], status: int, log_path: Path | None, tail: str) -> None:
+        self.what = what
+        self.cmd = list(cmd)
+        self.status = status
+        self.log_path = log_path
+        self.tail = tail
+        where = f"; log: {log_path}" if log_path else ""
+        prog = Path(cmd[0]).name if cmd else "?"
+        msg = f"{what}: {prog} exited with status {status}{where}"
+        if tail.strip():
+            msg += "\n" + "\n".join("  | " + line for line in tail.rstrip().splitlines()[-TAIL_LINES:])
+        super().__init__(msg)
+
+
+def quote(cmd: Sequence[str | os.PathLike]) -> str:
+    return " ".join(shlex.quote(str(c)) for c in cmd)
+
+
+def run(
+    cmd: Sequence[str | os.PathLike],
+    *,
+    what: str,
+    log_path: Path | None = None,
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    input: bytes | None = None,
+    capture: bool = False,
+    check: bool = True,
+    timeout: float | None = None,
+) -> subprocess.CompletedProcess:
+    """Run cmd; its output goes to log_path (appended) or is captured.
+
+    `what` says what the command is for ("fetch xen", "build xen: compile"); it heads
+    the error message when the command fails.
+    """
+    argv = [str(c) for c in cmd]
+    log.debug("$ %s", quote(argv))
+    if shutil.which(argv[0]) is None:
+        raise XenspinError(f"{what}: {argv[0]} is not installed (run `xenspin setup`)")
+    full_env = {**os.environ, **env} if env is not None else None
+    if log_path is not None and not capture:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "ab") as f:
+            f.write(f"$ {quote(argv)}\n".encode())
+            f.flush()
+            proc = subprocess.run(
+                argv, cwd=cwd, env=full_env, input=input, stdout=f, stderr=subprocess.STDOUT, timeout=timeout
+            )
+        if check and proc.returncode != 0:
+            raise CommandError(what, argv, proc.returncode, log_path, _tail(log_path))
+        return proc
+    proc = subprocess.run(argv, cwd=cwd, env=full_env, input=input, capture_output=True, timeout=timeout)
+    if log_path is not None:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "ab") as f:
+            f.write(f"$ {quote(argv)}\n".encode() + proc.stdout + proc.stderr)
+    if check and proc.returncode != 0:
+        raise CommandError(what, argv, proc.returncode, log_path, (proc.stderr or proc.stdout).decode(errors="replace"))
+    return proc
+
+
+def _tail(path: Path, size: int = 8192) -> str:
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        f.seek(max(0, f.tell() - size))
+        return f.read().decode(errors="replace")

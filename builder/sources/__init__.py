@@ -1,0 +1,74 @@
+"""Source kinds behind one protocol: each module locks a source to exact bytes and fetches them.
+
+A kind module (git, tarball, debian, archive, path) exposes:
+
+    lock(name, source, ctx) -> dict       resolve to a lock entry (plain JSON data, no
+                                          absolute paths); needs the network
+    fetch(name, source, entry, ctx)       make the store hold what entry names, verified;
+                                          in ctx.offline raise Missing instead of fetching
+    fetched(entry, ctx) -> bool           whether the store already holds it (cheap)
+    keeps(entry, ctx) -> Keeps            what in the store it needs (for `store gc`)
+
+The lock entry is the contract between lock and fetch: fetch never re-resolves a
+ref or a version, it only fills the store with exactly what was locked.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from ..errors import XenspinError
+from ..store import Store
+
+
+class FetchError(XenspinError):
+    """A source could not be had or did not verify; nothing of it was stored."""
+
+
+class Missing(FetchError):
+    """Offline, and the store lacks something a lock entry names."""
+
+
+@dataclass
+class Context:
+    """What every source kind may use."""
+
+    store: Store
+    base: Any  # manifest.Base: the Debian archive
+    mirrors: dict[str, str] = field(default_factory=dict)
+    offline: bool = False
+    recipe_dir: Path | None = None  # directory paths in the lock are relative to (the manifest's)
+    progress: Any = None  # builder.progress.Progress, or None for quiet
+    cache: dict[str, Any] = field(default_factory=dict)  # per-run memo (archive indexes, ...)
+
+    def url(self, url: str) -> str:
+        """url rewritten by the mirror map: the longest matching prefix wins, as with git's insteadOf."""
+        best = max((p for p in self.mirrors if url.startswith(p)), key=len, default=None)
+        return self.mirrors[best] + url[len(best) :] if best is not None else url
+
+
+@dataclass(frozen=True)
+class Keeps:
+    """Store entries a locked source needs."""
+
+    blobs: frozenset[str] = frozenset()
+    git: frozenset[str] = frozenset()
+
+
+KINDS = {
+    "git": "git",
+    "tarball": "tarball",
+    "prebuilt": "tarball",
+    "debian": "debian",
+    "archive": "debian",
+    "path": "path",
+}
+
+
+def module(kind: str) -> ModuleType:
+    """The module that handles a source kind."""
+    return importlib.import_module(f"{__name__}.{KINDS[kind]}")

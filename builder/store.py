@@ -1,0 +1,213 @@
+"""The content-addressed store every stage reads from and writes to.
+
+Layout under the store root:
+    blobs/sha256/ab/abcd...      files by the sha256 of their bytes (tarballs, .dsc, .deb)
+    git/<sha256 of url>.git      bare git mirrors, one per repository URL
+    objects/<kind>/<key>/        stage outputs (build roots, component builds) by cache key
+    tmp/                         scratch; everything is written here first, then renamed
+    locks/                       flock files
+
+Nothing appears under its final name until it is complete: writers fill a
+temporary path and rename it into place. A shared lock on the store is held by
+every run and an exclusive one by `gc`, so a collection never pulls an object
+from under a build; per-object locks stop two runs fetching the same thing twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import XenspinError
+
+CHUNK = 1 << 20
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+class StoreError(XenspinError):
+    pass
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Space used by one area of the store."""
+
+    area: str
+    entries: int
+    bytes: int
+
+
+class Store:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root).absolute()
+
+    # --- paths ---------------------------------------------------------------------
+
+    def blob_path(self, sha256: str) -> Path:
+        return self.root / "blobs" / "sha256" / sha256[:2] / sha256
+
+    def has_blob(self, sha256: str) -> bool:
+        return self.blob_path(sha256).is_file()
+
+    def git_path(self, url: str) -> Path:
+        return self.root / "git" / (sha256_text(url)[:32] + ".git")
+
+    def object_path(self, kind: str, key: str) -> Path:
+        return self.root / "objects" / kind / key
+
+    def log_dir(self, *parts: str) -> Path:
+        return self.root.joinpath("logs", *parts)
+
+    def _ensure(self) -> None:
+        for sub in ("blobs/sha256", "git", "objects", "tmp", "locks"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+
+    # --- locking -------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def locked(self, name: str, *, shared: bool = False, wait: bool = True) -> Iterator[None]:
+        """Hold flock on locks/NAME; shared or exclusive."""
+        self._ensure()
+        path = self.root / "locks" / (name.replace("/", "_") + ".lock")
+        with open(path, "a+") as f:
+            flags = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
+            try:
+                fcntl.flock(f, flags | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                raise StoreError(f"store {self.root} is busy (another xenspin holds {name})") from None
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[Store]:
+        """The shared lock every run holds while it uses the store."""
+        with self.locked("store", shared=True):
+            yield self
+
+    # --- writing -------------------------------------------------------------------
+
+    def tmp_path(self, hint: str = "") -> Path:
+        """A fresh temporary file name inside the store (same filesystem, so rename is atomic)."""
+        self._ensure()
+        fd, name = tempfile.mkstemp(prefix=f"{hint}.", dir=self.root / "tmp")
+        os.close(fd)
+        return Path(name)
+
+    def tmp_dir(self, hint: str = "") -> Path:
+        self._ensure()
+        return Path(tempfile.mkdtemp(prefix=f"{hint}.", dir=self.root / "tmp"))
+
+    def add_blob(self, path: Path, expected: str | None = None, *, what: str = "file") -> str:
+        """Move the file at path into the store under its sha256; refuse it if expected differs.
+
+        The caller's file is consumed either way: a rejected file is deleted, never stored.
+        """
+        digest = sha256_file(path)
+        if expected and digest != expected:
+            path.unlink(missing_ok=True)
+            raise StoreError(f"{what}: sha256 mismatch: got {digest}, expected {expected}; nothing stored")
+        dest = self.blob_path(digest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(path, 0o644)
+        os.replace(path, dest)
+        return digest
+
+    def commit_dir(self, tmp: Path, dest: Path) -> Path:
+        """Rename a finished temporary tree into place; if another run won the race, keep theirs."""
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.rename(tmp, dest)
+        except OSError:
+            if not dest.exists():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+        return dest
+
+    # --- accounting ----------------------------------------------------------------
+
+    def usage(self) -> list[Usage]:
+        """Entries and bytes per area: blobs, git mirrors, each object kind, logs, scratch."""
+        areas: list[tuple[str, list[Path]]] = [
+            ("blobs", sorted((self.root / "blobs" / "sha256").glob("*/*"))),
+            ("git", sorted((self.root / "git").glob("*.git"))),
+        ]
+        objects = self.root / "objects"
+        if objects.is_dir():
+            for kind in sorted(objects.iterdir()):
+                areas.append((f"objects/{kind.name}", sorted(kind.iterdir())))
+        areas.append(("logs", sorted((self.root / "logs").glob("*"))))
+        areas.append(("tmp", sorted((self.root / "tmp").glob("*"))))
+        return [Usage(name, len(paths), sum(_size(p) for p in paths)) for name, paths in areas]
+
+    def gc(self, keep_blobs: set[str], keep_git: set[str], keep_objects: set[tuple[str, str]]) -> list[Usage]:
+        """Delete what nothing keeps, and stale scratch; return what was removed per area.
+
+        Takes the store's exclusive lock: waits for running builds, and no build
+        starts until it is done.
+        """
+        removed: dict[str, list[int]] = {}
+
+        def drop(area: str, path: Path) -> None:
+            size = _size(path)
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+            entry = removed.setdefault(area, [0, 0])
+            entry[0] += 1
+            entry[1] += size
+
+        with self.locked("store"):
+            for blob in (self.root / "blobs" / "sha256").glob("*/*"):
+                if blob.name not in keep_blobs:
+                    drop("blobs", blob)
+            keep_git_paths = {self.git_path(u).name for u in keep_git}
+            for repo in (self.root / "git").glob("*.git"):
+                if repo.name not in keep_git_paths:
+                    drop("git", repo)
+            objects = self.root / "objects"
+            if objects.is_dir():
+                for kind in objects.iterdir():
+                    for obj in kind.iterdir():
+                        if (kind.name, obj.name) not in keep_objects:
+                            drop(f"objects/{kind.name}", obj)
+            cutoff = time.time() - 60
+            for tmp in (self.root / "tmp").glob("*"):
+                if tmp.lstat().st_mtime < cutoff:
+                    drop("tmp", tmp)
+        return [Usage(area, n, b) for area, (n, b) in sorted(removed.items())]
+
+
+def _size(path: Path) -> int:
+    if path.is_symlink() or not path.is_dir():
+        try:
+            return path.lstat().st_size
+        except FileNotFoundError:
+            return 0
+    total = 0
+    for dirpath, _dirs, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(FileNotFoundError):
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+    return total

@@ -1,0 +1,273 @@
+"""One declaration, three uses: parse located YAML into dataclasses, explain errors, emit JSON Schema.
+
+The manifest model in manifest.py is plain dataclasses. Their type hints and the
+`help` in each field's metadata are all this module reads, so the loader, the error
+messages, `xenspin schema` and the README's field table cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from typing import Any, Literal, Union, get_args, get_origin
+
+from .errors import Loc, ManifestError
+from .located import LDict, LList
+
+MISSING = dataclasses.MISSING
+
+
+def field(
+    help: str, default: Any = MISSING, *, key: str | None = None, factory: Any = MISSING, path: bool = False
+) -> Any:
+    """A dataclass field with the help text shown in errors, schema and docs.
+
+    path=True marks a file path: the loader makes it absolute against the file that wrote it.
+    """
+    meta = {"help": help, "key": key, "path": path}
+    if factory is not MISSING:
+        return dataclasses.field(default_factory=factory, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def yaml_key(f: dataclasses.Field) -> str:
+    return f.metadata.get("key") or f.name.replace("_", "-")
+
+
+def fields_of(cls: type) -> list[tuple[dataclasses.Field, Any]]:
+    """The dataclass fields of cls with their resolved types."""
+    hints = typing.get_type_hints(cls)
+    return [(f, hints[f.name]) for f in dataclasses.fields(cls) if f.init]
+
+
+def is_required(f: dataclasses.Field) -> bool:
+    return f.default is MISSING and f.default_factory is MISSING
+
+
+def _union_args(tp: Any) -> tuple[Any, ...] | None:
+    if get_origin(tp) in (Union, types.UnionType):
+        return get_args(tp)
+    return None
+
+
+def discriminator(cls: type) -> str:
+    """The key that tells one member of a union of dataclasses from another: its first field."""
+    return yaml_key(fields_of(cls)[0][0])
+
+
+def describe(tp: Any) -> str:
+    """A short English phrase for what a value of type tp looks like."""
+    if tp is str:
+        return "a string"
+    if tp is bool:
+        return "true or false"
+    if tp is int:
+        return "an integer"
+    if get_origin(tp) is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    if get_origin(tp) is list:
+        inner = describe(get_args(tp)[0])
+        return "a list of " + (inner[2:] + "s" if inner.startswith("a ") else inner)
+    if get_origin(tp) is dict:
+        return "a mapping of names to " + describe(get_args(tp)[1]).removeprefix("a ")
+    args = _union_args(tp)
+    if args:
+        members = [a for a in args if a is not type(None)]
+        if all(dataclasses.is_dataclass(a) for a in members):
+            return "a mapping with one of " + ", ".join(discriminator(a) for a in members)
+        return " or ".join(describe(a) for a in members)
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"{str(value).lower()}"
+    if isinstance(value, (dict, LDict)):
+        return "a mapping"
+    if isinstance(value, (list, LList)):
+        return "a list"
+    if isinstance(value, str):
+        return f"the string {value!r}"
+    return f"{value!r}"
+
+
+def parse(tp: Any, value: Any, loc: Loc, path: str, raw: str | None = None) -> Any:
+    """Check value against tp and build it; raise ManifestError naming loc and path."""
+
+    def fail(msg: str) -> typing.NoReturn:
+        raise ManifestError(loc, path, msg)
+
+    args = _union_args(tp)
+    if args is not None:
+        if value is None and type(None) in args:
+            return None
+        members = [a for a in args if a is not type(None)]
+        if len(members) == 1:
+            return parse(members[0], value, loc, path, raw)
+        return _parse_union(members, value, loc, path)
+    if value is None:
+        fail(f"is empty (expected {describe(tp)})")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if raw is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return raw
+        fail(f"got {_kind(value)} (expected a string; quote it)")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        fail(f"got {_kind(value)} (expected true or false)")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        fail(f"got {_kind(value)} (expected an integer)")
+    if get_origin(tp) is Literal:
+        if value in get_args(tp) and isinstance(value, str):
+            return value
+        choices = ", ".join(repr(a) for a in get_args(tp))
+        hint = _did_you_mean(str(value), [str(a) for a in get_args(tp)])
+        fail(f"got {_kind(value)} (expected one of {choices}){hint}")
+    if get_origin(tp) is list:
+        if not isinstance(value, LList):
+            fail(f"got {_kind(value)} (expected {describe(tp)})")
+        (item_tp,) = get_args(tp)
+        return [parse(item_tp, v, value.loc_of(i), f"{path}[{i}]", value.raw[i]) for i, v in enumerate(value)]
+    if get_origin(tp) is dict:
+        if not isinstance(value, LDict):
+            fail(f"got {_kind(value)} (expected {describe(tp)})")
+        _, val_tp = get_args(tp)
+        return {k: parse(val_tp, v, value.loc_of(k), f"{path}.{k}", value.raw[k]) for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        return parse_dataclass(tp, value, loc, path)
+    raise TypeError(f"typed.parse: unsupported type {tp!r}")  # a programming error, not input
+
+
+def _did_you_mean(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _parse_union(members: list[type], value: Any, loc: Loc, path: str) -> Any:
+    keys = {discriminator(m): m for m in members}
+    names = ", ".join(keys)
+    if not isinstance(value, LDict):
+        raise ManifestError(loc, path, f"got {_kind(value)} (expected a mapping with one of {names})")
+    present = [k for k in keys if k in value]
+    if not present:
+        hints = [_did_you_mean(k, list(keys)) for k in value]
+        hint = next((h for h in hints if h), "")
+        raise ManifestError(value.loc, path, f"says nothing of its kind (expected one of {names}){hint}")
+    if len(present) > 1:
+        raise ManifestError(
+            value.loc_of(present[1]), path, f"gives both {present[0]} and {present[1]} (expected only one)"
+        )
+    return parse_dataclass(keys[present[0]], value, loc, path)
+
+
+def parse_dataclass(cls: type, value: Any, loc: Loc, path: str) -> Any:
+    if not isinstance(value, LDict):
+        raise ManifestError(loc, path, f"got {_kind(value)} (expected {describe(cls)})")
+    known = {yaml_key(f): (f, tp) for f, tp in fields_of(cls)}
+    for key in value:
+        if key not in known:
+            sub = f"{path}.{key}" if path else key
+            hint = _did_you_mean(key, list(known))
+            raise ManifestError(
+                value.loc_of(key), sub, f"unknown field{hint or ' (expected one of ' + ', '.join(known) + ')'}"
+            )
+    kwargs = {}
+    for key, (f, tp) in known.items():
+        sub = f"{path}.{key}" if path else key
+        if key in value:
+            kwargs[f.name] = parse(tp, value[key], value.loc_of(key), sub, value.raw.get(key))
+        elif is_required(f):
+            raise ManifestError(value.loc, sub, f"missing (expected {describe(tp)}: {f.metadata['help']})")
+    obj = cls(**kwargs)
+    check = getattr(obj, "check", None)
+    if check is not None:
+        check(value, path)
+    return obj
+
+
+# --- JSON Schema -----------------------------------------------------------------
+
+
+def schema(tp: Any, defs: dict[str, Any], *, list_ops: bool = True) -> dict[str, Any]:
+    """JSON Schema for one manifest file (a base or a spin: required fields are checked after merging)."""
+    if tp is str:
+        return {"type": ["string", "number"]}
+    if tp is bool:
+        return {"type": "boolean"}
+    if tp is int:
+        return {"type": "integer"}
+    if get_origin(tp) is Literal:
+        return {"enum": list(get_args(tp))}
+    if get_origin(tp) is list:
+        return {"type": "array", "items": schema(get_args(tp)[0], defs)}
+    if get_origin(tp) is dict:
+        inner = schema(get_args(tp)[1], defs)
+        return {"type": "object", "additionalProperties": {"anyOf": [inner, {"type": "null"}]}}
+    args = _union_args(tp)
+    if args is not None:
+        members = [a for a in args if a is not type(None)]
+        if len(members) == 1:
+            return {"anyOf": [schema(members[0], defs), {"type": "null"}]}
+        return {"oneOf": [schema(m, defs) for m in members]}
+    if dataclasses.is_dataclass(tp):
+        name = tp.__name__
+        if name not in defs:
+            defs[name] = {}  # placeholder against recursion
+            props: dict[str, Any] = {}
+            for f, ftp in fields_of(tp):
+                key = yaml_key(f)
+                props[key] = {**schema(ftp, defs), "description": f.metadata["help"]}
+                if list_ops and get_origin(ftp) is list:
+                    props[key + "+"] = {**schema(ftp, defs), "description": f"append to {key} of the file extended"}
+                    props[key + "-"] = {**schema(ftp, defs), "description": f"remove from {key} of the file extended"}
+            body: dict[str, Any] = {
+                "type": "object",
+                "description": (tp.__doc__ or "").strip().splitlines()[0],
+                "properties": props,
+                "additionalProperties": False,
+            }
+            if getattr(tp, "DISCRIMINATED", False):
+                body["required"] = [discriminator(tp)]
+            defs[name] = body
+        return {"$ref": f"#/$defs/{name}"}
+    raise TypeError(f"typed.schema: unsupported type {tp!r}")
+
+
+def field_table(cls: type, prefix: str = "", seen: set[type] | None = None) -> list[tuple[str, str, str]]:
+    """Rows (field path, expected, help) for documentation, depth first."""
+    seen = seen or set()
+    rows = []
+    for f, tp in fields_of(cls):
+        key = prefix + yaml_key(f)
+        rows.append((key, describe(tp), f.metadata["help"]))
+        nested = [tp]
+        if get_origin(tp) is dict:
+            nested = [get_args(tp)[1]]
+            key += ".NAME"
+        nested = [a for t in nested for a in (_union_args(t) or (t,)) if dataclasses.is_dataclass(a)]
+        for sub in nested:
+            if sub not in seen:
+                seen.add(sub)
+                rows.extend(field_table(sub, key + ".", seen))
+    return rows
+
+
+def to_data(obj: Any) -> Any:
+    """The model back as plain YAML/JSON data, keyed as in the manifest."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {yaml_key(f): to_data(getattr(obj, f.name)) for f, _ in fields_of(type(obj))}
+    if isinstance(obj, dict):
+        return {k: to_data(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [to_data(v) for v in obj]
+    return obj
