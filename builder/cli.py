@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -12,8 +13,11 @@ from typing import Any
 
 import yaml
 
-from . import __version__, manifest, plan, typed
+from . import __version__, config, fetch, host, lock, manifest, plan, typed
 from .errors import XenspinError
+from .progress import Reporter
+from .sources import Context
+from .store import Store
 
 
 def default_store() -> Path:
@@ -36,6 +40,15 @@ def _globals(parser: argparse.ArgumentParser, suppress: bool) -> None:
     parser.add_argument("--out", type=Path, default=d(Path("out")), help="output directory (default ./out)")
     parser.add_argument("-v", "--verbose", action="count", default=d(0), help="say more (repeat for debug)")
     parser.add_argument("--json", action="store_true", default=d(False), help="machine-readable output")
+    parser.add_argument(
+        "--mirror", action="append", default=d([]), metavar="FROM=TO", help="rewrite URLs starting FROM to start TO"
+    )
+    parser.add_argument(
+        "--offline", action="store_true", default=d(False), help="use only the store; name what is missing"
+    )
+    parser.add_argument(
+        "--strict", action="store_true", default=d(False), help="an optional component left out is an error"
+    )
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -52,7 +65,17 @@ def make_parser() -> argparse.ArgumentParser:
     add("validate", "check the manifest, its spins and recipes; print nothing else when it is good")
     add("show", "print the resolved manifest (after spins and recipes) as YAML, or JSON with --json")
     add("plan", "print the stages and the components in build order with what each needs")
-    add("schema", "print a JSON Schema of manifest files (for editors and CI)")
+    p = add("schema", "print a JSON Schema of manifest files (for editors and CI)")
+    p.add_argument("--markdown", action="store_true", help="print the field table of README.md instead")
+    add("setup", "install the Debian packages xenspin runs (apt-get; needs root)")
+    p = add("lock", "resolve every source to exact revisions and digests and write the lock (distro.lock)")
+    p.add_argument("--update", nargs="*", metavar="COMP", help="re-resolve these components (none named: all)")
+    p = add("fetch", "fill the store with the locked sources, verified")
+    p.add_argument("components", nargs="*", metavar="COMP", help="only these components")
+    p = add("store", "look after the store")
+    p.add_argument(
+        "action", choices=["du", "gc"], help="du: space used per area; gc: remove what the lock no longer needs"
+    )
     return parser
 
 
@@ -63,7 +86,6 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose > 1 else logging.INFO if args.verbose else logging.WARNING,
         format="%(message)s",
     )
-    args.store = args.store or default_store()
     try:
         return COMMANDS[args.command](args)
     except XenspinError as e:
@@ -111,11 +133,123 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
+    if args.markdown:
+        print(manifest.field_table_markdown())
+        return 0
     print(json.dumps(manifest.json_schema(), indent=2))
     return 0
 
 
-COMMANDS = {"validate": cmd_validate, "show": cmd_show, "plan": cmd_plan, "schema": cmd_schema}
+def _context(args: argparse.Namespace, distro: manifest.Distro) -> Context:
+    cfg = config.load()
+    mirrors = {**cfg.mirrors, **dict(config.parse_mirror(m) for m in args.mirror)}
+    store = Store(args.store or (Path(cfg.store) if cfg.store else default_store()))
+    return Context(
+        store=store,
+        base=distro.base,
+        mirrors=mirrors,
+        offline=args.offline,
+        recipe_dir=args.file.parent.absolute(),
+        progress=Reporter(quiet=args.json),
+    )
+
+
+def _left_out(report_left_out: dict[str, str]) -> None:
+    for name, why in sorted(report_left_out.items()):
+        print(f"warning: left out optional component {name}: {why}", file=sys.stderr)
+
+
+def cmd_lock(args: argparse.Namespace) -> int:
+    distro = manifest.load(args.file)
+    ctx = _context(args, distro)
+    path = lock.lock_path(args.file)
+    with ctx.store.session():
+        new, report = lock.resolve(distro, lock.read(path), ctx, update=args.update, strict=args.strict)
+    lock.write(path, new)
+    if args.json:
+        print(json.dumps(dataclasses.asdict(report), indent=2))
+        return 0
+    for name in report.resolved:
+        note = " (was stale: recipe changed)" if name in report.stale else ""
+        print(f"locked  {name}: {lock.summary(new.components[name])}{note}")
+    for name in report.kept:
+        print(f"kept    {name}: {lock.summary(new.components[name])}")
+    for name in report.dropped:
+        print(f"dropped {name}: no longer in the manifest")
+    _left_out(report.left_out)
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    distro = manifest.load(args.file)
+    for name in args.components:
+        if name not in distro.components:
+            raise XenspinError(f"fetch: no component {name!r} in {args.file}")
+    ctx = _context(args, distro)
+    path = lock.lock_path(args.file)
+    current = lock.read(path)
+    names = args.components or list(distro.components)
+    lock.require(distro, current, ctx.recipe_dir, names, path)
+    with ctx.store.session():
+        report = fetch.fetch(distro, current, ctx, args.components or None, strict=args.strict)
+    if args.json:
+        print(json.dumps(dataclasses.asdict(report), indent=2))
+        return 0
+    if report.fetched:
+        print("fetched: " + ", ".join(report.fetched))
+    if report.present:
+        print("already in the store: " + ", ".join(report.present))
+    _left_out(report.left_out)
+    return 0
+
+
+def cmd_store(args: argparse.Namespace) -> int:
+    distro = manifest.load(args.file)
+    ctx = _context(args, distro)
+    if args.action == "du":
+        rows = ctx.store.usage()
+    else:
+        current = lock.read(lock.lock_path(args.file)) or lock.Lock()
+        keep = fetch.keeps(distro, current, ctx)
+        rows = ctx.store.gc(set(keep.blobs), set(keep.git), set())
+    if args.json:
+        print(json.dumps([dataclasses.asdict(r) for r in rows], indent=2))
+        return 0
+    verb = "" if args.action == "du" else "removed "
+    for r in rows:
+        print(f"{verb}{r.area:<20} {r.entries:>6} entries {_human(r.bytes):>10}")
+    print(
+        f"{verb}{'total':<20} {sum(r.entries for r in rows):>6} entries {_human(sum(r.bytes for r in rows)):>10}  ({ctx.store.root})"
+    )
+    return 0
+
+
+def _human(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def cmd_setup(args: argparse.Namespace) -> int:
+    installed = host.setup()
+    print(f"installed: {' '.join(installed)}" if installed else "host packages: all present")
+    return 0
+
+
+COMMANDS = {
+    "setup": cmd_setup,
+    "lock": cmd_lock,
+    "fetch": cmd_fetch,
+    "store": cmd_store,
+    "validate": cmd_validate,
+    "show": cmd_show,
+    "plan": cmd_plan,
+    "schema": cmd_schema,
+}
 
 
 def run() -> None:

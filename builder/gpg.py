@@ -8,11 +8,11 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from .errors import XenspinError
 from .run import run
+from .sources import Refused
 
 
-class SignatureError(XenspinError):
+class SignatureError(Refused):
     """A signature is missing, bad, or made by a key the recipe does not name."""
 
 

@@ -103,14 +103,20 @@ def load(path: Path) -> LDict:
 
 def _syntax_error(path: Path, text: str, e: yaml.MarkedYAMLError) -> ManifestError:
     mark = e.problem_mark or e.context_mark
-    line = mark.line + 1 if mark else 0
     problem = e.problem or e.context or "YAML syntax error"
     if "'\\t'" in problem or (mark is not None and _tab_at(text, mark)):
-        return ManifestError(Loc(path, line), "", "tab character in indentation (YAML indents with spaces only)")
+        return ManifestError(
+            Loc(path, mark.line + 1 if mark else 0), "", "tab character in indentation (YAML indents with spaces only)"
+        )
     if "expected a single document" in problem or "but found another document" in problem:
-        return ManifestError(Loc(path, line), "", "more than one YAML document (expected exactly one)")
-    context = f" {e.context}" if e.context and e.problem else ""
-    return ManifestError(Loc(path, line), "", f"YAML syntax error:{context} {problem}".replace("  ", " "))
+        return ManifestError(
+            Loc(path, mark.line + 1 if mark else 0), "", "more than one YAML document (expected exactly one)"
+        )
+    # An unclosed bracket or quote is found at the end of the file; where it opened helps more.
+    if e.context_mark is not None and "<stream end>" in problem:
+        mark = e.context_mark
+    context = f" ({e.context}, line {e.context_mark.line + 1})" if e.context and e.context_mark and e.problem else ""
+    return ManifestError(Loc(path, mark.line + 1 if mark else 0), "", f"YAML syntax error: {problem}{context}")
 
 
 def _tab_at(text: str, mark: yaml.Mark) -> bool:

@@ -459,8 +459,10 @@ def merge(base: LDict, over: LDict, path: tuple[str, ...]) -> LDict:
             out.put(name, new, loc)
         elif value is None and key in out:
             del out[key]
-        elif isinstance(value, LDict) and isinstance(out.get(key), LDict) and not _atomic(path + (key,)):
-            out.put(key, merge(out[key], value, path + (key,)), loc)
+        elif isinstance(value, LDict) and not _atomic(path + (key,)):
+            under = out.get(key)
+            under = under if isinstance(under, LDict) else LDict(value.loc)
+            out.put(key, merge(under, value, path + (key,)), loc)
         else:
             out.put(key, value, loc, over.raw.get(key))
     return out
@@ -495,3 +497,11 @@ def json_schema() -> dict[str, Any]:
         **top,
         "$defs": defs,
     }
+
+
+def field_table_markdown() -> str:
+    """The README's table of manifest fields, generated from the model."""
+    rows = ["| field | expects | meaning |", "| --- | --- | --- |"]
+    for key, expects, meaning in typed.field_table(Distro):
+        rows.append(f"| `{key}` | {expects} | {meaning} |")
+    return "\n".join(rows)

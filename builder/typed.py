@@ -75,6 +75,8 @@ def describe(tp: Any) -> str:
     args = _union_args(tp)
     if args:
         members = [a for a in args if a is not type(None)]
+        if len(members) == 1:
+            return describe(members[0])
         if all(dataclasses.is_dataclass(a) for a in members):
             return "a mapping with one of " + ", ".join(discriminator(a) for a in members)
         return " or ".join(describe(a) for a in members)
@@ -158,7 +160,7 @@ def _parse_union(members: list[type], value: Any, loc: Loc, path: str) -> Any:
     names = ", ".join(keys)
     if not isinstance(value, LDict):
         raise ManifestError(loc, path, f"got {_kind(value)} (expected a mapping with one of {names})")
-    present = [k for k in keys if k in value]
+    present = [k for k in value if k in keys]
     if not present:
         hints = [_did_you_mean(k, list(keys)) for k in value]
         hint = next((h for h in hints if h), "")
@@ -243,12 +245,15 @@ def schema(tp: Any, defs: dict[str, Any], *, list_ops: bool = True) -> dict[str,
     raise TypeError(f"typed.schema: unsupported type {tp!r}")
 
 
-def field_table(cls: type, prefix: str = "", seen: set[type] | None = None) -> list[tuple[str, str, str]]:
-    """Rows (field path, expected, help) for documentation, depth first."""
-    seen = seen or set()
+def field_table(cls: type, prefix: str = "", seen: set[Any] | None = None) -> list[tuple[str, str, str]]:
+    """Rows (field path, expected, help) for documentation, depth first, each path once."""
+    seen = seen if seen is not None else set()
     rows = []
     for f, tp in fields_of(cls):
         key = prefix + yaml_key(f)
+        if key in seen:
+            continue
+        seen.add(key)
         rows.append((key, describe(tp), f.metadata["help"]))
         nested = [tp]
         if get_origin(tp) is dict:
@@ -256,9 +261,7 @@ def field_table(cls: type, prefix: str = "", seen: set[type] | None = None) -> l
             key += ".NAME"
         nested = [a for t in nested for a in (_union_args(t) or (t,)) if dataclasses.is_dataclass(a)]
         for sub in nested:
-            if sub not in seen:
-                seen.add(sub)
-                rows.extend(field_table(sub, key + ".", seen))
+            rows.extend(field_table(sub, key + ".", seen))
     return rows
 
 

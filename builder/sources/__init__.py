@@ -29,6 +29,13 @@ class FetchError(XenspinError):
     """A source could not be had or did not verify; nothing of it was stored."""
 
 
+class Refused(FetchError):
+    """Bytes were offered and failed verification (digest, signature, moved tag); nothing was stored.
+
+    Never a reason to quietly leave an optional component out: it may be an attack.
+    """
+
+
 class Missing(FetchError):
     """Offline, and the store lacks something a lock entry names."""
 

@@ -1,0 +1,52 @@
+"""What the build host needs from Debian, and `xenspin setup` to install it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+from .errors import XenspinError
+from .run import run
+
+# Debian packages each stage runs; `xenspin setup` installs the missing ones.
+HOST_PACKAGES = {
+    "fetch": ["git", "gnupg", "gpgv", "debian-archive-keyring", "ca-certificates"],
+    "build": ["mmdebstrap", "bubblewrap", "dpkg-dev", "apt-utils", "arch-test", "xz-utils", "zstd"],
+    "rootfs": ["squashfs-tools"],
+}
+
+
+def wanted() -> list[str]:
+    return sorted({p for pkgs in HOST_PACKAGES.values() for p in pkgs})
+
+
+def missing(packages: list[str]) -> list[str]:
+    """Packages not installed, asked of dpkg in one call."""
+    proc = run(
+        ["dpkg-query", "-W", "-f=${Package} ${db:Status-Status}\\n", *packages],
+        what="setup: query installed packages",
+        capture=True,
+        check=False,
+    )
+    installed = {line.split()[0] for line in proc.stdout.decode().splitlines() if line.endswith(" installed")}
+    return [p for p in packages if p not in installed]
+
+
+def setup() -> list[str]:
+    """Install the host packages xenspin needs; return those it installed."""
+    if not shutil.which("dpkg-query"):
+        raise XenspinError("setup: this is not a Debian system (expected Debian 12 with apt)")
+    todo = missing(wanted())
+    if not todo:
+        return []
+    if os.geteuid() != 0:
+        raise XenspinError(f"setup: installing {' '.join(todo)} needs root (run as root or install them with apt)")
+    env = {"DEBIAN_FRONTEND": "noninteractive"}
+    run(["apt-get", "update", "-q"], what="setup: apt-get update", env=env, capture=True)
+    run(
+        ["apt-get", "install", "-y", "-q", "--no-install-recommends", *todo],
+        what="setup: apt-get install",
+        env=env,
+        capture=True,
+    )
+    return todo

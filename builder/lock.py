@@ -1,0 +1,195 @@
+"""distro.lock: every source resolved to exact bytes, so a build can be repeated.
+
+The lock is YAML with sorted keys (stable, diff-friendly) kept beside the manifest
+and committed. Entries stay as they are until asked (`lock --update`), as with cargo;
+an entry whose recipe changed since it was written is stale and is resolved again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import FORMAT_VERSION, typed
+from .errors import XenspinError
+from .manifest import Component, Distro, build_order
+from .sources import Context, FetchError, Refused, module
+from .store import sha256_text
+
+log = logging.getLogger("xenspin.lock")
+
+HEADER = "# distro.lock: written by `xenspin lock`; commit it. Edit the manifest, not this file.\n"
+
+
+class LockError(XenspinError):
+    pass
+
+
+@dataclass
+class Lock:
+    """The parsed lock file: the archive's state and one entry per component."""
+
+    archive: dict[str, Any] = field(default_factory=dict)
+    components: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass
+class LockReport:
+    """What `xenspin lock` did, for the user."""
+
+    resolved: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)
+    stale: list[str] = field(default_factory=list)
+    left_out: dict[str, str] = field(default_factory=dict)
+    dropped: list[str] = field(default_factory=list)
+
+
+def lock_path(manifest_path: Path) -> Path:
+    """distro.yaml -> distro.lock; spins/nightly.yaml -> spins/nightly.lock."""
+    return Path(manifest_path).with_suffix(".lock")
+
+
+def read(path: Path) -> Lock | None:
+    """The lock at path, or None when there is none yet."""
+    if not path.exists():
+        return None
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise LockError(
+            f"{path}: not a readable lock file ({e.__class__.__name__}); run `xenspin lock --update`"
+        ) from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT_VERSION:
+        raise LockError(f"{path}: not a lock file of format {FORMAT_VERSION}; run `xenspin lock --update`")
+    return Lock(archive=data.get("archive") or {}, components=data.get("components") or {})
+
+
+def write(path: Path, lock: Lock) -> None:
+    """Write atomically: a reader sees the old lock or the new one, never half of one."""
+    data = {"format": FORMAT_VERSION, "archive": lock.archive, "components": lock.components}
+    text = HEADER + yaml.safe_dump(data, sort_keys=True, default_flow_style=False, width=1000)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def recipe_digest(component: Component, root: Path) -> str:
+    """sha256 of the component's source declaration, with paths relative to the manifest's directory.
+
+    Only the source counts: changing build steps rebuilds, but needs no new lock.
+    """
+    data = _relative(component.source, root)
+    return sha256_text(json.dumps(data, sort_keys=True))
+
+
+def _relative(obj: Any, root: Path) -> Any:
+    if dataclasses.is_dataclass(obj):
+        out = {}
+        for f, _ in typed.fields_of(type(obj)):
+            value = getattr(obj, f.name)
+            if f.metadata.get("path"):
+                value = (
+                    [os.path.relpath(v, root) for v in value]
+                    if isinstance(value, list)
+                    else (os.path.relpath(value, root) if value else value)
+                )
+            out[typed.yaml_key(f)] = _relative(value, root)
+        return out
+    if isinstance(obj, list):
+        return [_relative(v, root) for v in obj]
+    return obj
+
+
+def stale(distro: Distro, lock: Lock | None, root: Path) -> dict[str, str]:
+    """Components whose lock entry is missing or no longer matches the recipe: name -> why."""
+    out = {}
+    entries = lock.components if lock else {}
+    for name, comp in distro.components.items():
+        entry = entries.get(name)
+        if entry is None:
+            out[name] = "not locked"
+        elif entry.get("recipe") != recipe_digest(comp, root):
+            out[name] = "recipe changed since it was locked"
+    return out
+
+
+def resolve(
+    distro: Distro,
+    old: Lock | None,
+    ctx: Context,
+    *,
+    update: list[str] | None = None,
+    strict: bool = False,
+) -> tuple[Lock, LockReport]:
+    """A new lock: old entries kept unless stale or named in update ([] = all)."""
+    root = ctx.recipe_dir or Path.cwd()
+    report = LockReport()
+    old = old or Lock()
+    changed = stale(distro, old, root)
+    if update is not None:
+        for name in update:
+            if name not in distro.components:
+                hint = typed._did_you_mean(name, list(distro.components))
+                raise LockError(f"lock --update: no component {name!r}{hint}")
+    redo = set(distro.components) if update == [] else set(update or []) | set(changed)
+    new = Lock(archive=dict(old.archive))
+    for name in build_order(distro):
+        comp = distro.components[name]
+        if name not in redo:
+            new.components[name] = old.components[name]
+            report.kept.append(name)
+            continue
+        if name in changed and changed[name] != "not locked":
+            report.stale.append(name)
+        try:
+            entry = module(comp.source.kind).lock(name, comp.source, ctx)
+        except Refused:
+            raise
+        except FetchError as e:
+            if comp.optional and not strict:
+                report.left_out[name] = str(e)
+                if name in old.components:  # keep what was locked before rather than lose it
+                    new.components[name] = old.components[name]
+                continue
+            raise
+        entry["recipe"] = recipe_digest(comp, root)
+        new.components[name] = entry
+        report.resolved.append(name)
+    if any(distro.components[n].source.kind in ("debian", "archive") for n in report.resolved):
+        new.archive = module("debian").archive_state(ctx)  # the state the new entries were read from
+    report.dropped = sorted(set(old.components) - set(distro.components))
+    return new, report
+
+
+def require(distro: Distro, lock: Lock | None, root: Path, names: list[str], path: Path) -> None:
+    """Refuse to go on from a lock that does not match the manifest."""
+    if lock is None:
+        raise LockError(f"{path}: no lock yet; run `xenspin lock`")
+    problems = {n: why for n, why in stale(distro, lock, root).items() if n in names}
+    missing = {n: why for n, why in problems.items() if not distro.components[n].optional or why != "not locked"}
+    if missing:
+        listed = ", ".join(f"{n} ({why})" for n, why in sorted(missing.items()))
+        raise LockError(f"{path}: stale for {listed}; run `xenspin lock`")
+
+
+def summary(entry: dict[str, Any]) -> str:
+    """A few words on what an entry pins, for `xenspin lock` output."""
+    kind = entry.get("kind")
+    if kind == "git":
+        return f"{entry['commit'][:12]} ({entry.get('ref', '')})"
+    if kind in ("tarball", "prebuilt"):
+        return f"sha256 {entry['sha256'][:12]}, {entry.get('size', 0)} bytes"
+    if kind == "debian":
+        return f"{entry['package']} {entry['version']}"
+    if kind == "archive":
+        return ", ".join(f"{n} {p['version']}" for n, p in sorted(entry["packages"].items()))
+    if kind == "path":
+        return entry["path"]
+    return str(kind)

@@ -1,0 +1,354 @@
+"""Debian source packages ("debian") and binary packages ("archive") from the base archive.
+
+Trust runs from the keyring named by the manifest, never from the transport: InRelease
+is checked with gpgv and only the text gpgv verified is read; the Release file names
+the sha256 of each index (Sources.xz, Packages.xz), and each index names the sha256 of
+every file a lock entry records. fetch downloads exactly those sha256s.
+"""
+
+from __future__ import annotations
+
+import difflib
+import email.utils
+import lzma
+import posixpath
+import re
+import shutil
+import tarfile
+import tempfile
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from debian import deb822
+from debian.debian_support import Version
+
+from ..run import run
+from . import Context, FetchError, Keeps, http
+
+T = TypeVar("T")
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_PARAGRAPHS = re.compile(r"\n[ \t]*\n")
+_PACKAGE = re.compile(r"^Package:[ \t]*(\S+)", re.M)
+_GONE = re.compile(r": HTTP (404|410) ")  # how http.download reports a missing file
+_memo_guard = threading.Lock()
+
+
+# --- the signed archive state ------------------------------------------------------
+
+
+def archive_state(ctx: Context) -> dict[str, str]:
+    """Which archive a lock was made against: mirror, suite, the signed Release's date and the InRelease hash."""
+    base = ctx.base
+
+    def make() -> dict[str, str]:
+        release, sha = _release(ctx)
+        return {"mirror": base.mirror, "suite": base.suite, "date": release.get("Date", ""), "inrelease-sha256": sha}
+
+    return _memo(ctx, f"debian:state:{base.mirror}:{base.suite}:{base.keyring}", make)
+
+
+def _release(ctx: Context) -> tuple[deb822.Release, str]:
+    """The verified Release paragraph and the InRelease blob's sha256, once per run."""
+    base = ctx.base
+    key = f"debian:release:{base.mirror}:{base.suite}:{base.keyring}"
+    return _memo(ctx, key, lambda: _load_release(ctx))
+
+
+def _load_release(ctx: Context) -> tuple[deb822.Release, str]:
+    base = ctx.base
+    what = f"archive {base.suite}"
+    keyring = Path(base.keyring).absolute()
+    if not keyring.is_file():
+        raise FetchError(f"{what}: keyring {keyring} does not exist (base.keyring)")
+    url = f"{base.mirror}/dists/{base.suite}/InRelease"
+    sha = http.download(url, ctx, what=f"{what}: InRelease")
+    blob = ctx.store.blob_path(sha)
+    try:
+        text = _gpgv(blob, keyring, ctx, what=what)
+    except FetchError:
+        # Unverified bytes must not stay under a name the store vouches for.
+        blob.unlink(missing_ok=True)
+        raise
+    release = deb822.Release(text)
+    names = {release.get("Suite", ""), release.get("Codename", "")}
+    if base.suite not in names:
+        blob.unlink(missing_ok=True)
+        raise FetchError(
+            f"{what}: {ctx.url(url)} is signed but describes suite {release.get('Suite')!r} "
+            f"(codename {release.get('Codename')!r}), not {base.suite!r}"
+        )
+    valid_until = release.get("Valid-Until")
+    if valid_until and _parse_date(valid_until) < datetime.now(UTC):
+        raise FetchError(f"{what}: the signed Release expired at {valid_until} (a stale or replayed archive)")
+    return release, sha
+
+
+def _gpgv(inrelease: Path, keyring: Path, ctx: Context, *, what: str) -> str:
+    """The text of inrelease that gpgv verified against keyring alone; FetchError if no good signature."""
+    scratch = ctx.store.tmp_dir("gpgv")
+    try:
+        home = scratch / "home"
+        home.mkdir(mode=0o700)
+        out = scratch / "Release"
+        proc = run(
+            ["gpgv", "--homedir", home, "--keyring", keyring, "--status-fd", "1", "--output", out, inrelease],
+            what=f"{what}: verify InRelease",
+            capture=True,
+            check=False,
+        )
+        status = proc.stdout.decode(errors="replace").splitlines()
+        good = [line for line in status if line.startswith("[GNUPG:] GOODSIG ")]
+        bad = [line for line in status if line.startswith("[GNUPG:] BADSIG ")]
+        # Like apt: one good signature by a key in the keyring suffices (a key may be missing
+        # after a rotation), but a bad signature from any key condemns the file.
+        if bad or not good:
+            reason = "a BAD signature" if bad else "no good signature from a key in the keyring"
+            raise FetchError(f"{what}: InRelease refused by gpgv --keyring {keyring}: {reason}; nothing kept")
+        return out.read_text(encoding="utf-8")
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _parse_date(value: str) -> datetime:
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        raise FetchError(f"archive: unreadable date {value!r} in the signed Release") from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+# --- indexes -----------------------------------------------------------------------
+
+
+Index = dict[str, list[str]]  # package name -> its paragraphs, as text
+
+
+def _index(ctx: Context, kind: str) -> Index:
+    """Paragraphs of every area's Sources ("source") or Packages ("binary") by package name, once per run."""
+    base = ctx.base
+    key = f"debian:{kind}:{base.mirror}:{base.suite}:{base.keyring}:{base.architecture}:{','.join(base.areas)}"
+    return _memo(ctx, key, lambda: _load_index(ctx, kind))
+
+
+def _load_index(ctx: Context, kind: str) -> Index:
+    base = ctx.base
+    release, _ = _release(ctx)
+    listed = {item["name"]: item for item in release.get("SHA256", [])}
+    by_hash = release.get("Acquire-By-Hash", "").lower() == "yes"
+    index: Index = {}
+    for area in base.areas:
+        name = f"{area}/source/Sources.xz" if kind == "source" else f"{area}/binary-{base.architecture}/Packages.xz"
+        item = listed.get(name)
+        if item is None:
+            raise FetchError(f"archive {base.suite}: the signed Release lists no {name} (base.areas: {area!r}?)")
+        sha = _index_blob(ctx, name, item["sha256"], by_hash)
+        with lzma.open(ctx.store.blob_path(sha)) as f:
+            text = f.read().decode("utf-8")
+        # Split first and leave deb822 the paragraphs a lock asks for: parsing all of
+        # bookworm's ~60k paragraphs with deb822 takes seconds and much memory.
+        for para in _PARAGRAPHS.split(text):
+            m = _PACKAGE.search(para)
+            if m:
+                index.setdefault(m.group(1), []).append(para)
+    return index
+
+
+def _index_blob(ctx: Context, name: str, sha256: str, by_hash: bool) -> str:
+    """Download an index the Release names, by hash when the archive offers it (immune to a mirror update mid-run)."""
+    base = ctx.base
+    dists = f"{base.mirror}/dists/{base.suite}"
+    what = f"archive {base.suite}: {name}"
+    if by_hash:
+        url = f"{dists}/{posixpath.dirname(name)}/by-hash/SHA256/{sha256}"
+        try:
+            return http.download(url, ctx, sha256=sha256, what=what)
+        except FetchError as e:
+            if not _GONE.search(str(e)):
+                raise  # a mismatch or a dead network; only a mirror without by-hash falls back
+    return http.download(f"{dists}/{name}", ctx, sha256=sha256, what=what)
+
+
+def _memo(ctx: Context, key: str, make: Callable[[], T]) -> T:
+    """ctx.cache[key], made once even when components are locked from several threads."""
+    with _memo_guard:
+        guard = ctx.cache.setdefault(key + ":lock", threading.Lock())
+    with guard:
+        if key not in ctx.cache:
+            ctx.cache[key] = make()
+        return ctx.cache[key]
+
+
+def _did_you_mean(word: str, choices: Index) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+# --- lock --------------------------------------------------------------------------
+
+
+def lock(name: str, source: Any, ctx: Context) -> dict[str, Any]:
+    """Resolve a DebianSource or ArchiveSource to exact files and their sha256s from the signed indexes."""
+    if source.kind == "debian":
+        return _lock_source(name, source, ctx)
+    if source.kind == "archive":
+        return _lock_binaries(name, source, ctx)
+    raise FetchError(f"lock {name}: the debian module does not handle {source.kind!r} sources")
+
+
+def _lock_source(name: str, source: Any, ctx: Context) -> dict[str, Any]:
+    base = ctx.base
+    where = f"{base.suite} {'/'.join(base.areas)}"
+    index = _index(ctx, "source")
+    paras = [deb822.Sources(p) for p in index.get(source.debian, [])]
+    if not paras:
+        hint = _did_you_mean(source.debian, index)
+        raise FetchError(f"lock {name}: no source package {source.debian!r} in {where}{hint}")
+    if source.version:
+        chosen = [p for p in paras if p["Version"] == source.version]
+        if not chosen:
+            have = ", ".join(sorted({p["Version"] for p in paras}, key=Version))
+            raise FetchError(f"lock {name}: {source.debian} has no version {source.version!r} in {where} (has {have})")
+        para = chosen[0]
+    else:
+        # Extra-Source-Only paragraphs stay in the archive for Built-Using; they are not current.
+        current = [p for p in paras if p.get("Extra-Source-Only", "no") != "yes"] or paras
+        para = max(current, key=lambda p: Version(p["Version"]))
+    files = {f["name"]: {"sha256": f["sha256"], "size": int(f["size"])} for f in para.get("Checksums-Sha256", [])}
+    if not any(f.endswith(".dsc") for f in files):
+        raise FetchError(f"lock {name}: {source.debian} {para['Version']} lists no .dsc in Checksums-Sha256")
+    return {
+        "kind": "debian",
+        "package": source.debian,
+        "version": str(para["Version"]),
+        "directory": str(para["Directory"]),
+        "files": files,
+    }
+
+
+def _lock_binaries(name: str, source: Any, ctx: Context) -> dict[str, Any]:
+    base = ctx.base
+    where = f"{base.suite} {'/'.join(base.areas)} {base.architecture}"
+    index = _index(ctx, "binary")
+    packages: dict[str, Any] = {}
+    for pkg in source.archive:
+        paras = [deb822.Packages(p) for p in index.get(pkg, [])]
+        if not paras:
+            hint = _did_you_mean(pkg, index)
+            raise FetchError(f"lock {name}: no binary package {pkg!r} in {where}{hint}")
+        para = max(paras, key=lambda p: Version(p["Version"]))
+        packages[pkg] = {
+            "version": str(para["Version"]),
+            "filename": str(para["Filename"]),
+            "sha256": str(para["SHA256"]),
+            "size": int(para["Size"]),
+        }
+    return {"kind": "archive", "packages": packages}
+
+
+# --- fetch and the store -----------------------------------------------------------
+
+
+def _files(entry: dict[str, Any]) -> dict[str, str]:
+    """Path below the mirror -> sha256, for every file the entry names; refuses malformed hashes."""
+    if entry.get("kind") == "debian":
+        out = {f"{entry['directory']}/{fn}": f["sha256"] for fn, f in entry["files"].items()}
+    elif entry.get("kind") == "archive":
+        out = {p["filename"]: p["sha256"] for p in entry["packages"].values()}
+    else:
+        raise FetchError(f"lock entry: kind {entry.get('kind')!r} is not debian or archive")
+    for path, sha in out.items():
+        # A hash is also a store path: anything but 64 hex digits could point outside blobs/.
+        if not isinstance(sha, str) or not _SHA256.fullmatch(sha):
+            raise FetchError(f"lock entry: {path}: sha256 {sha!r} is not 64 lowercase hex digits")
+    return out
+
+
+def fetch(name: str, source: Any, entry: dict[str, Any], ctx: Context) -> None:
+    """Fill the store with exactly the locked files; a file whose sha256 differs is refused and not stored."""
+    mirror = ctx.base.mirror
+    for path, sha in _files(entry).items():
+        http.download(f"{mirror}/{path}", ctx, sha256=sha, what=f"fetch {name}: {posixpath.basename(path)}")
+    if entry["kind"] == "debian":
+        _check_dsc(name, entry, ctx)
+
+
+def _check_dsc(name: str, entry: dict[str, Any], ctx: Context) -> None:
+    """The .dsc must list the same files as the archive's Sources (defence in depth)."""
+    files = entry["files"]
+    dscs = [fn for fn in files if fn.endswith(".dsc")]
+    if len(dscs) != 1:
+        raise FetchError(f"fetch {name}: the lock entry names {len(dscs)} .dsc files (expected 1)")
+    with open(ctx.store.blob_path(files[dscs[0]]["sha256"]), "rb") as f:
+        dsc = deb822.Dsc(f)
+    listed = {f["name"]: (f["sha256"], int(f["size"])) for f in dsc.get("Checksums-Sha256", [])}
+    locked = {fn: (f["sha256"], int(f["size"])) for fn, f in files.items() if fn != dscs[0]}
+    if listed != locked:
+        differ = sorted(set(listed.items()) ^ set(locked.items()))
+        raise FetchError(f"fetch {name}: {dscs[0]} disagrees with the locked files on {differ[0][0]}")
+
+
+def fetched(entry: dict[str, Any], ctx: Context) -> bool:
+    """Whether every file of the entry is in the store (presence only: blobs were verified on the way in)."""
+    return all(ctx.store.has_blob(sha) for sha in _files(entry).values())
+
+
+def keeps(entry: dict[str, Any], ctx: Context) -> Keeps:
+    return Keeps(blobs=frozenset(_files(entry).values()))
+
+
+# --- unpacking ---------------------------------------------------------------------
+
+
+def unpack(entry: dict[str, Any], ctx: Context, dest: Path) -> Path:
+    """Extract the upstream (orig) tarballs of a fetched debian entry into dest; return the source tree.
+
+    The Debian packaging (debian.tar) is left out: the build starts from upstream.
+    Component tarballs (orig-NAME.tar.*) land in NAME/ inside the tree, as dpkg-source does.
+    """
+    package = entry["package"]
+    upstream = Version(entry["version"]).upstream_version
+    prefix = f"{package}_{upstream}.orig"
+    main = [fn for fn in entry["files"] if re.fullmatch(re.escape(prefix) + r"\.tar\.\w+", fn)]
+    parts = {
+        m.group(1): fn for fn in entry["files"] if (m := re.fullmatch(re.escape(prefix) + r"-([\w.-]+)\.tar\.\w+", fn))
+    }
+    if len(main) != 1:
+        raise FetchError(f"unpack {package}: expected one {prefix}.tar.* in the lock entry, found {len(main)}")
+    dest.mkdir(parents=True, exist_ok=True)
+    tree = dest / f"{package}-{upstream}"
+    for fn, inside in [(main[0], None), *sorted((fn, part) for part, fn in parts.items())]:
+        # Extract beside dest (same filesystem, so the tree moves into place by a rename).
+        scratch = Path(tempfile.mkdtemp(prefix=".unpack.", dir=dest))
+        try:
+            root = _extract(entry, ctx, fn, scratch)
+            if inside is None:
+                tree = dest / (root.name if root != scratch else tree.name)
+                target = tree
+            else:
+                target = tree / inside
+            if target.exists():
+                raise FetchError(f"unpack {package}: {fn}: {target} already exists")
+            root.rename(target)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+    return tree
+
+
+def _extract(entry: dict[str, Any], ctx: Context, filename: str, scratch: Path) -> Path:
+    """Unpack one tarball blob into scratch; return its single top directory, or scratch if it has none."""
+    blob = ctx.store.blob_path(entry["files"][filename]["sha256"])
+    if not blob.is_file():
+        raise FetchError(f"unpack {entry['package']}: {filename} is not in the store (fetch first)")
+    try:
+        with tarfile.open(blob, "r:*") as tar:
+            tar.extractall(scratch, filter="data")
+    except (tarfile.TarError, OSError) as e:
+        raise FetchError(f"unpack {entry['package']}: {filename}: {e}") from None
+    top = list(scratch.iterdir())
+    if len(top) == 1 and top[0].is_dir() and not top[0].is_symlink():
+        return top[0]
+    return scratch

@@ -1,0 +1,51 @@
+"""In-tree sources: versioned with the manifest itself, so the lock only records where they are."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from . import Context, FetchError, Keeps
+
+
+def lock(name: str, source, ctx: Context) -> dict:
+    path = Path(source.path)
+    if not path.is_dir():
+        raise FetchError(f"lock {name}: source path {path} is not a directory")
+    root = ctx.recipe_dir or Path.cwd()
+    return {"kind": "path", "path": os.path.relpath(path, root)}
+
+
+def fetch(name: str, source, entry: dict, ctx: Context) -> None:
+    if not Path(source.path).is_dir():
+        raise FetchError(f"fetch {name}: source path {source.path} is not a directory")
+
+
+def fetched(entry: dict, ctx: Context) -> bool:
+    root = ctx.recipe_dir or Path.cwd()
+    return (root / entry["path"]).is_dir()
+
+
+def keeps(entry: dict, ctx: Context) -> Keeps:
+    return Keeps()
+
+
+def digest(path: Path) -> str:
+    """sha256 over a tree's names, modes, link targets and contents: its identity for cache keys."""
+    h = hashlib.sha256()
+    for dirpath, dirs, files in os.walk(path):
+        dirs.sort()
+        for name in sorted(files + [d for d in dirs if os.path.islink(os.path.join(dirpath, d))]):
+            full = os.path.join(dirpath, name)
+            rel = os.path.relpath(full, path)
+            st = os.lstat(full)
+            if os.path.islink(full):
+                h.update(f"L {rel} {os.readlink(full)}\n".encode())
+                continue
+            fh = hashlib.sha256()
+            with open(full, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    fh.update(chunk)
+            h.update(f"F {rel} {st.st_mode & 0o111:o} {fh.hexdigest()}\n".encode())
+    return h.hexdigest()

@@ -1,0 +1,270 @@
+"""The debian and archive source kinds against the real Debian archive (bookworm main).
+
+Sources.xz and Packages.xz (~9 MB each) are fetched once per session into a shared
+store; tests that need an empty store or a hostile mirror make their own.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import http.server
+import json
+import re
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from builder.manifest import ArchiveSource, Base, DebianSource
+from builder.sources import Context, FetchError, Missing
+from builder.sources import debian as deb
+from builder.sources import http as http_mod
+from builder.store import Store
+
+MIRROR = Base().mirror
+INRELEASE = f"{MIRROR}/dists/bookworm/InRelease"
+
+
+@pytest.fixture(scope="session")
+def ctx(tmp_path_factory: pytest.TempPathFactory) -> Context:
+    """One store and one per-run cache for the session, so each index is downloaded and split once."""
+    return Context(store=Store(tmp_path_factory.mktemp("store")), base=Base())
+
+
+@pytest.fixture(scope="session")
+def xen(ctx: Context) -> dict:
+    return deb.lock("xen", DebianSource(debian="xen"), ctx)
+
+
+@pytest.fixture(scope="session")
+def xen_fetched(ctx: Context, xen: dict) -> dict:
+    deb.fetch("xen", DebianSource(debian="xen"), xen, ctx)
+    return xen
+
+
+@pytest.fixture
+def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any HTTP request fails the test."""
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"network used: {args[1:3]}")
+
+    monkeypatch.setattr(requests.Session, "request", refuse)
+
+
+@pytest.fixture
+def serve() -> Iterator[dict[str, bytes]]:
+    """A local HTTP server on 127.0.0.1; the test fills the dict path -> body and reads its base URL."""
+    files: dict[str, bytes] = {}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = files.get(self.path)
+            if body is None:
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    files["__base__"] = f"http://127.0.0.1:{server.server_address[1]}".encode()
+    try:
+        yield files
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def blobs(store: Store) -> list[Path]:
+    return sorted((store.root / "blobs" / "sha256").glob("*/*"))
+
+
+# --- the signed archive state ------------------------------------------------------
+
+
+def test_archive_state_is_signed_release(ctx: Context) -> None:
+    state = deb.archive_state(ctx)
+    assert state["mirror"] == MIRROR
+    assert state["suite"] == "bookworm"
+    assert re.fullmatch(r"\w{3}, \d{1,2} \w{3} \d{4} \d\d:\d\d:\d\d UTC", state["date"])
+    assert re.fullmatch(r"[0-9a-f]{64}", state["inrelease-sha256"])
+    assert ctx.store.has_blob(state["inrelease-sha256"])  # the InRelease is kept, verified
+    assert deb.archive_state(ctx) is state  # memoized for the run
+
+
+def test_tampered_inrelease_is_refused_and_dropped(ctx: Context, serve: dict[str, bytes], tmp_path: Path) -> None:
+    genuine = ctx.store.blob_path(deb.archive_state(ctx)["inrelease-sha256"]).read_bytes()
+    tampered = genuine.replace(b"\nLabel: Debian\n", b"\nLabel: Debiam\n", 1)
+    assert tampered != genuine
+    serve["/InRelease"] = tampered
+    local = Context(
+        store=Store(tmp_path / "store"),
+        base=Base(),
+        mirrors={INRELEASE: serve["__base__"].decode() + "/InRelease"},
+    )
+    with pytest.raises(FetchError, match=r"^archive bookworm: InRelease refused by gpgv .*BAD signature") as e:
+        deb.archive_state(local)
+    assert "\n" not in str(e.value)
+    assert not local.store.has_blob(hashlib.sha256(tampered).hexdigest())
+    assert blobs(local.store) == []
+
+
+def test_inrelease_unsigned_by_keyring_is_refused(tmp_path: Path) -> None:
+    removed = Path("/usr/share/keyrings/debian-archive-removed-keys.gpg")
+    if not removed.is_file():
+        pytest.skip("debian-archive-keyring without the removed-keys keyring")
+    local = Context(store=Store(tmp_path / "store"), base=Base(keyring=str(removed)))
+    with pytest.raises(FetchError, match="no good signature from a key in the keyring"):
+        deb.archive_state(local)
+    assert blobs(local.store) == []
+
+
+def test_genuine_release_of_another_suite_is_refused(tmp_path: Path) -> None:
+    """A mirror answering bookworm with trixie's (validly signed) InRelease must not pass."""
+    local = Context(
+        store=Store(tmp_path / "store"),
+        base=Base(),
+        mirrors={INRELEASE: f"{MIRROR}/dists/trixie/InRelease"},
+    )
+    with pytest.raises(FetchError, match=r"describes suite .*not 'bookworm'"):
+        deb.archive_state(local)
+    assert blobs(local.store) == []
+
+
+def test_missing_keyring_is_one_line(tmp_path: Path) -> None:
+    local = Context(store=Store(tmp_path / "store"), base=Base(keyring=str(tmp_path / "none.gpg")))
+    with pytest.raises(FetchError, match=r"^archive bookworm: keyring .*none.gpg does not exist"):
+        deb.archive_state(local)
+
+
+# --- lock --------------------------------------------------------------------------
+
+
+def test_lock_debian_xen(xen: dict) -> None:
+    assert xen["kind"] == "debian"
+    assert xen["package"] == "xen"
+    assert xen["version"].startswith("4.17")
+    assert xen["directory"] == "pool/main/x/xen"
+    names = list(xen["files"])
+    assert any(n.endswith(".dsc") for n in names)
+    assert any(re.search(r"\.orig\.tar\.\w+$", n) for n in names)
+    for f in xen["files"].values():
+        assert re.fullmatch(r"[0-9a-f]{64}", f["sha256"])
+        assert isinstance(f["size"], int) and f["size"] > 0
+    assert json.loads(json.dumps(xen)) == xen  # plain data
+
+
+def test_lock_exact_version_reuses_indexes(ctx: Context, xen: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(http_mod, "download", lambda *a, **k: pytest.fail("downloaded again"))
+    again = deb.lock("xen", DebianSource(debian="xen", version=xen["version"]), ctx)
+    assert again == xen
+
+
+def test_lock_unknown_version_lists_versions(ctx: Context, xen: dict) -> None:
+    with pytest.raises(FetchError, match=r"^lock xen: xen has no version '1\.0-1' in bookworm main \(has .*4\.17"):
+        deb.lock("xen", DebianSource(debian="xen", version="1.0-1"), ctx)
+
+
+def test_lock_unknown_source_suggests(ctx: Context) -> None:
+    with pytest.raises(FetchError, match=r"^lock kernel: no source package 'linux-signd-amd64' .*'linux-signed-amd64'"):
+        deb.lock("kernel", DebianSource(debian="linux-signd-amd64"), ctx)
+
+
+def test_lock_archive(ctx: Context) -> None:
+    entry = deb.lock("dom0", ArchiveSource(archive=["linux-image-amd64", "xen-utils-4.17"]), ctx)
+    assert entry["kind"] == "archive"
+    assert set(entry["packages"]) == {"linux-image-amd64", "xen-utils-4.17"}
+    assert entry["packages"]["xen-utils-4.17"]["version"].startswith("4.17")
+    for name, p in entry["packages"].items():
+        assert p["version"]
+        assert p["filename"].startswith("pool/main/") and p["filename"].endswith("_amd64.deb")
+        assert p["filename"].split("/")[-1].startswith(name + "_")
+        assert re.fullmatch(r"[0-9a-f]{64}", p["sha256"])
+    assert json.loads(json.dumps(entry)) == entry
+    deb.fetch("dom0", None, entry, ctx)
+    assert deb.fetched(entry, ctx)
+
+
+def test_lock_unknown_binary_suggests(ctx: Context) -> None:
+    with pytest.raises(FetchError) as e:
+        deb.lock("dom0", ArchiveSource(archive=["linux-image-amd64", "xen-utils-4.71"]), ctx)
+    msg = str(e.value)
+    assert msg.startswith("lock dom0: no binary package 'xen-utils-4.71' in bookworm main amd64")
+    assert "did you mean 'xen-utils-4.17'?" in msg
+    assert "\n" not in msg
+
+
+# --- fetch -------------------------------------------------------------------------
+
+
+def test_fetch_then_fetched(ctx: Context, xen_fetched: dict) -> None:
+    assert deb.fetched(xen_fetched, ctx)
+    shas = {f["sha256"] for f in xen_fetched["files"].values()}
+    assert deb.keeps(xen_fetched, ctx).blobs == frozenset(shas)
+    assert all(ctx.store.has_blob(s) for s in shas)
+
+
+def test_offline_fetch_uses_the_store(ctx: Context, xen_fetched: dict, no_network: None) -> None:
+    offline = Context(store=ctx.store, base=Base(), offline=True)
+    deb.fetch("xen", DebianSource(debian="xen"), xen_fetched, offline)
+    assert deb.fetched(xen_fetched, offline)
+
+
+def test_offline_empty_store_is_missing(xen: dict, tmp_path: Path, no_network: None) -> None:
+    offline = Context(store=Store(tmp_path / "store"), base=Base(), offline=True)
+    assert not deb.fetched(xen, offline)
+    dsc = next(n for n in xen["files"] if n.endswith(".dsc"))
+    with pytest.raises(Missing, match=rf"^fetch xen: .*offline and the store lacks .*{re.escape(dsc)}"):
+        deb.fetch("xen", DebianSource(debian="xen"), xen, offline)
+
+
+def test_changed_sha256_is_refused_and_nothing_stored(xen: dict, tmp_path: Path) -> None:
+    dsc = next(n for n in xen["files"] if n.endswith(".dsc"))
+    forged = {**xen, "files": {dsc: {**xen["files"][dsc], "sha256": "0" * 64}}}
+    local = Context(store=Store(tmp_path / "store"), base=Base())
+    with pytest.raises(FetchError, match=r"^fetch xen: .*sha256 mismatch.*nothing stored"):
+        deb.fetch("xen", DebianSource(debian="xen"), forged, local)
+    assert blobs(local.store) == []
+    assert list((local.store.root / "tmp").iterdir()) == []
+
+
+def test_malformed_sha256_is_refused(ctx: Context, xen: dict, no_network: None) -> None:
+    """A hash is a store path too: a lock file naming ../../ must not reach outside blobs/."""
+    bad = copy.deepcopy(xen)
+    next(iter(bad["files"].values()))["sha256"] = "../../../../etc/passwd"
+    with pytest.raises(FetchError, match="is not 64 lowercase hex digits"):
+        deb.fetch("xen", DebianSource(debian="xen"), bad, ctx)
+    with pytest.raises(FetchError):
+        deb.fetched(bad, ctx)
+
+
+def test_dsc_must_agree_with_the_lock(ctx: Context, xen_fetched: dict, no_network: None) -> None:
+    partial = copy.deepcopy(xen_fetched)
+    debian_tar = next(n for n in partial["files"] if ".debian.tar." in n)
+    del partial["files"][debian_tar]
+    with pytest.raises(
+        FetchError, match=rf"^fetch xen: .*\.dsc disagrees with the locked files on {re.escape(debian_tar)}"
+    ):
+        deb.fetch("xen", DebianSource(debian="xen"), partial, ctx)
+
+
+# --- unpack ------------------------------------------------------------------------
+
+
+def test_unpack_takes_upstream_only(ctx: Context, xen_fetched: dict, tmp_path: Path) -> None:
+    tree = deb.unpack(xen_fetched, ctx, tmp_path / "src")
+    assert tree.parent == tmp_path / "src"
+    assert tree.name.startswith("xen-4.17")
+    assert (tree / "xen" / "Makefile").is_file()
+    assert not (tree / "debian").exists()
+    assert [p.name for p in (tmp_path / "src").iterdir()] == [tree.name]  # no scratch left behind
