@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from . import __version__, config, fetch, host, lock, manifest, plan, typed
+from . import __version__, build, config, fetch, host, lock, manifest, plan, typed
 from .errors import XenspinError
 from .progress import Reporter
 from .sources import Context
@@ -72,6 +72,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--update", nargs="*", metavar="COMP", help="re-resolve these components (none named: all)")
     p = add("fetch", "fill the store with the locked sources, verified")
     p.add_argument("components", nargs="*", metavar="COMP", help="only these components")
+    p = add("build", "lock what is missing, fetch, and build the components (all, or COMP and what it needs)")
+    p.add_argument("components", nargs="*", metavar="COMP", help="only these components and what they need")
+    p.add_argument("-j", "--jobs", type=int, default=2, help="components built at once (default 2)")
     p = add("store", "look after the store")
     p.add_argument(
         "action", choices=["du", "gc"], help="du: space used per area; gc: remove what the lock no longer needs"
@@ -124,7 +127,15 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    stages = plan.make_plan(manifest.load(args.file))
+    distro = manifest.load(args.file)
+    current = lock.read(lock.lock_path(args.file))
+    cached: dict[str, tuple[str, bool]] = {}
+    if current is not None:
+        ctx = _context(args, distro)
+        jobs = build.plan(distro, current, ctx.recipe_dir)
+        builder = build.Builder(distro, current, ctx)
+        cached = {name: (job.key, builder.is_built(job)) for name, job in jobs.items()}
+    stages = plan.make_plan(distro, cached)
     if args.json:
         print(json.dumps(typed.to_data(stages), indent=2))
     else:
@@ -204,6 +215,42 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_build(args: argparse.Namespace) -> int:
+    distro = manifest.load(args.file)
+    for name in args.components:
+        if name not in distro.components:
+            hint = typed._did_you_mean(name, list(distro.components))
+            raise XenspinError(f"build: no component {name!r} in {args.file}{hint}")
+    ctx = _context(args, distro)
+    reporter = ctx.progress
+    path = lock.lock_path(args.file)
+    with ctx.store.session():
+        old = lock.read(path)
+        if lock.stale(distro, old, ctx.recipe_dir) or old is None:
+            if args.offline and old is None:
+                raise XenspinError(f"{path}: no lock yet and --offline forbids resolving sources")
+            new, lreport = lock.resolve(distro, old, ctx, strict=args.strict)
+            if new != old:
+                lock.write(path, new)
+                reporter.say(f"lock: resolved {', '.join(lreport.resolved) or 'nothing'}; wrote {path}")
+            old = new
+        names = args.components or None
+        freport = fetch.fetch(distro, old, ctx, build.closure(distro, names) if names else None, strict=args.strict)
+        _left_out(freport.left_out)
+        jobs = build.plan(distro, old, ctx.recipe_dir, names)
+        report = build.Builder(distro, old, ctx, jobs=args.jobs, say=reporter.say).run(jobs)
+    if args.json:
+        print(json.dumps(dataclasses.asdict(report), indent=2))
+        return 0
+    if report.built:
+        print("built: " + ", ".join(f"{n} ({report.seconds[n]} s)" for n in report.built))
+    if report.cached:
+        print("up to date: " + ", ".join(report.cached))
+    print(f"apt repository: {report.repo}")
+    print(f"logs: {ctx.store.log_dir('build')}")
+    return 0
+
+
 def cmd_store(args: argparse.Namespace) -> int:
     distro = manifest.load(args.file)
     ctx = _context(args, distro)
@@ -241,6 +288,7 @@ def cmd_setup(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {
+    "build": cmd_build,
     "setup": cmd_setup,
     "lock": cmd_lock,
     "fetch": cmd_fetch,

@@ -16,6 +16,8 @@ class Step:
     after: list[str]
     optional: bool
     produces: str
+    key: str = ""
+    cached: bool | None = None  # None: no lock yet, so no key
 
 
 @dataclass(frozen=True)
@@ -27,8 +29,12 @@ class Stage:
     steps: list[Step]
 
 
-def make_plan(distro: Distro) -> list[Stage]:
-    """The pipeline for distro: stages in order, components in build order."""
+def make_plan(distro: Distro, keys: dict[str, tuple[str, bool]] | None = None) -> list[Stage]:
+    """The pipeline for distro: stages in order, components in build order.
+
+    keys maps a component to its cache key and whether the store holds its build.
+    """
+    keys = keys or {}
     comps = []
     for name in build_order(distro):
         c = distro.components[name]
@@ -38,7 +44,8 @@ def make_plan(distro: Distro) -> list[Stage]:
             produces = "archive packages " + ", ".join(c.source.archive)
         else:
             produces = "nothing yet"
-        comps.append(Step(name, c.source.kind, list(c.after), c.optional, produces))
+        key, cached = keys.get(name, ("", None))
+        comps.append(Step(name, c.source.kind, list(c.after), c.optional, produces, key, cached))
     return [
         Stage("lock", "resolve every source to an exact revision and digest (distro.lock)", []),
         Stage("fetch", "fill the store with the locked sources, verified", []),
@@ -56,5 +63,6 @@ def render(stages: list[Stage]) -> str:
         for s in stage.steps:
             after = f" after {', '.join(s.after)}" if s.after else ""
             opt = " (optional)" if s.optional else ""
-            lines.append(f"   {s.name:<{width}}  {s.source:<8} -> {s.produces}{after}{opt}")
+            state = "" if s.cached is None else f"  [{'hit ' if s.cached else 'miss'} {s.key[:12]}]"
+            lines.append(f"   {s.name:<{width}}  {s.source:<8}{state} -> {s.produces}{after}{opt}")
     return "\n".join(lines)

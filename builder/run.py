@@ -86,3 +86,32 @@ def _tail(path: Path, size: int = 8192) -> str:
         f.seek(0, os.SEEK_END)
         f.seek(max(0, f.tell() - size))
         return f.read().decode(errors="replace")
+
+
+def sandbox(
+    root: Path,
+    *,
+    ro: Mapping[str, Path] = {},
+    rw: Mapping[str, Path] = {},
+    env: Mapping[str, str] = {},
+    cwd: str = "/",
+    network: bool = False,
+) -> list[str]:
+    """The bubblewrap prefix that runs a command in `root`, read-only, with only `rw` writable.
+
+    Everything is unshared (no network unless asked), /tmp is private, the process
+    dies with xenspin, and the environment is exactly `env` plus a sane PATH.
+    """
+    argv = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--ro-bind", str(root), "/"]
+    if network:
+        argv.append("--share-net")
+    argv += ["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
+    for dest, src in ro.items():
+        argv += ["--ro-bind", str(src), dest]
+    for dest, src in rw.items():
+        argv += ["--bind", str(src), dest]
+    argv += ["--clearenv", "--setenv", "PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"]
+    for key, value in sorted(env.items()):
+        argv += ["--setenv", key, value]
+    argv += ["--chdir", cwd]
+    return argv

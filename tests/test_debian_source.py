@@ -19,7 +19,7 @@ import pytest
 import requests
 
 from builder.manifest import ArchiveSource, Base, DebianSource
-from builder.sources import Context, FetchError, Missing
+from builder.sources import Context, FetchError, Missing, Refused
 from builder.sources import debian as deb
 from builder.sources import http as http_mod
 from builder.store import Store
@@ -112,11 +112,12 @@ def test_tampered_inrelease_is_refused_and_dropped(ctx: Context, serve: dict[str
         base=Base(),
         mirrors={INRELEASE: serve["__base__"].decode() + "/InRelease"},
     )
-    with pytest.raises(FetchError, match=r"^archive bookworm: InRelease refused by gpgv .*BAD signature") as e:
+    with pytest.raises(Refused, match=r"^archive bookworm: InRelease refused by gpgv .*BAD signature") as e:
         deb.archive_state(local)
     assert "\n" not in str(e.value)
     assert not local.store.has_blob(hashlib.sha256(tampered).hexdigest())
     assert blobs(local.store) == []
+    assert list((local.store.root / "tmp").iterdir()) == []  # no partial, no gpgv scratch
 
 
 def test_inrelease_unsigned_by_keyring_is_refused(tmp_path: Path) -> None:
@@ -124,7 +125,7 @@ def test_inrelease_unsigned_by_keyring_is_refused(tmp_path: Path) -> None:
     if not removed.is_file():
         pytest.skip("debian-archive-keyring without the removed-keys keyring")
     local = Context(store=Store(tmp_path / "store"), base=Base(keyring=str(removed)))
-    with pytest.raises(FetchError, match="no good signature from a key in the keyring"):
+    with pytest.raises(Refused, match="no good signature from a key in the keyring"):
         deb.archive_state(local)
     assert blobs(local.store) == []
 
@@ -136,7 +137,7 @@ def test_genuine_release_of_another_suite_is_refused(tmp_path: Path) -> None:
         base=Base(),
         mirrors={INRELEASE: f"{MIRROR}/dists/trixie/InRelease"},
     )
-    with pytest.raises(FetchError, match=r"describes suite .*not 'bookworm'"):
+    with pytest.raises(Refused, match=r"describes suite .*not 'bookworm'"):
         deb.archive_state(local)
     assert blobs(local.store) == []
 
@@ -145,6 +146,18 @@ def test_missing_keyring_is_one_line(tmp_path: Path) -> None:
     local = Context(store=Store(tmp_path / "store"), base=Base(keyring=str(tmp_path / "none.gpg")))
     with pytest.raises(FetchError, match=r"^archive bookworm: keyring .*none.gpg does not exist"):
         deb.archive_state(local)
+
+
+def test_mirror_without_by_hash_falls_back(ctx: Context, xen: dict, serve: dict[str, bytes], tmp_path: Path) -> None:
+    """A plain local mirror (no by-hash/) still works, and every URL goes through the mirror map."""
+    release, inrelease = deb._release(ctx)
+    sources = next(i["sha256"] for i in release["SHA256"] if i["name"] == "main/source/Sources.xz")
+    serve["/debian/dists/bookworm/InRelease"] = ctx.store.blob_path(inrelease).read_bytes()
+    serve["/debian/dists/bookworm/main/source/Sources.xz"] = ctx.store.blob_path(sources).read_bytes()
+    local = Context(
+        store=Store(tmp_path / "store"), base=Base(), mirrors={MIRROR: serve["__base__"].decode() + "/debian"}
+    )
+    assert deb.lock("xen", DebianSource(debian="xen"), local) == xen
 
 
 # --- lock --------------------------------------------------------------------------
@@ -242,9 +255,9 @@ def test_malformed_sha256_is_refused(ctx: Context, xen: dict, no_network: None) 
     """A hash is a store path too: a lock file naming ../../ must not reach outside blobs/."""
     bad = copy.deepcopy(xen)
     next(iter(bad["files"].values()))["sha256"] = "../../../../etc/passwd"
-    with pytest.raises(FetchError, match="is not 64 lowercase hex digits"):
+    with pytest.raises(Refused, match="is not 64 lowercase hex digits"):
         deb.fetch("xen", DebianSource(debian="xen"), bad, ctx)
-    with pytest.raises(FetchError):
+    with pytest.raises(Refused):
         deb.fetched(bad, ctx)
 
 
@@ -253,7 +266,7 @@ def test_dsc_must_agree_with_the_lock(ctx: Context, xen_fetched: dict, no_networ
     debian_tar = next(n for n in partial["files"] if ".debian.tar." in n)
     del partial["files"][debian_tar]
     with pytest.raises(
-        FetchError, match=rf"^fetch xen: .*\.dsc disagrees with the locked files on {re.escape(debian_tar)}"
+        Refused, match=rf"^fetch xen: .*\.dsc disagrees with the locked files on {re.escape(debian_tar)}"
     ):
         deb.fetch("xen", DebianSource(debian="xen"), partial, ctx)
 

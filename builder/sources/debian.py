@@ -26,7 +26,7 @@ from debian import deb822
 from debian.debian_support import Version
 
 from ..run import run
-from . import Context, FetchError, Keeps, http
+from . import Context, FetchError, Keeps, Refused, http
 
 T = TypeVar("T")
 
@@ -65,30 +65,28 @@ def _load_release(ctx: Context) -> tuple[deb822.Release, str]:
     if not keyring.is_file():
         raise FetchError(f"{what}: keyring {keyring} does not exist (base.keyring)")
     url = f"{base.mirror}/dists/{base.suite}/InRelease"
-    sha = http.download(url, ctx, what=f"{what}: InRelease")
-    blob = ctx.store.blob_path(sha)
-    try:
-        text = _gpgv(blob, keyring, ctx, what=what)
-    except FetchError:
-        # Unverified bytes must not stay under a name the store vouches for.
-        blob.unlink(missing_ok=True)
-        raise
-    release = deb822.Release(text)
-    names = {release.get("Suite", ""), release.get("Codename", "")}
-    if base.suite not in names:
-        blob.unlink(missing_ok=True)
-        raise FetchError(
-            f"{what}: {ctx.url(url)} is signed but describes suite {release.get('Suite')!r} "
-            f"(codename {release.get('Codename')!r}), not {base.suite!r}"
-        )
+    verified: list[deb822.Release] = []
+
+    def check(path: Path) -> None:
+        # Runs before the file becomes a blob: refused bytes never enter the store.
+        release = deb822.Release(_gpgv(path, keyring, ctx, what=what))
+        if base.suite not in (release.get("Suite"), release.get("Codename")):
+            raise Refused(
+                f"{what}: {ctx.url(url)} is signed but describes suite {release.get('Suite')!r} "
+                f"(codename {release.get('Codename')!r}), not {base.suite!r}; nothing stored"
+            )
+        verified.append(release)
+
+    sha = http.download(url, ctx, what=f"{what}: InRelease", check=check)
+    release = verified[-1]
     valid_until = release.get("Valid-Until")
     if valid_until and _parse_date(valid_until) < datetime.now(UTC):
-        raise FetchError(f"{what}: the signed Release expired at {valid_until} (a stale or replayed archive)")
+        raise Refused(f"{what}: the signed Release expired at {valid_until} (a stale or replayed archive)")
     return release, sha
 
 
 def _gpgv(inrelease: Path, keyring: Path, ctx: Context, *, what: str) -> str:
-    """The text of inrelease that gpgv verified against keyring alone; FetchError if no good signature."""
+    """The text of inrelease that gpgv verified against keyring alone; Refused if no good signature."""
     scratch = ctx.store.tmp_dir("gpgv")
     try:
         home = scratch / "home"
@@ -107,7 +105,7 @@ def _gpgv(inrelease: Path, keyring: Path, ctx: Context, *, what: str) -> str:
         # after a rotation), but a bad signature from any key condemns the file.
         if bad or not good:
             reason = "a BAD signature" if bad else "no good signature from a key in the keyring"
-            raise FetchError(f"{what}: InRelease refused by gpgv --keyring {keyring}: {reason}; nothing kept")
+            raise Refused(f"{what}: InRelease refused by gpgv --keyring {keyring}: {reason}; nothing stored")
         return out.read_text(encoding="utf-8")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -263,7 +261,7 @@ def _files(entry: dict[str, Any]) -> dict[str, str]:
     for path, sha in out.items():
         # A hash is also a store path: anything but 64 hex digits could point outside blobs/.
         if not isinstance(sha, str) or not _SHA256.fullmatch(sha):
-            raise FetchError(f"lock entry: {path}: sha256 {sha!r} is not 64 lowercase hex digits")
+            raise Refused(f"lock entry: {path}: sha256 {sha!r} is not 64 lowercase hex digits")
     return out
 
 
@@ -288,7 +286,7 @@ def _check_dsc(name: str, entry: dict[str, Any], ctx: Context) -> None:
     locked = {fn: (f["sha256"], int(f["size"])) for fn, f in files.items() if fn != dscs[0]}
     if listed != locked:
         differ = sorted(set(listed.items()) ^ set(locked.items()))
-        raise FetchError(f"fetch {name}: {dscs[0]} disagrees with the locked files on {differ[0][0]}")
+        raise Refused(f"fetch {name}: {dscs[0]} disagrees with the locked files on {differ[0][0]}")
 
 
 def fetched(entry: dict[str, Any], ctx: Context) -> bool:

@@ -1,0 +1,446 @@
+"""The git source kind against real local repositories and real OpenPGP keys (no network)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tarfile
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
+
+from builder.gpg import SignatureError
+from builder.manifest import GitSource, Verify
+from builder.run import run
+from builder.sources import Context, FetchError, Keeps, Missing
+from builder.sources import git as gitsrc
+from builder.store import Store
+
+CANON = "https://xenbits.xen.org/git-http/xen.git"
+# Hermetic git: no user or system config, fixed identities and dates.
+BASE_ENV = {
+    "GIT_CONFIG_GLOBAL": "/dev/null",
+    "GIT_CONFIG_NOSYSTEM": "1",
+    "GIT_AUTHOR_NAME": "Test",
+    "GIT_AUTHOR_EMAIL": "t@example.invalid",
+    "GIT_COMMITTER_NAME": "Test",
+    "GIT_COMMITTER_EMAIL": "t@example.invalid",
+    "GIT_AUTHOR_DATE": "2024-01-02T03:04:05Z",
+    "GIT_COMMITTER_DATE": "2024-01-02T03:04:05Z",
+}
+
+
+def sh(*args: str | os.PathLike, cwd: Path | None = None, env: dict[str, str] | None = None) -> str:
+    return run(list(args), what="test", cwd=cwd, env={**BASE_ENV, **(env or {})}, capture=True).stdout.decode().strip()
+
+
+@dataclass(frozen=True)
+class Keys:
+    home: Path
+    good: str  # fingerprints
+    bad: str
+    good_file: Path  # armored public keys
+    bad_file: Path
+
+
+@dataclass(frozen=True)
+class Upstream:
+    path: Path
+    c1: str  # signed by the good key; branch stable; tags light, annotated, v1.0 (good), wrong (bad)
+    c2: str  # signed by the bad key; branch other
+    c3: str  # unsigned; main (upstream's HEAD)
+    c4: str  # on no branch or tag, only refs/pull/1/head
+
+    @property
+    def url(self) -> str:
+        return self.path.as_uri()
+
+    def git(self, *args: str, key: str = "", keys: Keys | None = None) -> str:
+        env = {"GNUPGHOME": str(keys.home)} if keys else {}
+        signing = ["-c", f"user.signingkey={key}", "-c", "gpg.program=gpg"] if key else []
+        return sh("git", *signing, *args, cwd=self.path, env=env)
+
+
+@pytest.fixture(autouse=True)
+def hermetic(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The code under test sees no user git config and no usable default keyring (never ~/.gnupg)."""
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", "/dev/null")
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+    monkeypatch.setenv("GNUPGHOME", str(tmp_path / "no-gnupg-here"))
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Keys]:
+    home = tmp_path_factory.mktemp("gnupg")
+    home.chmod(0o700)
+    env = {"GNUPGHOME": str(home)}
+    fprs = {}
+    for who in ("good", "bad"):
+        uid = f"Test {who} <{who}@example.invalid>"
+        sh("gpg", "--batch", "--passphrase", "", "--quick-gen-key", uid, "ed25519", "sign", "never", env=env)
+        listing = sh("gpg", "--batch", "--with-colons", "--list-keys", f"<{who}@example.invalid>", env=env)
+        fprs[who] = next(line.split(":")[9] for line in listing.splitlines() if line.startswith("fpr:"))
+        (home / f"{who}.asc").write_text(sh("gpg", "--batch", "--armor", "--export", fprs[who], env=env) + "\n")
+    yield Keys(home, fprs["good"], fprs["bad"], home / "good.asc", home / "bad.asc")
+    sh("gpgconf", "--kill", "all", env=env)
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory: pytest.TempPathFactory, keys: Keys) -> Upstream:
+    path = tmp_path_factory.mktemp("template") / "upstream"
+    path.mkdir()
+    up = Upstream(path, "", "", "", "")
+    up.git("init", "-q", "-b", "main")
+    (path / "README").write_text("xen\n")
+    (path / "build.sh").write_text("#!/bin/sh\necho hi\n")
+    (path / "build.sh").chmod(0o755)
+    (path / "link").symlink_to("README")
+    (path / ".gitattributes").write_text("dropped.txt export-ignore\n")
+    (path / "dropped.txt").write_text("export-ignore must not drop me\n")
+    up.git("add", "-A")
+    up.git("commit", "-q", "-S", "-m", "one", key=keys.good, keys=keys)
+    c1 = up.git("rev-parse", "HEAD")
+    up.git("branch", "stable")
+    up.git("tag", "light")
+    up.git("tag", "-a", "-m", "annotated", "annotated")
+    up.git("tag", "-s", "-m", "v1.0", "v1.0", key=keys.good, keys=keys)
+    up.git("tag", "-s", "-m", "wrong", "wrong", key=keys.bad, keys=keys)
+    (path / "README").write_text("xen 2\n")
+    up.git("commit", "-q", "-a", "-S", "-m", "two", key=keys.bad, keys=keys)
+    c2 = up.git("rev-parse", "HEAD")
+    up.git("branch", "other")
+    (path / "README").write_text("xen 3\n")
+    up.git("commit", "-q", "-a", "-m", "three")
+    c3 = up.git("rev-parse", "HEAD")
+    c4 = up.git("commit-tree", "-p", c3, "-m", "pull request", "HEAD^{tree}")
+    up.git("update-ref", "refs/pull/1/head", c4)
+    return Upstream(path, c1, c2, c3, c4)
+
+
+@pytest.fixture
+def up(template: Upstream, tmp_path: Path) -> Upstream:
+    """A private copy of the upstream repository, free to be changed by the test."""
+    dest = tmp_path / "upstream"
+    shutil.copytree(template.path, dest, symlinks=True)
+    return replace(template, path=dest)
+
+
+def make_ctx(tmp_path: Path, up: Upstream, store: str = "store", *, offline: bool = False, url: str = "") -> Context:
+    return Context(
+        store=Store(tmp_path / store), base=None, mirrors={CANON: url or up.url}, offline=offline, progress=None
+    )
+
+
+def src(ref: str, verify: Verify | None = None) -> GitSource:
+    return GitSource(git=CANON, ref=ref, verify=verify)
+
+
+def one_line(e: pytest.ExceptionInfo, start: str) -> str:
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith(start), msg
+    return msg
+
+
+# --- lock ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("ref", "commit"),
+    [
+        ("stable", "c1"),
+        ("refs/heads/other", "c2"),
+        ("main", "c3"),
+        ("HEAD", "c3"),
+        ("refs/pull/1/head", "c4"),
+    ],
+)
+def test_lock_branch_and_refs(up: Upstream, tmp_path: Path, ref: str, commit: str) -> None:
+    entry = gitsrc.lock("xen", src(ref), make_ctx(tmp_path, up))
+    assert entry == {"kind": "git", "url": CANON, "ref": ref, "commit": getattr(up, commit)}
+
+
+@pytest.mark.parametrize("form", ["full", "short", "upper", "off-branch"])
+def test_lock_commit_id(up: Upstream, tmp_path: Path, form: str) -> None:
+    sha = up.c4 if form == "off-branch" else up.c2
+    ref = {"short": sha[:10], "upper": sha.upper()}.get(form, sha)
+    entry = gitsrc.lock("xen", src(ref), make_ctx(tmp_path, up))
+    assert entry["commit"] == sha and "tag" not in entry
+
+
+def test_lock_tags(up: Upstream, tmp_path: Path) -> None:
+    ctx = make_ctx(tmp_path, up)
+    light = gitsrc.lock("xen", src("light"), ctx)
+    assert light == {"kind": "git", "url": CANON, "ref": "light", "commit": up.c1, "tag": "light"}
+    annotated = gitsrc.lock("xen", src("refs/tags/annotated"), ctx)
+    assert annotated["tag"] == "annotated" and annotated["commit"] == up.c1
+    assert annotated["tag-object"] == up.git("rev-parse", "annotated") != up.c1
+
+
+def test_lock_unknown_ref(up: Upstream, tmp_path: Path) -> None:
+    with pytest.raises(FetchError) as e:
+        gitsrc.lock("xen", src("no-such-branch"), make_ctx(tmp_path, up))
+    assert "no branch, tag or commit 'no-such-branch'" in one_line(e, "lock xen: ")
+
+
+def test_lock_refuses_option_like_ref(up: Upstream, tmp_path: Path) -> None:
+    with pytest.raises(FetchError) as e:
+        gitsrc.lock("xen", src("--upload-pack=touch /tmp/x"), make_ctx(tmp_path, up))
+    one_line(e, "lock xen: bad git ref")
+
+
+def test_lock_unreachable_upstream_leaves_no_mirror(up: Upstream, tmp_path: Path) -> None:
+    ctx = make_ctx(tmp_path, up, url=(tmp_path / "nowhere").as_uri())
+    with pytest.raises(FetchError) as e:
+        gitsrc.lock("xen", src("main"), ctx)
+    assert "git fetch" in one_line(e, "lock xen: ")
+    assert not ctx.store.git_path(CANON).exists()
+    assert list((ctx.store.root / "tmp").iterdir()) == []
+
+
+def test_lock_offline(up: Upstream, tmp_path: Path) -> None:
+    with pytest.raises(Missing) as e:
+        gitsrc.lock("xen", src("main"), make_ctx(tmp_path, up, offline=True))
+    one_line(e, "lock xen: offline")
+
+
+# --- fetch -----------------------------------------------------------------------------
+
+
+def test_fetch_then_offline_refetch(up: Upstream, tmp_path: Path) -> None:
+    entry = gitsrc.lock("xen", src("v1.0"), make_ctx(tmp_path, up, "lock-store"))
+    ctx = make_ctx(tmp_path, up)
+    assert not gitsrc.fetched(entry, ctx)
+    gitsrc.fetch("xen", src("v1.0"), entry, ctx)
+    assert gitsrc.fetched(entry, ctx)
+    # Upstream gone and offline: the store alone serves the fetch.
+    gone = make_ctx(tmp_path, up, offline=True, url=(tmp_path / "nowhere").as_uri())
+    gitsrc.fetch("xen", src("v1.0"), entry, gone)
+    assert gitsrc.fetched(entry, gone)
+    assert gitsrc.keeps(entry, gone) == Keeps(git=frozenset({CANON}))
+
+
+def test_offline_empty_store_is_missing(up: Upstream, tmp_path: Path) -> None:
+    entry = gitsrc.lock("xen", src("main"), make_ctx(tmp_path, up, "lock-store"))
+    with pytest.raises(Missing) as e:
+        gitsrc.fetch("xen", src("main"), entry, make_ctx(tmp_path, up, offline=True))
+    msg = one_line(e, "fetch xen: offline")
+    assert CANON in msg and up.c3 in msg
+
+
+def test_fetch_gets_commit_no_longer_on_a_branch(up: Upstream, tmp_path: Path) -> None:
+    """A locked branch that was since force-pushed: the commit is asked for by id."""
+    entry = gitsrc.lock("xen", src("other"), make_ctx(tmp_path, up, "lock-store"))
+    up.git("branch", "-f", "other", up.c3)
+    ctx = make_ctx(tmp_path, up)
+    gitsrc.fetch("xen", src("other"), entry, ctx)
+    assert gitsrc.fetched(entry, ctx)
+
+
+def test_fetch_commit_gone_upstream(up: Upstream, tmp_path: Path) -> None:
+    entry = gitsrc.lock("xen", src("refs/pull/1/head"), make_ctx(tmp_path, up, "lock-store"))
+    up.git("update-ref", "-d", "refs/pull/1/head")
+    up.git("gc", "-q", "--prune=now")
+    with pytest.raises(FetchError) as e:
+        gitsrc.fetch("xen", src("refs/pull/1/head"), entry, make_ctx(tmp_path, up))
+    assert f"no longer has commit {up.c4}" in one_line(e, "fetch xen: ")
+
+
+def test_locked_commits_survive_gc_in_the_mirror(up: Upstream, tmp_path: Path) -> None:
+    up.git("branch", "topic", up.c4)
+    ctx = make_ctx(tmp_path, up)
+    entry = gitsrc.lock("xen", src("topic"), ctx)
+    up.git("branch", "-D", "topic")
+    gitsrc.lock("xen", src("main"), ctx)  # prunes refs/heads/topic from the mirror
+    sh("git", "--git-dir", ctx.store.git_path(CANON), "gc", "-q", "--prune=now")
+    assert gitsrc.fetched(entry, ctx)
+
+
+@pytest.mark.parametrize("tag", ["annotated", "light"])
+def test_moved_tag_is_refused(up: Upstream, tmp_path: Path, tag: str) -> None:
+    lock_ctx = make_ctx(tmp_path, up, "lock-store")
+    entry = gitsrc.lock("xen", src(tag), lock_ctx)
+    up.git("tag", "-f", *(["-a", "-m", "moved"] if tag == "annotated" else []), tag, up.c3)
+    ctx = make_ctx(tmp_path, up)
+    for _ in range(2):  # and a retry, now served from the store, is refused too
+        with pytest.raises(FetchError) as e:
+            gitsrc.fetch("xen", src(tag), entry, ctx)
+        assert one_line(e, "fetch xen: ") == f"fetch xen: tag {tag} moved: locked at {up.c1}, now {up.c3}"
+    # The store that locked still holds the old tag: no network, nothing to refuse...
+    gitsrc.fetch("xen", src(tag), entry, lock_ctx)
+    # ...until the mirror learns of the move.
+    gitsrc.lock("xen", src("main"), lock_ctx)
+    with pytest.raises(FetchError):
+        gitsrc.fetch("xen", src(tag), entry, lock_ctx)
+
+
+def test_remade_tag_on_same_commit_is_refused(up: Upstream, tmp_path: Path) -> None:
+    entry = gitsrc.lock("xen", src("annotated"), make_ctx(tmp_path, up, "lock-store"))
+    up.git("tag", "-f", "-a", "-m", "remade", "annotated", up.c1)
+    with pytest.raises(FetchError) as e:
+        gitsrc.fetch("xen", src("annotated"), entry, make_ctx(tmp_path, up))
+    assert "(same commit)" in one_line(e, "fetch xen: tag annotated moved: locked at tag object")
+
+
+def test_deleted_tag_is_refused(up: Upstream, tmp_path: Path) -> None:
+    entry = gitsrc.lock("xen", src("light"), make_ctx(tmp_path, up, "lock-store"))
+    up.git("tag", "-d", "light")
+    with pytest.raises(FetchError) as e:
+        gitsrc.fetch("xen", src("light"), entry, make_ctx(tmp_path, up))
+    one_line(e, "fetch xen: tag light is gone upstream")
+
+
+# --- signatures ------------------------------------------------------------------------
+
+
+def tag_verify(*keyfiles: Path) -> Verify:
+    return Verify(keys=[str(k) for k in keyfiles], tag=True)
+
+
+def commit_verify(*keyfiles: Path) -> Verify:
+    return Verify(keys=[str(k) for k in keyfiles], commit=True)
+
+
+def test_signed_tag_with_the_right_key(up: Upstream, tmp_path: Path, keys: Keys) -> None:
+    source = src("v1.0", tag_verify(keys.good_file))
+    entry = gitsrc.lock("xen", source, make_ctx(tmp_path, up, "lock-store"))
+    assert entry["tag"] == "v1.0" and entry["commit"] == up.c1 and "tag-object" in entry
+    ctx = make_ctx(tmp_path, up)
+    gitsrc.fetch("xen", source, entry, ctx)
+    gitsrc.fetch("xen", source, entry, replace(ctx, offline=True))
+    # Any one of the named keys will do.
+    either = src("wrong", tag_verify(keys.good_file, keys.bad_file))
+    gitsrc.fetch("xen", either, gitsrc.lock("xen", either, ctx), ctx)
+
+
+@pytest.mark.parametrize(("tag", "why"), [("light", "is a lightweight tag"), ("annotated", "is not signed")])
+def test_unsigned_tag_is_refused(up: Upstream, tmp_path: Path, keys: Keys, tag: str, why: str) -> None:
+    source = src(tag, tag_verify(keys.good_file))
+    with pytest.raises(SignatureError) as e:
+        gitsrc.lock("xen", source, make_ctx(tmp_path, up, "lock-store"))
+    assert why in one_line(e, f"lock xen: tag {tag} ")
+    # Locked without verify, then fetched with it: refused, and refused again from the store.
+    entry = gitsrc.lock("xen", src(tag), make_ctx(tmp_path, up, "lock-store"))
+    ctx = make_ctx(tmp_path, up)
+    for _ in range(2):
+        with pytest.raises(SignatureError) as e:
+            gitsrc.fetch("xen", source, entry, ctx)
+        assert why in one_line(e, f"fetch xen: tag {tag} ")
+
+
+def test_tag_signed_by_the_wrong_key_is_refused(up: Upstream, tmp_path: Path, keys: Keys) -> None:
+    source = src("wrong", tag_verify(keys.good_file))
+    with pytest.raises(SignatureError) as e:
+        gitsrc.lock("xen", source, make_ctx(tmp_path, up, "lock-store"))
+    assert "which is not among verify.keys" in one_line(e, "lock xen: tag wrong is signed by key ")
+    entry = gitsrc.lock("xen", src("wrong"), make_ctx(tmp_path, up, "lock-store"))
+    with pytest.raises(SignatureError):
+        gitsrc.fetch("xen", source, entry, make_ctx(tmp_path, up))
+
+
+def test_signed_tag_under_another_name_is_refused(up: Upstream, tmp_path: Path, keys: Keys) -> None:
+    """An old signed release re-published as a new tag name is not that release."""
+    up.git("update-ref", "refs/tags/v2.0", up.git("rev-parse", "v1.0"))
+    with pytest.raises(SignatureError) as e:
+        gitsrc.lock("xen", src("v2.0", tag_verify(keys.good_file)), make_ctx(tmp_path, up))
+    assert "made as 'v1.0'" in one_line(e, "lock xen: tag v2.0 ")
+
+
+def test_verify_tag_needs_a_tag(up: Upstream, tmp_path: Path, keys: Keys) -> None:
+    with pytest.raises(SignatureError) as e:
+        gitsrc.lock("xen", src("stable", tag_verify(keys.good_file)), make_ctx(tmp_path, up))
+    one_line(e, "lock xen: verify.tag needs a signed tag, but ref 'stable' is not a tag")
+
+
+@pytest.mark.parametrize(
+    ("ref", "why"),
+    [("stable", None), ("other", "is signed by key "), ("main", "is not signed")],
+)
+def test_signed_commit(up: Upstream, tmp_path: Path, keys: Keys, ref: str, why: str | None) -> None:
+    source = src(ref, commit_verify(keys.good_file))
+    if why is None:
+        entry = gitsrc.lock("xen", source, make_ctx(tmp_path, up, "lock-store"))
+        gitsrc.fetch("xen", source, entry, make_ctx(tmp_path, up))
+        return
+    with pytest.raises(SignatureError) as e:
+        gitsrc.lock("xen", source, make_ctx(tmp_path, up, "lock-store"))
+    assert why in one_line(e, "lock xen: commit ")
+    entry = gitsrc.lock("xen", src(ref), make_ctx(tmp_path, up, "lock-store"))
+    with pytest.raises(SignatureError) as e:
+        gitsrc.fetch("xen", source, entry, make_ctx(tmp_path, up))
+    assert why in one_line(e, "fetch xen: commit ")
+
+
+def test_missing_key_file(up: Upstream, tmp_path: Path) -> None:
+    with pytest.raises(SignatureError) as e:
+        gitsrc.lock("xen", src("v1.0", tag_verify(tmp_path / "nokey.asc")), make_ctx(tmp_path, up))
+    one_line(e, "lock xen: key file")
+
+
+# --- the store -------------------------------------------------------------------------
+
+
+def test_mirror_map_keeps_the_recipe_url(up: Upstream, tmp_path: Path) -> None:
+    ctx = make_ctx(tmp_path, up)
+    ctx.mirrors = {"https://xenbits.xen.org/git-http/": up.path.parent.as_uri() + "/"}
+    (up.path.parent / "xen.git").symlink_to(up.path)
+    entry = gitsrc.lock("xen", src("stable"), ctx)
+    assert entry["url"] == CANON and entry["commit"] == up.c1
+    mirror = ctx.store.git_path(CANON)
+    assert [p.name for p in (ctx.store.root / "git").iterdir()] == [mirror.name]
+    assert sh("git", "--git-dir", mirror, "config", "remote.origin.url") == CANON
+    fresh = replace(ctx, store=Store(tmp_path / "fresh"))
+    gitsrc.fetch("xen", src("stable"), entry, fresh)
+    assert gitsrc.fetched(entry, fresh)
+
+
+def test_concurrent_fetches_share_one_mirror(up: Upstream, tmp_path: Path, keys: Keys) -> None:
+    source = src("v1.0", tag_verify(keys.good_file))
+    entry = gitsrc.lock("xen", source, make_ctx(tmp_path, up, "lock-store"))
+    ctx = make_ctx(tmp_path, up)
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            gitsrc.fetch("xen", source, entry, ctx)
+            gitsrc.lock("xen", src("main"), ctx)
+        except BaseException as e:  # reported below, in the test's thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(list((ctx.store.root / "git").iterdir())) == 1
+    assert list((ctx.store.root / "tmp").iterdir()) == []
+    sh("git", "--git-dir", ctx.store.git_path(CANON), "fsck", "--strict", "--no-dangling")
+    assert gitsrc.fetched(entry, ctx)
+
+
+def test_export_writes_the_exact_tree(up: Upstream, tmp_path: Path) -> None:
+    ctx = make_ctx(tmp_path, up)
+    entry = gitsrc.lock("xen", src("stable"), ctx)
+    dest = gitsrc.export(entry, ctx, tmp_path / "src")
+    assert sorted(p.name for p in dest.iterdir()) == [".gitattributes", "README", "build.sh", "dropped.txt", "link"]
+    assert (dest / "README").read_text() == "xen\n"
+    assert os.access(dest / "build.sh", os.X_OK) and not os.access(dest / "README", os.X_OK)
+    assert os.readlink(dest / "link") == "README"
+    assert (dest / "dropped.txt").is_file()  # upstream's export-ignore does not apply
+    assert int((dest / "README").stat().st_mtime) == 1704164645  # the commit's time, not now
+    assert list((ctx.store.root / "tmp").iterdir()) == []
+
+
+def test_export_needs_a_fetch(up: Upstream, tmp_path: Path) -> None:
+    entry = gitsrc.lock("xen", src("main"), make_ctx(tmp_path, up, "lock-store"))
+    with pytest.raises(Missing) as e:
+        gitsrc.export(entry, make_ctx(tmp_path, up), tmp_path / "src")
+    one_line(e, f"export {CANON}: the store lacks commit {up.c3}")
+
+
+def test_tarfile_filter_available() -> None:
+    """export relies on extraction filters (Python 3.11.4+)."""
+    assert hasattr(tarfile, "tar_filter")
