@@ -7,6 +7,7 @@ import json
 import logging
 import re
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -106,6 +107,10 @@ def _fetch_to(url: str, partial: Path, ctx: Context, what: str) -> bool:
     failures = 0
     delay = BACKOFF
     last = ""
+    host = urllib.parse.urlsplit(url).hostname or url
+    unresolved = ctx.cache.setdefault("http-unresolved-hosts", set())
+    if host in unresolved:
+        raise FetchError(f"{what}: {url}: host {host} does not resolve (seen earlier in this run)")
     with requests.Session() as session:
         for _ in range(MAX_REQUESTS):
             before = partial.stat().st_size if partial.exists() else 0
@@ -115,6 +120,12 @@ def _fetch_to(url: str, partial: Path, ctx: Context, what: str) -> bool:
                 return resumed
             except FetchError:
                 raise
+            except requests.exceptions.ConnectionError as e:
+                if _unresolvable(e):
+                    # No answer from DNS is not a flaky link: say so now rather than after minutes of retries.
+                    unresolved.add(host)
+                    raise FetchError(f"{what}: {url}: host {host} does not resolve") from None
+                last = f"cannot connect to {host}: {_reason(e)}"
             except (_Retry, *_RETRYABLE) as e:
                 last = " ".join(str(e).split()) or e.__class__.__name__
                 wait = getattr(e, "retry_after", None)
@@ -130,6 +141,21 @@ def _fetch_to(url: str, partial: Path, ctx: Context, what: str) -> bool:
             time.sleep(min(wait if wait is not None else delay, MAX_BACKOFF))
             delay *= 2
     raise FetchError(f"{what}: {url}: failed after {failures} attempts in a row: {last}")
+
+
+def _unresolvable(e: BaseException) -> bool:
+    """Whether a connection error came from name resolution."""
+    text = repr(e)
+    return "NameResolutionError" in text or "Name or service not known" in text or "Temporary failure in name resolution" in text
+
+
+def _reason(e: BaseException) -> str:
+    """The innermost reason of a requests/urllib3 connection error, without the pool's wrapping."""
+    inner: BaseException | None = e
+    while inner is not None and inner.__context__ is not None and not isinstance(inner, OSError):
+        inner = inner.__context__
+    text = str(inner or e)
+    return text.rsplit(": ", 1)[-1].strip("()'\" ") or e.__class__.__name__
 
 
 def _attempt(session: requests.Session, url: str, partial: Path, ctx: Context, what: str, validator: str) -> None:
