@@ -27,10 +27,11 @@ class CommandError(XenspinError):
         self.log_path = log_path
         self.tail = tail
         where = f"; log: {log_path}" if log_path else ""
-        prog = Path(cmd[0]).name if cmd else "?"
-        msg = f"{what}: {prog} exited with status {status}{where}"
-        if tail.strip():
-            msg += "\n" + "\n".join("  | " + line for line in tail.rstrip().splitlines()[-TAIL_LINES:])
+        msg = f"{what}: failed with exit status {status}{where}"
+        # The log's "$ command" lines are for the log; the message shows what the command said.
+        said = [line for line in tail.rstrip().splitlines() if not line.startswith("$ ")]
+        if said:
+            msg += "\n" + "\n".join("  | " + line for line in said[-TAIL_LINES:])
         super().__init__(msg)
 
 

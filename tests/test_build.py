@@ -1,0 +1,218 @@
+"""Component builds through the real path: mmdebstrap build roots, bubblewrap steps, .debs, cache keys.
+
+Slow: the first test to need a build root makes it with mmdebstrap against the
+Debian archive; every later test in the run reuses it from the session's store.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from builder import cli
+
+pytestmark = pytest.mark.slow
+
+HELLO_C = '#include <stdio.h>\nint main(void) { puts("hello from xenspin"); return 0; }\n'
+
+DISTRO = """\
+name: tiny
+version: "1.0"
+components:
+  hello: {}
+  greeter: {}
+  solo: {}
+installer:
+  component: solo
+"""
+
+STAMP = 'echo "start $(date +%s.%N)"'
+END = 'echo "end $(date +%s.%N)"'
+
+RECIPES = {
+    "hello": f"""\
+source: {{path: hello}}
+build-depends: [gcc, libc6-dev]
+steps:
+  - name: compile
+    run: |
+      {STAMP}
+      mkdir -p "$OUT/usr/bin"
+      gcc -O2 -o "$OUT/usr/bin/hello" "$SRC/hello.c"
+      sleep 2
+      {END}
+outputs: [usr/bin/hello]
+package: {{name: hello-xs, description: a greeting in C}}
+""",
+    "greeter": f"""\
+source: {{path: greeter}}
+build-depends: [gcc, libc6-dev]
+after: [hello]
+steps:
+  - name: stage
+    run: |
+      {STAMP}
+      install -D -m 0755 "$SRC/greet" "$OUT/usr/bin/greet"
+package: {{name: greet-xs, depends: [hello-xs]}}
+""",
+    "solo": f"""\
+source: {{path: solo}}
+steps:
+  - name: stage
+    run: |
+      {STAMP}
+      install -D -m 0644 "$SRC/note" "$OUT/usr/share/solo/note"
+package: {{name: solo-xs}}
+""",
+}
+
+
+@pytest.fixture(scope="session")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One store for the whole run, so each build root is made once."""
+    return tmp_path_factory.mktemp("store")
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    (tmp_path / "distro.yaml").write_text(DISTRO)
+    for name, recipe in RECIPES.items():
+        (tmp_path / "components").mkdir(exist_ok=True)
+        (tmp_path / "components" / f"{name}.yaml").write_text(recipe)
+        (tmp_path / "components" / name).mkdir()
+    (tmp_path / "components/hello/hello.c").write_text(HELLO_C)
+    (tmp_path / "components/greeter/greet").write_text("#!/bin/sh\nexec hello\n")
+    (tmp_path / "components/solo/note").write_text("solo\n")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def build(store: Path, capsys: pytest.CaptureFixture[str], *args: str) -> dict:
+    code = cli.main(["--store", str(store), "--json", "build", *args])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    return json.loads(out.out)
+
+
+def fail(store: Path, capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    code = cli.main(["--store", str(store), "build", *args])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err
+    lines = err.splitlines()  # progress lines (lock:, build root ...) come first; the error is last
+    start = next(i for i, line in enumerate(lines) if re.match(r"build [\w-]+: ", line))
+    return "\n".join(lines[start:])
+
+
+def log_times(store: Path, name: str) -> tuple[float, float]:
+    """(first start, last end-or-start) stamped into a component's step logs."""
+    logs = sorted((store / "logs/build" / name).glob("*/*.log"), key=lambda p: p.stat().st_mtime)
+    stamps = [float(m) for p in logs for m in re.findall(r"^(?:start|end) (\d+\.\d+)$", p.read_text(), re.M)]
+    return min(stamps), max(stamps)
+
+
+def test_tiny_c_component_builds_to_a_working_deb(project: Path, store: Path, capsys, tmp_path: Path) -> None:
+    report = build(store, capsys, "-j", "2")
+    assert sorted(report["built"]) == ["greeter", "hello", "solo"]
+    (deb,) = report["debs"]["hello"]
+    listing = subprocess.run(["dpkg-deb", "-c", deb], capture_output=True, text=True, check=True).stdout
+    assert "./usr/bin/hello" in listing
+    unpacked = tmp_path / "unpacked"
+    subprocess.run(["dpkg-deb", "-x", deb, unpacked], check=True)
+    assert subprocess.run([unpacked / "usr/bin/hello"], capture_output=True, text=True).stdout == "hello from xenspin\n"
+    fields = subprocess.run(["dpkg-deb", "-f", report["debs"]["greeter"][0]], capture_output=True, text=True).stdout
+    assert "Package: greet-xs" in fields and "Depends: hello-xs" in fields
+    packages = (Path(report["repo"]) / "Packages").read_text()
+    assert {"hello-xs", "greet-xs", "solo-xs"} <= set(re.findall(r"^Package: (\S+)", packages, re.M))
+    assert list((store / "logs/build/hello").glob("*/01-compile.log"))
+    # parallel, yet greeter (after: hello) started only once hello had finished
+    hello_start, hello_end = log_times(store, "hello")
+    greeter_start, _ = log_times(store, "greeter")
+    assert greeter_start >= hello_end
+
+
+def test_second_build_runs_no_step(project: Path, store: Path, capsys) -> None:
+    build(store, capsys)
+    logs = {p: p.stat().st_mtime_ns for p in (store / "logs/build").rglob("*.log")}
+    report = build(store, capsys)
+    assert report["built"] == [] and sorted(report["cached"]) == ["greeter", "hello", "solo"]
+    assert {p: p.stat().st_mtime_ns for p in (store / "logs/build").rglob("*.log")} == logs
+    assert cli.main(["--store", str(store), "plan"]) == 0
+    plan = capsys.readouterr().out
+    assert plan.count("[hit ") == 3 and "[miss" not in plan
+
+
+def test_change_rebuilds_it_and_its_dependants_only(project: Path, store: Path, capsys) -> None:
+    build(store, capsys)
+    (project / "components/hello/hello.c").write_text(HELLO_C.replace("hello from", "hi from"))
+    assert cli.main(["--store", str(store), "plan"]) == 0
+    plan = capsys.readouterr().out
+    assert re.search(r"hello .*\[miss", plan) and re.search(r"greeter .*\[miss", plan) and re.search(r"solo .*\[hit", plan)
+    report = build(store, capsys)
+    assert sorted(report["built"]) == ["greeter", "hello"] and report["cached"] == ["solo"]
+    recipe = project / "components/solo.yaml"
+    recipe.write_text(recipe.read_text().replace('solo/note"', 'solo/note.txt"'))
+    report = build(store, capsys)
+    assert report["built"] == ["solo"] and sorted(report["cached"]) == ["greeter", "hello"]
+
+
+def test_network_is_refused_inside_a_step(project: Path, store: Path, capsys) -> None:
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    socket.create_connection(("127.0.0.1", port), timeout=5).close()  # reachable from the host
+    server.accept()[0].close()
+    (project / "components/solo.yaml").write_text(
+        f"source: {{path: solo}}\nsteps:\n  - name: connect\n    run: bash -c 'exec 3<>/dev/tcp/127.0.0.1/{port}'\n"
+    )
+    err = fail(store, capsys, "solo")
+    first = err.splitlines()[0]
+    assert first.startswith("build solo: step connect: failed with exit status 1; log: ")
+    log = Path(first.split("; log: ")[1]).read_text()
+    # the step has its own empty network namespace: the host's listener is not there
+    assert "Connection refused" in log or "Network is unreachable" in log
+    server.settimeout(0.5)
+    with pytest.raises(TimeoutError):
+        server.accept()
+    server.close()
+
+
+def test_failing_step_names_component_step_status_and_log(project: Path, store: Path, capsys) -> None:
+    build(store, capsys, "hello")
+    (project / "components/greeter.yaml").write_text(
+        "source: {path: greeter}\nafter: [hello]\nsteps:\n"
+        "  - name: prepare\n    run: echo fine\n"
+        "  - name: compile\n    run: |\n      echo about to fail >&2\n      exit 3\n"
+    )
+    err = fail(store, capsys)
+    first = err.splitlines()[0]
+    assert first.startswith("build greeter: step compile: failed with exit status 3; log: ")
+    assert "02-compile.log" in first and "about to fail" in err
+    assert Path(first.split("; log: ")[1]).is_file()
+    # what finished before stays in the store: hello is not rebuilt when greeter is fixed
+    (project / "components/greeter.yaml").write_text(RECIPES["greeter"].replace("name: stage", "name: fixed"))
+    report = build(store, capsys)
+    assert "hello" in report["cached"] and "greeter" in report["built"]
+
+
+def test_source_is_read_only_and_failed_builds_leave_nothing(project: Path, store: Path, capsys) -> None:
+    (project / "components/solo.yaml").write_text(
+        "source: {path: solo}\nsteps:\n  - name: scribble\n    run: touch \"$SRC/scribbled\"\n"
+    )
+    before = set((store / "objects/build").iterdir()) if (store / "objects/build").exists() else set()
+    err = fail(store, capsys, "solo")
+    assert "Read-only file system" in err
+    assert not (project / "components/solo/scribbled").exists()
+    assert set((store / "objects/build").iterdir()) == before
+    assert not list((store / "tmp").glob("build-solo*"))
+
+
+def test_missing_output_is_an_error(project: Path, store: Path, capsys) -> None:
+    recipe = project / "components/solo.yaml"
+    recipe.write_text(recipe.read_text() + "outputs: [usr/share/solo/absent]\n")
+    err = fail(store, capsys, "solo")
+    assert err.startswith("build solo: the steps did not produce usr/share/solo/absent")
