@@ -85,7 +85,9 @@ def root_spec(distro: Distro, lock: Lock, comp: Component) -> RootSpec:
     )
 
 
-def component_key(comp: Component, entry: dict, root: RootSpec | None, deps: dict[str, str], tree: str, base: Path) -> str:
+def component_key(
+    comp: Component, entry: dict, root: RootSpec | None, deps: dict[str, str], tree: str, base: Path
+) -> str:
     """The cache key: everything that can change what the build produces."""
     recipe = _relative(comp, base)
     for volatile in ("description", "recipe", "optional"):
@@ -290,7 +292,11 @@ class Builder:
             for i, step in enumerate(comp.steps, 1):
                 log_path = logs / f"{i:02d}-{step.name}.log"
                 try:
-                    run([*prefix, "/bin/sh", "-e", "-c", step.run], what=f"build {job.name}: step {step.name}", log_path=log_path)
+                    run(
+                        [*prefix, "/bin/sh", "-e", "-c", step.run],
+                        what=f"build {job.name}: step {step.name}",
+                        log_path=log_path,
+                    )
                 except CommandError as e:
                     raise BuildError(str(e)) from None
         finally:
@@ -334,7 +340,9 @@ class Builder:
             if dest.is_dir():
                 return dest
             if self.ctx.offline:
-                raise BuildError(f"build root {spec.key[:12]} ({', '.join(spec.packages) or 'minbase'}) is not in the store and --offline forbids mmdebstrap")
+                raise BuildError(
+                    f"build root {spec.key[:12]} ({', '.join(spec.packages) or 'minbase'}) is not in the store and --offline forbids mmdebstrap"
+                )
             self.say(f"build root {spec.key[:12]}: mmdebstrap {spec.suite} {' '.join(spec.packages)}")
             tmp = self.store.tmp_dir("buildroot")
             target = tmp / "root"
@@ -343,13 +351,17 @@ class Builder:
                 cmd.append("--include=" + ",".join(spec.packages))
             cmd += [
                 "--customize-hook=mkdir -p " + " ".join(f'"$1{m}"' for m in MOUNTS),
-                "--customize-hook=rm -rf \"$1/var/cache/apt\"/*.bin \"$1/var/lib/apt/lists\"/*_*",
+                '--customize-hook=rm -rf "$1/var/cache/apt"/*.bin "$1/var/lib/apt/lists"/*_*',
                 spec.suite,
                 target,
                 self.ctx.url(spec.mirror),
             ]
             try:
-                run(cmd, what=f"build root {spec.key[:12]}", log_path=self.store.log_dir("buildroot", spec.key[:12] + ".log"))
+                run(
+                    cmd,
+                    what=f"build root {spec.key[:12]}",
+                    log_path=self.store.log_dir("buildroot", spec.key[:12] + ".log"),
+                )
                 self.store.commit_dir(target, dest)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)

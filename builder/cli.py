@@ -227,7 +227,11 @@ def cmd_build(args: argparse.Namespace) -> int:
     with ctx.store.session():
         old = lock.read(path)
         # Optional components that could not be locked stay out until `xenspin lock` is asked again.
-        todo = {n for n, why in lock.stale(distro, old, ctx.recipe_dir).items() if not distro.components[n].optional or why != "not locked"}
+        todo = {
+            n
+            for n, why in lock.stale(distro, old, ctx.recipe_dir).items()
+            if not distro.components[n].optional or why != "not locked"
+        }
         if todo or old is None:
             if args.offline and old is None:
                 raise XenspinError(f"{path}: no lock yet and --offline forbids resolving sources")

@@ -152,7 +152,9 @@ def test_change_rebuilds_it_and_its_dependants_only(project: Path, store: Path, 
     (project / "components/hello/hello.c").write_text(HELLO_C.replace("hello from", "hi from"))
     assert cli.main(["--store", str(store), "plan"]) == 0
     plan = capsys.readouterr().out
-    assert re.search(r"hello .*\[miss", plan) and re.search(r"greeter .*\[miss", plan) and re.search(r"solo .*\[hit", plan)
+    assert (
+        re.search(r"hello .*\[miss", plan) and re.search(r"greeter .*\[miss", plan) and re.search(r"solo .*\[hit", plan)
+    )
     report = build(store, capsys)
     assert sorted(report["built"]) == ["greeter", "hello"] and report["cached"] == ["solo"]
     recipe = project / "components/solo.yaml"
@@ -201,7 +203,7 @@ def test_failing_step_names_component_step_status_and_log(project: Path, store: 
 
 def test_source_is_read_only_and_failed_builds_leave_nothing(project: Path, store: Path, capsys) -> None:
     (project / "components/solo.yaml").write_text(
-        "source: {path: solo}\nsteps:\n  - name: scribble\n    run: touch \"$SRC/scribbled\"\n"
+        'source: {path: solo}\nsteps:\n  - name: scribble\n    run: touch "$SRC/scribbled"\n'
     )
     before = set((store / "objects/build").iterdir()) if (store / "objects/build").exists() else set()
     err = fail(store, capsys, "solo")

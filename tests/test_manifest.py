@@ -192,9 +192,7 @@ def test_unknown_field_did_you_mean(project: Path, capsys: pytest.CaptureFixture
 
 def test_wrong_type(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
     write(project, {"distro.yaml": BASE + "rootfs:\n  packages: vim\n"})
-    assert fails(capsys) == (
-        "distro.yaml:10: rootfs.packages: got the string 'vim' (expected a list of strings)"
-    )
+    assert fails(capsys) == ("distro.yaml:10: rootfs.packages: got the string 'vim' (expected a list of strings)")
 
 
 def test_boolean_where_string_expected(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -244,7 +242,9 @@ def test_missing_recipe(project: Path, capsys: pytest.CaptureFixture[str]) -> No
 
 def test_error_inside_a_recipe_names_the_recipe(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
     write(project, {"components/a.yaml": RECIPE + "optional: maybe\n"})
-    assert fails(capsys) == "components/a.yaml:6: components.a.optional: got the string 'maybe' (expected true or false)"
+    assert (
+        fails(capsys) == "components/a.yaml:6: components.a.optional: got the string 'maybe' (expected true or false)"
+    )
 
 
 def test_source_with_two_kinds(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -386,7 +386,9 @@ def test_extends_cycle(project: Path, capsys: pytest.CaptureFixture[str]) -> Non
 def test_extends_missing(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
     write(project, {"spins/x.yaml": "extends: ../nope.yaml\n"})
     line = fails(capsys, "-f", "spins/x.yaml")
-    assert line.startswith("spins/x.yaml:1: extends: ") and line.endswith("nope.yaml does not exist (expected a manifest file)")
+    assert line.startswith("spins/x.yaml:1: extends: ") and line.endswith(
+        "nope.yaml does not exist (expected a manifest file)"
+    )
 
 
 def test_extends_directory(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -397,12 +399,17 @@ def test_extends_directory(project: Path, capsys: pytest.CaptureFixture[str]) ->
 
 def test_spin_removes_unknown_component(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
     write(project, {"spins/x.yaml": SPIN + "components:\n  bb: null\n"})
-    assert fails(capsys, "-f", "spins/x.yaml") == "spins/x.yaml:4: components.bb: removes no component; did you mean 'b'?"
+    assert (
+        fails(capsys, "-f", "spins/x.yaml") == "spins/x.yaml:4: components.bb: removes no component; did you mean 'b'?"
+    )
 
 
 def test_spin_removes_absent_list_item(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
     write(project, {"spins/x.yaml": SPIN + "rootfs:\n  packages-: [emacs]\n"})
-    assert fails(capsys, "-f", "spins/x.yaml") == "spins/x.yaml:4: rootfs.packages-[0]: removes 'emacs', which packages does not hold"
+    assert (
+        fails(capsys, "-f", "spins/x.yaml")
+        == "spins/x.yaml:4: rootfs.packages-[0]: removes 'emacs', which packages does not hold"
+    )
 
 
 def test_spin_removing_a_needed_component(project: Path, capsys: pytest.CaptureFixture[str]) -> None:

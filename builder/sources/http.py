@@ -146,7 +146,11 @@ def _fetch_to(url: str, partial: Path, ctx: Context, what: str) -> bool:
 def _unresolvable(e: BaseException) -> bool:
     """Whether a connection error came from name resolution."""
     text = repr(e)
-    return "NameResolutionError" in text or "Name or service not known" in text or "Temporary failure in name resolution" in text
+    return (
+        "NameResolutionError" in text
+        or "Name or service not known" in text
+        or "Temporary failure in name resolution" in text
+    )
 
 
 def _reason(e: BaseException) -> str:
