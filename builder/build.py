@@ -17,12 +17,13 @@ import shutil
 import threading
 import time
 from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
 from . import FORMAT_VERSION, typed
 from .errors import XenspinError
-from .lock import Lock, _relative
+from .lock import Lock
 from .manifest import Component, Distro, build_order
 from .run import CommandError, run, sandbox
 from .sources import Context, module
@@ -86,10 +87,10 @@ def root_spec(distro: Distro, lock: Lock, comp: Component) -> RootSpec:
 
 
 def component_key(
-    comp: Component, entry: dict, root: RootSpec | None, deps: dict[str, str], tree: str, base: Path
+    comp: Component, entry: dict, root: RootSpec | None, deps: dict[str, str], tree: str, base: Path, epoch: int
 ) -> str:
     """The cache key: everything that can change what the build produces."""
-    recipe = _relative(comp, base)
+    recipe = typed.to_data(comp, relative_to=base)
     for volatile in ("description", "recipe", "optional"):
         recipe.pop(volatile, None)
     source = {k: v for k, v in entry.items() if k != "recipe"}
@@ -101,6 +102,7 @@ def component_key(
             "tree": tree,
             "root": root.key if root else None,
             "after": deps,
+            "epoch": epoch,
         }
     )
 
@@ -112,6 +114,7 @@ def plan(distro: Distro, lock: Lock, base: Path, names: list[str] | None = None)
     such a component is planned without it.
     """
     wanted = closure(distro, names) if names else set(distro.components)
+    epoch = source_date_epoch(lock)
     jobs: dict[str, Job] = {}
     for name in build_order(distro):
         comp = distro.components[name]
@@ -126,7 +129,7 @@ def plan(distro: Distro, lock: Lock, base: Path, names: list[str] | None = None)
             action, root = "build", root_spec(distro, lock, comp)
         else:
             action, root = "none", None
-        key = component_key(comp, entry, root, deps, tree, base)
+        key = component_key(comp, entry, root, deps, tree, base, epoch)
         jobs[name] = Job(name, key, action, root, tuple(deps))
     return jobs
 
@@ -193,7 +196,7 @@ class Builder:
         self.store: Store = ctx.store
         self.jobs = max(1, jobs)
         self.say = say or (lambda msg: log.info("%s", msg))
-        self.epoch = int(os.environ.get("SOURCE_DATE_EPOCH") or _archive_epoch(lock))
+        self.epoch = source_date_epoch(lock)
 
     def output(self, job: Job) -> Path:
         return self.store.object_path("build", job.key)
@@ -283,7 +286,7 @@ class Builder:
             "OUT": "/out",
             "BUILD": "/build",
             "HOME": "/build",
-            "JOBS": str(max(1, (os.cpu_count() or 1) // min(self.jobs, 2))),
+            "JOBS": str(os.cpu_count() or 1),
             "LC_ALL": "C.UTF-8",
             "SOURCE_DATE_EPOCH": str(self.epoch),
         }
@@ -430,10 +433,14 @@ def _single(path: Path) -> Path:
     return entries[0] if len(entries) == 1 and entries[0].is_dir() else path
 
 
-def _archive_epoch(lock: Lock) -> int:
-    """SOURCE_DATE_EPOCH default: the locked archive's Release date, so builds of one lock agree."""
-    from email.utils import parsedate_to_datetime
+def source_date_epoch(lock: Lock) -> int:
+    """The build time stamped into outputs: $SOURCE_DATE_EPOCH, else the locked archive's Release date.
 
+    So two builds of one lock agree byte for byte, and the time is part of every key.
+    """
+    env = os.environ.get("SOURCE_DATE_EPOCH", "")
+    if env.isdigit():
+        return int(env)
     date = lock.archive.get("date")
     if date:
         try:

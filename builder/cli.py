@@ -219,7 +219,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     distro = manifest.load(args.file)
     for name in args.components:
         if name not in distro.components:
-            hint = typed._did_you_mean(name, list(distro.components))
+            hint = typed.did_you_mean(name, list(distro.components))
             raise XenspinError(f"build: no component {name!r} in {args.file}{hint}")
     ctx = _context(args, distro)
     reporter = ctx.progress

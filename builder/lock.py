@@ -7,7 +7,6 @@ an entry whose recipe changed since it was written is stale and is resolved agai
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -85,26 +84,8 @@ def recipe_digest(component: Component, root: Path) -> str:
 
     Only the source counts: changing build steps rebuilds, but needs no new lock.
     """
-    data = _relative(component.source, root)
+    data = typed.to_data(component.source, relative_to=root)
     return sha256_text(json.dumps(data, sort_keys=True))
-
-
-def _relative(obj: Any, root: Path) -> Any:
-    if dataclasses.is_dataclass(obj):
-        out = {}
-        for f, _ in typed.fields_of(type(obj)):
-            value = getattr(obj, f.name)
-            if f.metadata.get("path"):
-                value = (
-                    [os.path.relpath(v, root) for v in value]
-                    if isinstance(value, list)
-                    else (os.path.relpath(value, root) if value else value)
-                )
-            out[typed.yaml_key(f)] = _relative(value, root)
-        return out
-    if isinstance(obj, list):
-        return [_relative(v, root) for v in obj]
-    return obj
 
 
 def stale(distro: Distro, lock: Lock | None, root: Path) -> dict[str, str]:
@@ -136,7 +117,7 @@ def resolve(
     if update is not None:
         for name in update:
             if name not in distro.components:
-                hint = typed._did_you_mean(name, list(distro.components))
+                hint = typed.did_you_mean(name, list(distro.components))
                 raise LockError(f"lock --update: no component {name!r}{hint}")
     redo = set(distro.components) if update == [] else set(update or []) | set(changed)
     new = Lock(archive=dict(old.archive))

@@ -235,7 +235,7 @@ class Distro:
             for i, dep in enumerate(comp.after):
                 if dep not in self.components:
                     after = comps[name]["after"]
-                    hint = typed._did_you_mean(dep, list(self.components))
+                    hint = typed.did_you_mean(dep, list(self.components))
                     raise ManifestError(
                         after.loc_of(i), f"components.{name}.after[{i}]", f"names no component {dep!r}{hint}"
                     )
@@ -248,7 +248,7 @@ class Distro:
         if self.installer.component not in self.components:
             inst = raw.get("installer")
             loc = inst.loc_of("component") if isinstance(inst, LDict) else raw.loc
-            hint = typed._did_you_mean(self.installer.component, list(self.components))
+            hint = typed.did_you_mean(self.installer.component, list(self.components))
             raise ManifestError(loc, "installer.component", f"names no component {self.installer.component!r}{hint}")
         vid = self.iso.volume_id
         if not re.fullmatch(r"[A-Z0-9_]{1,32}", vid):
@@ -349,7 +349,7 @@ def _load_recipes(doc: LDict, base: LDict | None, path: Path) -> None:
                     comps.loc_of(name), where, "is empty (expected a mapping; use {} for a recipe's defaults)"
                 )
             if name not in known:
-                hint = typed._did_you_mean(name, list(known))
+                hint = typed.did_you_mean(name, list(known))
                 raise ManifestError(comps.loc_of(name), where, f"removes no component{hint}")
             continue
         if not isinstance(entry, LDict):

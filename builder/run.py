@@ -103,7 +103,8 @@ def sandbox(
     Everything is unshared (no network unless asked), /tmp is private, the process
     dies with xenspin, and the environment is exactly `env` plus a sane PATH.
     """
-    argv = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--ro-bind", str(root), "/"]
+    argv = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--hostname", "xenspin"]
+    argv += ["--ro-bind", str(root), "/"]
     if network:
         argv.append("--share-net")
     argv += ["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]

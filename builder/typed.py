@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import types
 import typing
+from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
 from .errors import Loc, ManifestError
@@ -133,7 +135,7 @@ def parse(tp: Any, value: Any, loc: Loc, path: str, raw: str | None = None) -> A
         if value in get_args(tp) and isinstance(value, str):
             return value
         choices = ", ".join(repr(a) for a in get_args(tp))
-        hint = _did_you_mean(str(value), [str(a) for a in get_args(tp)])
+        hint = did_you_mean(str(value), [str(a) for a in get_args(tp)])
         fail(f"got {_kind(value)} (expected one of {choices}){hint}")
     if get_origin(tp) is list:
         if not isinstance(value, LList):
@@ -150,7 +152,7 @@ def parse(tp: Any, value: Any, loc: Loc, path: str, raw: str | None = None) -> A
     raise TypeError(f"typed.parse: unsupported type {tp!r}")  # a programming error, not input
 
 
-def _did_you_mean(word: str, choices: list[str]) -> str:
+def did_you_mean(word: str, choices: list[str]) -> str:
     close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
     return f"; did you mean {close[0]!r}?" if close else ""
 
@@ -162,7 +164,7 @@ def _parse_union(members: list[type], value: Any, loc: Loc, path: str) -> Any:
         raise ManifestError(loc, path, f"got {_kind(value)} (expected a mapping with one of {names})")
     present = [k for k in value if k in keys]
     if not present:
-        hints = [_did_you_mean(k, list(keys)) for k in value]
+        hints = [did_you_mean(k, list(keys)) for k in value]
         hint = next((h for h in hints if h), "")
         raise ManifestError(value.loc, path, f"says nothing of its kind (expected one of {names}){hint}")
     if len(present) > 1:
@@ -179,7 +181,7 @@ def parse_dataclass(cls: type, value: Any, loc: Loc, path: str) -> Any:
     for key in value:
         if key not in known:
             sub = f"{path}.{key}" if path else key
-            hint = _did_you_mean(key, list(known))
+            hint = did_you_mean(key, list(known))
             raise ManifestError(
                 value.loc_of(key), sub, f"unknown field{hint or ' (expected one of ' + ', '.join(known) + ')'}"
             )
@@ -265,12 +267,26 @@ def field_table(cls: type, prefix: str = "", seen: set[Any] | None = None) -> li
     return rows
 
 
-def to_data(obj: Any) -> Any:
-    """The model back as plain YAML/JSON data, keyed as in the manifest."""
+def to_data(obj: Any, relative_to: Path | None = None) -> Any:
+    """The model back as plain YAML/JSON data, keyed as in the manifest.
+
+    With relative_to, path fields are made relative to it: the form that goes into
+    digests and locks, so they do not depend on where the checkout lives.
+    """
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {yaml_key(f): to_data(getattr(obj, f.name)) for f, _ in fields_of(type(obj))}
+        out = {}
+        for f, _ in fields_of(type(obj)):
+            value = getattr(obj, f.name)
+            if relative_to is not None and f.metadata.get("path") and value:
+                value = (
+                    [os.path.relpath(v, relative_to) for v in value]
+                    if isinstance(value, list)
+                    else os.path.relpath(value, relative_to)
+                )
+            out[yaml_key(f)] = to_data(value, relative_to)
+        return out
     if isinstance(obj, dict):
-        return {k: to_data(v) for k, v in obj.items()}
+        return {k: to_data(v, relative_to) for k, v in obj.items()}
     if isinstance(obj, list):
-        return [to_data(v) for v in obj]
+        return [to_data(v, relative_to) for v in obj]
     return obj

@@ -8,7 +8,6 @@ every file a lock entry records. fetch downloads exactly those sha256s.
 
 from __future__ import annotations
 
-import difflib
 import email.utils
 import lzma
 import posixpath
@@ -25,6 +24,7 @@ from typing import Any, TypeVar
 from debian import deb822
 from debian.debian_support import Version
 
+from .. import typed
 from ..run import run
 from . import Context, FetchError, Keeps, Refused, http
 
@@ -180,11 +180,6 @@ def _memo(ctx: Context, key: str, make: Callable[[], T]) -> T:
         return ctx.cache[key]
 
 
-def _did_you_mean(word: str, choices: Index) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f"; did you mean {close[0]!r}?" if close else ""
-
-
 # --- lock --------------------------------------------------------------------------
 
 
@@ -203,7 +198,7 @@ def _lock_source(name: str, source: Any, ctx: Context) -> dict[str, Any]:
     index = _index(ctx, "source")
     paras = [deb822.Sources(p) for p in index.get(source.debian, [])]
     if not paras:
-        hint = _did_you_mean(source.debian, index)
+        hint = typed.did_you_mean(source.debian, list(index))
         raise FetchError(f"lock {name}: no source package {source.debian!r} in {where}{hint}")
     if source.version:
         chosen = [p for p in paras if p["Version"] == source.version]
@@ -235,7 +230,7 @@ def _lock_binaries(name: str, source: Any, ctx: Context) -> dict[str, Any]:
     for pkg in source.archive:
         paras = [deb822.Packages(p) for p in index.get(pkg, [])]
         if not paras:
-            hint = _did_you_mean(pkg, index)
+            hint = typed.did_you_mean(pkg, list(index))
             raise FetchError(f"lock {name}: no binary package {pkg!r} in {where}{hint}")
         para = max(paras, key=lambda p: Version(p["Version"]))
         packages[pkg] = {
