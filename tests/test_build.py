@@ -72,12 +72,6 @@ package: {{name: solo-xs}}
 }
 
 
-@pytest.fixture(scope="session")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One store for the whole run, so each build root is made once."""
-    return tmp_path_factory.mktemp("store")
-
-
 @pytest.fixture
 def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (tmp_path / "distro.yaml").write_text(DISTRO)
