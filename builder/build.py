@@ -32,7 +32,7 @@ from .store import Store, sha256_file, sha256_text
 
 log = logging.getLogger("xenspin.build")
 
-MOUNTS = ("/src", "/out", "/build")
+MOUNTS = ("/src", "/srcpkg", "/out", "/debs", "/build")
 
 
 class BuildError(XenspinError):
@@ -54,7 +54,7 @@ class RootSpec:
 
     @property
     def key(self) -> str:
-        return _digest({"format": FORMAT_VERSION, **dataclasses.asdict(self)})
+        return _digest({"format": FORMAT_VERSION, "mounts": MOUNTS, **dataclasses.asdict(self)})
 
 
 @dataclass(frozen=True)
@@ -264,6 +264,11 @@ class Builder:
                     debs.append(name)
             elif job.action == "build":
                 staged = self._steps(job, comp, entry, tmp)
+                # Packages the steps made themselves (dpkg-buildpackage) come first, then the staged tree's.
+                for deb in sorted((tmp / "debs").glob("*.deb")):
+                    os.replace(deb, tmp / deb.name)
+                    debs.append(deb.name)
+                shutil.rmtree(tmp / "debs")
                 if comp.package is not None:
                     debs.append(self._package(job, comp, entry, staged, tmp))
             meta = {"component": job.name, "key": job.key, "action": job.action, "debs": debs}
@@ -277,20 +282,31 @@ class Builder:
         assert job.root is not None
         root = self.build_root(job.root)
         src = self.source_tree(job.name, comp, entry)
-        out = tmp / "staged"
+        out, debs = tmp / "staged", tmp / "debs"
         scratch = self.store.tmp_dir("scratch-" + job.name)
         out.mkdir()
+        debs.mkdir()
         logs = self.log_dir(job)
+        ro = {"/src": src}
         env = {
             "SRC": "/src",
             "OUT": "/out",
+            "DEBS": "/debs",
             "BUILD": "/build",
             "HOME": "/build",
             "JOBS": str(os.cpu_count() or 1),
             "LC_ALL": "C.UTF-8",
             "SOURCE_DATE_EPOCH": str(self.epoch),
         }
-        prefix = sandbox(root, ro={"/src": src}, rw={"/out": out, "/build": scratch}, env=env, cwd="/build")
+        if comp.source.kind == "debian":
+            # The whole source package too (.dsc, orig and debian tarballs), for dpkg-source/dpkg-buildpackage.
+            srcpkg = tmp / "srcpkg"
+            srcpkg.mkdir()
+            for filename, info in entry["files"].items():
+                os.link(self.store.blob_path(info["sha256"]), srcpkg / filename)
+            ro["/srcpkg"] = srcpkg
+            env["SRCPKG"] = "/srcpkg"
+        prefix = sandbox(root, ro=ro, rw={"/out": out, "/debs": debs, "/build": scratch}, env=env, cwd="/build")
         try:
             for i, step in enumerate(comp.steps, 1):
                 log_path = logs / f"{i:02d}-{step.name}.log"
@@ -304,6 +320,7 @@ class Builder:
                     raise BuildError(str(e)) from None
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
+            shutil.rmtree(tmp / "srcpkg", ignore_errors=True)
         for rel in comp.outputs:
             if not (out / rel).exists():
                 raise BuildError(f"build {job.name}: the steps did not produce {rel} (listed in outputs); logs: {logs}")
@@ -425,6 +442,25 @@ class Builder:
                 if tmp.exists():
                     shutil.rmtree(tmp, ignore_errors=True)
         return dest
+
+
+def publish(repo: Path, dest: Path) -> Path:
+    """Put a copy of the repository at dest (out/repo), replacing the old one only once complete."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    for item in sorted(repo.iterdir()):
+        try:
+            os.link(item, tmp / item.name)
+        except OSError:  # another filesystem
+            shutil.copy2(item, tmp / item.name)
+    old = dest.with_name(f".{dest.name}.old{os.getpid()}")
+    if dest.exists():
+        os.rename(dest, old)
+    os.rename(tmp, dest)
+    shutil.rmtree(old, ignore_errors=True)
+    return dest
 
 
 def _single(path: Path) -> Path:

@@ -245,6 +245,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         _left_out(freport.left_out)
         jobs = build.plan(distro, old, ctx.recipe_dir, names)
         report = build.Builder(distro, old, ctx, jobs=args.jobs, say=reporter.say).run(jobs)
+        published = build.publish(Path(report.repo), args.out / "repo")
     if args.json:
         print(json.dumps(dataclasses.asdict(report), indent=2))
         return 0
@@ -252,7 +253,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         print("built: " + ", ".join(f"{n} ({report.seconds[n]} s)" for n in report.built))
     if report.cached:
         print("up to date: " + ", ".join(report.cached))
-    print(f"apt repository: {report.repo}")
+    print(f"apt repository: {published} (deb [trusted=yes] file://{published.absolute()} ./)")
     print(f"logs: {ctx.store.log_dir('build')}")
     return 0
 

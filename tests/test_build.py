@@ -37,7 +37,7 @@ END = 'echo "end $(date +%s.%N)"'
 RECIPES = {
     "hello": f"""\
 source: {{path: hello}}
-build-depends: [gcc, libc6-dev]
+build-depends: [build-essential]
 steps:
   - name: compile
     run: |
@@ -51,7 +51,7 @@ package: {{name: hello-xs, description: a greeting in C}}
 """,
     "greeter": f"""\
 source: {{path: greeter}}
-build-depends: [gcc, libc6-dev]
+build-depends: [build-essential]
 after: [hello]
 steps:
   - name: stage
@@ -123,6 +123,8 @@ def test_tiny_c_component_builds_to_a_working_deb(project: Path, store: Path, ca
     assert "Package: greet-xs" in fields and "Depends: hello-xs" in fields
     packages = (Path(report["repo"]) / "Packages").read_text()
     assert {"hello-xs", "greet-xs", "solo-xs"} <= set(re.findall(r"^Package: (\S+)", packages, re.M))
+    published = project / "out/repo"  # the user's copy, under --out
+    assert (published / "Packages").read_text() == packages and (published / Path(deb).name).is_file()
     assert list((store / "logs/build/hello").glob("*/01-compile.log"))
     # parallel, yet greeter (after: hello) started only once hello had finished
     hello_start, hello_end = log_times(store, "hello")
@@ -212,3 +214,36 @@ def test_missing_output_is_an_error(project: Path, store: Path, capsys) -> None:
     recipe.write_text(recipe.read_text() + "outputs: [usr/share/solo/absent]\n")
     err = fail(store, capsys, "solo")
     assert err.startswith("build solo: the steps did not produce usr/share/solo/absent")
+
+
+NATIVE = {
+    "debian/control": "Source: native-xs\nMaintainer: T <t@example.invalid>\nStandards-Version: 4.6.2\n\n"
+    "Package: native-xs\nArchitecture: all\nDescription: built by dpkg-buildpackage\n test package\n",
+    "debian/changelog": "native-xs (1.0) unstable; urgency=medium\n\n  * Initial.\n\n"
+    " -- T <t@example.invalid>  Thu, 01 Jan 2026 00:00:00 +0000\n",
+    "debian/source/format": "3.0 (native)\n",
+    "debian/rules": "#!/usr/bin/make -f\nbuild build-arch build-indep:\nclean:\n\trm -rf debian/tmp debian/files\n"
+    "binary binary-arch binary-indep:\n\tinstall -D -m 0644 greeting debian/tmp/usr/share/native-xs/greeting\n"
+    "\tinstall -d debian/tmp/DEBIAN\n\tdpkg-gencontrol -pnative-xs\n\tdpkg-deb --build debian/tmp ..\n",
+    "greeting": "hello\n",
+}
+
+
+def test_component_built_with_dpkg_buildpackage(project: Path, store: Path, capsys) -> None:
+    for rel, text in NATIVE.items():
+        path = project / "components/native" / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    (project / "components/native/debian/rules").chmod(0o755)
+    (project / "components/native.yaml").write_text(
+        "source: {path: native}\nbuild-depends: [build-essential]\nsteps:\n  - name: dpkg-buildpackage\n    run: |\n"
+        '      cp -a "$SRC" "$BUILD/native"\n      cd "$BUILD/native" && dpkg-buildpackage -b -uc -us\n'
+        '      mv "$BUILD"/*.deb "$DEBS/"\n'
+    )
+    (project / "distro.yaml").write_text(DISTRO.replace("  solo: {}\n", "  solo: {}\n  native: {}\n"))
+    report = build(store, capsys, "native")
+    (deb,) = report["debs"]["native"]
+    assert Path(deb).name == "native-xs_1.0_all.deb"
+    listing = subprocess.run(["dpkg-deb", "-c", deb], capture_output=True, text=True, check=True).stdout
+    assert "./usr/share/native-xs/greeting" in listing
+    assert "Package: native-xs\n" in (Path(report["repo"]) / "Packages").read_text()

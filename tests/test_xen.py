@@ -29,7 +29,7 @@ def fixed_epoch(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def build(capsys: pytest.CaptureFixture[str], store: Path, manifest: Path, *args: str) -> dict:
-    code = cli.main(["-f", str(manifest), "--store", str(store), "--json", *args])
+    code = cli.main(["-f", str(manifest), "--store", str(store), "--out", str(store.parent / "out"), "--json", *args])
     out = capsys.readouterr()
     assert code == 0, out.err
     return json.loads(out.out)
