@@ -247,9 +247,12 @@ class Builder:
                 if job.action != "none":
                     self.say(f"build {job.name} ({job.short})")
                 self._build(job)
+        seconds = round(time.monotonic() - start, 1)
+        if job.action == "build":
+            self.say(f"built {job.name} in {seconds} s")
         with lock:
             (report.nothing if job.action == "none" else report.built).append(job.name)
-            report.seconds[job.name] = round(time.monotonic() - start, 1)
+            report.seconds[job.name] = seconds
 
     def _build(self, job: Job) -> None:
         comp = self.distro.components[job.name]

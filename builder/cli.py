@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from . import __version__, build, config, fetch, host, lock, manifest, plan, typed
+from . import __version__, build, config, fetch, host, lock, manifest, pipeline, plan, typed
 from .errors import XenspinError
 from .progress import Reporter
 from .sources import Context
@@ -194,9 +194,7 @@ def cmd_lock(args: argparse.Namespace) -> int:
 
 def cmd_fetch(args: argparse.Namespace) -> int:
     distro = manifest.load(args.file)
-    for name in args.components:
-        if name not in distro.components:
-            raise XenspinError(f"fetch: no component {name!r} in {args.file}")
+    manifest.require_components(distro, args.components, "fetch")
     ctx = _context(args, distro)
     path = lock.lock_path(args.file)
     current = lock.read(path)
@@ -217,35 +215,20 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 
 def cmd_build(args: argparse.Namespace) -> int:
     distro = manifest.load(args.file)
-    for name in args.components:
-        if name not in distro.components:
-            hint = typed.did_you_mean(name, list(distro.components))
-            raise XenspinError(f"build: no component {name!r} in {args.file}{hint}")
+    manifest.require_components(distro, args.components, "build")
     ctx = _context(args, distro)
-    reporter = ctx.progress
-    path = lock.lock_path(args.file)
-    with ctx.store.session():
-        old = lock.read(path)
-        # Optional components that could not be locked stay out until `xenspin lock` is asked again.
-        todo = {
-            n
-            for n, why in lock.stale(distro, old, ctx.recipe_dir).items()
-            if not distro.components[n].optional or why != "not locked"
-        }
-        if todo or old is None:
-            if args.offline and old is None:
-                raise XenspinError(f"{path}: no lock yet and --offline forbids resolving sources")
-            new, lreport = lock.resolve(distro, old, ctx, strict=args.strict)
-            if new != old:
-                lock.write(path, new)
-                reporter.say(f"lock: resolved {', '.join(lreport.resolved) or 'nothing'}; wrote {path}")
-            old = new
-        names = args.components or None
-        freport = fetch.fetch(distro, old, ctx, build.closure(distro, names) if names else None, strict=args.strict)
-        _left_out(freport.left_out)
-        jobs = build.plan(distro, old, ctx.recipe_dir, names)
-        report = build.Builder(distro, old, ctx, jobs=args.jobs, say=reporter.say).run(jobs)
-        published = build.publish(Path(report.repo), args.out / "repo")
+    result = pipeline.run_build(
+        distro,
+        args.file,
+        ctx,
+        names=args.components or None,
+        jobs=args.jobs,
+        strict=args.strict,
+        out=args.out,
+        say=ctx.progress.say,
+    )
+    _left_out(result.left_out)
+    report = result.build
     if args.json:
         print(json.dumps(dataclasses.asdict(report), indent=2))
         return 0
@@ -253,7 +236,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         print("built: " + ", ".join(f"{n} ({report.seconds[n]} s)" for n in report.built))
     if report.cached:
         print("up to date: " + ", ".join(report.cached))
-    print(f"apt repository: {published} (deb [trusted=yes] file://{published.absolute()} ./)")
+    print(f"apt repository: {result.repo} (deb [trusted=yes] file://{result.repo.absolute()} ./)")
     print(f"logs: {ctx.store.log_dir('build')}")
     return 0
 

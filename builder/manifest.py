@@ -18,7 +18,7 @@ from typing import Any, Literal, get_args, get_origin
 import jinja2
 
 from . import located, typed
-from .errors import Loc, ManifestError
+from .errors import Loc, ManifestError, XenspinError
 from .located import LDict, LList
 from .typed import field
 
@@ -286,6 +286,13 @@ def find_cycle(graph: dict[str, list[str]]) -> list[str]:
             if found:
                 return found
     return []
+
+
+def require_components(distro: Distro, names: list[str], what: str) -> None:
+    """Refuse component names on the command line that the manifest does not have."""
+    for name in names:
+        if name not in distro.components:
+            raise XenspinError(f"{what}: no component {name!r}{typed.did_you_mean(name, list(distro.components))}")
 
 
 def build_order(distro: Distro) -> list[str]:
