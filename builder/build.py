@@ -107,11 +107,14 @@ def component_key(
     )
 
 
-def plan(distro: Distro, lock: Lock, base: Path, names: list[str] | None = None) -> dict[str, Job]:
+def plan(
+    distro: Distro, lock: Lock, base: Path, names: list[str] | None = None, left_out: set[str] = frozenset()
+) -> dict[str, Job]:
     """Jobs in build order for the named components and what they need (all when None).
 
-    Components with no lock entry (optional ones left out) get no job; a job after
-    such a component is planned without it.
+    Components with no lock entry or left out by the fetch (optional ones whose
+    source could not be had) get no job; a job after such a component is planned
+    without it.
     """
     wanted = closure(distro, names) if names else set(distro.components)
     epoch = source_date_epoch(lock)
@@ -119,7 +122,7 @@ def plan(distro: Distro, lock: Lock, base: Path, names: list[str] | None = None)
     for name in build_order(distro):
         comp = distro.components[name]
         entry = lock.components.get(name)
-        if name not in wanted or entry is None:
+        if name not in wanted or entry is None or name in left_out:
             continue
         deps = {d: jobs[d].key for d in comp.after if d in jobs}
         tree = path_source.digest(Path(comp.source.path)) if comp.source.kind == "path" else ""

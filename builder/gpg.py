@@ -28,7 +28,7 @@ def keyring(keys: Sequence[Path], *, what: str) -> Iterator[Path]:
             if not Path(key).is_file():
                 raise SignatureError(f"{what}: key file {key} does not exist")
             run(
-                ["gpg", "--homedir", home, "--batch", "--quiet", "--import", key],
+                ["gpg", "--homedir", home, "--batch", "--no-autostart", "--quiet", "--import", key],
                 what=f"{what}: import {Path(key).name}",
             )
         yield home
@@ -45,7 +45,7 @@ def verify_detached(data: Path, signature: Path, keys: Sequence[Path], *, what: 
     """Check a detached signature over data; return the signer's fingerprint."""
     with keyring(keys, what=what) as home:
         proc = run(
-            ["gpg", "--homedir", home, "--batch", "--status-fd", "1", "--verify", signature, data],
+            ["gpg", "--homedir", home, "--batch", "--no-autostart", "--status-fd", "1", "--verify", signature, data],
             what=f"{what}: verify signature",
             capture=True,
             check=False,

@@ -63,7 +63,7 @@ def run_build(
         current = current_lock(distro, lock.lock_path(manifest_path), ctx, strict=strict, say=say)
         wanted = build.closure(distro, names) if names else None
         fetched = fetch.fetch(distro, current, ctx, wanted, strict=strict)
-        plan = build.plan(distro, current, ctx.recipe_dir, names)
+        plan = build.plan(distro, current, ctx.recipe_dir, names, set(fetched.left_out))
         report = build.Builder(distro, current, ctx, jobs=jobs, say=say).run(plan)
         repo = build.publish(Path(report.repo), out / "repo")
     return Result(sorted(current.components), fetched.left_out, report, repo)

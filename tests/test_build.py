@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import socket
 import subprocess
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from builder import cli
+from builder.store import Store
 
 pytestmark = pytest.mark.slow
 
@@ -247,3 +249,35 @@ def test_component_built_with_dpkg_buildpackage(project: Path, store: Path, caps
     listing = subprocess.run(["dpkg-deb", "-c", deb], capture_output=True, text=True, check=True).stdout
     assert "./usr/share/native-xs/greeting" in listing
     assert "Package: native-xs\n" in (Path(report["repo"]) / "Packages").read_text()
+
+
+def test_optional_component_whose_source_is_gone_is_left_out(project: Path, store: Path, capsys) -> None:
+    upstream = project / "upstream"
+    subprocess.run(["git", "init", "-q", str(upstream)], check=True)
+    (upstream / "f").write_text("x\n")
+    env = {
+        "GIT_AUTHOR_NAME": "T",
+        "GIT_AUTHOR_EMAIL": "t@e.invalid",
+        "GIT_COMMITTER_NAME": "T",
+        "GIT_COMMITTER_EMAIL": "t@e.invalid",
+    }
+    subprocess.run(["git", "-C", str(upstream), "add", "f"], check=True)
+    subprocess.run(
+        ["git", "-C", str(upstream), "commit", "-q", "-m", "x"], check=True, env={**env, "PATH": "/usr/bin:/bin"}
+    )
+    (project / "components/extra.yaml").write_text(
+        "optional: true\nsource: {git: https://git.example.invalid/extra.git, ref: HEAD}\n"
+        'steps:\n  - name: stage\n    run: cp -a "$SRC/." "$OUT/"\npackage: {name: extra-xs}\n'
+    )
+    (project / "distro.yaml").write_text(DISTRO.replace("  solo: {}\n", "  solo: {}\n  extra: {}\n"))
+    mirror = f"https://git.example.invalid/extra.git=file://{upstream}"
+    assert cli.main(["--store", str(store), "--mirror", mirror, "lock"]) == 0
+    capsys.readouterr()
+    shutil.rmtree(Store(store).git_path("https://git.example.invalid/extra.git"))  # the store loses it; upstream is gone
+    code = cli.main(["--store", str(store), "--json", "build"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert "warning: left out optional component extra: " in out.err
+    report = json.loads(out.out)
+    assert "extra" not in report["debs"] and "hello" in report["debs"]
+    assert cli.main(["--store", str(store), "--strict", "build"]) == 2
