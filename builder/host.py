@@ -44,7 +44,7 @@ def setup() -> list[str]:
     env = {"DEBIAN_FRONTEND": "noninteractive"}
     run(["apt-get", "update", "-q"], what="setup: apt-get update", env=env, capture=True)
     run(
-        ["apt-get", "install", "-y", "-q", "--no-install-recommends", *todo],
+        ["apt-get", "install", "-y", "-q", *todo],
         what="setup: apt-get install",
         env=env,
         capture=True,
