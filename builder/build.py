@@ -26,7 +26,7 @@ from .errors import XenspinError
 from .lock import Lock
 from .manifest import Component, Distro, build_order
 from .run import CommandError, run, sandbox
-from .sources import Context, module
+from .sources import Context, FetchError, module
 from .sources import path as path_source
 from .store import Store, sha256_file, sha256_text
 
@@ -370,6 +370,7 @@ class Builder:
                     f"build root {spec.key[:12]} ({', '.join(spec.packages) or 'minbase'}) is not in the store and --offline forbids mmdebstrap"
                 )
             self.say(f"build root {spec.key[:12]}: mmdebstrap {spec.suite} {' '.join(spec.packages)}")
+            self._check_archive(spec)
             tmp = self.store.tmp_dir("buildroot")
             target = tmp / "root"
             cmd = ["mmdebstrap", "--mode=root", f"--variant={spec.variant}", "--quiet"]
@@ -393,17 +394,30 @@ class Builder:
                 shutil.rmtree(tmp, ignore_errors=True)
         return dest
 
+    def _check_archive(self, spec: RootSpec) -> None:
+        """Say so when the archive has moved on since the lock: mmdebstrap can only use its current state."""
+        if not spec.archive:
+            return
+        try:
+            now = module("debian").archive_state(self.ctx)
+        except FetchError:
+            return  # mmdebstrap will report an unreachable archive itself
+        if now["inrelease-sha256"] != spec.archive:
+            self.say(
+                f"warning: {spec.suite} has changed since it was locked ({self.lock.archive.get('date')} -> "
+                f"{now['date']}); build root {spec.key[:12]} gets today's package versions"
+            )
+
     def source_tree(self, name: str, comp: Component, entry: dict) -> Path:
         """The component's source as a directory: in-tree as it is, others unpacked once into the store."""
         kind = comp.source.kind
         if kind == "path":
             return Path(comp.source.path)
-        ident = _digest({k: v for k, v in entry.items() if k != "recipe"})
-        dest = self.store.object_path("src", ident)
+        dest = self.store.object_path("src", source_ident(entry))
         top = (lambda p: p) if kind == "git" else _single  # a repository's tree is the tree itself
         if dest.is_dir():
             return top(dest)
-        with self.store.locked("src-" + ident[:32]):
+        with self.store.locked("src-" + dest.name[:32]):
             if not dest.is_dir():
                 tmp = self.store.tmp_dir("src-" + name)
                 try:
@@ -420,10 +434,24 @@ class Builder:
 
     # --- the local apt repository --------------------------------------------------
 
+    def keeps(self, jobs: dict[str, Job]) -> set[tuple[str, str]]:
+        """The store objects this plan uses (for `store gc`): builds, their roots and sources, the repo."""
+        keep: set[tuple[str, str]] = set()
+        debs: list[Path] = []
+        for name, job in jobs.items():
+            keep.add(("build", job.key))
+            if job.root is not None:
+                keep.add(("buildroot", job.root.key))
+            keep.add(("src", source_ident(self.lock.components[name])))
+            meta = self.output(job) / "build.json"
+            if meta.is_file():
+                debs += [self.output(job) / d for d in json.loads(meta.read_text())["debs"]]
+        keep.add(("repo", repo_key(debs)))
+        return keep
+
     def make_repo(self, debs: list[Path]) -> Path:
         """A flat apt repository holding exactly these .debs, in the store by their digests."""
-        digests = sorted(sha256_file(d) for d in debs)
-        key = _digest({"format": FORMAT_VERSION, "debs": digests})
+        key = repo_key(debs)
         dest = self.store.object_path("repo", key)
         if dest.is_dir():
             return dest
@@ -448,6 +476,15 @@ class Builder:
                 if tmp.exists():
                     shutil.rmtree(tmp, ignore_errors=True)
         return dest
+
+
+def source_ident(entry: dict) -> str:
+    """The identity of a locked source's unpacked tree in the store."""
+    return _digest({k: v for k, v in entry.items() if k != "recipe"})
+
+
+def repo_key(debs: list[Path]) -> str:
+    return _digest({"format": FORMAT_VERSION, "debs": sorted(sha256_file(d) for d in debs)})
 
 
 def publish(repo: Path, dest: Path) -> Path:

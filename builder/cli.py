@@ -244,12 +244,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 def cmd_store(args: argparse.Namespace) -> int:
     distro = manifest.load(args.file)
     ctx = _context(args, distro)
-    if args.action == "du":
-        rows = ctx.store.usage()
-    else:
-        current = lock.read(lock.lock_path(args.file)) or lock.Lock()
-        keep = fetch.keeps(distro, current, ctx)
-        rows = ctx.store.gc(set(keep.blobs), set(keep.git), set())
+    rows = ctx.store.usage() if args.action == "du" else pipeline.collect_garbage(distro, args.file, ctx)
     if args.json:
         print(json.dumps([dataclasses.asdict(r) for r in rows], indent=2))
         return 0

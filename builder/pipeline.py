@@ -10,6 +10,7 @@ from . import build, fetch, lock
 from .errors import XenspinError
 from .manifest import Distro
 from .sources import Context
+from .store import Usage
 
 
 @dataclass
@@ -67,3 +68,12 @@ def run_build(
         report = build.Builder(distro, current, ctx, jobs=jobs, say=say).run(plan)
         repo = build.publish(Path(report.repo), out / "repo")
     return Result(sorted(current.components), fetched.left_out, report, repo)
+
+
+def collect_garbage(distro: Distro, manifest_path: Path, ctx: Context) -> list[Usage]:
+    """Remove from the store what the manifest's lock and build plan no longer use."""
+    current = lock.read(lock.lock_path(manifest_path)) or lock.Lock()
+    keep = fetch.keeps(distro, current, ctx)
+    jobs = build.plan(distro, current, ctx.recipe_dir)
+    objects = build.Builder(distro, current, ctx).keeps(jobs)
+    return ctx.store.gc(set(keep.blobs), set(keep.git), objects)

@@ -143,6 +143,11 @@ def test_second_build_runs_no_step(project: Path, store: Path, capsys) -> None:
     assert cli.main(["--store", str(store), "plan"]) == 0
     plan = capsys.readouterr().out
     assert plan.count("[hit ") == 3 and "[miss" not in plan
+    # gc keeps what this plan uses: builds, roots, sources, the repository
+    assert cli.main(["--store", str(store), "store", "gc"]) == 0
+    capsys.readouterr()
+    report = build(store, capsys)
+    assert report["built"] == [] and len(report["cached"]) == 3
 
 
 def test_change_rebuilds_it_and_its_dependants_only(project: Path, store: Path, capsys) -> None:
