@@ -278,7 +278,9 @@ def test_optional_component_whose_source_is_gone_is_left_out(project: Path, stor
     mirror = f"https://git.example.invalid/extra.git=file://{upstream}"
     assert cli.main(["--store", str(store), "--mirror", mirror, "lock"]) == 0
     capsys.readouterr()
-    shutil.rmtree(Store(store).git_path("https://git.example.invalid/extra.git"))  # the store loses it; upstream is gone
+    shutil.rmtree(
+        Store(store).git_path("https://git.example.invalid/extra.git")
+    )  # the store loses it; upstream is gone
     code = cli.main(["--store", str(store), "--json", "build"])
     out = capsys.readouterr()
     assert code == 0, out.err

@@ -11,6 +11,7 @@ import hashlib
 import http.server
 import json
 import re
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -121,10 +122,19 @@ def test_tampered_inrelease_is_refused_and_dropped(ctx: Context, serve: dict[str
 
 
 def test_inrelease_unsigned_by_keyring_is_refused(tmp_path: Path) -> None:
-    removed = Path("/usr/share/keyrings/debian-archive-removed-keys.gpg")
-    if not removed.is_file():
-        pytest.skip("debian-archive-keyring without the removed-keys keyring")
-    local = Context(store=Store(tmp_path / "store"), base=Base(keyring=str(removed)))
+    """The real archive's InRelease against a keyring holding some other key."""
+    home = tmp_path / "gnupg"
+    home.mkdir(mode=0o700)
+    gpg = ["gpg", "--homedir", str(home), "--batch", "--passphrase", ""]
+    subprocess.run(
+        [*gpg, "--quick-gen-key", "Other <o@example.invalid>", "ed25519", "sign", "never"],
+        check=True,
+        capture_output=True,
+    )
+    other = tmp_path / "other.gpg"
+    other.write_bytes(subprocess.run([*gpg, "--export"], check=True, capture_output=True).stdout)
+    subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "gpg-agent"], check=True)
+    local = Context(store=Store(tmp_path / "store"), base=Base(keyring=str(other)))
     with pytest.raises(Refused, match="no good signature from a key in the keyring"):
         deb.archive_state(local)
     assert blobs(local.store) == []
