@@ -39,9 +39,12 @@ class Reporter:
 
     @contextlib.contextmanager
     def transfer(self, description: str, total: int | None = None) -> Iterator[Task]:
-        """A byte-counting task: a bar on a terminal, one line before and after elsewhere."""
+        """A byte-counting task: a bar on a terminal, one line as it starts elsewhere (logs, CI)."""
         if self.quiet or not self.tty:
-            log.info("%s ...", description)
+            if self.quiet:
+                log.info("%s ...", description)
+            else:
+                self.say(f"{description} ...")
             yield Task(None, None)
             return
         with Progress(
