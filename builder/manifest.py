@@ -24,6 +24,9 @@ from .typed import field
 
 # --- the model -------------------------------------------------------------------
 
+DEB_NAME = re.compile(r"[a-z0-9][a-z0-9+.-]+")
+STEP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
 
 @dataclass(frozen=True)
 class Verify:
@@ -150,6 +153,33 @@ class Component:
     package: Package | None = field("package the staged $OUT tree as this .deb", None)
     recipe: str = field("the recipe file (default components/NAME.yaml beside the file naming it)", "", path=True)
 
+    def check(self, raw: LDict, path: str) -> None:
+        """What dpkg and the log files need of names, and outputs that stay inside $OUT."""
+        if self.package is not None and not DEB_NAME.fullmatch(self.package.name):
+            pkg = raw["package"]
+            raise ManifestError(
+                pkg.loc_of("name"),
+                f"{path}.package.name",
+                f"{self.package.name!r} (expected a Debian package name: a-z 0-9 + - .)",
+            )
+        seen: dict[str, int] = {}
+        for i, step in enumerate(self.steps):
+            loc = raw["steps"][i].loc_of("name")
+            if not STEP_NAME.fullmatch(step.name):
+                raise ManifestError(
+                    loc, f"{path}.steps[{i}].name", f"{step.name!r} (expected letters, digits, '.', '_', '-')"
+                )
+            if step.name in seen:
+                raise ManifestError(
+                    loc, f"{path}.steps[{i}].name", f"{step.name!r} again (steps[{seen[step.name]}] has it)"
+                )
+            seen[step.name] = i
+        for i, out in enumerate(self.outputs):
+            if out.startswith("/") or ".." in Path(out).parts:
+                raise ManifestError(
+                    raw["outputs"].loc_of(i), f"{path}.outputs[{i}]", f"{out!r} (expected a path inside $OUT)"
+                )
+
 
 @dataclass(frozen=True)
 class Base:
@@ -239,6 +269,16 @@ class Distro:
                     raise ManifestError(
                         after.loc_of(i), f"components.{name}.after[{i}]", f"names no component {dep!r}{hint}"
                     )
+        owners: dict[str, str] = {}
+        for name, comp in self.components.items():
+            if comp.package is None:
+                continue
+            other = owners.setdefault(comp.package.name, name)
+            if other != name:
+                loc = comps[name]["package"].loc_of("name")
+                raise ManifestError(
+                    loc, f"components.{name}.package.name", f"{comp.package.name!r} is also {other}'s package"
+                )
         cycle = find_cycle({n: c.after for n, c in self.components.items()})
         if cycle:
             first = cycle[0]

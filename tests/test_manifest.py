@@ -415,3 +415,39 @@ def test_spin_removes_absent_list_item(project: Path, capsys: pytest.CaptureFixt
 def test_spin_removing_a_needed_component(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
     write(project, {"spins/x.yaml": SPIN + "components:\n  a: null\n"})
     assert fails(capsys, "-f", "spins/x.yaml") == "distro.yaml:6: components.b.after[0]: names no component 'a'"
+
+
+def test_bad_package_name(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write(project, {"components/a.yaml": RECIPE + "package:\n  name: Hello_World\n"})
+    assert fails(capsys) == (
+        "components/a.yaml:7: components.a.package.name: 'Hello_World' (expected a Debian package name: a-z 0-9 + - .)"
+    )
+
+
+def test_two_components_one_package(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write(
+        project,
+        {
+            "components/a.yaml": RECIPE + "package: {name: same}\n",
+            "components/b.yaml": RECIPE + "package: {name: same}\n",
+        },
+    )
+    assert fails(capsys) == "components/b.yaml:6: components.b.package.name: 'same' is also a's package"
+
+
+def test_step_names_are_unique_and_plain(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write(project, {"components/a.yaml": RECIPE + "  - name: stage\n    run: 'true'\n"})
+    assert fails(capsys) == "components/a.yaml:6: components.a.steps[1].name: 'stage' again (steps[0] has it)"
+    write(project, {"components/a.yaml": RECIPE.replace("name: stage", "name: ../stage")})
+    assert (
+        fails(capsys)
+        == "components/a.yaml:4: components.a.steps[0].name: '../stage' (expected letters, digits, '.', '_', '-')"
+    )
+
+
+def test_outputs_stay_inside_out(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write(project, {"components/a.yaml": RECIPE + "outputs: [../../etc/passwd]\n"})
+    assert (
+        fails(capsys)
+        == "components/a.yaml:6: components.a.outputs[0]: '../../etc/passwd' (expected a path inside $OUT)"
+    )
