@@ -16,6 +16,7 @@ import os
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -46,11 +47,15 @@ class BuildError(XenspinError):
 class RootSpec:
     """A build root: the archive state and the packages in it."""
 
-    suite: str
-    mirror: str
-    archive: str  # InRelease sha256 of the locked archive state
+    archives: tuple[tuple[str, str], ...]  # (mirror, suite): the base suite, then update suites
+    areas: tuple[str, ...]
+    archive: str  # the locked InRelease sha256s (archive_ident)
     variant: str
     packages: tuple[str, ...]
+
+    def sources(self, url: Callable[[str], str]) -> list[str]:
+        """mmdebstrap's mirror arguments: one sources.list line per suite, mirrors mapped by url."""
+        return [f"deb {url(mirror)} {suite} {' '.join(self.areas)}" for mirror, suite in self.archives]
 
     @property
     def key(self) -> str:
@@ -76,11 +81,17 @@ def _digest(data: Any) -> str:
     return sha256_text(json.dumps(data, sort_keys=True, separators=(",", ":")))
 
 
+def archive_ident(state: dict[str, Any]) -> str:
+    """The locked state of every suite in one string: their InRelease sha256s."""
+    shas = [state.get("inrelease-sha256", "")] + [u.get("inrelease-sha256", "") for u in state.get("updates", [])]
+    return ",".join(shas) if any(shas) else ""
+
+
 def root_spec(distro: Distro, lock: Lock, comp: Component) -> RootSpec:
     return RootSpec(
-        suite=distro.base.suite,
-        mirror=distro.base.mirror,
-        archive=lock.archive.get("inrelease-sha256", ""),
+        archives=tuple(distro.base.archives()),
+        areas=tuple(distro.base.areas),
+        archive=archive_ident(lock.archive),
         variant="minbase",
         packages=tuple(sorted(set(comp.build_depends))),
     )
@@ -367,9 +378,11 @@ class Builder:
                 return dest
             if self.ctx.offline:
                 raise BuildError(
-                    f"build root {spec.key[:12]} ({', '.join(spec.packages) or 'minbase'}) is not in the store and --offline forbids mmdebstrap"
+                    f"build root {spec.key[:12]} ({', '.join(spec.packages) or 'minbase'}) is not in the store "
+                    "and --offline forbids mmdebstrap"
                 )
-            self.say(f"build root {spec.key[:12]}: mmdebstrap {spec.suite} {' '.join(spec.packages)}")
+            suites = "+".join(suite for _, suite in spec.archives)
+            self.say(f"build root {spec.key[:12]}: mmdebstrap {suites} {' '.join(spec.packages)}")
             self._check_archive(spec)
             tmp = self.store.tmp_dir("buildroot")
             target = tmp / "root"
@@ -379,9 +392,9 @@ class Builder:
             cmd += [
                 "--customize-hook=mkdir -p " + " ".join(f'"$1{m}"' for m in MOUNTS),
                 '--customize-hook=rm -rf "$1/var/cache/apt"/*.bin "$1/var/lib/apt/lists"/*_*',
-                spec.suite,
+                spec.archives[0][1],
                 target,
-                self.ctx.url(spec.mirror),
+                *spec.sources(self.ctx.url),
             ]
             try:
                 run(
@@ -402,10 +415,10 @@ class Builder:
             now = module("debian").archive_state(self.ctx)
         except FetchError:
             return  # mmdebstrap will report an unreachable archive itself
-        if now["inrelease-sha256"] != spec.archive:
+        if archive_ident(now) != spec.archive:
+            suites = "+".join(suite for _, suite in spec.archives)
             self.say(
-                f"warning: {spec.suite} has changed since it was locked ({self.lock.archive.get('date')} -> "
-                f"{now['date']}); build root {spec.key[:12]} gets today's package versions"
+                f"warning: {suites} changed since it was locked; build root {spec.key[:12]} gets today's package versions"
             )
 
     def source_tree(self, name: str, comp: Component, entry: dict) -> Path:

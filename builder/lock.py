@@ -92,13 +92,22 @@ def stale(distro: Distro, lock: Lock | None, root: Path) -> dict[str, str]:
     """Components whose lock entry is missing or no longer matches the recipe: name -> why."""
     out = {}
     entries = lock.components if lock else {}
+    moved = lock is not None and bool(lock.archive) and locked_archives(lock) != distro.base.archives()
     for name, comp in distro.components.items():
         entry = entries.get(name)
         if entry is None:
             out[name] = "not locked"
         elif entry.get("recipe") != recipe_digest(comp, root):
             out[name] = "recipe changed since it was locked"
+        elif moved and comp.source.kind in ("debian", "archive"):
+            out[name] = "base archive (mirror, suite or updates) changed since it was locked"
     return out
+
+
+def locked_archives(lock: Lock) -> list[tuple[str, str]]:
+    """(mirror, suite) of each suite the lock's archive state records, base first."""
+    states = [lock.archive, *lock.archive.get("updates", [])]
+    return [(a.get("mirror", ""), a.get("suite", "")) for a in states]
 
 
 def resolve(

@@ -182,6 +182,14 @@ class Component:
 
 
 @dataclass(frozen=True)
+class Update:
+    """A suite laid over the base suite: its packages win when their version is higher."""
+
+    suite: str = field("suite name, e.g. bookworm-security")
+    mirror: str = field("its archive URL (empty: the base mirror)", "")
+
+
+@dataclass(frozen=True)
 class Base:
     """The Debian archive the distribution is made from."""
 
@@ -190,6 +198,13 @@ class Base:
     keyring: str = field("keyring that signs the archive's InRelease", "/usr/share/keyrings/debian-archive-keyring.gpg")
     architecture: Literal["amd64"] = field("Debian architecture", "amd64")
     areas: list[str] = field("archive areas", factory=lambda: ["main"])
+    updates: list[Update] = field(
+        "suites over the base one (security, stable updates), same keyring and areas", factory=list
+    )
+
+    def archives(self) -> list[tuple[str, str]]:
+        """(mirror, suite) of the base suite, then of each update suite."""
+        return [(self.mirror, self.suite)] + [(u.mirror or self.mirror, u.suite) for u in self.updates]
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 import requests
+from debian.debian_support import Version
 
-from builder.manifest import ArchiveSource, Base, DebianSource
+from builder.manifest import ArchiveSource, Base, DebianSource, Update
 from builder.sources import Context, FetchError, Missing, Refused
 from builder.sources import debian as deb
 from builder.sources import http as http_mod
@@ -160,7 +161,7 @@ def test_missing_keyring_is_one_line(tmp_path: Path) -> None:
 
 def test_mirror_without_by_hash_falls_back(ctx: Context, xen: dict, serve: dict[str, bytes], tmp_path: Path) -> None:
     """A plain local mirror (no by-hash/) still works, and every URL goes through the mirror map."""
-    release, inrelease = deb._release(ctx)
+    release, inrelease = deb._release(ctx, ctx.base.mirror, ctx.base.suite)
     sources = next(i["sha256"] for i in release["SHA256"] if i["name"] == "main/source/Sources.xz")
     serve["/debian/dists/bookworm/InRelease"] = ctx.store.blob_path(inrelease).read_bytes()
     serve["/debian/dists/bookworm/main/source/Sources.xz"] = ctx.store.blob_path(sources).read_bytes()
@@ -291,3 +292,25 @@ def test_unpack_takes_upstream_only(ctx: Context, xen_fetched: dict, tmp_path: P
     assert (tree / "xen" / "Makefile").is_file()
     assert not (tree / "debian").exists()
     assert [p.name for p in (tmp_path / "src").iterdir()] == [tree.name]  # no scratch left behind
+
+
+SECURITY = "http://deb.debian.org/debian-security"
+
+
+def test_update_suites_win_with_higher_versions(ctx: Context, xen: dict, tmp_path: Path) -> None:
+    """With bookworm-security laid over bookworm, each package comes from whichever suite has the higher version."""
+    base = Base(updates=[Update(suite="bookworm-security", mirror=SECURITY)])
+    both = Context(store=ctx.store, base=base)
+    state = deb.archive_state(both)
+    assert state["suite"] == "bookworm" and [u["suite"] for u in state["updates"]] == ["bookworm-security"]
+    assert len(state["updates"][0]["inrelease-sha256"]) == 64
+    entry = deb.lock("xen", DebianSource(debian="xen"), both)
+    assert Version(entry["version"]) >= Version(xen["version"])
+    assert entry["mirror"] == (SECURITY if Version(entry["version"]) > Version(xen["version"]) else xen["mirror"])
+    tools_entry = deb.lock("xl", ArchiveSource(archive=["xen-utils-4.17"]), both)
+    tools = tools_entry["packages"]["xen-utils-4.17"]
+    assert tools["version"] == entry["version"]  # the archive builds the tools from the same source
+    assert tools["mirror"] == entry["mirror"]
+    # (this build farm is served the security suite's .debs but not its source files)
+    deb.fetch("xl", ArchiveSource(archive=["xen-utils-4.17"]), tools_entry, both)
+    assert deb.fetched(tools_entry, both)

@@ -167,3 +167,17 @@ def test_lock_json_report(project: Path, capsys) -> None:
     out, _ = xs(capsys, "--json", "lock")
     report = json.loads(out)
     assert sorted(report["resolved"]) == ["hello", "tree"] and list(report["left_out"]) == ["gone"]
+
+
+def test_a_changed_base_archive_makes_archive_entries_stale() -> None:
+    from builder import lock, manifest
+
+    current = lock.read(ROOT / "distro.lock")
+    assert lock.stale(manifest.load(ROOT / "distro.yaml"), current, ROOT) == {
+        n: "not locked" for n in ("win-xenbus", "win-xeniface", "win-xennet", "win-xenvbd", "win-xenvif", "xapi")
+    }
+    nightly = manifest.load(ROOT / "spins/nightly.yaml")  # adds bookworm-security and bookworm-updates
+    why = lock.stale(nightly, current, ROOT)
+    assert why["linux"] == why["xl"] == "base archive (mirror, suite or updates) changed since it was locked"
+    assert why["xen"] == "recipe changed since it was locked"  # a git source now
+    assert "installer" not in why

@@ -40,40 +40,46 @@ _memo_guard = threading.Lock()
 # --- the signed archive state ------------------------------------------------------
 
 
-def archive_state(ctx: Context) -> dict[str, str]:
-    """Which archive a lock was made against: mirror, suite, the signed Release's date and the InRelease hash."""
+def archive_state(ctx: Context) -> dict[str, Any]:
+    """Which archive a lock was made against: mirror, suite, the signed Release's date and the InRelease
+    hash, for the base suite and (under "updates") for each suite laid over it."""
     base = ctx.base
 
-    def make() -> dict[str, str]:
-        release, sha = _release(ctx)
-        return {"mirror": base.mirror, "suite": base.suite, "date": release.get("Date", ""), "inrelease-sha256": sha}
+    def make() -> dict[str, Any]:
+        states = []
+        for mirror, suite in base.archives():
+            release, sha = _release(ctx, mirror, suite)
+            states.append({"mirror": mirror, "suite": suite, "date": release.get("Date", ""), "inrelease-sha256": sha})
+        state: dict[str, Any] = dict(states[0])
+        if states[1:]:
+            state["updates"] = states[1:]
+        return state
 
-    return _memo(ctx, f"debian:state:{base.mirror}:{base.suite}:{base.keyring}", make)
+    return _memo(ctx, f"debian:state:{base.archives()}:{base.keyring}", make)
 
 
-def _release(ctx: Context) -> tuple[deb822.Release, str]:
+def _release(ctx: Context, mirror: str, suite: str) -> tuple[deb822.Release, str]:
     """The verified Release paragraph and the InRelease blob's sha256, once per run."""
-    base = ctx.base
-    key = f"debian:release:{base.mirror}:{base.suite}:{base.keyring}"
-    return _memo(ctx, key, lambda: _load_release(ctx))
+    key = f"debian:release:{mirror}:{suite}:{ctx.base.keyring}"
+    return _memo(ctx, key, lambda: _load_release(ctx, mirror, suite))
 
 
-def _load_release(ctx: Context) -> tuple[deb822.Release, str]:
+def _load_release(ctx: Context, mirror: str, suite: str) -> tuple[deb822.Release, str]:
     base = ctx.base
-    what = f"archive {base.suite}"
+    what = f"archive {suite}"
     keyring = Path(base.keyring).absolute()
     if not keyring.is_file():
         raise FetchError(f"{what}: keyring {keyring} does not exist (base.keyring)")
-    url = f"{base.mirror}/dists/{base.suite}/InRelease"
+    url = f"{mirror}/dists/{suite}/InRelease"
     verified: list[deb822.Release] = []
 
     def check(path: Path) -> None:
         # Runs before the file becomes a blob: refused bytes never enter the store.
         release = deb822.Release(_gpgv(path, keyring, ctx, what=what))
-        if base.suite not in (release.get("Suite"), release.get("Codename")):
+        if suite not in (release.get("Suite"), release.get("Codename")):
             raise Refused(
                 f"{what}: {ctx.url(url)} is signed but describes suite {release.get('Suite')!r} "
-                f"(codename {release.get('Codename')!r}), not {base.suite!r}; nothing stored"
+                f"(codename {release.get('Codename')!r}), not {suite!r}; nothing stored"
             )
         verified.append(release)
 
@@ -122,44 +128,44 @@ def _parse_date(value: str) -> datetime:
 # --- indexes -----------------------------------------------------------------------
 
 
-Index = dict[str, list[str]]  # package name -> its paragraphs, as text
+Index = dict[str, list[tuple[str, str]]]  # package name -> (mirror, paragraph text) of every suite
 
 
 def _index(ctx: Context, kind: str) -> Index:
-    """Paragraphs of every area's Sources ("source") or Packages ("binary") by package name, once per run."""
+    """Paragraphs of every suite's and area's Sources ("source") or Packages ("binary") by package name, once per run."""
     base = ctx.base
-    key = f"debian:{kind}:{base.mirror}:{base.suite}:{base.keyring}:{base.architecture}:{','.join(base.areas)}"
+    key = f"debian:{kind}:{base.archives()}:{base.keyring}:{base.architecture}:{','.join(base.areas)}"
     return _memo(ctx, key, lambda: _load_index(ctx, kind))
 
 
 def _load_index(ctx: Context, kind: str) -> Index:
     base = ctx.base
-    release, _ = _release(ctx)
-    listed = {item["name"]: item for item in release.get("SHA256", [])}
-    by_hash = release.get("Acquire-By-Hash", "").lower() == "yes"
     index: Index = {}
-    for area in base.areas:
-        name = f"{area}/source/Sources.xz" if kind == "source" else f"{area}/binary-{base.architecture}/Packages.xz"
-        item = listed.get(name)
-        if item is None:
-            raise FetchError(f"archive {base.suite}: the signed Release lists no {name} (base.areas: {area!r}?)")
-        sha = _index_blob(ctx, name, item["sha256"], by_hash)
-        with lzma.open(ctx.store.blob_path(sha)) as f:
-            text = f.read().decode("utf-8")
-        # Split first and leave deb822 the paragraphs a lock asks for: parsing all of
-        # bookworm's ~60k paragraphs with deb822 takes seconds and much memory.
-        for para in _PARAGRAPHS.split(text):
-            m = _PACKAGE.search(para)
-            if m:
-                index.setdefault(m.group(1), []).append(para)
+    for mirror, suite in base.archives():
+        release, _ = _release(ctx, mirror, suite)
+        listed = {item["name"]: item for item in release.get("SHA256", [])}
+        by_hash = release.get("Acquire-By-Hash", "").lower() == "yes"
+        for area in base.areas:
+            name = f"{area}/source/Sources.xz" if kind == "source" else f"{area}/binary-{base.architecture}/Packages.xz"
+            item = listed.get(name)
+            if item is None:
+                raise FetchError(f"archive {suite}: the signed Release lists no {name} (base.areas: {area!r}?)")
+            sha = _index_blob(ctx, mirror, suite, name, item["sha256"], by_hash)
+            with lzma.open(ctx.store.blob_path(sha)) as f:
+                text = f.read().decode("utf-8")
+            # Split first and leave deb822 the paragraphs a lock asks for: parsing all of
+            # bookworm's ~60k paragraphs with deb822 takes seconds and much memory.
+            for para in _PARAGRAPHS.split(text):
+                m = _PACKAGE.search(para)
+                if m:
+                    index.setdefault(m.group(1), []).append((mirror, para))
     return index
 
 
-def _index_blob(ctx: Context, name: str, sha256: str, by_hash: bool) -> str:
+def _index_blob(ctx: Context, mirror: str, suite: str, name: str, sha256: str, by_hash: bool) -> str:
     """Download an index the Release names, by hash when the archive offers it (immune to a mirror update mid-run)."""
-    base = ctx.base
-    dists = f"{base.mirror}/dists/{base.suite}"
-    what = f"archive {base.suite}: {name}"
+    dists = f"{mirror}/dists/{suite}"
+    what = f"archive {suite}: {name}"
     if by_hash:
         url = f"{dists}/{posixpath.dirname(name)}/by-hash/SHA256/{sha256}"
         try:
@@ -192,11 +198,16 @@ def lock(name: str, source: Any, ctx: Context) -> dict[str, Any]:
     raise FetchError(f"lock {name}: the debian module does not handle {source.kind!r} sources")
 
 
-def _lock_source(name: str, source: Any, ctx: Context) -> dict[str, Any]:
+def _where(ctx: Context) -> str:
     base = ctx.base
-    where = f"{base.suite} {'/'.join(base.areas)}"
+    return f"{'+'.join(suite for _, suite in base.archives())} {'/'.join(base.areas)}"
+
+
+def _lock_source(name: str, source: Any, ctx: Context) -> dict[str, Any]:
+    where = _where(ctx)
     index = _index(ctx, "source")
-    paras = [deb822.Sources(p) for p in index.get(source.debian, [])]
+    paras = [deb822.Sources(p) for _, p in index.get(source.debian, [])]
+    mirrors = {id(p): m for p, (m, _) in zip(paras, index.get(source.debian, []), strict=True)}
     if not paras:
         hint = typed.did_you_mean(source.debian, list(index))
         raise FetchError(f"lock {name}: no source package {source.debian!r} in {where}{hint}")
@@ -217,23 +228,24 @@ def _lock_source(name: str, source: Any, ctx: Context) -> dict[str, Any]:
         "kind": "debian",
         "package": source.debian,
         "version": str(para["Version"]),
+        "mirror": mirrors[id(para)],
         "directory": str(para["Directory"]),
         "files": files,
     }
 
 
 def _lock_binaries(name: str, source: Any, ctx: Context) -> dict[str, Any]:
-    base = ctx.base
-    where = f"{base.suite} {'/'.join(base.areas)} {base.architecture}"
+    where = f"{_where(ctx)} {ctx.base.architecture}"
     index = _index(ctx, "binary")
     packages: dict[str, Any] = {}
     for pkg in source.archive:
-        paras = [deb822.Packages(p) for p in index.get(pkg, [])]
+        paras = [(m, deb822.Packages(p)) for m, p in index.get(pkg, [])]
         if not paras:
             hint = typed.did_you_mean(pkg, list(index))
             raise FetchError(f"lock {name}: no binary package {pkg!r} in {where}{hint}")
-        para = max(paras, key=lambda p: Version(p["Version"]))
+        mirror, para = max(paras, key=lambda mp: Version(mp[1]["Version"]))
         packages[pkg] = {
+            "mirror": mirror,
             "version": str(para["Version"]),
             "filename": str(para["Filename"]),
             "sha256": str(para["SHA256"]),
@@ -245,12 +257,14 @@ def _lock_binaries(name: str, source: Any, ctx: Context) -> dict[str, Any]:
 # --- fetch and the store -----------------------------------------------------------
 
 
-def _files(entry: dict[str, Any]) -> dict[str, str]:
-    """Path below the mirror -> sha256, for every file the entry names; refuses malformed hashes."""
+def _files(entry: dict[str, Any], mirror: str) -> dict[str, str]:
+    """URL -> sha256 for every file the entry names (mirror: where entries made before updates: came from);
+    refuses malformed hashes."""
     if entry.get("kind") == "debian":
-        out = {f"{entry['directory']}/{fn}": f["sha256"] for fn, f in entry["files"].items()}
+        where = entry.get("mirror", mirror)
+        out = {f"{where}/{entry['directory']}/{fn}": f["sha256"] for fn, f in entry["files"].items()}
     elif entry.get("kind") == "archive":
-        out = {p["filename"]: p["sha256"] for p in entry["packages"].values()}
+        out = {f"{p.get('mirror', mirror)}/{p['filename']}": p["sha256"] for p in entry["packages"].values()}
     else:
         raise FetchError(f"lock entry: kind {entry.get('kind')!r} is not debian or archive")
     for path, sha in out.items():
@@ -262,9 +276,8 @@ def _files(entry: dict[str, Any]) -> dict[str, str]:
 
 def fetch(name: str, source: Any, entry: dict[str, Any], ctx: Context) -> None:
     """Fill the store with exactly the locked files; a file whose sha256 differs is refused and not stored."""
-    mirror = ctx.base.mirror
-    for path, sha in _files(entry).items():
-        http.download(f"{mirror}/{path}", ctx, sha256=sha, what=f"fetch {name}: {posixpath.basename(path)}")
+    for url, sha in _files(entry, ctx.base.mirror).items():
+        http.download(url, ctx, sha256=sha, what=f"fetch {name}: {posixpath.basename(url)}")
     if entry["kind"] == "debian":
         _check_dsc(name, entry, ctx)
 
@@ -286,11 +299,11 @@ def _check_dsc(name: str, entry: dict[str, Any], ctx: Context) -> None:
 
 def fetched(entry: dict[str, Any], ctx: Context) -> bool:
     """Whether every file of the entry is in the store (presence only: blobs were verified on the way in)."""
-    return all(ctx.store.has_blob(sha) for sha in _files(entry).values())
+    return all(ctx.store.has_blob(sha) for sha in _files(entry, ctx.base.mirror).values())
 
 
 def keeps(entry: dict[str, Any], ctx: Context) -> Keeps:
-    return Keeps(blobs=frozenset(_files(entry).values()))
+    return Keeps(blobs=frozenset(_files(entry, ctx.base.mirror).values()))
 
 
 # --- unpacking ---------------------------------------------------------------------
