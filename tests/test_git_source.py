@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tarfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -439,8 +438,3 @@ def test_export_needs_a_fetch(up: Upstream, tmp_path: Path) -> None:
     with pytest.raises(Missing) as e:
         gitsrc.export(entry, make_ctx(tmp_path, up), tmp_path / "src")
     one_line(e, f"export {CANON}: the store lacks commit {up.c3}")
-
-
-def test_tarfile_filter_available() -> None:
-    """export relies on extraction filters (Python 3.11.4+)."""
-    assert hasattr(tarfile, "tar_filter")

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 from debian import deb822
 from debian.debian_support import Version
 
-from .. import typed
+from .. import tarballs, typed
 from ..run import run
 from . import Context, FetchError, Keeps, Refused, http
 
@@ -351,7 +351,7 @@ def _extract(entry: dict[str, Any], ctx: Context, filename: str, scratch: Path) 
         raise FetchError(f"unpack {entry['package']}: {filename} is not in the store (fetch first)")
     try:
         with tarfile.open(blob, "r:*") as tar:
-            tar.extractall(scratch, filter="data")
+            tarballs.extract(tar, scratch)
     except (tarfile.TarError, OSError) as e:
         raise FetchError(f"unpack {entry['package']}: {filename}: {e}") from None
     top = list(scratch.iterdir())

@@ -23,7 +23,7 @@ from typing import Any
 
 import git as gitpython
 
-from .. import gpg
+from .. import gpg, tarballs
 from ..gpg import SignatureError
 from ..manifest import GitSource
 from ..progress import Reporter
@@ -122,7 +122,7 @@ def export(entry: dict[str, Any], ctx: Context, dest: Path) -> Path:
         if status != 0:
             raise FetchError(f"export {url}: git archive {commit} failed: {_last_line(err)}")
         with tarfile.open(tar) as t:
-            t.extractall(dest, filter="tar")
+            tarballs.extract(t, dest, exact_modes=True)
     finally:
         tar.unlink(missing_ok=True)
     return dest

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urljoin, urlsplit
 
-from .. import gpg
+from .. import gpg, tarballs
 from ..errors import XenspinError
 from ..manifest import PrebuiltSource, TarballSource
 from . import Context, FetchError, Keeps, Missing, http
@@ -92,8 +92,8 @@ def unpack(entry: dict[str, Any], ctx: Context, dest: Path) -> Path:
         return target
     try:
         with tarfile.open(blob, "r:*") as tar:
-            tar.extractall(dest, filter="data")
-            names = [m.name for m in tar.getmembers()]  # cached by extractall: no second pass
+            tarballs.extract(tar, dest)
+            names = [m.name for m in tar.getmembers()]  # cached by extraction: no second pass
     except (tarfile.TarError, OSError) as e:
         raise XenspinError(f"{what}: {' '.join(str(e).split())}") from None
     tops = {_top(n) for n in names} - {""}
