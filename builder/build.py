@@ -540,11 +540,3 @@ def source_date_epoch(lock: Lock) -> int:
         except (TypeError, ValueError):
             pass
     return 0
-
-
-def describe_job(job: Job, built: bool) -> dict[str, Any]:
-    """A job as plain data for `plan --json`."""
-    return {"name": job.name, "key": job.key, "action": job.action, "after": list(job.after), "cached": built}
-
-
-__all__ = ["Builder", "BuildError", "Job", "RootSpec", "plan", "typed"]

@@ -373,11 +373,6 @@ def load(path: Path | str) -> Distro:
     return dataclasses.replace(distro, version=_render_version(distro.version, raw))
 
 
-def load_raw(path: Path | str) -> LDict:
-    """The merged manifest before it becomes the model (for tests and `show --raw`)."""
-    return _load_chain(Path(path).absolute(), [], None)
-
-
 def _load_chain(path: Path, chain: list[Path], via: tuple[Loc, str] | None) -> LDict:
     if path in chain:
         names = " -> ".join(p.name for p in chain[chain.index(path) :] + [path])
