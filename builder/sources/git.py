@@ -35,8 +35,9 @@ log = logging.getLogger("xenspin.git")
 REFSPECS = ("+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*")
 UPSTREAM_HEAD = "refs/xenspin/HEAD"  # where upstream's HEAD is fetched when ref is "HEAD"
 KEEP = "refs/xenspin/keep/"
-# No credential prompts: a run must fail, not hang waiting for a password nobody types.
-GIT_ENV = {"GIT_TERMINAL_PROMPT": "0"}
+# No credential prompts: a run must fail, not hang waiting for a password nobody types;
+# and a transfer slower than 1 KB/s for a minute is a dead link, not a slow one.
+GIT_ENV = {"GIT_TERMINAL_PROMPT": "0", "GIT_HTTP_LOW_SPEED_LIMIT": "1000", "GIT_HTTP_LOW_SPEED_TIME": "60"}
 # $GIT_DIR/info/attributes beats in-tree .gitattributes: export the exact tree of the
 # commit, not one rewritten by export-ignore/export-subst, eol conversion or filters.
 EXACT_TREE = "* -text -eol -ident -filter -working-tree-encoding -export-subst -export-ignore\n"
