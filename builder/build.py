@@ -29,7 +29,7 @@ from .manifest import Component, Distro, build_order
 from .run import CommandError, run, sandbox
 from .sources import Context, FetchError, module
 from .sources import path as path_source
-from .store import Store, sha256_file, sha256_text
+from .store import Store, sha256_file, sha256_json
 
 log = logging.getLogger("xenspin.build")
 
@@ -59,7 +59,7 @@ class RootSpec:
 
     @property
     def key(self) -> str:
-        return _digest({"format": FORMAT_VERSION, "mounts": MOUNTS, **dataclasses.asdict(self)})
+        return sha256_json({"format": FORMAT_VERSION, "mounts": MOUNTS, **dataclasses.asdict(self)})
 
 
 @dataclass(frozen=True)
@@ -75,10 +75,6 @@ class Job:
     @property
     def short(self) -> str:
         return self.key[:12]
-
-
-def _digest(data: Any) -> str:
-    return sha256_text(json.dumps(data, sort_keys=True, separators=(",", ":")))
 
 
 def archive_ident(state: dict[str, Any]) -> str:
@@ -105,7 +101,7 @@ def component_key(
     for volatile in ("description", "recipe", "optional"):
         recipe.pop(volatile, None)
     source = {k: v for k, v in entry.items() if k != "recipe"}
-    return _digest(
+    return sha256_json(
         {
             "format": FORMAT_VERSION,
             "recipe": recipe,
@@ -493,11 +489,11 @@ class Builder:
 
 def source_ident(entry: dict) -> str:
     """The identity of a locked source's unpacked tree in the store."""
-    return _digest({k: v for k, v in entry.items() if k != "recipe"})
+    return sha256_json({k: v for k, v in entry.items() if k != "recipe"})
 
 
 def repo_key(debs: list[Path]) -> str:
-    return _digest({"format": FORMAT_VERSION, "debs": sorted(sha256_file(d) for d in debs)})
+    return sha256_json({"format": FORMAT_VERSION, "debs": sorted(sha256_file(d) for d in debs)})
 
 
 def publish(repo: Path, dest: Path) -> Path:

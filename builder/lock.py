@@ -7,7 +7,6 @@ an entry whose recipe changed since it was written is stale and is resolved agai
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ from . import FORMAT_VERSION, typed
 from .errors import XenspinError
 from .manifest import Component, Distro, build_order
 from .sources import Context, FetchError, Refused, module
-from .store import sha256_text
+from .store import sha256_json
 
 log = logging.getLogger("xenspin.lock")
 
@@ -85,7 +84,7 @@ def recipe_digest(component: Component, root: Path) -> str:
     Only the source counts: changing build steps rebuilds, but needs no new lock.
     """
     data = typed.to_data(component.source, relative_to=root)
-    return sha256_text(json.dumps(data, sort_keys=True))
+    return sha256_json(data)
 
 
 def stale(distro: Distro, lock: Lock | None, root: Path) -> dict[str, str]:

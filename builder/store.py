@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -41,6 +42,11 @@ def sha256_file(path: Path) -> str:
 
 def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def sha256_json(data: object) -> str:
+    """The digest of plain data in one canonical JSON form: the basis of every key and lock digest."""
+    return sha256_text(json.dumps(data, sort_keys=True, separators=(",", ":")))
 
 
 class StoreError(XenspinError):
