@@ -45,17 +45,14 @@ def fetch(
             continue
         try:
             kind.fetch(name, comp.source, entry, ctx)
-        except Missing as e:
-            if comp.optional and not strict:
-                report.left_out[name] = str(e)
-                continue
-            missing.append(str(e))
-            continue
         except Refused:
             raise
         except FetchError as e:
             if comp.optional and not strict:
                 report.left_out[name] = str(e)
+                continue
+            if isinstance(e, Missing):  # offline: keep going, to name everything missing at once
+                missing.append(str(e))
                 continue
             raise
         report.fetched.append(name)

@@ -17,7 +17,7 @@ import yaml
 
 from . import FORMAT_VERSION, typed
 from .errors import XenspinError
-from .manifest import Component, Distro, build_order
+from .manifest import Component, Distro, build_order, require_components
 from .sources import Context, FetchError, Refused, module
 from .store import sha256_json
 
@@ -122,11 +122,7 @@ def resolve(
     report = LockReport()
     old = old or Lock()
     changed = stale(distro, old, root)
-    if update is not None:
-        for name in update:
-            if name not in distro.components:
-                hint = typed.did_you_mean(name, list(distro.components))
-                raise LockError(f"lock --update: no component {name!r}{hint}")
+    require_components(distro, update or [], "lock --update")
     redo = set(distro.components) if update == [] else set(update or []) | set(changed)
     new = Lock(archive=dict(old.archive))
     for name in build_order(distro):

@@ -6,6 +6,7 @@ import hashlib
 import os
 from pathlib import Path
 
+from ..store import sha256_file
 from . import Context, FetchError, Keeps
 
 
@@ -43,9 +44,5 @@ def digest(path: Path) -> str:
             if os.path.islink(full):
                 h.update(f"L {rel} {os.readlink(full)}\n".encode())
                 continue
-            fh = hashlib.sha256()
-            with open(full, "rb") as f:
-                while chunk := f.read(1 << 20):
-                    fh.update(chunk)
-            h.update(f"F {rel} {st.st_mode & 0o111:o} {fh.hexdigest()}\n".encode())
+            h.update(f"F {rel} {st.st_mode & 0o111:o} {sha256_file(Path(full))}\n".encode())
     return h.hexdigest()
