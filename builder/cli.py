@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from . import __version__, build, config, fetch, host, lock, manifest, pipeline, plan, typed
+from . import __version__, build, config, fetch, host, lock, manifest, packagesets, pipeline, plan, rootfs, typed
 from .errors import XenspinError
 from .progress import Reporter
 from .sources import Context
@@ -130,12 +130,16 @@ def cmd_plan(args: argparse.Namespace) -> int:
     distro = manifest.load(args.file)
     current = lock.read(lock.lock_path(args.file))
     cached: dict[str, tuple[str, bool]] = {}
+    made: tuple[str, bool] | None = None
     if current is not None:
         ctx = _context(args, distro)
         jobs = build.plan(distro, current, ctx.recipe_dir)
         builder = build.Builder(distro, current, ctx)
         cached = {name: (job.key, builder.is_built(job)) for name, job in jobs.items()}
-    stages = plan.make_plan(distro, cached)
+        if not packagesets.stale_sets(distro, current):
+            key = pipeline.rootfs_inputs(distro, current, ctx, jobs).key
+            made = (key, rootfs.is_made(ctx.store, key))
+    stages = plan.make_plan(distro, cached, made)
     if args.json:
         print(json.dumps(typed.to_data(stages), indent=2))
     else:
@@ -175,7 +179,7 @@ def cmd_lock(args: argparse.Namespace) -> int:
     ctx = _context(args, distro)
     path = lock.lock_path(args.file)
     with ctx.store.session():
-        new, report = lock.resolve(distro, lock.read(path), ctx, update=args.update, strict=args.strict)
+        new, report = pipeline.resolve_lock(distro, lock.read(path), ctx, update=args.update, strict=args.strict)
     lock.write(path, new)
     if args.json:
         print(json.dumps(dataclasses.asdict(report), indent=2))
@@ -187,6 +191,8 @@ def cmd_lock(args: argparse.Namespace) -> int:
         print(f"kept    {name}: {lock.summary(new.components[name])}")
     for name in report.dropped:
         print(f"dropped {name}: no longer in the manifest")
+    for name in report.sets:
+        print(f"locked  set {name}: {len(new.sets[name]['packages'])} packages")
     _left_out(report.left_out)
     print(f"wrote {path}")
     return 0
@@ -202,6 +208,10 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     lock.require(distro, current, ctx.recipe_dir, names, path)
     with ctx.store.session():
         report = fetch.fetch(distro, current, ctx, args.components or None, strict=args.strict)
+        sets = None
+        if not args.components:
+            packagesets.require(distro, current, path)
+            sets = packagesets.fetch(current, ctx)
     if args.json:
         print(json.dumps(dataclasses.asdict(report), indent=2))
         return 0
@@ -209,6 +219,8 @@ def cmd_fetch(args: argparse.Namespace) -> int:
         print("fetched: " + ", ".join(report.fetched))
     if report.present:
         print("already in the store: " + ", ".join(report.present))
+    if sets is not None:
+        print(f"package sets: {len(sets.fetched)} .debs fetched, {sets.present} already in the store")
     _left_out(report.left_out)
     return 0
 
@@ -237,6 +249,10 @@ def cmd_build(args: argparse.Namespace) -> int:
     if report.cached:
         print("up to date: " + ", ".join(report.cached))
     print(f"apt repository: {result.repo} (deb [trusted=yes] file://{result.repo.absolute()} ./)")
+    if result.rootfs is not None:
+        made = result.rootfs
+        state = "up to date" if made.cached else f"composed in {made.seconds} s"
+        print(f"rootfs: {made.path / 'rootfs.squashfs'} ({state}, key {made.key[:12]})")
     print(f"logs: {ctx.store.log_dir('build')}")
     return 0
 

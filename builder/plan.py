@@ -29,10 +29,13 @@ class Stage:
     steps: list[Step]
 
 
-def make_plan(distro: Distro, keys: dict[str, tuple[str, bool]] | None = None) -> list[Stage]:
+def make_plan(
+    distro: Distro, keys: dict[str, tuple[str, bool]] | None = None, rootfs: tuple[str, bool] | None = None
+) -> list[Stage]:
     """The pipeline for distro: stages in order, components in build order.
 
-    keys maps a component to its cache key and whether the store holds its build.
+    keys maps a component to its cache key and whether the store holds its build;
+    rootfs is the rootfs stage's key and whether the store holds it.
     """
     keys = keys or {}
     comps = []
@@ -50,7 +53,20 @@ def make_plan(distro: Distro, keys: dict[str, tuple[str, bool]] | None = None) -
         Stage("lock", "resolve every source to an exact revision and digest (distro.lock)", []),
         Stage("fetch", "fill the store with the locked sources, verified", []),
         Stage("build", "build each component in its build root, in dependency order", comps),
-        Stage("rootfs", f"compose the dom0 rootfs from {distro.base.suite}, the components and overlays", []),
+        Stage(
+            "rootfs",
+            f"compose the dom0 rootfs from the locked {distro.base.suite} set, the components, overlays and hooks",
+            [
+                Step(
+                    "rootfs",
+                    "set",
+                    [n for n in keys if n in distro.components],
+                    False,
+                    "rootfs.squashfs, packages.json, boot/",
+                    *(rootfs or ("", None)),
+                )
+            ],
+        ),
         Stage("iso", f"write {distro.iso_filename}", []),
     ]
 
