@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 from git import GitCommandError
 
-from . import __version__, config, errors, fetch, host, lock, manifest, pipeline, plan, typed
+from . import __version__, answerfiles, config, errors, fetch, host, lock, manifest, pipeline, plan, typed
 from .context import Context, epoch_from_env
 from .errors import XenspinError
 from .progress import Reporter
@@ -77,6 +77,9 @@ def make_parser() -> argparse.ArgumentParser:
     add("plan", "print the stages and the components in build order with what each needs")
     p = add("schema", "print a JSON Schema of manifest files (for editors and CI)")
     p.add_argument("--markdown", action="store_true", help="print the field table of README.md instead")
+    p.add_argument("--answerfile", action="store_true", help="the schema of YAML answerfiles instead")
+    p = add("validate-answerfile", "check an installer answerfile (YAML or XenServer XML) without installing")
+    p.add_argument("answerfile", type=Path, metavar="FILE")
     add("setup", "install the Debian packages xenspin runs (apt-get; needs root)")
     p = add("lock", "resolve every source to exact revisions and digests and write the lock (distro.lock)")
     p.add_argument("--update", nargs="*", metavar="COMP", help="re-resolve these components (none named: all)")
@@ -85,6 +88,7 @@ def make_parser() -> argparse.ArgumentParser:
     p = add("build", "lock what is missing, fetch, and build the components (all, or COMP and what it needs)")
     p.add_argument("components", nargs="*", metavar="COMP", help="only these components and what they need")
     p.add_argument("-j", "--jobs", type=int, default=2, help="components built at once (default 2)")
+    p.add_argument("--answerfile", type=Path, metavar="FILE", help="build this answerfile into the ISO (unattended)")
     p = add("store", "look after the store")
     p.add_argument(
         "action", choices=["du", "gc"], help="du: space used per area; gc: remove what the lock no longer needs"
@@ -171,6 +175,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
+    if args.answerfile:
+        print(answerfiles.field_table_markdown() if args.markdown else json.dumps(answerfiles.json_schema(), indent=2))
+        return 0
     if args.markdown:
         print(manifest.field_table_markdown())
         return 0
@@ -241,8 +248,32 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_validate_answerfile(args: argparse.Namespace) -> int:
+    answer, warnings = answerfiles.validate(args.answerfile)
+    for w in warnings:
+        print(w, file=sys.stderr)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "file": str(args.answerfile),
+                    "valid": True,
+                    "warnings": warnings,
+                    "answers": answerfiles.redacted(answer),
+                }
+            )
+        )
+    else:
+        print(f"{args.answerfile}: valid (installs to {answer.disk or 'the only disk'}, host {answer.hostname})")
+    return 0
+
+
 def cmd_build(args: argparse.Namespace) -> int:
     distro = manifest.load(args.file)
+    if args.answerfile:
+        distro.installer.answerfile = str(args.answerfile.absolute())
+    if distro.installer.answerfile:
+        answerfiles.validate(Path(distro.installer.answerfile))
     manifest.require_components(distro, args.components, "build")
     ctx = _context(args, distro)
     result = pipeline.run_build(
@@ -303,6 +334,7 @@ COMMANDS = {
     "show": cmd_show,
     "plan": cmd_plan,
     "schema": cmd_schema,
+    "validate-answerfile": cmd_validate_answerfile,
 }
 
 

@@ -33,10 +33,13 @@ def keeps(entry: dict, ctx: Context) -> Keeps:
 
 
 def digest(path: Path) -> str:
-    """sha256 over a tree's names, modes, link targets and contents: its identity for cache keys."""
+    """sha256 over a tree's names, modes, link targets and contents: its identity for cache keys.
+
+    __pycache__ is left out: Python writes it when tests import an in-tree package.
+    """
     h = hashlib.sha256()
     for dirpath, dirs, files in os.walk(path):
-        dirs.sort()
+        dirs[:] = sorted(d for d in dirs if d != "__pycache__")
         for name in sorted(files + [d for d in dirs if os.path.islink(os.path.join(dirpath, d))]):
             full = os.path.join(dirpath, name)
             rel = os.path.relpath(full, path)
