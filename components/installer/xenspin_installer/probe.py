@@ -31,7 +31,9 @@ def _flatten(devs: list[dict[str, Any]], parent: str | None = None) -> list[dict
     return out
 
 
-def parse_lsblk(text: str, live_sources: set[str] = frozenset(), signatures: dict[str, list[str]] | None = None) -> list[Disk]:
+def parse_lsblk(
+    text: str, live_sources: set[str] = frozenset(), signatures: dict[str, list[str]] | None = None
+) -> list[Disk]:
     """Whole devices with every device stacked on them as children.
 
     live_sources: devices backing the live medium. signatures: device path -> the
@@ -66,7 +68,11 @@ def parse_lsblk(text: str, live_sources: set[str] = frozenset(), signatures: dic
 def _device(d: dict[str, Any], live: set[str], sigs: dict[str, list[str]], children: tuple[Disk, ...] = ()) -> Disk:
     path = d["path"]
     found = sigs.get(path, [])
-    pttype = d.get("pttype") or next((s for s in found if s in TABLES and s != "PMBR"), "") or ("mbr" if "PMBR" in found else "")
+    pttype = (
+        d.get("pttype")
+        or next((s for s in found if s in TABLES and s != "PMBR"), "")
+        or ("mbr" if "PMBR" in found else "")
+    )
     fstype = d.get("fstype") or next((s for s in found if s not in TABLES), "")
     mounts = tuple(m for m in (d.get("mountpoints") or [d.get("mountpoint")]) if m)
     return Disk(
@@ -105,6 +111,12 @@ def probe(runner: Runner) -> list[Disk]:
     sigs = {}
     for e in _flatten(json.loads(text).get("blockdevices", [])):
         if e.get("type") in ("disk", "loop", "part") and int(e.get("size") or 0) > 0:
-            out = runner.run(["wipefs", "--no-act", "--json", e["path"]], f"look for signatures on {e['path']}", capture=True, check=False, writes=False)
+            out = runner.run(
+                ["wipefs", "--no-act", "--json", e["path"]],
+                f"look for signatures on {e['path']}",
+                capture=True,
+                check=False,
+                writes=False,
+            )
             sigs[e["path"]] = parse_wipefs(out) if out.strip().startswith("{") else []
     return parse_lsblk(text, live_medium_devices(), sigs)
