@@ -7,22 +7,32 @@ import dataclasses
 import json
 import logging
 import os
+import subprocess
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
 import yaml
+from git import GitCommandError
 
-from . import __version__, answerfiles, build, config, fetch, host, lock, manifest, pipeline, plan, typed
+from . import __version__, answerfiles, config, errors, fetch, host, lock, manifest, pipeline, plan, typed
+from .context import Context, epoch_from_env
 from .errors import XenspinError
 from .progress import Reporter
-from .sources import Context
 from .store import Store
 
 
 def default_store() -> Path:
     cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(cache) / "xenspin" / "store"
+
+
+def _path(text: str) -> Path:
+    """A path option: empty is refused (Path("") would quietly mean the working directory)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a directory, got an empty string")
+    return Path(text)
 
 
 def _globals(parser: argparse.ArgumentParser, suppress: bool) -> None:
@@ -32,12 +42,12 @@ def _globals(parser: argparse.ArgumentParser, suppress: bool) -> None:
         return argparse.SUPPRESS if suppress else value
 
     parser.add_argument(
-        "-f", "--file", type=Path, default=d(Path("distro.yaml")), help="manifest (default ./distro.yaml)"
+        "-f", "--file", type=_path, default=d(Path("distro.yaml")), help="manifest (default ./distro.yaml)"
     )
     parser.add_argument(
-        "--store", type=Path, default=d(None), help="store directory (default $XDG_CACHE_HOME/xenspin/store)"
+        "--store", type=_path, default=d(None), help="store directory (default $XDG_CACHE_HOME/xenspin/store)"
     )
-    parser.add_argument("--out", type=Path, default=d(Path("out")), help="output directory (default ./out)")
+    parser.add_argument("--out", type=_path, default=d(Path("out")), help="output directory (default ./out)")
     parser.add_argument("-v", "--verbose", action="count", default=d(0), help="say more (repeat for debug)")
     parser.add_argument("--json", action="store_true", default=d(False), help="machine-readable output")
     parser.add_argument(
@@ -101,6 +111,22 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("xenspin: interrupted", file=sys.stderr)
         return 130
+    except (OSError, GitCommandError, subprocess.SubprocessError) as e:
+        # Failures of the machine, not of xenspin: a store that cannot be written, a full
+        # disk, a permission, git refusing, a child that hung. One line, like any user error.
+        print(f"xenspin: {errors.describe(e)}", file=sys.stderr)
+        return 2
+    except Exception:
+        path = errors.save_traceback()
+        if args.verbose > 1:
+            traceback.print_exc()
+        kind, value = sys.exc_info()[:2]
+        print(
+            f"xenspin: internal error ({kind.__name__ if kind else 'error'}: {value}); "
+            f"this is a bug: please report it with the traceback saved in {path}",
+            file=sys.stderr,
+        )
+        return errors.BUG_EXIT
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -134,16 +160,17 @@ def cmd_plan(args: argparse.Namespace) -> int:
     distro = manifest.load(args.file)
     current = lock.read(lock.lock_path(args.file))
     cached: dict[str, tuple[str, bool]] = {}
+    graph: list = []
     if current is not None:
-        ctx = _context(args, distro)
-        jobs = build.plan(distro, current, ctx.recipe_dir)
-        builder = build.Builder(distro, current, ctx)
-        cached = {name: (job.key, builder.is_built(job)) for name, job in jobs.items()}
+        graph = pipeline.planned(_context(args, distro), distro, current)
+        cached = {p.stage.name: (p.key, bool(p.hit)) for p in graph if p.stage.kind == "build"}
     stages = plan.make_plan(distro, cached)
     if args.json:
-        print(json.dumps(typed.to_data(stages), indent=2))
+        print(json.dumps({"stages": typed.to_data(stages), "graph": plan.graph_data(graph)}, indent=2))
     else:
         print(plan.render(stages))
+        if graph:
+            print(plan.render_graph(graph))
     return 0
 
 
@@ -167,8 +194,9 @@ def _context(args: argparse.Namespace, distro: manifest.Distro) -> Context:
         base=distro.base,
         mirrors=mirrors,
         offline=args.offline,
-        recipe_dir=args.file.parent.absolute(),
+        manifest=args.file.absolute(),
         progress=Reporter(quiet=args.json),
+        epoch=epoch_from_env(),
     )
 
 
@@ -206,7 +234,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     path = lock.lock_path(args.file)
     current = lock.read(path)
     names = args.components or list(distro.components)
-    lock.require(distro, current, ctx.recipe_dir, names, path)
+    lock.require(distro, current, ctx.project, names, path)
     with ctx.store.session():
         report = fetch.fetch(distro, current, ctx, args.components or None, strict=args.strict)
     if args.json:
@@ -249,14 +277,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     manifest.require_components(distro, args.components, "build")
     ctx = _context(args, distro)
     result = pipeline.run_build(
-        distro,
-        args.file,
-        ctx,
-        names=args.components or None,
-        jobs=args.jobs,
-        strict=args.strict,
-        out=args.out,
-        say=ctx.progress.say,
+        distro, ctx, names=args.components or None, jobs=args.jobs, strict=args.strict, out=args.out
     )
     _left_out(result.left_out)
     report = result.build
@@ -275,7 +296,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 def cmd_store(args: argparse.Namespace) -> int:
     distro = manifest.load(args.file)
     ctx = _context(args, distro)
-    rows = ctx.store.usage() if args.action == "du" else pipeline.collect_garbage(distro, args.file, ctx)
+    rows = ctx.store.usage() if args.action == "du" else pipeline.collect_garbage(distro, ctx)
     if args.json:
         print(json.dumps([dataclasses.asdict(r) for r in rows], indent=2))
         return 0

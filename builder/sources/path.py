@@ -14,7 +14,7 @@ def lock(name: str, source, ctx: Context) -> dict:
     path = Path(source.path)
     if not path.is_dir():
         raise FetchError(f"lock {name}: source path {path} is not a directory")
-    root = ctx.recipe_dir or Path.cwd()
+    root = ctx.project
     return {"kind": "path", "path": os.path.relpath(path, root)}
 
 
@@ -24,7 +24,7 @@ def fetch(name: str, source, entry: dict, ctx: Context) -> None:
 
 
 def fetched(entry: dict, ctx: Context) -> bool:
-    root = ctx.recipe_dir or Path.cwd()
+    root = ctx.project
     return (root / entry["path"]).is_dir()
 
 
