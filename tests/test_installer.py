@@ -219,3 +219,50 @@ def test_in_tree_source_digest_ignores_pycache(tmp_path: Path) -> None:
     (tmp_path / "__pycache__").mkdir()
     (tmp_path / "__pycache__" / "main.cpython-311.pyc").write_bytes(b"\0")
     assert digest(tmp_path) == before
+
+
+def test_probe_without_udev_sees_filesystems_through_signatures() -> None:
+    """Without udev, lsblk lists partitions flat and reports no filesystems: wipefs' signatures fill in."""
+    flat = {
+        "blockdevices": [
+            {
+                "path": "/dev/loop0",
+                "kname": "loop0",
+                "pkname": None,
+                "size": 4 * GiB,
+                "type": "loop",
+                "pttype": None,
+                "fstype": None,
+                "ro": False,
+                "mountpoints": [None],
+            },
+            {
+                "path": "/dev/loop1",
+                "kname": "loop1",
+                "pkname": None,
+                "size": 4 * GiB,
+                "type": "loop",
+                "pttype": None,
+                "fstype": None,
+                "ro": False,
+                "mountpoints": [None],
+            },
+            {
+                "path": "/dev/loop0p1",
+                "kname": "loop0p1",
+                "pkname": "loop0",
+                "size": GiB,
+                "type": "part",
+                "fstype": None,
+                "ro": False,
+                "mountpoints": [None],
+            },
+        ]
+    }
+    sigs = {"/dev/loop0": ["gpt", "gpt", "PMBR"], "/dev/loop0p1": ["ext4"], "/dev/loop1": ["xfs"]}
+    loop0, loop1 = parse_lsblk(json.dumps(flat), set(), sigs)
+    assert [c.path for c in loop0.children] == ["/dev/loop0p1"]
+    assert loop0.contents() == ["a gpt partition table", "/dev/loop0p1 (ext4, 1.0 GiB)"]
+    assert loop1.contents() == ["an xfs filesystem"]
+    with pytest.raises(DiskError, match="holds an xfs filesystem; refusing"):
+        check_writable(loop1, wipe=False)

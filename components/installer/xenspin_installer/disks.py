@@ -49,9 +49,9 @@ class Disk:
         """What a wipe would erase, in words: partition table, partitions, filesystems."""
         out = []
         if self.pttype:
-            out.append(f"a {self.pttype} partition table")
+            out.append(f"{article(self.pttype)} {self.pttype} partition table")
         if self.fstype:
-            out.append(f"a {self.fstype} filesystem")
+            out.append(f"{article(self.fstype)} {self.fstype} filesystem")
         for c in self.children:
             out.append(f"{c.path} ({c.fstype or 'no filesystem'}, {human(c.size)})")
         return out
@@ -59,6 +59,10 @@ class Disk:
     def describe(self) -> str:
         model = f" {self.model}" if self.model else ""
         return f"{self.path} ({human(self.size)}{model})"
+
+
+def article(word: str) -> str:
+    return "an" if word[:1].lower() in "aeiox" else "a"
 
 
 def human(n: int) -> str:
