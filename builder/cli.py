@@ -7,22 +7,32 @@ import dataclasses
 import json
 import logging
 import os
+import subprocess
 import sys
+import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
+from git import GitCommandError
 
-from . import __version__, build, config, fetch, host, lock, manifest, packagesets, pipeline, plan, rootfs, typed
+from . import __version__, answerfiles, config, errors, fetch, host, lock, manifest, packagesets, pipeline, plan, typed
+from .context import Context, epoch_from_env
 from .errors import XenspinError
 from .progress import Reporter
-from .sources import Context
 from .store import Store
 
 
 def default_store() -> Path:
     cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(cache) / "xenspin" / "store"
+
+
+def _path(text: str) -> Path:
+    """A path option: empty is refused (Path("") would quietly mean the working directory)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a directory, got an empty string")
+    return Path(text)
 
 
 def _globals(parser: argparse.ArgumentParser, suppress: bool) -> None:
@@ -32,12 +42,12 @@ def _globals(parser: argparse.ArgumentParser, suppress: bool) -> None:
         return argparse.SUPPRESS if suppress else value
 
     parser.add_argument(
-        "-f", "--file", type=Path, default=d(Path("distro.yaml")), help="manifest (default ./distro.yaml)"
+        "-f", "--file", type=_path, default=d(Path("distro.yaml")), help="manifest (default ./distro.yaml)"
     )
     parser.add_argument(
-        "--store", type=Path, default=d(None), help="store directory (default $XDG_CACHE_HOME/xenspin/store)"
+        "--store", type=_path, default=d(None), help="store directory (default $XDG_CACHE_HOME/xenspin/store)"
     )
-    parser.add_argument("--out", type=Path, default=d(Path("out")), help="output directory (default ./out)")
+    parser.add_argument("--out", type=_path, default=d(Path("out")), help="output directory (default ./out)")
     parser.add_argument("-v", "--verbose", action="count", default=d(0), help="say more (repeat for debug)")
     parser.add_argument("--json", action="store_true", default=d(False), help="machine-readable output")
     parser.add_argument(
@@ -51,8 +61,15 @@ def _globals(parser: argparse.ArgumentParser, suppress: bool) -> None:
     )
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line, like every other error (exit 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="xenspin", description="Build a Xen distribution from distro.yaml.")
+    parser = _Parser(prog="xenspin", description="Build a Xen distribution from distro.yaml.")
     parser.add_argument("--version", action="version", version=f"xenspin {__version__}")
     _globals(parser, suppress=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -67,6 +84,9 @@ def make_parser() -> argparse.ArgumentParser:
     add("plan", "print the stages and the components in build order with what each needs")
     p = add("schema", "print a JSON Schema of manifest files (for editors and CI)")
     p.add_argument("--markdown", action="store_true", help="print the field table of README.md instead")
+    p.add_argument("--answerfile", action="store_true", help="the schema of YAML answerfiles instead")
+    p = add("validate-answerfile", "check an installer answerfile (YAML or XenServer XML) without installing")
+    p.add_argument("answerfile", type=Path, metavar="FILE")
     add("setup", "install the Debian packages xenspin runs (apt-get; needs root)")
     p = add("lock", "resolve every source to exact revisions and digests and write the lock (distro.lock)")
     p.add_argument("--update", nargs="*", metavar="COMP", help="re-resolve these components (none named: all)")
@@ -75,9 +95,18 @@ def make_parser() -> argparse.ArgumentParser:
     p = add("build", "lock what is missing, fetch, and build the components (all, or COMP and what it needs)")
     p.add_argument("components", nargs="*", metavar="COMP", help="only these components and what they need")
     p.add_argument("-j", "--jobs", type=int, default=2, help="components built at once (default 2)")
+    p.add_argument("--answerfile", type=Path, metavar="FILE", help="build this answerfile into the ISO (unattended)")
     p = add("store", "look after the store")
     p.add_argument(
-        "action", choices=["du", "gc"], help="du: space used per area; gc: remove what the lock no longer needs"
+        "action",
+        choices=["du", "gc"],
+        help="du: space used per area; gc: remove what no manifest building into the store still uses",
+    )
+    p.add_argument(
+        "--older-than",
+        type=float,
+        metavar="DAYS",
+        help="gc: also drop the roots of other manifests not built, fetched or locked for DAYS days",
     )
     return parser
 
@@ -97,6 +126,22 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("xenspin: interrupted", file=sys.stderr)
         return 130
+    except (OSError, GitCommandError, subprocess.SubprocessError) as e:
+        # Failures of the machine, not of xenspin: a store that cannot be written, a full
+        # disk, a permission, git refusing, a child that hung. One line, like any user error.
+        print(f"xenspin: {errors.describe(e)}", file=sys.stderr)
+        return 2
+    except Exception:
+        path = errors.save_traceback()
+        if args.verbose > 1:
+            traceback.print_exc()
+        kind, value = sys.exc_info()[:2]
+        print(
+            f"xenspin: internal error ({kind.__name__ if kind else 'error'}: {value}); "
+            f"this is a bug: please report it with the traceback saved in {path}",
+            file=sys.stderr,
+        )
+        return errors.BUG_EXIT
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -130,24 +175,24 @@ def cmd_plan(args: argparse.Namespace) -> int:
     distro = manifest.load(args.file)
     current = lock.read(lock.lock_path(args.file))
     cached: dict[str, tuple[str, bool]] = {}
-    made: tuple[str, bool] | None = None
+    graph: list = []
     if current is not None:
-        ctx = _context(args, distro)
-        jobs = build.plan(distro, current, ctx.recipe_dir)
-        builder = build.Builder(distro, current, ctx)
-        cached = {name: (job.key, builder.is_built(job)) for name, job in jobs.items()}
-        if not packagesets.stale_sets(distro, current):
-            key = pipeline.rootfs_inputs(distro, current, ctx, jobs).key
-            made = (key, rootfs.is_made(ctx.store, key))
-    stages = plan.make_plan(distro, cached, made)
+        graph = pipeline.planned(_context(args, distro), distro, current)
+        cached = {p.stage.name: (p.key, bool(p.hit)) for p in graph if p.stage.kind == "build"}
+    stages = plan.make_plan(distro, cached)
     if args.json:
-        print(json.dumps(typed.to_data(stages), indent=2))
+        print(json.dumps({"stages": typed.to_data(stages), "graph": plan.graph_data(graph)}, indent=2))
     else:
         print(plan.render(stages))
+        if graph:
+            print(plan.render_graph(graph))
     return 0
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
+    if args.answerfile:
+        print(answerfiles.field_table_markdown() if args.markdown else json.dumps(answerfiles.json_schema(), indent=2))
+        return 0
     if args.markdown:
         print(manifest.field_table_markdown())
         return 0
@@ -164,8 +209,9 @@ def _context(args: argparse.Namespace, distro: manifest.Distro) -> Context:
         base=distro.base,
         mirrors=mirrors,
         offline=args.offline,
-        recipe_dir=args.file.parent.absolute(),
+        manifest=args.file.absolute(),
         progress=Reporter(quiet=args.json),
+        epoch=epoch_from_env(),
     )
 
 
@@ -180,7 +226,8 @@ def cmd_lock(args: argparse.Namespace) -> int:
     path = lock.lock_path(args.file)
     with ctx.store.session():
         new, report = pipeline.resolve_lock(distro, lock.read(path), ctx, update=args.update, strict=args.strict)
-    lock.write(path, new)
+        lock.write(path, new)
+        pipeline.register(ctx, distro, new)
     if args.json:
         print(json.dumps(dataclasses.asdict(report), indent=2))
         return 0
@@ -205,13 +252,14 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     path = lock.lock_path(args.file)
     current = lock.read(path)
     names = args.components or list(distro.components)
-    lock.require(distro, current, ctx.recipe_dir, names, path)
+    lock.require(distro, current, ctx.project, names, path)
     with ctx.store.session():
         report = fetch.fetch(distro, current, ctx, args.components or None, strict=args.strict)
         sets = None
         if not args.components:
             packagesets.require(distro, current, path)
-            sets = packagesets.fetch(current, ctx)
+            sets = pipeline.fetch_sets(current, ctx)
+        pipeline.register(ctx, distro, current)
     if args.json:
         print(json.dumps(dataclasses.asdict(report), indent=2))
         return 0
@@ -225,19 +273,36 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_validate_answerfile(args: argparse.Namespace) -> int:
+    answer, warnings = answerfiles.validate(args.answerfile)
+    for w in warnings:
+        print(w, file=sys.stderr)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "file": str(args.answerfile),
+                    "valid": True,
+                    "warnings": warnings,
+                    "answers": answerfiles.redacted(answer),
+                }
+            )
+        )
+    else:
+        print(f"{args.answerfile}: valid (installs to {answer.disk or 'the only disk'}, host {answer.hostname})")
+    return 0
+
+
 def cmd_build(args: argparse.Namespace) -> int:
     distro = manifest.load(args.file)
+    if args.answerfile:
+        distro.installer.answerfile = str(args.answerfile.absolute())
+    if distro.installer.answerfile:
+        answerfiles.validate(Path(distro.installer.answerfile))
     manifest.require_components(distro, args.components, "build")
     ctx = _context(args, distro)
     result = pipeline.run_build(
-        distro,
-        args.file,
-        ctx,
-        names=args.components or None,
-        jobs=args.jobs,
-        strict=args.strict,
-        out=args.out,
-        say=ctx.progress.say,
+        distro, ctx, names=args.components or None, jobs=args.jobs, strict=args.strict, out=args.out
     )
     _left_out(result.left_out)
     report = result.build
@@ -251,8 +316,8 @@ def cmd_build(args: argparse.Namespace) -> int:
     print(f"apt repository: {result.repo} (deb [trusted=yes] file://{result.repo.absolute()} ./)")
     if result.rootfs is not None:
         made = result.rootfs
-        state = "up to date" if made.cached else f"composed in {made.seconds} s"
-        print(f"rootfs: {made.path / 'rootfs.squashfs'} ({state}, key {made.key[:12]})")
+        state = f"composed in {made.seconds} s" if made.made else "up to date"
+        print(f"rootfs: {made.done.path} ({state}, key {made.done.key[:12]})")
     print(f"logs: {ctx.store.log_dir('build')}")
     return 0
 
@@ -260,10 +325,18 @@ def cmd_build(args: argparse.Namespace) -> int:
 def cmd_store(args: argparse.Namespace) -> int:
     distro = manifest.load(args.file)
     ctx = _context(args, distro)
-    rows = ctx.store.usage() if args.action == "du" else pipeline.collect_garbage(distro, args.file, ctx)
+    if args.action == "du":
+        rows, notes = ctx.store.usage(), []
+    else:
+        result = pipeline.collect_garbage(distro, ctx, older_than_days=args.older_than)
+        rows = result.removed
+        notes = [f"dropped gc root {why}" for why in result.dropped]
+        notes += [f"kept what {m} uses" for m in result.kept]
     if args.json:
         print(json.dumps([dataclasses.asdict(r) for r in rows], indent=2))
         return 0
+    for note in notes:
+        print(note)
     verb = "" if args.action == "du" else "removed "
     for r in rows:
         print(f"{verb}{r.area:<20} {r.entries:>6} entries {_human(r.bytes):>10}")
@@ -298,6 +371,7 @@ COMMANDS = {
     "show": cmd_show,
     "plan": cmd_plan,
     "schema": cmd_schema,
+    "validate-answerfile": cmd_validate_answerfile,
 }
 
 

@@ -26,14 +26,16 @@ from typing import Any
 from debian import deb822
 from debian.debian_support import Version
 
-from . import FORMAT_VERSION
-from .build import archive_ident
+from .buildroot import archive_ident
+from .context import Context
 from .errors import XenspinError
 from .lock import Lock
 from .manifest import Distro
 from .run import run
-from .sources import Context, FetchError, Missing, debian, http
+from .sources import FetchError, Missing, debian, http
 from .store import sha256_json
+
+FORMAT = 1  # how a set is resolved and recorded; bump to resolve every set again
 
 # What the ISO needs to boot the rootfs as a live system. The installer removes them
 # from the installed disk (`apt-get purge` of these names, then update-initramfs).
@@ -72,7 +74,7 @@ class SetSpec:
     @property
     def inputs(self) -> str:
         """The digest a lock entry records: it goes stale when any input changes."""
-        return sha256_json({"format": FORMAT_VERSION, "spec": _data(self)})
+        return sha256_json({"format": FORMAT, "spec": _data(self)})
 
 
 def _data(spec: SetSpec) -> dict[str, Any]:

@@ -1,4 +1,10 @@
-"""The pipeline driver: each stage in order, each reading what the one before left in the store."""
+"""The pipeline driver: lock, fetch, then one graph of stages run in dependency order.
+
+`graph` is the whole build as stages (component builds with their build roots and
+source trees, the apt repository; later the rootfs and the ISO). `xenspin build`
+runs it, `xenspin plan` shows it, `xenspin store gc` keeps what it uses. A new
+stage is a node added here, reading earlier stages' outputs through its needs.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +12,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import build, fetch, lock, packagesets, rootfs
+from . import build, fetch, lock, packagesets, repo, rootfs
+from .context import Context
 from .errors import XenspinError
 from .manifest import Distro
-from .sources import Context
-from .store import Usage
+from .stage import Needs, Outcome, Pending, Planned, Scheduler, Stage, resolve
+from .store import GcResult, Root
+
+REPO = "repo:repo"
 
 
 @dataclass
@@ -21,7 +30,34 @@ class Result:
     left_out: dict[str, str]
     build: build.BuildReport
     repo: Path
-    rootfs: rootfs.Made | None = None
+    rootfs: Outcome | None = None  # None: a partial build (COMP named), no rootfs
+
+
+def graph(
+    ctx: Context,
+    distro: Distro,
+    current: lock.Lock,
+    names: list[str] | None = None,
+    left_out: set[str] = frozenset(),
+) -> tuple[list[Stage], dict[str, build.Job]]:
+    """Every stage of a build of distro at the locked sources, and the component jobs among them."""
+    jobs = build.plan(distro, current, names, left_out)
+    stages = build.stages(ctx, distro, current, jobs)
+    after = tuple(build.build_id(n) for n in jobs)
+
+    def repo_inputs(needs: Needs) -> dict:
+        if any(needs[a].meta is None for a in after):
+            raise Pending("the repository's key is the digests of .debs not built yet")
+        return {"debs": sorted(build.digests(needs, jobs))}
+
+    def repo_make(tmp: Path, needs: Needs) -> dict:
+        debs = [needs[a].path / d for a in after for d in needs[a].meta["debs"]]  # type: ignore[operator,index]
+        return repo.make(tmp, debs, distro.name)
+
+    stages.append(Stage("repo", "repo", repo.FORMAT, repo_inputs, repo_make, after=after))
+    if names is None and "rootfs" in current.sets and not packagesets.stale_sets(distro, current):
+        stages.append(rootfs.stage(ctx, distro, current, jobs, build.build_id))
+    return stages, jobs
 
 
 def current_lock(distro: Distro, path: Path, ctx: Context, *, strict: bool, say: Callable[[str], None]) -> lock.Lock:
@@ -33,7 +69,7 @@ def current_lock(distro: Distro, path: Path, ctx: Context, *, strict: bool, say:
     old = lock.read(path)
     todo = [
         name
-        for name, why in lock.stale(distro, old, ctx.recipe_dir).items()
+        for name, why in lock.stale(distro, old, ctx.project).items()
         if not distro.components[name].optional or why != "not locked"
     ]
     if old is not None and not todo and not packagesets.stale_sets(distro, old):
@@ -60,56 +96,67 @@ def resolve_lock(
     return new, report
 
 
+def fetch_sets(current: lock.Lock, ctx: Context) -> packagesets.SetFetch:
+    """The locked package sets' .debs into the store, verified by sha256."""
+    report = packagesets.fetch(current, ctx)
+    if report.fetched:
+        ctx.say(f"fetch: {len(report.fetched)} locked .debs of the package sets")
+    return report
+
+
 def run_build(
     distro: Distro,
-    manifest_path: Path,
     ctx: Context,
     *,
     names: list[str] | None,
     jobs: int,
     strict: bool,
     out: Path,
-    say: Callable[[str], None],
 ) -> Result:
-    """Lock, fetch, build, publish the apt repository to out/repo."""
+    """Lock, fetch, run the stage graph, publish the apt repository to out/repo."""
+    assert ctx.manifest is not None
     with ctx.store.session():
-        current = current_lock(distro, lock.lock_path(manifest_path), ctx, strict=strict, say=say)
+        current = current_lock(distro, lock.lock_path(ctx.manifest), ctx, strict=strict, say=ctx.say)
         wanted = build.closure(distro, names) if names else None
         fetched = fetch.fetch(distro, current, ctx, wanted, strict=strict)
         if names is None:
-            fetch_sets(current, ctx, say)
-        plan = build.plan(distro, current, ctx.recipe_dir, names, set(fetched.left_out))
-        report = build.Builder(distro, current, ctx, jobs=jobs, say=say).run(plan)
-        repo = build.publish(Path(report.repo), out / "repo")
-        made = None
-        if names is None:
-            made = rootfs.obtain(rootfs_inputs(distro, current, ctx, plan), ctx.store, built_debs(report, plan), say)
-    return Result(sorted(current.components), fetched.left_out, report, repo, made)
+            fetch_sets(current, ctx)
+        stages, comp_jobs = graph(ctx, distro, current, names, set(fetched.left_out))
+        outcomes = Scheduler(ctx.store, stages, jobs=jobs).run()
+        report = build.report(outcomes, comp_jobs)
+        repo_path = outcomes[REPO].done.path
+        assert repo_path is not None
+        report.repo = str(repo_path)
+        published = repo.publish(repo_path, out / "repo")
+        made = outcomes.get(rootfs.STAGE_ID)
+        # The whole plan's root, even when only some components were asked for.
+        ctx.store.register(gc_root(ctx, distro, current, resolve(ctx.store, stages) if names is None else None))
+    return Result(sorted(current.components), fetched.left_out, report, published, made)
 
 
-def fetch_sets(current: lock.Lock, ctx: Context, say: Callable[[str], None]) -> None:
-    """The locked package sets' .debs into the store, verified by sha256."""
-    report = packagesets.fetch(current, ctx)
-    if report.fetched:
-        say(f"fetch: {len(report.fetched)} locked .debs of the package sets")
+def planned(ctx: Context, distro: Distro, current: lock.Lock) -> list[Planned]:
+    """The stage graph with each key and whether the store has it (nothing is run)."""
+    stages, _ = graph(ctx, distro, current)
+    return resolve(ctx.store, stages)
 
 
-def rootfs_inputs(distro: Distro, current: lock.Lock, ctx: Context, plan: dict[str, build.Job]) -> rootfs.Inputs:
-    """The rootfs stage's inputs: the lock, and the keys of the components whose .debs go in."""
-    built = {name: job.key for name, job in plan.items() if job.action != "none"}
-    return rootfs.Inputs(distro, current, built, ctx.recipe_dir or Path.cwd(), build.source_date_epoch(current))
-
-
-def built_debs(report: build.BuildReport, plan: dict[str, build.Job]) -> list[Path]:
-    return [Path(d) for name in sorted(plan) for d in report.debs.get(name, [])]
-
-
-def collect_garbage(distro: Distro, manifest_path: Path, ctx: Context) -> list[Usage]:
-    """Remove from the store what the manifest's lock and build plan no longer use."""
-    current = lock.read(lock.lock_path(manifest_path)) or lock.Lock()
+def gc_root(ctx: Context, distro: Distro, current: lock.Lock, graph: list[Planned] | None = None) -> Root:
+    """What the manifest's lock and stage graph use: its gc root in the store."""
+    assert ctx.manifest is not None
     keep = fetch.keeps(distro, current, ctx)
-    jobs = build.plan(distro, current, ctx.recipe_dir)
-    objects = build.Builder(distro, current, ctx).keeps(jobs)
-    if not packagesets.stale_sets(distro, current):
-        objects.add((rootfs.KIND, rootfs_inputs(distro, current, ctx, jobs).key))
-    return ctx.store.gc(set(keep.blobs) | packagesets.keeps(current), set(keep.git), objects)
+    graph = planned(ctx, distro, current) if graph is None else graph
+    objects = frozenset((p.stage.kind, p.key) for p in graph if p.key)
+    return Root(ctx.manifest, keep.blobs | packagesets.keeps(current), keep.git, objects)
+
+
+def register(ctx: Context, distro: Distro, current: lock.Lock | None) -> None:
+    """Register the manifest's gc root (lock, fetch and build do): a gc for another manifest keeps it."""
+    if current is not None:
+        ctx.store.register(gc_root(ctx, distro, current))
+
+
+def collect_garbage(distro: Distro, ctx: Context, *, older_than_days: float | None = None) -> GcResult:
+    """Remove from the store what no manifest building into it still uses (the union of live gc roots)."""
+    assert ctx.manifest is not None
+    current = lock.read(lock.lock_path(ctx.manifest)) or lock.Lock()
+    return ctx.store.gc(gc_root(ctx, distro, current), older_than_days=older_than_days)

@@ -22,18 +22,21 @@ from typing import Any
 
 from debian import deb822
 
-from . import FORMAT_VERSION, debtree, overlays, typed
+from . import debtree, overlays, typed
+from .context import Context
 from .errors import XenspinError
 from .lock import Lock
 from .manifest import Distro
 from .packagesets import files as set_files
 from .run import CommandError, run
+from .stage import Needs, Stage, stage_key
 from .store import Store, sha256_file, sha256_json
 
-ROOTFS_FORMAT = 2  # bumped when what the stage writes changes
+FORMAT = 2  # what the stage writes; bump to recompose every rootfs
 KIND = "rootfs"
+STAGE_ID = "rootfs:rootfs"
 # Default levels (rootfs.compression-level 0): zstd 3 gave ~240 MB in 3 s, 15 ~213 MB in 35 s on a
-# bigger tree (field notes); this tree leaves the initrd out.
+# bigger tree (field notes); this tree leaves the initrd, docs and translations out.
 DEFAULT_LEVEL = {"zstd": 9, "gzip": 9}
 SSH_KEYGEN_UNIT = "xenspin-ssh-keygen.service"
 
@@ -52,27 +55,42 @@ class Inputs:
     base: Path  # the manifest's directory (paths in the key are relative to it)
     epoch: int
 
-    @property
-    def key(self) -> str:
-        return rootfs_key(self)
-
-
-def rootfs_key(inp: Inputs) -> str:
-    d = inp.distro
-    section = typed.to_data(d.rootfs, relative_to=inp.base)
-    return sha256_json(
-        {
-            "format": [FORMAT_VERSION, ROOTFS_FORMAT],
-            "rootfs": section,
-            "set": sha256_json(set_files(inp.lock, "rootfs")),
-            "built": dict(sorted(inp.built.items())),
+    def data(self) -> dict[str, Any]:
+        """The canonical inputs of the stage's key."""
+        d = self.distro
+        return {
+            "rootfs": typed.to_data(d.rootfs, relative_to=self.base),
+            "set": sha256_json(set_files(self.lock, "rootfs")),
+            "built": dict(sorted(self.built.items())),
             "content": overlays.digest([Path(p) for p in d.rootfs.overlays], [Path(h) for h in d.rootfs.hooks]),
             "branding": [d.name, d.version, d.vendor, d.description],
             "boot": typed.to_data(d.iso.boot),
             "sources": d.base.archives(),
-            "epoch": inp.epoch,
+            "epoch": self.epoch,
         }
-    )
+
+
+def stage(ctx: Context, distro: Distro, lock: Lock, jobs: dict[str, Any], build_id: Callable[[str], str]) -> Stage:
+    """The rootfs node of the pipeline graph: after every component build, keyed by its inputs."""
+    epoch = ctx.source_date_epoch(lock.archive)
+    made = [n for n, job in jobs.items() if job.action != "none"]
+
+    def inputs(needs: Needs) -> dict[str, Any]:
+        built = {n: needs[build_id(n)].key for n in made}
+        return Inputs(distro, lock, built, ctx.project, epoch).data()
+
+    def make(tmp: Path, needs: Needs) -> dict:
+        built = {n: needs[build_id(n)].key for n in made}
+        debs: dict[Path, str] = {}
+        for n in made:
+            done = needs[build_id(n)]
+            assert done.path is not None and done.meta is not None
+            debs.update({done.path / d: sha for d, sha in done.meta.get("sha256", {}).items()})
+        inp = Inputs(distro, lock, built, ctx.project, epoch)
+        key = stage_key(FORMAT, inp.data())
+        return make_rootfs(inp, key, ctx.store, debs, tmp, ctx.say)
+
+    return Stage(KIND, "rootfs", FORMAT, inputs, make, after=tuple(build_id(n) for n in jobs), clamp=epoch)
 
 
 def template_context(inp: Inputs, key: str) -> dict[str, Any]:
@@ -121,56 +139,20 @@ def lock_digest(lock: Lock) -> str:
 # --- making it -----------------------------------------------------------------------------
 
 
-@dataclass
-class Made:
-    path: Path
-    key: str
-    cached: bool
-    seconds: float
-    steps: dict[str, float]
+def make_rootfs(
+    inp: Inputs, key: str, store: Store, debs: dict[Path, str], out: Path, say: Callable[[str], None]
+) -> dict[str, Any]:
+    """Compose into out/: rootfs.squashfs, packages.json, boot/; return what the store records beside it.
 
-
-def output(store: Store, key: str) -> Path:
-    return store.object_path(KIND, key)
-
-
-def is_made(store: Store, key: str) -> bool:
-    return (output(store, key) / "rootfs.json").is_file()
-
-
-def obtain(inp: Inputs, store: Store, debs: list[Path], say: Callable[[str], None]) -> Made:
-    """The rootfs for inp from the store, composed first when it is not there."""
-    key = inp.key
-    dest = output(store, key)
-    if is_made(store, key):
-        return Made(dest, key, True, 0.0, {})
-    start = time.monotonic()
-    with store.locked("rootfs-" + key[:32]):
-        if is_made(store, key):
-            return Made(dest, key, True, 0.0, {})
-        say(f"rootfs {key[:12]}: compose")
-        tmp = store.tmp_dir("rootfs")
-        try:
-            steps = make(inp, key, store, debs, tmp, say)
-            store.commit_dir(tmp, dest)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-    seconds = round(time.monotonic() - start, 1)
-    say(f"rootfs {key[:12]}: done in {seconds} s ({', '.join(f'{k} {v} s' for k, v in steps.items())})")
-    return Made(dest, key, False, seconds, steps)
-
-
-def make(
-    inp: Inputs, key: str, store: Store, debs: list[Path], out: Path, say: Callable[[str], None]
-) -> dict[str, float]:
-    """Compose into out/: rootfs.squashfs, packages.json, boot/, rootfs.json (written last)."""
+    debs: the built .debs with their recorded sha256s. Each step logs under logs/rootfs/KEY/.
+    """
     d = inp.distro
     logs = store.log_dir("rootfs", key[:12])
     if logs.exists():
         shutil.rmtree(logs)
     logs.mkdir(parents=True)
     timer = _Timer()
+    say(f"rootfs {key[:12]}: compose ({len(set_files(inp.lock, 'rootfs'))} locked packages)")
     # Templates first: a bad overlay fails in a second, before any tree exists.
     entries = overlays.read([Path(p) for p in d.rootfs.overlays], template_context(inp, key))
     locked = set_files(inp.lock, "rootfs")
@@ -206,17 +188,16 @@ def make(
         timer.mark("squashfs")
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    meta = {
-        "key": key,
+    say(f"rootfs {key[:12]}: done ({', '.join(f'{k} {v} s' for k, v in timer.steps.items())})")
+    return {
         "squashfs": "rootfs.squashfs",
         "sha256": sha256_file(out / "rootfs.squashfs"),
         "size": (out / "rootfs.squashfs").stat().st_size,
         "boot": sorted(p.name for p in (out / "boot").iterdir()),
         "packages": len(packages),
         "seconds": timer.steps,
+        "logs": str(logs),
     }
-    (out / "rootfs.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    return timer.steps
 
 
 class _Timer:
@@ -235,13 +216,13 @@ def _deb_name(path: Path) -> str:
 
 
 def _repo_contents(
-    store: Store, locked: dict[str, dict[str, Any]], debs: list[Path]
-) -> tuple[list[tuple[str, Path]], list[str], dict[str, Path]]:
+    store: Store, locked: dict[str, dict[str, Any]], debs: dict[Path, str]
+) -> tuple[list[tuple[str, Path]], list[str], dict[str, tuple[Path, str]]]:
     """The .debs of the local repository (the set's, minus those a build replaces), the names to install,
-    and the built .debs by package name. Built packages win over the archive's."""
-    built = {_deb_name(d): d for d in debs}
-    locked_files = {Path(info["filename"]).name for info in locked.values()}
-    built = {n: d for n, d in built.items() if d.name not in locked_files}  # archive components: the set has them
+    and the built .debs (path, sha256) by package name. Built packages win over the archive's."""
+    locked_shas = {info["sha256"] for info in locked.values()}
+    # Archive components' .debs are in the set already (same bytes); the rest were built.
+    built = {_deb_name(d): (d, sha) for d, sha in sorted(debs.items()) if sha not in locked_shas}
     out: list[tuple[str, Path]] = []
     missing = []
     for name, info in sorted(locked.items()):
@@ -254,7 +235,7 @@ def _repo_contents(
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         raise RootfsError(f"rootfs: {len(missing)} locked .debs are not in the store: {shown} (run `xenspin fetch`)")
-    out += [(built[n].name, built[n]) for n in sorted(built)]
+    out += [(built[n][0].name, built[n][0]) for n in sorted(built)]
     return out, sorted(set(locked) | set(built)), built
 
 
@@ -430,7 +411,9 @@ def export_boot(tree: Path, dest: Path) -> None:
                 (where / link).unlink()
 
 
-def installed(tree: Path, locked: dict[str, dict[str, Any]], built: dict[str, Path]) -> list[dict[str, str]]:
+def installed(
+    tree: Path, locked: dict[str, dict[str, Any]], built: dict[str, tuple[Path, str]]
+) -> list[dict[str, str]]:
     """Every package dpkg has installed in the tree, with the sha256 of the .deb it came from."""
     out = []
     with open(tree / "var/lib/dpkg/status", encoding="utf-8") as f:
@@ -439,7 +422,7 @@ def installed(tree: Path, locked: dict[str, dict[str, Any]], built: dict[str, Pa
                 continue
             name, version = para["Package"], para["Version"]
             if name in built:
-                sha = sha256_file(built[name])
+                sha = built[name][1]
             elif name in locked and locked[name]["version"] == version:
                 sha = locked[name]["sha256"]
             else:
