@@ -7,22 +7,32 @@ import dataclasses
 import json
 import logging
 import os
+import subprocess
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
 import yaml
+from git import GitCommandError
 
-from . import __version__, build, config, fetch, host, lock, manifest, pipeline, plan, typed, vmtest
+from . import __version__, answerfiles, config, errors, fetch, host, lock, manifest, pipeline, plan, typed, vmtest
+from .context import Context, epoch_from_env
 from .errors import XenspinError
 from .progress import Reporter
-from .sources import Context
 from .store import Store
 
 
 def default_store() -> Path:
     cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(cache) / "xenspin" / "store"
+
+
+def _path(text: str) -> Path:
+    """A path option: empty is refused (Path("") would quietly mean the working directory)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a directory, got an empty string")
+    return Path(text)
 
 
 def _globals(parser: argparse.ArgumentParser, suppress: bool) -> None:
@@ -32,12 +42,12 @@ def _globals(parser: argparse.ArgumentParser, suppress: bool) -> None:
         return argparse.SUPPRESS if suppress else value
 
     parser.add_argument(
-        "-f", "--file", type=Path, default=d(Path("distro.yaml")), help="manifest (default ./distro.yaml)"
+        "-f", "--file", type=_path, default=d(Path("distro.yaml")), help="manifest (default ./distro.yaml)"
     )
     parser.add_argument(
-        "--store", type=Path, default=d(None), help="store directory (default $XDG_CACHE_HOME/xenspin/store)"
+        "--store", type=_path, default=d(None), help="store directory (default $XDG_CACHE_HOME/xenspin/store)"
     )
-    parser.add_argument("--out", type=Path, default=d(Path("out")), help="output directory (default ./out)")
+    parser.add_argument("--out", type=_path, default=d(Path("out")), help="output directory (default ./out)")
     parser.add_argument("-v", "--verbose", action="count", default=d(0), help="say more (repeat for debug)")
     parser.add_argument("--json", action="store_true", default=d(False), help="machine-readable output")
     parser.add_argument(
@@ -67,6 +77,9 @@ def make_parser() -> argparse.ArgumentParser:
     add("plan", "print the stages and the components in build order with what each needs")
     p = add("schema", "print a JSON Schema of manifest files (for editors and CI)")
     p.add_argument("--markdown", action="store_true", help="print the field table of README.md instead")
+    p.add_argument("--answerfile", action="store_true", help="the schema of YAML answerfiles instead")
+    p = add("validate-answerfile", "check an installer answerfile (YAML or XenServer XML) without installing")
+    p.add_argument("answerfile", type=Path, metavar="FILE")
     add("setup", "install the Debian packages xenspin runs (apt-get; needs root)")
     p = add("lock", "resolve every source to exact revisions and digests and write the lock (distro.lock)")
     p.add_argument("--update", nargs="*", metavar="COMP", help="re-resolve these components (none named: all)")
@@ -75,6 +88,7 @@ def make_parser() -> argparse.ArgumentParser:
     p = add("build", "lock what is missing, fetch, and build the components (all, or COMP and what it needs)")
     p.add_argument("components", nargs="*", metavar="COMP", help="only these components and what they need")
     p.add_argument("-j", "--jobs", type=int, default=2, help="components built at once (default 2)")
+    p.add_argument("--answerfile", type=Path, metavar="FILE", help="build this answerfile into the ISO (unattended)")
     p = add("test", "test an image in QEMU")
     tests = p.add_subparsers(dest="test_command", metavar="TEST", required=True)
     t = tests.add_parser(
@@ -114,6 +128,22 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("xenspin: interrupted", file=sys.stderr)
         return 130
+    except (OSError, GitCommandError, subprocess.SubprocessError) as e:
+        # Failures of the machine, not of xenspin: a store that cannot be written, a full
+        # disk, a permission, git refusing, a child that hung. One line, like any user error.
+        print(f"xenspin: {errors.describe(e)}", file=sys.stderr)
+        return 2
+    except Exception:
+        path = errors.save_traceback()
+        if args.verbose > 1:
+            traceback.print_exc()
+        kind, value = sys.exc_info()[:2]
+        print(
+            f"xenspin: internal error ({kind.__name__ if kind else 'error'}: {value}); "
+            f"this is a bug: please report it with the traceback saved in {path}",
+            file=sys.stderr,
+        )
+        return errors.BUG_EXIT
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -147,20 +177,24 @@ def cmd_plan(args: argparse.Namespace) -> int:
     distro = manifest.load(args.file)
     current = lock.read(lock.lock_path(args.file))
     cached: dict[str, tuple[str, bool]] = {}
+    graph: list = []
     if current is not None:
-        ctx = _context(args, distro)
-        jobs = build.plan(distro, current, ctx.recipe_dir)
-        builder = build.Builder(distro, current, ctx)
-        cached = {name: (job.key, builder.is_built(job)) for name, job in jobs.items()}
+        graph = pipeline.planned(_context(args, distro), distro, current)
+        cached = {p.stage.name: (p.key, bool(p.hit)) for p in graph if p.stage.kind == "build"}
     stages = plan.make_plan(distro, cached)
     if args.json:
-        print(json.dumps(typed.to_data(stages), indent=2))
+        print(json.dumps({"stages": typed.to_data(stages), "graph": plan.graph_data(graph)}, indent=2))
     else:
         print(plan.render(stages))
+        if graph:
+            print(plan.render_graph(graph))
     return 0
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
+    if args.answerfile:
+        print(answerfiles.field_table_markdown() if args.markdown else json.dumps(answerfiles.json_schema(), indent=2))
+        return 0
     if args.markdown:
         print(manifest.field_table_markdown())
         return 0
@@ -177,8 +211,9 @@ def _context(args: argparse.Namespace, distro: manifest.Distro) -> Context:
         base=distro.base,
         mirrors=mirrors,
         offline=args.offline,
-        recipe_dir=args.file.parent.absolute(),
+        manifest=args.file.absolute(),
         progress=Reporter(quiet=args.json),
+        epoch=epoch_from_env(),
     )
 
 
@@ -216,7 +251,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     path = lock.lock_path(args.file)
     current = lock.read(path)
     names = args.components or list(distro.components)
-    lock.require(distro, current, ctx.recipe_dir, names, path)
+    lock.require(distro, current, ctx.project, names, path)
     with ctx.store.session():
         report = fetch.fetch(distro, current, ctx, args.components or None, strict=args.strict)
     if args.json:
@@ -230,19 +265,36 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_validate_answerfile(args: argparse.Namespace) -> int:
+    answer, warnings = answerfiles.validate(args.answerfile)
+    for w in warnings:
+        print(w, file=sys.stderr)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "file": str(args.answerfile),
+                    "valid": True,
+                    "warnings": warnings,
+                    "answers": answerfiles.redacted(answer),
+                }
+            )
+        )
+    else:
+        print(f"{args.answerfile}: valid (installs to {answer.disk or 'the only disk'}, host {answer.hostname})")
+    return 0
+
+
 def cmd_build(args: argparse.Namespace) -> int:
     distro = manifest.load(args.file)
+    if args.answerfile:
+        distro.installer.answerfile = str(args.answerfile.absolute())
+    if distro.installer.answerfile:
+        answerfiles.validate(Path(distro.installer.answerfile))
     manifest.require_components(distro, args.components, "build")
     ctx = _context(args, distro)
     result = pipeline.run_build(
-        distro,
-        args.file,
-        ctx,
-        names=args.components or None,
-        jobs=args.jobs,
-        strict=args.strict,
-        out=args.out,
-        say=ctx.progress.say,
+        distro, ctx, names=args.components or None, jobs=args.jobs, strict=args.strict, out=args.out
     )
     _left_out(result.left_out)
     report = result.build
@@ -261,7 +313,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 def cmd_store(args: argparse.Namespace) -> int:
     distro = manifest.load(args.file)
     ctx = _context(args, distro)
-    rows = ctx.store.usage() if args.action == "du" else pipeline.collect_garbage(distro, args.file, ctx)
+    rows = ctx.store.usage() if args.action == "du" else pipeline.collect_garbage(distro, ctx)
     if args.json:
         print(json.dumps([dataclasses.asdict(r) for r in rows], indent=2))
         return 0
@@ -324,6 +376,7 @@ COMMANDS = {
     "show": cmd_show,
     "plan": cmd_plan,
     "schema": cmd_schema,
+    "validate-answerfile": cmd_validate_answerfile,
 }
 
 

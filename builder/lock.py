@@ -118,7 +118,7 @@ def resolve(
     strict: bool = False,
 ) -> tuple[Lock, LockReport]:
     """A new lock: old entries kept unless stale or named in update ([] = all)."""
-    root = ctx.recipe_dir or Path.cwd()
+    root = ctx.project
     report = LockReport()
     old = old or Lock()
     changed = stale(distro, old, root)

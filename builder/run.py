@@ -29,12 +29,22 @@ class CommandError(XenspinError):
         self.log_path = log_path
         self.tail = tail
         where = f"; log: {log_path}" if log_path else ""
-        msg = f"{what}: failed with exit status {status}{where}"
+        if status < 0:  # killed: by the OOM killer, a timeout, someone's kill
+            msg = f"{what}: was killed by signal {_signal_name(-status)}{where}"
+        else:
+            msg = f"{what}: failed with exit status {status}{where}"
         # The log's "$ command" lines are for the log; the message shows what the command said.
         said = [line for line in tail.rstrip().splitlines() if not line.startswith("$ ")]
         if said:
             msg += "\n" + "\n".join("  | " + line for line in said[-TAIL_LINES:])
         super().__init__(msg)
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return str(number)
 
 
 def quote(cmd: Sequence[str | os.PathLike]) -> str:
