@@ -11,7 +11,7 @@ import subprocess
 import sys
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 from git import GitCommandError
@@ -61,8 +61,15 @@ def _globals(parser: argparse.ArgumentParser, suppress: bool) -> None:
     )
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line, like every other error (exit 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="xenspin", description="Build a Xen distribution from distro.yaml.")
+    parser = _Parser(prog="xenspin", description="Build a Xen distribution from distro.yaml.")
     parser.add_argument("--version", action="version", version=f"xenspin {__version__}")
     _globals(parser, suppress=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -108,7 +115,15 @@ def make_parser() -> argparse.ArgumentParser:
     t.add_argument("--kvm", action="store_true", help="use KVM instead of TCG (where /dev/kvm works)")
     p = add("store", "look after the store")
     p.add_argument(
-        "action", choices=["du", "gc"], help="du: space used per area; gc: remove what the lock no longer needs"
+        "action",
+        choices=["du", "gc"],
+        help="du: space used per area; gc: remove what no manifest building into the store still uses",
+    )
+    p.add_argument(
+        "--older-than",
+        type=float,
+        metavar="DAYS",
+        help="gc: also drop the roots of other manifests not built, fetched or locked for DAYS days",
     )
     return parser
 
@@ -228,7 +243,8 @@ def cmd_lock(args: argparse.Namespace) -> int:
     path = lock.lock_path(args.file)
     with ctx.store.session():
         new, report = lock.resolve(distro, lock.read(path), ctx, update=args.update, strict=args.strict)
-    lock.write(path, new)
+        lock.write(path, new)
+        pipeline.register(ctx, distro, new)
     if args.json:
         print(json.dumps(dataclasses.asdict(report), indent=2))
         return 0
@@ -254,6 +270,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     lock.require(distro, current, ctx.project, names, path)
     with ctx.store.session():
         report = fetch.fetch(distro, current, ctx, args.components or None, strict=args.strict)
+        pipeline.register(ctx, distro, current)
     if args.json:
         print(json.dumps(dataclasses.asdict(report), indent=2))
         return 0
@@ -313,10 +330,18 @@ def cmd_build(args: argparse.Namespace) -> int:
 def cmd_store(args: argparse.Namespace) -> int:
     distro = manifest.load(args.file)
     ctx = _context(args, distro)
-    rows = ctx.store.usage() if args.action == "du" else pipeline.collect_garbage(distro, ctx)
+    if args.action == "du":
+        rows, notes = ctx.store.usage(), []
+    else:
+        result = pipeline.collect_garbage(distro, ctx, older_than_days=args.older_than)
+        rows = result.removed
+        notes = [f"dropped gc root {why}" for why in result.dropped]
+        notes += [f"kept what {m} uses" for m in result.kept]
     if args.json:
         print(json.dumps([dataclasses.asdict(r) for r in rows], indent=2))
         return 0
+    for note in notes:
+        print(note)
     verb = "" if args.action == "du" else "removed "
     for r in rows:
         print(f"{verb}{r.area:<20} {r.entries:>6} entries {_human(r.bytes):>10}")
