@@ -338,7 +338,16 @@ def cmd_build(args: argparse.Namespace) -> int:
     _left_out(result.left_out)
     report = result.build
     if args.json:
-        print(json.dumps(dataclasses.asdict(report), indent=2))
+        data = dataclasses.asdict(report)
+        if result.rootfs is not None:
+            made = result.rootfs
+            data["rootfs"] = {
+                "path": str(made.done.path),
+                "key": made.done.key,
+                "made": made.made,
+                **(made.done.meta or {}),
+            }
+        print(json.dumps(data, indent=2))
         return 0
     if report.built:
         print("built: " + ", ".join(f"{n} ({report.seconds[n]} s)" for n in report.built))
