@@ -345,6 +345,7 @@ def cmd_build(args: argparse.Namespace) -> int:
                 "path": str(made.done.path),
                 "key": made.done.key,
                 "made": made.made,
+                "wall": made.seconds,
                 **(made.done.meta or {}),
             }
         print(json.dumps(data, indent=2))
