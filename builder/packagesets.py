@@ -94,7 +94,11 @@ def package_sets(distro: Distro, lock: Lock) -> dict[str, SetSpec]:
     rootfs: the manifest's packages, the live-boot pair, the archive components at
     their locked versions, and the built components (their depends resolved too).
     iso: the boot loaders the ISO stage unpacks, without their dependencies.
+    A manifest with no rootfs.packages (components only, as in tests) has no sets:
+    it locks, fetches and builds without the archive's binary index.
     """
+    if not distro.rootfs.packages:
+        return {}
     include: list[str] = list(distro.rootfs.packages) + list(LIVE_PACKAGES)
     built: list[tuple[str, str]] = []
     for name, comp in sorted(distro.components.items()):
