@@ -94,6 +94,10 @@ def test_several_disks_none_named_ask_or_stop() -> None:
     assert asked.disk is None and [d.path for d in asked.ask] == ["/dev/sda", "/dev/sdb", "/dev/vda"]
     only = [d for d in disks() if d.path in ("/dev/sda", "/dev/sr0", "/dev/sdc")]
     assert choose(only, "", interactive=False).disk.path == "/dev/sda"  # the medium and a read-only disk do not count
+    answers = Disk("/dev/sdd", 16 * MiB, children=(Disk("/dev/sdd1", 15 * MiB, type="part", labels=("XSANSWER",)),))
+    assert (
+        choose([*only, answers], "", interactive=False).disk.path == "/dev/sda"
+    )  # nor the disk that brought the answers
     with pytest.raises(DiskError, match="no disk to install to"):
         choose([d for d in disks() if d.path == "/dev/sr0"], "", interactive=False)
 
@@ -259,7 +263,11 @@ def test_probe_without_udev_sees_filesystems_through_signatures() -> None:
             },
         ]
     }
-    sigs = {"/dev/loop0": ["gpt", "gpt", "PMBR"], "/dev/loop0p1": ["ext4"], "/dev/loop1": ["xfs"]}
+    sigs = {
+        "/dev/loop0": [("gpt", ""), ("gpt", ""), ("PMBR", "")],
+        "/dev/loop0p1": [("ext4", "")],
+        "/dev/loop1": [("xfs", "")],
+    }
     loop0, loop1 = parse_lsblk(json.dumps(flat), set(), sigs)
     assert [c.path for c in loop0.children] == ["/dev/loop0p1"]
     assert loop0.contents() == ["a gpt partition table", "/dev/loop0p1 (ext4, 1.0 GiB)"]
