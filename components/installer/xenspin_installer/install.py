@@ -26,6 +26,7 @@ SQUASHFS = LIVE_MEDIUM / "live" / "filesystem.squashfs"
 LIVE_PACKAGES = ("live-boot", "live-boot-initramfs-tools", "live-config", "live-config-systemd", "live-tools")
 LOG_ON_TARGET = "var/log/xenspin-install.log"
 XEN_CMDLINE = "dom0_mem=1024M,max:1024M"
+DISTRIBUTOR = "xenspin"  # GRUB's menu says "xenspin GNU/Linux, with Xen hypervisor"
 FIRST_BOOT_KEYS = """\
 [Unit]
 Description=Generate this host's SSH host keys (xenspin, first boot)
@@ -141,7 +142,7 @@ class Installer:
         )
         if not self.r.dry_run:
             self.copy_boot_files()
-        self.mount(self.layout.dev("esp"), self.mnt / "boot" / "efi")
+        (self.mnt / "boot" / "efi").mkdir(parents=True, exist_ok=True)
         for fs in ("dev", "proc", "sys", "run"):
             self.mount(f"/{fs}", self.mnt / fs, "--rbind", "--make-rslave")
 
@@ -189,7 +190,7 @@ class Installer:
             "etc/fstab",
             "# written by the xenspin installer\n"
             f"UUID={root_uuid}\t/\text4\terrors=remount-ro\t0\t1\n"
-            f"UUID={esp_uuid}\t/boot/efi\tvfat\tumask=0077\t0\t1\n",
+            f"UUID={esp_uuid}\t/boot/efi\tvfat\tumask=0077,nofail\t0\t2\n",
         )
         self.write("etc/hostname", a.hostname + "\n")
         self.write(
@@ -253,21 +254,54 @@ class Installer:
                 ["dpkg-query", "-W", "-f", "${Status}", p], f"look for {p}", capture=True, check=False, writes=False
             ).endswith(" installed")
         ]
-        if installed:
+        if installed:  # dpkg's initramfs trigger remakes the existing initrds without live-boot
             self.chroot(["dpkg", "--purge", *installed], "remove live-boot")
         for modules in sorted(glob.glob(str(self.mnt / "lib/modules/*"))):
             version = Path(modules).name
             exists = (self.mnt / "boot" / f"initrd.img-{version}").exists()
-            self.chroot(
-                ["update-initramfs", "-u" if exists else "-c", "-k", version], f"make the initramfs for {version}"
-            )
-        self.write("etc/default/grub.d/xenspin.cfg", grub_defaults(self.a))
+            if not (exists and installed):
+                self.chroot(
+                    ["update-initramfs", "-u" if exists else "-c", "-k", version], f"make the initramfs for {version}"
+                )
+        # zz-: read after Debian's xen.cfg, whose GRUB_DEFAULT names a "Debian GNU/Linux" entry
+        self.write("etc/default/grub.d/zz-xenspin.cfg", grub_defaults(self.a))
+        if not self.r.dry_run:
+            (self.mnt / "boot/grub").mkdir(parents=True, exist_ok=True)
         self.chroot(["update-grub"], "write grub.cfg")
         disk = self.layout.disk.path
         self.chroot(["grub-install", "--target=i386-pc", disk], "install GRUB for BIOS")
-        efi = ["grub-install", "--target=x86_64-efi", "--efi-directory=/boot/efi", "--no-nvram"]
-        self.chroot([*efi, "--bootloader-id=xenspin"], "install GRUB for UEFI")
-        self.chroot([*efi, "--removable"], "install GRUB for UEFI (removable path)")
+        self.install_efi_grub()
+
+    def install_efi_grub(self) -> None:
+        """GRUB for UEFI at EFI/BOOT/BOOTX64.EFI (the removable path) and EFI/xenspin/grubx64.efi.
+
+        What `grub-install --target=x86_64-efi` does, without mounting the ESP: the image
+        is made in the target and copied onto the FAT filesystem with mtools, so no vfat
+        driver is needed where the installer runs. It finds root by UUID and reads the
+        grub.cfg update-grub wrote, loading modules from /boot/grub/x86_64-efi.
+        """
+        root_uuid = self.uuid(self.layout.dev("root"))
+        self.write("boot/grub/xenspin-efi-early.cfg", efi_early_config(root_uuid))
+        if not self.r.dry_run:
+            modules = self.mnt / "boot/grub/x86_64-efi"
+            shutil.rmtree(modules, ignore_errors=True)
+            shutil.copytree(self.mnt / "usr/lib/grub/x86_64-efi", modules)
+        image = "/boot/grub/xenspin-bootx64.efi"
+        self.chroot(
+            [
+                "grub-mkimage",
+                "--format=x86_64-efi",
+                f"--output={image}",
+                "--config=/boot/grub/xenspin-efi-early.cfg",
+                "--prefix=",
+                *EFI_CORE_MODULES,
+            ],
+            "make GRUB's UEFI image",
+        )
+        esp, src = self.layout.dev("esp"), str(self.mnt / image.lstrip("/"))
+        self.r.run(["mmd", "-i", esp, "::/EFI", "::/EFI/BOOT", "::/EFI/xenspin"], "make directories on the ESP")
+        for dest in ("::/EFI/BOOT/BOOTX64.EFI", "::/EFI/xenspin/grubx64.efi"):
+            self.r.run(["mcopy", "-o", "-i", esp, src, dest], f"copy GRUB to {dest[2:]} on the ESP")
 
     def copy_log(self) -> None:
         if self.r.dry_run:
@@ -310,6 +344,18 @@ def fetch_hook(hook: Hook, medium: Path) -> Path:
     return Path(name)
 
 
+EFI_CORE_MODULES = ["part_gpt", "part_msdos", "ext2", "fat", "search", "search_fs_uuid", "normal", "configfile", "echo"]
+
+
+def efi_early_config(root_uuid: str) -> str:
+    """The config built into GRUB's UEFI image: find root by UUID, then its grub.cfg."""
+    return (
+        f"search --no-floppy --fs-uuid --set=root {root_uuid}\n"
+        "set prefix=($root)/boot/grub\n"
+        "configfile $prefix/grub.cfg\n"
+    )
+
+
 def wait_for(dev: Path, seconds: float = 20) -> None:
     deadline = time.monotonic() + seconds
     while not dev.exists():
@@ -342,7 +388,12 @@ def grub_defaults(a: Answerfile) -> str:
     """GRUB settings: Xen the default entry (Debian's 20_linux_xen), serial console when asked."""
     xen = XEN_CMDLINE
     linux = "console=tty0"
-    lines = ["# written by the xenspin installer", "XEN_OVERRIDE_GRUB_DEFAULT=1", "GRUB_TIMEOUT=3"]
+    lines = [
+        "# written by the xenspin installer",
+        f'GRUB_DISTRIBUTOR="{DISTRIBUTOR}"',
+        f'GRUB_DEFAULT="{DISTRIBUTOR} GNU/Linux, with Xen hypervisor"',
+        "GRUB_TIMEOUT=3",
+    ]
     if a.serial_console:
         xen += " console=com1,vga com1=115200"
         linux = "console=tty0 console=hvc0"
