@@ -67,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
         return run(args)
     except InstallerError as e:
         print(f"xenspin installer: {e}", file=sys.stderr, flush=True)
+        if args.console:  # on the live system's console: say so plainly, then leave a shell to look around
+            print(f"xenspin install failed; the log is {args.log}; here is a shell", flush=True)
+            os.execv("/bin/bash", ["/bin/bash", "--login"])
         return e.exit_code
     except KeyboardInterrupt:
         print("xenspin installer: interrupted", file=sys.stderr)
