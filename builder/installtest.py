@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-import shutil
 import socket
 import threading
 import time
@@ -17,10 +16,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import guest, vmtest
-from .answerfiles import validate
+from . import guest
 from .errors import XenspinError
-from .run import run, spawn, stop
+from .run import spawn, stop
 
 INSTALL_TIMEOUT = 1200.0
 BOOT_TIMEOUT = 900.0
@@ -161,7 +159,7 @@ def login_and_check(line: SerialLine, password: str, t0: float, steps: dict[str,
     steps["Domain-0"] = time.monotonic() - t0
     line.send(
         "mount -o ro LABEL=XSANSWER /mnt && K=$(ls /boot/vmlinuz-* | tail -n 1) && "
-        "xl create -c /dev/null 'name=\"guest\"' \"kernel=\\\"$K\\\"\" 'ramdisk=\"/mnt/guest.gz\"' "
+        'xl create -c /dev/null \'name="guest"\' "kernel=\\"$K\\"" \'ramdisk="/mnt/guest.gz"\' '
         "'memory=256' 'extra=\"console=hvc0\"'\r"
     )
     line.expect(guest.GUEST_MARKER, timeout=300)

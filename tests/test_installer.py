@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -158,19 +159,28 @@ def test_sgdisk_command_and_partition_names() -> None:
 
 
 def test_network_and_grub_files() -> None:
-    dhcp = network_config(Answerfile(root=Root(password="x")), "enp1s0")
-    assert "allow-hotplug enp1s0\niface enp1s0 inet dhcp\n" in dhcp
+    assert network_config(Answerfile(root=Root(password="x"))) is None  # the image's DHCP on every NIC
+    named = network_config(Answerfile(network=Network(interface="enp1s0"), root=Root(password="x")))
+    assert "[Match]\nName=enp1s0\n\n[Network]\nDHCP=yes\n" in named
     static = Answerfile(
-        network=Network(mode="static", interface="eth1", address="192.0.2.10/24", gateway="192.0.2.1"),
+        network=Network(mode="static", address="192.0.2.10/24", gateway="192.0.2.1", dns=["192.0.2.53"]),
         root=Root(password="x"),
     )
-    assert "iface eth1 inet static\n    address 192.0.2.10/24\n    gateway 192.0.2.1\n" in network_config(
-        static, "enp1s0"
+    assert "Name=en* eth*\n\n[Network]\nAddress=192.0.2.10/24\nGateway=192.0.2.1\nDNS=192.0.2.53\n" in network_config(
+        static
     )
     plain = grub_defaults(Answerfile(root=Root(password="x")))
     assert 'GRUB_DEFAULT="xenspin GNU/Linux, with Xen hypervisor"' in plain and "serial" not in plain
     serial = grub_defaults(Answerfile(root=Root(password="x"), serial_console=True))
     assert 'GRUB_TERMINAL="serial console"' in serial and "com1=115200" in serial and "console=hvc0" in serial
+    sourced = subprocess.run(["sh", "-c", serial + 'echo "$GRUB_CMDLINE_XEN_DEFAULT"'], capture_output=True, text=True)
+    assert sourced.stdout == "dom0_mem=1024M,max:1024M console=com1,vga com1=115200\n"
+    keep = subprocess.run(
+        ["sh", "-c", "GRUB_CMDLINE_XEN_DEFAULT=dom0_mem=2G\n" + plain + 'echo "$GRUB_CMDLINE_XEN_DEFAULT"'],
+        capture_output=True,
+        text=True,
+    )
+    assert keep.stdout == "dom0_mem=2G\n"  # the image's Xen command line stays
 
 
 def test_cmdline_and_banner(tmp_path: Path) -> None:

@@ -6,6 +6,8 @@ the install log holds the whole story and is copied into the installed system.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import glob
 import os
 import shutil
@@ -13,6 +15,7 @@ import stat
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,12 +24,14 @@ from .answerfile import Answerfile, Hook
 from .disks import VG_NAME, Disk, Part, check_writable, part_path, plan, sgdisk_args
 from .run import Runner
 
+CLONE_NEWNS = 0x00020000
 LIVE_MEDIUM = Path("/run/live/medium")
 SQUASHFS = LIVE_MEDIUM / "live" / "filesystem.squashfs"
 LIVE_PACKAGES = ("live-boot", "live-boot-initramfs-tools", "live-config", "live-config-systemd", "live-tools")
 LOG_ON_TARGET = "var/log/xenspin-install.log"
 XEN_CMDLINE = "dom0_mem=1024M,max:1024M"
 DISTRIBUTOR = "xenspin"  # GRUB's menu says "xenspin GNU/Linux, with Xen hypervisor"
+KEYGEN_UNIT = "xenspin-ssh-keygen.service"
 FIRST_BOOT_KEYS = """\
 [Unit]
 Description=Generate this host's SSH host keys (xenspin, first boot)
@@ -78,6 +83,8 @@ class Installer:
         start = time.monotonic()
         if not self.squashfs.is_file():
             raise InstallerError(f"root filesystem image {self.squashfs}: not found")
+        if not self.r.dry_run:
+            private_mounts(self.r)
         self.hooks("installation-start")
         try:
             self.partition()
@@ -196,7 +203,9 @@ class Installer:
         self.write(
             "etc/hosts", f"127.0.0.1\tlocalhost\n127.0.1.1\t{a.hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n"
         )
-        self.write("etc/network/interfaces", network_config(a, default_interface()))
+        networkd = network_config(a)
+        if networkd:
+            self.write("etc/systemd/network/10-xenspin-install.network", networkd)
         if a.network.dns:
             self.write("etc/resolv.conf", "".join(f"nameserver {d}\n" for d in a.network.dns))
         self.set_timezone()
@@ -236,12 +245,14 @@ class Installer:
         (self.mnt / "etc/machine-id").write_text("")
         for key in glob.glob(str(self.mnt / "etc/ssh/ssh_host_*")):
             os.unlink(key)
-        self.write("etc/systemd/system/xenspin-ssh-keygen.service", FIRST_BOOT_KEYS)
+        if (self.mnt / "etc/systemd/system" / KEYGEN_UNIT).exists():
+            return  # the image brings its own first-boot key generation
+        self.write(f"etc/systemd/system/{KEYGEN_UNIT}", FIRST_BOOT_KEYS)
         wants = self.mnt / "etc/systemd/system/ssh.service.wants"
         wants.mkdir(parents=True, exist_ok=True)
-        link = wants / "xenspin-ssh-keygen.service"
+        link = wants / KEYGEN_UNIT
         link.unlink(missing_ok=True)
-        link.symlink_to("/etc/systemd/system/xenspin-ssh-keygen.service")
+        link.symlink_to(f"/etc/systemd/system/{KEYGEN_UNIT}")
 
     # --- boot -----------------------------------------------------------------------
 
@@ -267,7 +278,8 @@ class Installer:
         self.write("etc/default/grub.d/zz-xenspin.cfg", grub_defaults(self.a))
         if not self.r.dry_run:
             (self.mnt / "boot/grub").mkdir(parents=True, exist_ok=True)
-        self.chroot(["update-grub"], "write grub.cfg")
+        with uuid_links([self.layout.dev("root"), self.layout.dev("esp")], self.r):
+            self.chroot(["update-grub"], "write grub.cfg")
         disk = self.layout.disk.path
         self.chroot(["grub-install", "--target=i386-pc", disk], "install GRUB for BIOS")
         self.install_efi_grub()
@@ -356,6 +368,45 @@ def efi_early_config(root_uuid: str) -> str:
     )
 
 
+def private_mounts(runner: Runner) -> None:
+    """Mount the target in a mount namespace of our own.
+
+    Mounts made in the shared namespace are copied into every namespace created while
+    they exist (a sandbox, a container), which then keeps the target's filesystems busy
+    after we unmount them; in our own namespace nobody else ever sees them.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(CLONE_NEWNS) != 0:
+        raise InstallerError(f"cannot make a mount namespace: {os.strerror(ctypes.get_errno())}")
+    runner.run(["mount", "--make-rprivate", "/"], "keep the installer's mounts to itself")
+
+
+@contextlib.contextmanager
+def uuid_links(devices: list[str], runner: Runner) -> Iterator[None]:
+    """/dev/disk/by-uuid links for devices while GRUB's scripts run, where no udev made them.
+
+    grub-mkconfig writes root=UUID=... only when that link exists; otherwise it names the
+    device the installer sees (/dev/loop0p3), which the installed system will not have.
+    """
+    made = []
+    by_uuid = Path("/dev/disk/by-uuid")
+    for dev in devices:
+        uuid = runner.run(
+            ["blkid", "-s", "UUID", "-o", "value", dev], f"read the UUID of {dev}", capture=True, writes=False
+        ).strip()
+        link = by_uuid / uuid
+        if uuid and not link.exists() and not runner.dry_run:
+            by_uuid.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(dev)
+            made.append(link)
+            runner.log(f"made {link} -> {dev} (no udev here)")
+    try:
+        yield
+    finally:
+        for link in made:
+            link.unlink(missing_ok=True)
+
+
 def wait_for(dev: Path, seconds: float = 20) -> None:
     deadline = time.monotonic() + seconds
     while not dev.exists():
@@ -364,39 +415,44 @@ def wait_for(dev: Path, seconds: float = 20) -> None:
         time.sleep(0.2)
 
 
-def default_interface(sys_net: Path = Path("/sys/class/net")) -> str:
-    """The first wired interface (one backed by a device, not a bridge or a vif)."""
-    names = sorted(p.name for p in sys_net.glob("*") if (p / "device").exists() and not (p / "wireless").exists())
-    return names[0] if names else "eth0"
+def network_config(a: Answerfile) -> str | None:
+    """A systemd-networkd file for the management interface; None when the image's DHCP on every NIC will do.
 
-
-def network_config(a: Answerfile, fallback: str) -> str:
-    """/etc/network/interfaces for ifupdown."""
+    Named 10-: networkd takes the first file (in name order) that matches an interface,
+    so it wins over the image's catch-all DHCP file.
+    """
     n = a.network
-    iface = n.interface or fallback
-    lines = ["# written by the xenspin installer", "auto lo", "iface lo inet loopback", "", f"allow-hotplug {iface}"]
+    if n.mode == "dhcp" and not n.interface:
+        return None
+    lines = ["# written by the xenspin installer", "[Match]", f"Name={n.interface or 'en* eth*'}", "", "[Network]"]
     if n.mode == "dhcp":
-        lines.append(f"iface {iface} inet dhcp")
+        lines.append("DHCP=yes")
     else:
-        lines += [f"iface {iface} inet static", f"    address {n.address}"]
+        lines.append(f"Address={n.address}")
         if n.gateway:
-            lines.append(f"    gateway {n.gateway}")
+            lines.append(f"Gateway={n.gateway}")
+    lines += [f"DNS={d}" for d in n.dns]
     return "\n".join(lines) + "\n"
 
 
 def grub_defaults(a: Answerfile) -> str:
-    """GRUB settings: Xen the default entry (Debian's 20_linux_xen), serial console when asked."""
-    xen = XEN_CMDLINE
-    linux = "console=tty0"
+    """GRUB settings read after the image's (zz-): Xen the default entry, the serial console when asked.
+
+    The image's /etc/default/grub.d/xen.cfg carries the distribution's Xen and dom0
+    command lines; this keeps them and adds the serial console to them.
+    """
     lines = [
         "# written by the xenspin installer",
         f'GRUB_DISTRIBUTOR="{DISTRIBUTOR}"',
         f'GRUB_DEFAULT="{DISTRIBUTOR} GNU/Linux, with Xen hypervisor"',
         "GRUB_TIMEOUT=3",
+        f'GRUB_CMDLINE_XEN_DEFAULT="${{GRUB_CMDLINE_XEN_DEFAULT:-{XEN_CMDLINE}}}"',
     ]
     if a.serial_console:
-        xen += " console=com1,vga com1=115200"
-        linux = "console=tty0 console=hvc0"
-        lines += ['GRUB_TERMINAL="serial console"', 'GRUB_SERIAL_COMMAND="serial --unit=0 --speed=115200"']
-    lines += [f'GRUB_CMDLINE_XEN_DEFAULT="{xen}"', f'GRUB_CMDLINE_LINUX_XEN_REPLACE_DEFAULT="{linux}"']
+        lines += [
+            'GRUB_CMDLINE_XEN_DEFAULT="$GRUB_CMDLINE_XEN_DEFAULT console=com1,vga com1=115200"',
+            'GRUB_CMDLINE_LINUX_XEN_REPLACE_DEFAULT="console=tty0 console=hvc0"',
+            'GRUB_TERMINAL="serial console"',
+            'GRUB_SERIAL_COMMAND="serial --unit=0 --speed=115200"',
+        ]
     return "\n".join(lines) + "\n"
