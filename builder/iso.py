@@ -35,6 +35,7 @@ import pycdlib
 from .errors import XenspinError
 from .manifest import Boot, Distro
 from .run import run, sandbox
+from .stage import Needs, Pending, Stage, stage_key
 from .store import Store, sha256_file, sha256_json
 
 FORMAT_VERSION = 1
@@ -223,27 +224,27 @@ class Inputs:
 ROOTFS_FILES = ["rootfs.squashfs", "packages.json", "boot/xen.gz", "boot/vmlinuz", "boot/initrd.img"]
 
 
-def key(inp: Inputs, digest: Callable[[Path], str] = sha256_file) -> str:
-    """The ISO's cache key: what goes into the image and how it is laid out."""
+def key_inputs(inp: Inputs, digest: Callable[[Path], str] = sha256_file) -> dict[str, Any]:
+    """What the ISO's key covers: what goes into the image and how it is laid out."""
     iso = inp.distro.iso
-    return sha256_json(
-        {
-            "stage": "iso",
-            "format": FORMAT_VERSION,
-            "name": inp.distro.name,
-            "version": inp.distro.version,
-            "iso": {
-                "volume_id": iso.volume_id,
-                "label": iso.label,
-                "filename": iso.filename,
-                "boot": vars(iso.boot),
-            },
-            "rootfs": inp.rootfs_key,
-            "loaders": inp.loaders.ident(),
-            "guest": {n: sorted(digest(d) for d in debs) for n, debs in sorted(inp.guest.debs.items())},
-            "epoch": inp.epoch,
-        }
-    )
+    return {
+        "name": inp.distro.name,
+        "version": inp.distro.version,
+        "iso": {
+            "volume_id": iso.volume_id,
+            "label": iso.label,
+            "filename": iso.filename,
+            "boot": vars(iso.boot),
+        },
+        "rootfs": inp.rootfs_key,
+        "loaders": inp.loaders.ident(),
+        "guest": {n: sorted(digest(d) for d in debs) for n, debs in sorted(inp.guest.debs.items())},
+        "epoch": inp.epoch,
+    }
+
+
+def key(inp: Inputs, digest: Callable[[Path], str] = sha256_file) -> str:
+    return stage_key(FORMAT_VERSION, key_inputs(inp, digest))
 
 
 def host_loaders() -> Loaders:
@@ -610,101 +611,128 @@ def guest_tree(guest: GuestTools, work: Path, log: Path) -> dict[str, Any] | Non
 
 # --- the stage ------------------------------------------------------------------------
 
+KIND = "iso"
+# Components whose packages carry guest tools (Windows PV drivers) rather than dom0 software.
+GUEST_PREFIX = "win-"
+
 
 @dataclass
 class Made:
-    """What the ISO stage left in the store."""
+    """The ISO stage's object in the store: the ISO, guest-tools.iso when there are guest tools, packages.json."""
 
-    path: Path  # the object directory
+    path: Path
     iso: Path
     guest_iso: Path | None
     info: dict[str, Any]
 
 
-def output(store: Store, k: str) -> Path:
-    return store.object_path("iso", k)
+def made(path: Path, info: dict[str, Any]) -> Made:
+    guest = path / "guest-tools.iso"
+    return Made(path, path / info["iso"], guest if guest.is_file() else None, info)
 
 
-def made(store: Store, k: str, distro: Distro) -> Made | None:
-    obj = output(store, k)
-    meta = obj / "iso.json"
-    if not meta.is_file():
-        return None
-    info = json.loads(meta.read_text())
-    guest = obj / "guest-tools.iso"
-    return Made(obj, obj / distro.iso_filename, guest if guest.is_file() else None, info)
+def make(tmp: Path, inp: Inputs, log: Path, seed: str) -> dict[str, Any]:
+    """Write the ISO (and guest-tools.iso) into tmp; return what to record beside it.
 
-
-def make(inp: Inputs, store: Store, *, say: Callable[[str], None] = lambda m: None) -> Made:
-    """The ISO stage: look it up by key, else write it under tmp/ and rename it into objects/iso/KEY."""
-    k = key(inp)
-    found = made(store, k, inp.distro)
-    if found is not None:
-        return found
-    with store.locked("iso-" + k[:32]):
-        found = made(store, k, inp.distro)
-        if found is not None:
-            return found
-        start = time.monotonic()
-        log = store.log_dir("iso", k[:16]) / "iso.log"
-        log.parent.mkdir(parents=True, exist_ok=True)
-        log.write_text("")
-        tmp = store.tmp_dir("iso")
-        work = store.tmp_dir("iso-work")
-        try:
-            for rel in ROOTFS_FILES:
-                if not (inp.rootfs / rel).is_file():
-                    raise IsoError(f"iso: the rootfs output lacks {rel} ({inp.rootfs})")
-            versions = guest_tree(inp.guest, work, log)
-            if inp.distro.iso.boot.uefi:
-                efi_image(inp, work, log)
-            lay = layout(inp, work)
-            seed = k
-            name = inp.distro.iso_filename
+    Scratch (the EFI image, unpacked guest tools) lives in tmp/.work and is removed
+    before the store renames tmp into place.
+    """
+    start = time.monotonic()
+    log.parent.mkdir(parents=True, exist_ok=True)
+    for rel in ROOTFS_FILES:
+        if not (inp.rootfs / rel).is_file():
+            raise IsoError(f"iso: the rootfs output lacks {rel} ({inp.rootfs})")
+    work = tmp / ".work"
+    work.mkdir()
+    try:
+        versions = guest_tree(inp.guest, work, log)
+        if inp.distro.iso.boot.uefi:
+            efi_image(inp, work, log)
+        lay = layout(inp, work)
+        name = inp.distro.iso_filename
+        write_iso(
+            lay,
+            tmp / name,
+            volume_id=inp.distro.iso.volume_id,
+            epoch=inp.epoch,
+            seed=seed,
+            volume_set=f"{inp.distro.name} {inp.distro.version}"[:128],
+            app=f"xenspin {inp.distro.name}"[:128],
+        )
+        if versions is not None:
+            tools = work / "guest-tools"
+            files = {str(f.relative_to(tools)): f for f in sorted(tools.rglob("*")) if f.is_file()}
             write_iso(
-                lay,
-                tmp / name,
-                volume_id=inp.distro.iso.volume_id,
-                epoch=inp.epoch,
-                seed=seed,
-                volume_set=f"{inp.distro.name} {inp.distro.version}"[:128],
-                app=f"xenspin {inp.distro.name}"[:128],
+                Layout(files, None, None), tmp / "guest-tools.iso", volume_id="XENSPIN_TOOLS", epoch=inp.epoch, seed=seed
             )
-            if versions is not None:
-                guest_lay = Layout(
-                    {
-                        str(f.relative_to(work / "guest-tools")): f
-                        for f in sorted((work / "guest-tools").rglob("*"))
-                        if f.is_file()
-                    },
-                    None,
-                    None,
-                )
-                write_iso(
-                    guest_lay, tmp / "guest-tools.iso", volume_id="XENSPIN_GUEST_TOOLS", epoch=inp.epoch, seed=seed
-                )
-            shutil.copy2(inp.rootfs / "packages.json", tmp / "packages.json")
-            info = {
-                "key": k,
-                "iso": name,
-                "size": (tmp / name).stat().st_size,
-                "sha256": sha256_file(tmp / name),
-                "guest_tools": versions,
-                "guest_tools_left_out": inp.guest.left_out,
-                "loaders": inp.loaders.ident(),
-                "boot": {"bios": lay.bios_boot is not None, "uefi": lay.efi_image is not None},
-                "seconds": round(time.monotonic() - start, 1),
-            }
-            (tmp / "iso.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
-            store.commit_dir(tmp, output(store, k))
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-        say(f"iso: wrote {name} ({info['size'] // (1 << 20)} MiB) in {info['seconds']} s")
-    result = made(store, k, inp.distro)
-    assert result is not None
-    return result
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    shutil.copyfile(inp.rootfs / "packages.json", tmp / "packages.json")
+    return {
+        "iso": name,
+        "size": (tmp / name).stat().st_size,
+        "sha256": sha256_file(tmp / name),
+        "guest_tools": versions,
+        "guest_tools_left_out": inp.guest.left_out,
+        "loaders": inp.loaders.ident(),
+        "boot": {"bios": lay.bios_boot is not None, "uefi": lay.efi_image is not None},
+        "seconds": round(time.monotonic() - start, 1),
+    }
+
+
+def obtain(inp: Inputs, store: Store) -> Made:
+    """The ISO for these inputs from the store, made first when missing (outside a stage graph)."""
+    k = key(inp)
+    path = store.obtain(KIND, k, lambda tmp: make(tmp, inp, store.log_dir(KIND, k[:16], "iso.log"), k))
+    info = store.meta(KIND, k)
+    assert info is not None
+    return made(path, info)
+
+
+def stage(
+    distro: Distro,
+    rootfs_id: str,
+    guest_ids: dict[str, str],
+    left_out: dict[str, str],
+    loaders: Loaders,
+    epoch: int,
+    store: Store,
+) -> Stage:
+    """The ISO as a node of the pipeline graph: after the rootfs and the guest tool builds.
+
+    guest_ids maps guest tool components to their build stages; left_out says why the
+    others are missing. Its key takes the .debs' recorded digests, not their bytes.
+    """
+
+    def inputs_of(needs: Needs) -> Inputs:
+        rootfs = needs[rootfs_id]
+        if rootfs.path is None:
+            raise Pending("the ISO's key needs the rootfs")
+        debs: dict[str, list[Path]] = {}
+        for name, sid in sorted(guest_ids.items()):
+            done = needs[sid]
+            if done.path is None or done.meta is None:
+                raise Pending("the ISO's key needs the guest tool builds")
+            debs[name] = [done.path / d for d in done.meta["debs"]]
+        return Inputs(distro, rootfs.path, rootfs.key, loaders, GuestTools(debs, left_out), epoch)
+
+    def digest(needs: Needs) -> Callable[[Path], str]:
+        recorded = {
+            needs[sid].path / d: sha  # type: ignore[operator]
+            for sid in guest_ids.values()
+            for d, sha in (needs[sid].meta or {}).get("sha256", {}).items()
+        }
+        return lambda p: recorded.get(p) or sha256_file(p)
+
+    def inputs(needs: Needs) -> dict[str, Any]:
+        return key_inputs(inputs_of(needs), digest(needs))
+
+    def make_(tmp: Path, needs: Needs) -> dict[str, Any]:
+        inp = inputs_of(needs)
+        k = key(inp, digest(needs))
+        return make(tmp, inp, store.log_dir(KIND, k[:16], "iso.log"), k)
+
+    return Stage(KIND, "iso", FORMAT_VERSION, inputs, make_, after=(rootfs_id, *guest_ids.values()))
 
 
 # --- publishing to --out --------------------------------------------------------------

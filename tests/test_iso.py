@@ -126,7 +126,7 @@ def test_iso9660_names_are_level3_d_characters() -> None:
 
 def test_iso_boots_both_ways_by_its_layout_and_rebuilds_identically(distro: manifest.Distro, tmp_path: Path) -> None:
     rootfs = fake_rootfs(tmp_path / "rootfs")
-    first = iso.make(inputs(distro, rootfs), Store(tmp_path / "store1"))
+    first = iso.obtain(inputs(distro, rootfs), Store(tmp_path / "store1"))
     assert first.iso.name == "tiny-2.5-amd64.iso"
     report = xorriso_report(first.iso)
     # Two El Torito entries: ISOLINUX for BIOS, the FAT image for UEFI.
@@ -163,7 +163,7 @@ def test_iso_boots_both_ways_by_its_layout_and_rebuilds_identically(distro: mani
     os.environ["TZ"] = "America/New_York"
     time.tzset()
     try:
-        second = iso.make(inputs(distro, rootfs), Store(tmp_path / "store2"))
+        second = iso.obtain(inputs(distro, rootfs), Store(tmp_path / "store2"))
     finally:
         if env_tz is None:
             del os.environ["TZ"]
@@ -172,12 +172,12 @@ def test_iso_boots_both_ways_by_its_layout_and_rebuilds_identically(distro: mani
         time.tzset()
     assert sha256_file(second.iso) == sha256_file(first.iso)
     # Same key, same store: nothing is written again.
-    again = iso.make(inputs(distro, rootfs), Store(tmp_path / "store1"))
+    again = iso.obtain(inputs(distro, rootfs), Store(tmp_path / "store1"))
     assert again.iso == first.iso and again.info["seconds"] == first.info["seconds"]
 
 
 def test_files_are_on_the_iso_under_their_rock_ridge_names(distro: manifest.Distro, tmp_path: Path) -> None:
-    made = iso.make(inputs(distro, fake_rootfs(tmp_path / "rootfs")), Store(tmp_path / "store"))
+    made = iso.obtain(inputs(distro, fake_rootfs(tmp_path / "rootfs")), Store(tmp_path / "store"))
     listing = subprocess.run(
         ["xorriso", "-indev", str(made.iso), "-find", "/", "-type", "f"], capture_output=True, text=True, check=True
     ).stdout
@@ -197,7 +197,7 @@ def test_files_are_on_the_iso_under_their_rock_ridge_names(distro: manifest.Dist
 
 
 def test_publish_writes_outputs_and_checksums(distro: manifest.Distro, tmp_path: Path) -> None:
-    made = iso.make(inputs(distro, fake_rootfs(tmp_path / "rootfs")), Store(tmp_path / "store"))
+    made = iso.obtain(inputs(distro, fake_rootfs(tmp_path / "rootfs")), Store(tmp_path / "store"))
     out = tmp_path / "out"
     paths = iso.publish(made, out, {"lock": "abc", "left_out": {}})
     names = sorted(p.name for p in out.iterdir())
@@ -213,7 +213,7 @@ def test_missing_rootfs_file_is_one_line(distro: manifest.Distro, tmp_path: Path
     rootfs = fake_rootfs(tmp_path / "rootfs")
     (rootfs / "boot" / "xen.gz").unlink()
     with pytest.raises(iso.IsoError, match=r"^iso: the rootfs output lacks boot/xen.gz"):
-        iso.make(inputs(distro, rootfs), Store(tmp_path / "store"))
+        iso.obtain(inputs(distro, rootfs), Store(tmp_path / "store"))
 
 
 CUT = """\
@@ -223,7 +223,7 @@ from builder import iso, manifest
 from builder.store import Store
 distro = manifest.load(Path(sys.argv[1]))
 inp = iso.Inputs(distro, Path(sys.argv[2]), "k", iso.host_loaders(), iso.GuestTools(), 1700000000)
-made = iso.make(inp, Store(Path(sys.argv[3])))
+made = iso.obtain(inp, Store(Path(sys.argv[3])))
 iso.publish(made, Path(sys.argv[4]), {})
 """
 
