@@ -34,7 +34,7 @@ import pycdlib
 
 from .errors import XenspinError
 from .manifest import Boot, Distro
-from .run import run, sandbox
+from .run import run
 from .stage import Needs, Pending, Stage, stage_key
 from .store import Store, sha256_file, sha256_json
 
@@ -266,6 +266,31 @@ def host_loaders() -> Loaders:
     return Loaders(Path("/"), versions, "host")
 
 
+def locked_loaders(store: Store, packages: dict[str, dict[str, Any]], log: Path) -> Loaders:
+    """The boot loaders from the lock's `iso` package set: its .debs (verified blobs) unpacked
+    into one tree in the store, made once per set.
+
+    The set is not a closure (no libc, no shell), so the packing tools in it run from their
+    path in the tree with the host's shared libraries, not chrooted.
+    """
+    missing = [p for p in LOADER_PACKAGES if p not in packages]
+    if missing:
+        raise IsoError(f"iso: the locked iso package set lacks {' '.join(missing)} (run `xenspin lock`)")
+    wanted = {p: packages[p] for p in sorted(packages)}
+    k = stage_key(FORMAT_VERSION, {"loaders": {p: i["sha256"] for p, i in wanted.items()}})
+
+    def unpack(tmp: Path) -> dict[str, Any]:
+        for pkg, info in wanted.items():
+            blob = store.blob_path(info["sha256"])
+            if not blob.is_file():
+                raise IsoError(f"iso: locked boot loader package {pkg} is not in the store (run `xenspin fetch`)")
+            run(["dpkg-deb", "-x", str(blob), str(tmp)], what=f"iso: unpack {pkg}", log_path=log)
+        return {"versions": {p: i["version"] for p, i in wanted.items()}}
+
+    tree = store.obtain("loaders", k, unpack)
+    return Loaders(tree, {p: i["version"] for p, i in wanted.items()}, "locked")
+
+
 # --- deterministic pycdlib ------------------------------------------------------------
 
 _clock_lock = threading.Lock()
@@ -374,10 +399,10 @@ def layout(inp: Inputs, work: Path) -> Layout:
         files["boot/grub/efi.img"] = work / "efi.img"
         files["boot/grub/grub.cfg"] = grub_cfg(distro, entries).encode()
         efi_image = "boot/grub/efi.img"
-    for tree in sorted((work / "guest-tools").glob("*")) if (work / "guest-tools").is_dir() else []:
-        for f in sorted(tree.rglob("*")):
-            if f.is_file():
-                files[f"guest-tools/{f.relative_to(work / 'guest-tools')}"] = f
+    tools = work / "guest-tools"
+    for f in sorted(tools.rglob("*")) if tools.is_dir() else []:
+        if f.is_file():
+            files[f"guest-tools/{f.relative_to(tools)}"] = f
     return Layout(dict(sorted(files.items())), bios_boot, efi_image)
 
 
@@ -385,13 +410,15 @@ def layout(inp: Inputs, work: Path) -> Layout:
 
 
 def _tool(loaders: Loaders, work: Path, argv: list[str], *, what: str, log: Path, env: dict[str, str]) -> None:
-    """Run a packing tool from the loader tree: directly on the host, sandboxed in a composed tree."""
-    if loaders.origin == "host":
-        run(argv, what=what, log_path=log, cwd=work, env=env)
-        return
-    prefix = sandbox(loaders.root, rw={"/work": work}, env=env, cwd="/work")
-    inner = [a.replace(str(work), "/work") for a in argv]
-    run(prefix + inner, what=what, log_path=log)
+    """Run a packing tool from the loader tree: the host's, or the locked tree's binary by its path."""
+    if loaders.origin != "host":
+        for d in ("usr/bin", "usr/sbin", "sbin", "bin"):
+            if (loaders.root / d / argv[0]).exists():
+                argv = [str(loaders.root / d / argv[0]), *argv[1:]]
+                break
+        else:
+            raise IsoError(f"{what}: {argv[0]} is not in the locked boot loader packages")
+    run(argv, what=what, log_path=log, cwd=work, env=env)
 
 
 def efi_image(inp: Inputs, work: Path, log: Path) -> Path:
@@ -426,7 +453,7 @@ def efi_image(inp: Inputs, work: Path, log: Path) -> Path:
             "-O",
             "x86_64-efi",
             "-d",
-            str(inp.loaders.path(GRUB_EFI_DIR)) if inp.loaders.origin == "host" else "/" + GRUB_EFI_DIR,
+            str(inp.loaders.path(GRUB_EFI_DIR)),
             "-c",
             str(grub_dir / "early.cfg"),
             "-m",
@@ -663,7 +690,11 @@ def make(tmp: Path, inp: Inputs, log: Path, seed: str) -> dict[str, Any]:
             tools = work / "guest-tools"
             files = {str(f.relative_to(tools)): f for f in sorted(tools.rglob("*")) if f.is_file()}
             write_iso(
-                Layout(files, None, None), tmp / "guest-tools.iso", volume_id="XENSPIN_TOOLS", epoch=inp.epoch, seed=seed
+                Layout(files, None, None),
+                tmp / "guest-tools.iso",
+                volume_id="XENSPIN_TOOLS",
+                epoch=inp.epoch,
+                seed=seed,
             )
     finally:
         shutil.rmtree(work, ignore_errors=True)
