@@ -35,7 +35,7 @@ import pycdlib
 from .errors import XenspinError
 from .manifest import Boot, Distro
 from .run import run
-from .stage import Needs, Pending, Stage, stage_key
+from .stage import Done, Needs, Pending, Stage, stage_key
 from .store import Store, sha256_file, sha256_json
 
 FORMAT_VERSION = 1
@@ -73,6 +73,8 @@ GRUB_MODULES = [
 LOADER_PACKAGES = ["isolinux", "syslinux-common", "grub-efi-amd64-bin", "grub-common", "dosfstools", "mtools"]
 
 ESP_TYPE = uuid.UUID("c12a7328-f81f-11d2-ba4b-00a0c93ec93b")  # GPT type of an EFI system partition
+
+LOADERS_KIND = "loaders"
 
 # The file GRUB looks for to find the medium it booted from.
 MARKER = "/live/filesystem.squashfs"
@@ -266,7 +268,7 @@ def host_loaders() -> Loaders:
     return Loaders(Path("/"), versions, "host")
 
 
-def locked_loaders(store: Store, packages: dict[str, dict[str, Any]], log: Path) -> Loaders:
+def loaders_stage(store: Store, packages: dict[str, dict[str, Any]]) -> Stage:
     """The boot loaders from the lock's `iso` package set: its .debs (verified blobs) unpacked
     into one tree in the store, made once per set.
 
@@ -277,9 +279,12 @@ def locked_loaders(store: Store, packages: dict[str, dict[str, Any]], log: Path)
     if missing:
         raise IsoError(f"iso: the locked iso package set lacks {' '.join(missing)} (run `xenspin lock`)")
     wanted = {p: packages[p] for p in sorted(packages)}
-    k = stage_key(FORMAT_VERSION, {"loaders": {p: i["sha256"] for p, i in wanted.items()}})
 
-    def unpack(tmp: Path) -> dict[str, Any]:
+    def inputs(needs: Needs) -> dict[str, Any]:
+        return {"packages": {p: i["sha256"] for p, i in wanted.items()}}
+
+    def make_(tmp: Path, needs: Needs) -> dict[str, Any]:
+        log = store.log_dir(LOADERS_KIND, "unpack.log")
         for pkg, info in wanted.items():
             blob = store.blob_path(info["sha256"])
             if not blob.is_file():
@@ -287,8 +292,12 @@ def locked_loaders(store: Store, packages: dict[str, dict[str, Any]], log: Path)
             run(["dpkg-deb", "-x", str(blob), str(tmp)], what=f"iso: unpack {pkg}", log_path=log)
         return {"versions": {p: i["version"] for p, i in wanted.items()}}
 
-    tree = store.obtain("loaders", k, unpack)
-    return Loaders(tree, {p: i["version"] for p, i in wanted.items()}, "locked")
+    return Stage(LOADERS_KIND, "iso", FORMAT_VERSION, inputs, make_, lazy=True)
+
+
+def loaders_of(done: Done) -> Loaders:
+    assert done.path is not None and done.meta is not None
+    return Loaders(done.path, done.meta["versions"], "locked")
 
 
 # --- deterministic pycdlib ------------------------------------------------------------
@@ -725,17 +734,27 @@ def stage(
     rootfs_id: str,
     guest_ids: dict[str, str],
     left_out: dict[str, str],
-    loaders: Loaders,
+    loaders: Loaders | str,
     epoch: int,
     store: Store,
 ) -> Stage:
     """The ISO as a node of the pipeline graph: after the rootfs and the guest tool builds.
 
     guest_ids maps guest tool components to their build stages; left_out says why the
-    others are missing. Its key takes the .debs' recorded digests, not their bytes.
+    others are missing. loaders is the loaders stage's id (locked) or the host's.
+    The key takes the .debs' recorded digests, not their bytes.
     """
+    loaders_id = loaders if isinstance(loaders, str) else None
 
-    def inputs_of(needs: Needs) -> Inputs:
+    def loaders_in(needs: Needs, *, key_only: bool) -> Loaders:
+        if not isinstance(loaders, str):
+            return loaders
+        done = needs[loaders]
+        if key_only:  # the key takes the loader set's key; its tree is made only when the ISO is
+            return Loaders(Path("/nonexistent"), {"stage": done.key}, "locked")
+        return loaders_of(done)
+
+    def inputs_of(needs: Needs, *, key_only: bool = False) -> Inputs:
         rootfs = needs[rootfs_id]
         if rootfs.path is None:
             raise Pending("the ISO's key needs the rootfs")
@@ -745,7 +764,8 @@ def stage(
             if done.path is None or done.meta is None:
                 raise Pending("the ISO's key needs the guest tool builds")
             debs[name] = [done.path / d for d in done.meta["debs"]]
-        return Inputs(distro, rootfs.path, rootfs.key, loaders, GuestTools(debs, left_out), epoch)
+        ld = loaders_in(needs, key_only=key_only)
+        return Inputs(distro, rootfs.path, rootfs.key, ld, GuestTools(debs, left_out), epoch)
 
     def digest(needs: Needs) -> Callable[[Path], str]:
         recorded = {
@@ -756,14 +776,15 @@ def stage(
         return lambda p: recorded.get(p) or sha256_file(p)
 
     def inputs(needs: Needs) -> dict[str, Any]:
-        return key_inputs(inputs_of(needs), digest(needs))
+        return key_inputs(inputs_of(needs, key_only=True), digest(needs))
 
     def make_(tmp: Path, needs: Needs) -> dict[str, Any]:
         inp = inputs_of(needs)
-        k = key(inp, digest(needs))
+        k = stage_key(FORMAT_VERSION, inputs(needs))
         return make(tmp, inp, store.log_dir(KIND, k[:16], "iso.log"), k)
 
-    return Stage(KIND, "iso", FORMAT_VERSION, inputs, make_, after=(rootfs_id, *guest_ids.values()))
+    uses = (loaders_id,) if loaders_id else ()
+    return Stage(KIND, "iso", FORMAT_VERSION, inputs, make_, after=(rootfs_id, *guest_ids.values()), uses=uses)
 
 
 # --- publishing to --out --------------------------------------------------------------
