@@ -35,7 +35,7 @@ def _globals(parser: argparse.ArgumentParser, suppress: bool) -> None:
         "-f", "--file", type=Path, default=d(Path("distro.yaml")), help="manifest (default ./distro.yaml)"
     )
     parser.add_argument(
-        "--store", type=Path, default=d(None), help="store directory (default $XDG_CACHE_HOME/xenspin/store)"
+        "--store", type=str, default=d(None), help="store directory (default $XDG_CACHE_HOME/xenspin/store)"
     )
     parser.add_argument("--out", type=Path, default=d(Path("out")), help="output directory (default ./out)")
     parser.add_argument("-v", "--verbose", action="count", default=d(0), help="say more (repeat for debug)")
@@ -70,6 +70,9 @@ def make_parser() -> argparse.ArgumentParser:
     add("setup", "install the Debian packages xenspin runs (apt-get; needs root)")
     p = add("lock", "resolve every source to exact revisions and digests and write the lock (distro.lock)")
     p.add_argument("--update", nargs="*", metavar="COMP", help="re-resolve these components (none named: all)")
+    p.add_argument(
+        "--allow-moved-tags", action="store_true", help="re-pin a tag that now names another commit than the locked one"
+    )
     p = add("fetch", "fill the store with the locked sources, verified")
     p.add_argument("components", nargs="*", metavar="COMP", help="only these components")
     p = add("build", "lock what is missing, fetch, and build the components (all, or COMP and what it needs)")
@@ -154,7 +157,10 @@ def cmd_schema(args: argparse.Namespace) -> int:
 def _context(args: argparse.Namespace, distro: manifest.Distro) -> Context:
     cfg = config.load()
     mirrors = {**cfg.mirrors, **dict(config.parse_mirror(m) for m in args.mirror)}
-    store = Store(args.store or (Path(cfg.store) if cfg.store else default_store()))
+    if args.store is not None and not args.store.strip():
+        raise XenspinError("--store: empty path (expected a store directory)")
+    store = Store(Path(args.store) if args.store else Path(cfg.store) if cfg.store else default_store())
+    usable_store(store.root)
     return Context(
         store=store,
         base=distro.base,
@@ -163,6 +169,18 @@ def _context(args: argparse.Namespace, distro: manifest.Distro) -> Context:
         recipe_dir=args.file.parent.absolute(),
         progress=Reporter(quiet=args.json),
     )
+
+
+def usable_store(root: Path) -> None:
+    """Refuse a store that is a file or cannot be written, in one line rather than a traceback later."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise XenspinError(f"store {root}: cannot create it: {e.strerror or e}") from None
+    if not root.is_dir():
+        raise XenspinError(f"store {root}: not a directory")
+    if not os.access(root, os.W_OK | os.X_OK):
+        raise XenspinError(f"store {root}: not writable")
 
 
 def _left_out(report_left_out: dict[str, str]) -> None:
@@ -175,7 +193,15 @@ def cmd_lock(args: argparse.Namespace) -> int:
     ctx = _context(args, distro)
     path = lock.lock_path(args.file)
     with ctx.store.session():
-        new, report = lock.resolve(distro, lock.read(path), ctx, update=args.update, strict=args.strict)
+        new, report = lock.resolve(
+            distro,
+            lock.read(path),
+            ctx,
+            update=args.update,
+            strict=args.strict,
+            allow_moved_tags=args.allow_moved_tags,
+            check_tags=True,
+        )
     lock.write(path, new)
     if args.json:
         print(json.dumps(dataclasses.asdict(report), indent=2))
@@ -187,6 +213,12 @@ def cmd_lock(args: argparse.Namespace) -> int:
         print(f"kept    {name}: {lock.summary(new.components[name])}")
     for name in report.dropped:
         print(f"dropped {name}: no longer in the manifest")
+    for name, moved in sorted(report.moved.items()):
+        kept = name in report.kept
+        note = (
+            " (kept the locked commit; `lock --update NAME --allow-moved-tags` re-pins it)" if kept else " (re-pinned)"
+        )
+        print(f"warning: {name}: {moved}{note.replace('NAME', name)}", file=sys.stderr)
     _left_out(report.left_out)
     print(f"wrote {path}")
     return 0

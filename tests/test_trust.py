@@ -6,12 +6,22 @@ bubblewrap builds in one build root shared by the whole session.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
+import shutil
+import subprocess
+import tarfile
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from builder import cli
+from builder.sources import http
 
 SECRET = "hunter2-not-for-ci-logs"
 
@@ -58,14 +68,19 @@ def secret(tmp_path: Path) -> Path:
 
 
 def refused(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
-    """Run the CLI expecting exit 2 and one line; return that line."""
+    """Run the CLI expecting exit 2 and one error line (after any progress lines); return that line."""
     code = cli.main(list(argv))
     err = capsys.readouterr().err
     assert code == 2, err
     assert "Traceback" not in err
-    lines = err.strip().splitlines()
+    lines = [line for line in err.strip().splitlines() if not line.endswith(" ...")]
     assert len(lines) == 1, err
     return lines[0]
+
+
+def objects(store: Path) -> list[Path]:
+    """What the store holds under objects/ (builds, build roots, source trees, repositories)."""
+    return sorted((store / "objects").glob("*/*"))
 
 
 def nowhere(text: str, *roots: Path) -> None:
@@ -87,7 +102,7 @@ def test_source_path_climbing_out_is_refused_before_any_build(project: Path, sec
     line = refused(capsys, "--store", str(tmp_path / "store"), "build")
     assert line.startswith("components/hello.yaml:1: components.hello.source.path: ")
     assert "lies outside the project" in line
-    assert not (tmp_path / "store" / "objects").exists()
+    assert not objects(tmp_path / "store")
     nowhere(SECRET, tmp_path / "store", project)
 
 
@@ -97,7 +112,7 @@ def test_in_tree_symlink_to_host_directory_is_refused(project: Path, secret: Pat
     line = refused(capsys, "--store", str(tmp_path / "store"), "build")
     assert line.startswith("components/hello.yaml:1: components.hello.source.path: ")
     assert "lies outside the project" in line
-    assert not (tmp_path / "store" / "objects").exists()
+    assert not objects(tmp_path / "store")
 
 
 @pytest.mark.parametrize(
@@ -195,3 +210,234 @@ def test_deeply_nested_yaml_is_one_line(project: Path, capsys) -> None:
     write(project, {"distro.yaml": DISTRO + "description: " + "[" * 5000 + "]" * 5000 + "\n"})
     line = refused(capsys, "validate")
     assert line == "distro.yaml:7: nested deeper than 32 levels (expected a manifest)"
+
+
+# --- helpers for sources: a local HTTP server, local git repositories, OpenPGP keys ---
+
+GIT_ENV = {
+    "GIT_CONFIG_GLOBAL": "/dev/null",
+    "GIT_CONFIG_NOSYSTEM": "1",
+    "GIT_AUTHOR_NAME": "T",
+    "GIT_AUTHOR_EMAIL": "t@example.invalid",
+    "GIT_COMMITTER_NAME": "T",
+    "GIT_COMMITTER_EMAIL": "t@example.invalid",
+}
+CANON = "https://git.example.invalid/drv.git"
+CANON_HTTP = "https://files.example.invalid/"
+
+
+def sh(*args: str | os.PathLike, cwd: Path | None = None, env: dict[str, str] | None = None) -> str:
+    proc = subprocess.run(
+        [str(a) for a in args], cwd=cwd, env={**os.environ, **GIT_ENV, **(env or {})}, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip()
+
+
+@pytest.fixture(autouse=True)
+def hermetic(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No user git config, no user keyring, no user settings file."""
+    for k, v in GIT_ENV.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("GNUPGHOME", str(tmp_path / "no-gnupg-here"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "no-config-here"))
+    monkeypatch.setattr(http, "BACKOFF", 0.01)
+
+
+@dataclass(frozen=True)
+class Keys:
+    home: Path
+    good: str
+    bad: str
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Keys]:
+    home = tmp_path_factory.mktemp("gnupg")
+    home.chmod(0o700)
+    env = {"GNUPGHOME": str(home)}
+    fprs = {}
+    for who in ("good", "bad"):
+        sh(
+            "gpg",
+            "--batch",
+            "--passphrase",
+            "",
+            "--quick-gen-key",
+            f"{who} <{who}@example.invalid>",
+            "ed25519",
+            "sign",
+            "never",
+            env=env,
+        )
+        listing = sh("gpg", "--batch", "--with-colons", "--list-keys", f"<{who}@example.invalid>", env=env)
+        fprs[who] = next(line.split(":")[9] for line in listing.splitlines() if line.startswith("fpr:"))
+        (home / f"{who}.asc").write_text(sh("gpg", "--batch", "--armor", "--export", fprs[who], env=env) + "\n")
+    yield Keys(home, fprs["good"], fprs["bad"])
+    sh("gpgconf", "--kill", "all", env=env)
+
+
+def git(repo: Path, *args: str, keys: Keys | None = None, key: str = "") -> str:
+    signing = ["-c", f"user.signingkey={key}", "-c", "gpg.program=gpg"] if key else []
+    return sh("git", *signing, *args, cwd=repo, env={"GNUPGHOME": str(keys.home)} if keys else {})
+
+
+@pytest.fixture
+def upstream(tmp_path: Path) -> Path:
+    """A git repository with tag v1 on its first commit and a second commit on main."""
+    repo = tmp_path / "upstream"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    (repo / "note").write_text("one\n")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "one")
+    git(repo, "tag", "-a", "-m", "v1", "v1")
+    (repo / "note").write_text("two\n")
+    git(repo, "commit", "-q", "-a", "-m", "two")
+    return repo
+
+
+GIT_RECIPE = """\
+source:
+  git: {url}
+  ref: v1
+{verify}optional: true
+steps:
+  - name: stage
+    run: install -D -m 0644 "$SRC/note" "$OUT/usr/share/drv/note"
+package: {{name: drv-xs}}
+"""
+
+
+def git_project(project: Path, verify: str = "") -> None:
+    write(
+        project,
+        {
+            "distro.yaml": DISTRO.replace("  hello: {}\n", "  hello: {}\n  drv: {}\n"),
+            "components/drv.yaml": GIT_RECIPE.format(url=CANON, verify=verify),
+        },
+    )
+
+
+def xs(capsys: pytest.CaptureFixture[str], store: Path, *argv: str, mirror: str = "", code: int = 0) -> str:
+    """Run xenspin with this store (and mirror map); return stderr (and stdout) after checking the exit status."""
+    extra = ["--mirror", f"{CANON}={mirror}"] if mirror else []
+    got = cli.main(["--store", str(store), *extra, *argv])
+    out = capsys.readouterr()
+    assert got == code, out.err
+    assert "Traceback" not in out.err
+    return out.err + out.out
+
+
+# --- 3. a refusal outlives the run; keys are part of the lock entry ---------------------
+
+
+def test_moved_tag_stays_refused_and_lock_reports_it(project: Path, upstream: Path, tmp_path: Path, capsys) -> None:
+    git_project(project)
+    store, url = tmp_path / "store", upstream.as_uri()
+    xs(capsys, store, "lock", mirror=url)
+    old = git(upstream, "rev-parse", "v1^{commit}")
+    new = git(upstream, "rev-parse", "main")
+    git(upstream, "tag", "-f", "-a", "-m", "v1 again", "v1", "main")
+    # A fresh store fetches the moved tag: refused, for an optional component too; and again.
+    other = tmp_path / "other"
+    for _ in range(2):
+        err = xs(capsys, other, "fetch", mirror=url, code=2)
+        assert err.strip().splitlines()[-1] == f"fetch drv: tag v1 moved: locked at {old}, now {new}"
+        assert not list((other / "git").glob("*.git")), "the refused mirror stays in the store"
+    err = xs(capsys, other, "build", "drv", mirror=url, code=2)
+    assert "tag v1 moved" in err and not objects(other)
+    # lock says so and keeps the pin; --update refuses to re-pin without --allow-moved-tags.
+    err = xs(capsys, store, "lock", mirror=url)
+    assert f"warning: drv: tag v1 moved: {old} -> {new} (kept the locked commit" in err
+    err = xs(capsys, store, "lock", "--update", "drv", mirror=url, code=2)
+    assert (
+        err.strip().splitlines()[-1]
+        == f"lock drv: tag v1 moved: {old} -> {new}; not re-pinned (--allow-moved-tags re-pins it)"
+    )
+    assert old in (project / "distro.lock").read_text()
+    xs(capsys, store, "lock", "--update", "drv", "--allow-moved-tags", mirror=url)
+    assert new in (project / "distro.lock").read_text()
+
+
+def test_untrusted_signer_stays_refused(project: Path, upstream: Path, keys: Keys, tmp_path: Path, capsys) -> None:
+    """Keys rotated to one that did not sign the tag: the entry is stale, re-checked, refused, and stays so."""
+    shutil.copy(keys.home / "good.asc", project / "components/release.asc")
+    git(upstream, "tag", "-f", "-s", "-m", "v1", "v1", "v1^{commit}", keys=keys, key=keys.good)
+    git_project(project, verify="  verify: {keys: [release.asc], tag: true}\n")
+    store, url = tmp_path / "store", upstream.as_uri()
+    xs(capsys, store, "lock", mirror=url)
+    assert "release.asc:" in (project / "distro.lock").read_text()  # the key's digest is in the entry
+    assert "already in the store: drv" in xs(capsys, store, "fetch", "drv", mirror=url)
+    shutil.copy(keys.home / "bad.asc", project / "components/release.asc")  # the trusted key changes
+    err = xs(capsys, store, "fetch", "drv", mirror=url, code=2)
+    assert "stale for drv (verify.keys changed since it was locked)" in err
+    for _ in range(2):
+        err = xs(capsys, store, "lock", mirror=url, code=2)
+        assert err.strip().splitlines()[-1].endswith("which is not among verify.keys (verify.tag)"), err
+        assert not list((store / "git").glob("*.git"))
+    xs(capsys, store, "build", "drv", mirror=url, code=2)
+    assert not objects(store)
+
+
+# --- 4. a refusal is an error for an optional component too -----------------------------
+
+
+@pytest.fixture
+def www(tmp_path: Path) -> Iterator[tuple[Path, str]]:
+    """A local HTTP server over tmp_path/www: (its directory, its base URL)."""
+    root = tmp_path / "www"
+    root.mkdir()
+    handler = functools.partial(QuietHandler, directory=str(root))
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield root, f"http://127.0.0.1:{httpd.server_address[1]}/"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+class QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def tarball(path: Path, text: str) -> str:
+    """A tarball holding drv/note; returns its sha256."""
+    staging = path.parent / "staging" / "drv"
+    staging.mkdir(parents=True, exist_ok=True)
+    (staging / "note").write_text(text)
+    with tarfile.open(path, "w") as tar:
+        tar.add(staging, arcname="drv")
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+TAR_RECIPE = """\
+source:
+  url: https://files.example.invalid/drv.tar
+optional: true
+steps:
+  - name: stage
+    run: install -D -m 0644 "$SRC/note" "$OUT/usr/share/drv/note"
+package: {name: drv-xs}
+"""
+
+
+def test_optional_tampered_tarball_fails_fetch_and_build(project: Path, www, tmp_path: Path, capsys) -> None:
+    root, base = www
+    tarball(root / "drv.tar", "good\n")
+    write(project, {"distro.yaml": DISTRO.replace("  hello: {}\n", "  hello: {}\n  drv: {}\n")})
+    write(project, {"components/drv.yaml": TAR_RECIPE})
+    store, mirror = tmp_path / "store", ["--mirror", f"{CANON_HTTP}={base}"]
+    assert cli.main(["--store", str(store), *mirror, "lock"]) == 0
+    capsys.readouterr()
+    bad = tarball(root / "drv.tar", "evil\n")  # upstream (or a mirror) serves other bytes
+    for argv in (["fetch"], ["build", "drv"]):
+        line = refused(capsys, "--store", str(tmp_path / "fresh"), *mirror, *argv)
+        assert line.startswith("fetch drv: ") and f"sha256 mismatch: got {bad}" in line
+    assert not list((tmp_path / "fresh/blobs").rglob("*.*")) and not list((tmp_path / "fresh/blobs/sha256").glob("*/*"))
+    assert not objects(tmp_path / "fresh") and not (project / "out").exists()
+    # Only an unreachable source leaves an optional component out.
+    (root / "drv.tar").unlink()
+    assert cli.main(["--store", str(tmp_path / "fresh"), *mirror, "fetch"]) == 0
+    assert "warning: left out optional component drv: " in capsys.readouterr().err
