@@ -7,22 +7,32 @@ import dataclasses
 import json
 import logging
 import os
+import subprocess
 import sys
+import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
+from git import GitCommandError
 
-from . import __version__, build, config, fetch, host, lock, manifest, pipeline, plan, typed
+from . import __version__, answerfiles, config, errors, fetch, host, lock, manifest, pipeline, plan, typed, vmtest
+from .context import Context, epoch_from_env
 from .errors import XenspinError
 from .progress import Reporter
-from .sources import Context
 from .store import Store
 
 
 def default_store() -> Path:
     cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(cache) / "xenspin" / "store"
+
+
+def _path(text: str) -> Path:
+    """A path option: empty is refused (Path("") would quietly mean the working directory)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a directory, got an empty string")
+    return Path(text)
 
 
 def _globals(parser: argparse.ArgumentParser, suppress: bool) -> None:
@@ -32,12 +42,12 @@ def _globals(parser: argparse.ArgumentParser, suppress: bool) -> None:
         return argparse.SUPPRESS if suppress else value
 
     parser.add_argument(
-        "-f", "--file", type=Path, default=d(Path("distro.yaml")), help="manifest (default ./distro.yaml)"
+        "-f", "--file", type=_path, default=d(Path("distro.yaml")), help="manifest (default ./distro.yaml)"
     )
     parser.add_argument(
-        "--store", type=str, default=d(None), help="store directory (default $XDG_CACHE_HOME/xenspin/store)"
+        "--store", type=_path, default=d(None), help="store directory (default $XDG_CACHE_HOME/xenspin/store)"
     )
-    parser.add_argument("--out", type=Path, default=d(Path("out")), help="output directory (default ./out)")
+    parser.add_argument("--out", type=_path, default=d(Path("out")), help="output directory (default ./out)")
     parser.add_argument("-v", "--verbose", action="count", default=d(0), help="say more (repeat for debug)")
     parser.add_argument("--json", action="store_true", default=d(False), help="machine-readable output")
     parser.add_argument(
@@ -51,8 +61,15 @@ def _globals(parser: argparse.ArgumentParser, suppress: bool) -> None:
     )
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line, like every other error (exit 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="xenspin", description="Build a Xen distribution from distro.yaml.")
+    parser = _Parser(prog="xenspin", description="Build a Xen distribution from distro.yaml.")
     parser.add_argument("--version", action="version", version=f"xenspin {__version__}")
     _globals(parser, suppress=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -67,6 +84,9 @@ def make_parser() -> argparse.ArgumentParser:
     add("plan", "print the stages and the components in build order with what each needs")
     p = add("schema", "print a JSON Schema of manifest files (for editors and CI)")
     p.add_argument("--markdown", action="store_true", help="print the field table of README.md instead")
+    p.add_argument("--answerfile", action="store_true", help="the schema of YAML answerfiles instead")
+    p = add("validate-answerfile", "check an installer answerfile (YAML or XenServer XML) without installing")
+    p.add_argument("answerfile", type=Path, metavar="FILE")
     add("setup", "install the Debian packages xenspin runs (apt-get; needs root)")
     p = add("lock", "resolve every source to exact revisions and digests and write the lock (distro.lock)")
     p.add_argument("--update", nargs="*", metavar="COMP", help="re-resolve these components (none named: all)")
@@ -78,9 +98,35 @@ def make_parser() -> argparse.ArgumentParser:
     p = add("build", "lock what is missing, fetch, and build the components (all, or COMP and what it needs)")
     p.add_argument("components", nargs="*", metavar="COMP", help="only these components and what they need")
     p.add_argument("-j", "--jobs", type=int, default=2, help="components built at once (default 2)")
+    p.add_argument("--answerfile", type=Path, metavar="FILE", help="build this answerfile into the ISO (unattended)")
+    p = add("test", "test an image in QEMU")
+    tests = p.add_subparsers(dest="test_command", metavar="TEST", required=True)
+    t = tests.add_parser(
+        "boot", help="boot an ISO and wait for Xen, dom0 and the installer's prompt on the serial line"
+    )
+    _globals(t, suppress=True)
+    t.add_argument("image", type=Path, metavar="ISO", help="the image to boot")
+    t.add_argument("--firmware", choices=["bios", "uefi", "both"], default="both", help="firmware (default both)")
+    t.add_argument("--usb", action="store_true", help="boot the file as a USB stick (raw disk) instead of a CD")
+    t.add_argument(
+        "--expect",
+        default=vmtest.PROMPT,
+        metavar="TEXT",
+        help=f"the prompt that ends a boot (default {vmtest.PROMPT!r})",
+    )
+    t.add_argument("--timeout", type=float, default=vmtest.DEFAULT_TIMEOUT, help="seconds per boot (default 600)")
+    t.add_argument("--kvm", action="store_true", help="use KVM instead of TCG (where /dev/kvm works)")
     p = add("store", "look after the store")
     p.add_argument(
-        "action", choices=["du", "gc"], help="du: space used per area; gc: remove what the lock no longer needs"
+        "action",
+        choices=["du", "gc"],
+        help="du: space used per area; gc: remove what no manifest building into the store still uses",
+    )
+    p.add_argument(
+        "--older-than",
+        type=float,
+        metavar="DAYS",
+        help="gc: also drop the roots of other manifests not built, fetched or locked for DAYS days",
     )
     return parser
 
@@ -100,6 +146,22 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("xenspin: interrupted", file=sys.stderr)
         return 130
+    except (OSError, GitCommandError, subprocess.SubprocessError) as e:
+        # Failures of the machine, not of xenspin: a store that cannot be written, a full
+        # disk, a permission, git refusing, a child that hung. One line, like any user error.
+        print(f"xenspin: {errors.describe(e)}", file=sys.stderr)
+        return 2
+    except Exception:
+        path = errors.save_traceback()
+        if args.verbose > 1:
+            traceback.print_exc()
+        kind, value = sys.exc_info()[:2]
+        print(
+            f"xenspin: internal error ({kind.__name__ if kind else 'error'}: {value}); "
+            f"this is a bug: please report it with the traceback saved in {path}",
+            file=sys.stderr,
+        )
+        return errors.BUG_EXIT
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -133,20 +195,24 @@ def cmd_plan(args: argparse.Namespace) -> int:
     distro = manifest.load(args.file)
     current = lock.read(lock.lock_path(args.file))
     cached: dict[str, tuple[str, bool]] = {}
+    graph: list = []
     if current is not None:
-        ctx = _context(args, distro)
-        jobs = build.plan(distro, current, ctx.recipe_dir)
-        builder = build.Builder(distro, current, ctx)
-        cached = {name: (job.key, builder.is_built(job)) for name, job in jobs.items()}
+        graph = pipeline.planned(_context(args, distro), distro, current)
+        cached = {p.stage.name: (p.key, bool(p.hit)) for p in graph if p.stage.kind == "build"}
     stages = plan.make_plan(distro, cached)
     if args.json:
-        print(json.dumps(typed.to_data(stages), indent=2))
+        print(json.dumps({"stages": typed.to_data(stages), "graph": plan.graph_data(graph)}, indent=2))
     else:
         print(plan.render(stages))
+        if graph:
+            print(plan.render_graph(graph))
     return 0
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
+    if args.answerfile:
+        print(answerfiles.field_table_markdown() if args.markdown else json.dumps(answerfiles.json_schema(), indent=2))
+        return 0
     if args.markdown:
         print(manifest.field_table_markdown())
         return 0
@@ -157,30 +223,16 @@ def cmd_schema(args: argparse.Namespace) -> int:
 def _context(args: argparse.Namespace, distro: manifest.Distro) -> Context:
     cfg = config.load()
     mirrors = {**cfg.mirrors, **dict(config.parse_mirror(m) for m in args.mirror)}
-    if args.store is not None and not args.store.strip():
-        raise XenspinError("--store: empty path (expected a store directory)")
-    store = Store(Path(args.store) if args.store else Path(cfg.store) if cfg.store else default_store())
-    usable_store(store.root)
+    store = Store(args.store or (Path(cfg.store) if cfg.store else default_store()))
     return Context(
         store=store,
         base=distro.base,
         mirrors=mirrors,
         offline=args.offline,
-        recipe_dir=args.file.parent.absolute(),
+        manifest=args.file.absolute(),
         progress=Reporter(quiet=args.json),
+        epoch=epoch_from_env(),
     )
-
-
-def usable_store(root: Path) -> None:
-    """Refuse a store that is a file or cannot be written, in one line rather than a traceback later."""
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise XenspinError(f"store {root}: cannot create it: {e.strerror or e}") from None
-    if not root.is_dir():
-        raise XenspinError(f"store {root}: not a directory")
-    if not os.access(root, os.W_OK | os.X_OK):
-        raise XenspinError(f"store {root}: not writable")
 
 
 def _left_out(report_left_out: dict[str, str]) -> None:
@@ -202,7 +254,8 @@ def cmd_lock(args: argparse.Namespace) -> int:
             allow_moved_tags=args.allow_moved_tags,
             check_tags=True,
         )
-    lock.write(path, new)
+        lock.write(path, new)
+        pipeline.register(ctx, distro, new)
     if args.json:
         print(json.dumps(dataclasses.asdict(report), indent=2))
         return 0
@@ -231,9 +284,10 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     path = lock.lock_path(args.file)
     current = lock.read(path)
     names = args.components or list(distro.components)
-    lock.require(distro, current, ctx.recipe_dir, names, path)
+    lock.require(distro, current, ctx.project, names, path)
     with ctx.store.session():
         report = fetch.fetch(distro, current, ctx, args.components or None, strict=args.strict)
+        pipeline.register(ctx, distro, current)
     if args.json:
         print(json.dumps(dataclasses.asdict(report), indent=2))
         return 0
@@ -245,19 +299,36 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_validate_answerfile(args: argparse.Namespace) -> int:
+    answer, warnings = answerfiles.validate(args.answerfile)
+    for w in warnings:
+        print(w, file=sys.stderr)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "file": str(args.answerfile),
+                    "valid": True,
+                    "warnings": warnings,
+                    "answers": answerfiles.redacted(answer),
+                }
+            )
+        )
+    else:
+        print(f"{args.answerfile}: valid (installs to {answer.disk or 'the only disk'}, host {answer.hostname})")
+    return 0
+
+
 def cmd_build(args: argparse.Namespace) -> int:
     distro = manifest.load(args.file)
+    if args.answerfile:
+        distro.installer.answerfile = str(args.answerfile.absolute())
+    if distro.installer.answerfile:
+        answerfiles.validate(Path(distro.installer.answerfile))
     manifest.require_components(distro, args.components, "build")
     ctx = _context(args, distro)
     result = pipeline.run_build(
-        distro,
-        args.file,
-        ctx,
-        names=args.components or None,
-        jobs=args.jobs,
-        strict=args.strict,
-        out=args.out,
-        say=ctx.progress.say,
+        distro, ctx, names=args.components or None, jobs=args.jobs, strict=args.strict, out=args.out
     )
     _left_out(result.left_out)
     report = result.build
@@ -276,10 +347,18 @@ def cmd_build(args: argparse.Namespace) -> int:
 def cmd_store(args: argparse.Namespace) -> int:
     distro = manifest.load(args.file)
     ctx = _context(args, distro)
-    rows = ctx.store.usage() if args.action == "du" else pipeline.collect_garbage(distro, args.file, ctx)
+    if args.action == "du":
+        rows, notes = ctx.store.usage(), []
+    else:
+        result = pipeline.collect_garbage(distro, ctx, older_than_days=args.older_than)
+        rows = result.removed
+        notes = [f"dropped gc root {why}" for why in result.dropped]
+        notes += [f"kept what {m} uses" for m in result.kept]
     if args.json:
         print(json.dumps([dataclasses.asdict(r) for r in rows], indent=2))
         return 0
+    for note in notes:
+        print(note)
     verb = "" if args.action == "du" else "removed "
     for r in rows:
         print(f"{verb}{r.area:<20} {r.entries:>6} entries {_human(r.bytes):>10}")
@@ -304,16 +383,42 @@ def cmd_setup(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_test(args: argparse.Namespace) -> int:
+    return TESTS[args.test_command](args)
+
+
+def cmd_test_boot(args: argparse.Namespace) -> int:
+    firmwares: list[vmtest.Firmware] = ["bios", "uefi"] if args.firmware == "both" else [args.firmware]
+    markers = [vmtest.XEN_BANNER, vmtest.DOM0_BANNER, args.expect]
+    logs = args.out / "test-boot"
+    verdicts = []
+    for fw in firmwares:
+        machine = vmtest.Machine(fw, usb=args.usb, kvm=args.kvm)
+        verdict = vmtest.boot(args.image, machine, logs, markers=markers, timeout=args.timeout)
+        verdicts.append(verdict)
+        if args.json:
+            continue
+        print(verdict.line(), flush=True)
+    if args.json:
+        print(json.dumps([dataclasses.asdict(v) for v in verdicts], indent=2, default=str))
+    return 0 if all(v.passed for v in verdicts) else 1
+
+
+TESTS = {"boot": cmd_test_boot}
+
+
 COMMANDS = {
     "build": cmd_build,
     "setup": cmd_setup,
     "lock": cmd_lock,
     "fetch": cmd_fetch,
     "store": cmd_store,
+    "test": cmd_test,
     "validate": cmd_validate,
     "show": cmd_show,
     "plan": cmd_plan,
     "schema": cmd_schema,
+    "validate-answerfile": cmd_validate_answerfile,
 }
 
 

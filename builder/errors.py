@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import tempfile
+import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
+
+BUG_EXIT = 70  # EX_SOFTWARE: an unexpected error inside xenspin (a bug), not something the user did
 
 
 @dataclass(frozen=True)
@@ -46,3 +52,50 @@ class ManifestError(XenspinError):
         self.message = message
         where = f"{loc}: {field}: " if field else f"{loc}: "
         super().__init__(where + message)
+
+
+class FetchError(XenspinError):
+    """A source could not be had or did not verify; nothing of it was stored."""
+
+
+class Refused(FetchError):
+    """Bytes were offered and failed verification (digest, signature, moved tag); nothing was stored.
+
+    Never a reason to quietly leave an optional component out: it may be an attack.
+    """
+
+
+class Missing(FetchError):
+    """Offline, and the store lacks something a lock entry names."""
+
+
+def describe(e: BaseException) -> str:
+    """One line for an error of the machine rather than of xenspin (OSError, git, a hung child)."""
+    if isinstance(e, OSError):
+        what = {
+            errno.ENOSPC: "no space left on the device",
+            errno.EDQUOT: "disk quota exceeded",
+            errno.EROFS: "read-only file system",
+            errno.EACCES: "permission denied",
+            errno.EPERM: "operation not permitted",
+        }.get(e.errno or 0, e.strerror or str(e))
+        names = [str(n) for n in (e.filename, e.filename2) if n]
+        return f"{' -> '.join(names)}: {what}" if names else what
+    command = getattr(e, "command", None)
+    if command is not None and hasattr(e, "status"):  # git.GitCommandError
+        argv = command if isinstance(command, list | tuple) else str(command).split()
+        stderr = str(getattr(e, "stderr", "") or "")
+        said = next((ln.strip() for ln in reversed(stderr.splitlines()) if ln.strip()), "no message")
+        said = said.removeprefix("stderr: ").removeprefix("'").removesuffix("'")
+        return f"git {' '.join(str(a) for a in argv[1:3])} failed (exit {e.status}): {said}"
+    if hasattr(e, "timeout") and hasattr(e, "cmd"):  # subprocess.TimeoutExpired
+        return f"{e.cmd!s:.80}: gave no answer in {e.timeout} s and was stopped"
+    return str(e) or e.__class__.__name__
+
+
+def save_traceback() -> Path:
+    """Write the current exception's traceback to a file a user can attach to a report; return its path."""
+    fd, name = tempfile.mkstemp(prefix=f"xenspin-crash-{time.strftime('%Y%m%dT%H%M%S')}-", suffix=".txt")
+    with os.fdopen(fd, "w") as f:
+        f.write(traceback.format_exc())
+    return Path(name)

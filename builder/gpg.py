@@ -8,8 +8,8 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from .errors import Refused
 from .run import run
-from .sources import Refused
 
 
 class SignatureError(Refused):

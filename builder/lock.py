@@ -15,13 +15,17 @@ from typing import Any
 
 import yaml
 
-from . import FORMAT_VERSION, typed
-from .errors import XenspinError
+from . import typed
+from .errors import XenspinError, describe
 from .manifest import Component, Distro, build_order, require_components
 from .sources import Context, FetchError, Refused, module, verified_stamp, write_stamp
 from .store import sha256_file, sha256_json
 
 log = logging.getLogger("xenspin.lock")
+
+# The lock file's own format, separate from the cache keys' formats (each stage has its
+# own): changing how a stage's output is made never makes a committed lock unreadable.
+LOCK_FORMAT = 1
 
 HEADER = "# distro.lock: written by `xenspin lock`; commit it. Edit the manifest, not this file.\n"
 
@@ -65,18 +69,22 @@ def read(path: Path) -> Lock | None:
         raise LockError(
             f"{path}: not a readable lock file ({e.__class__.__name__}); run `xenspin lock --update`"
         ) from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT_VERSION:
-        raise LockError(f"{path}: not a lock file of format {FORMAT_VERSION}; run `xenspin lock --update`")
+    if not isinstance(data, dict) or data.get("format") != LOCK_FORMAT:
+        raise LockError(f"{path}: not a lock file of format {LOCK_FORMAT}; run `xenspin lock --update`")
     return Lock(archive=data.get("archive") or {}, components=data.get("components") or {})
 
 
 def write(path: Path, lock: Lock) -> None:
     """Write atomically: a reader sees the old lock or the new one, never half of one."""
-    data = {"format": FORMAT_VERSION, "archive": lock.archive, "components": lock.components}
+    data = {"format": LOCK_FORMAT, "archive": lock.archive, "components": lock.components}
     text = HEADER + yaml.safe_dump(data, sort_keys=True, default_flow_style=False, width=1000)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise LockError(f"{path}: cannot write: {describe(e)}") from None
 
 
 def recipe_digest(component: Component, root: Path) -> str:
@@ -144,7 +152,7 @@ def resolve(
     re-resolving one is refused unless allow_moved_tags; with check_tags, kept tag
     entries are looked up upstream too and a moved one is reported (and kept).
     """
-    root = ctx.recipe_dir or Path.cwd()
+    root = ctx.project
     report = LockReport()
     old = old or Lock()
     changed = stale(distro, old, root)

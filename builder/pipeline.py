@@ -1,4 +1,10 @@
-"""The pipeline driver: each stage in order, each reading what the one before left in the store."""
+"""The pipeline driver: lock, fetch, then one graph of stages run in dependency order.
+
+`graph` is the whole build as stages (component builds with their build roots and
+source trees, the apt repository; later the rootfs and the ISO). `xenspin build`
+runs it, `xenspin plan` shows it, `xenspin store gc` keeps what it uses. A new
+stage is a node added here, reading earlier stages' outputs through its needs.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +12,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import build, fetch, lock
+from . import build, fetch, lock, repo
+from .context import Context
 from .errors import XenspinError
 from .manifest import Distro
-from .sources import Context
-from .store import Usage
+from .stage import Needs, Pending, Planned, Scheduler, Stage, resolve
+from .store import GcResult, Root
+
+REPO = "repo:repo"
 
 
 @dataclass
@@ -23,6 +32,31 @@ class Result:
     repo: Path
 
 
+def graph(
+    ctx: Context,
+    distro: Distro,
+    current: lock.Lock,
+    names: list[str] | None = None,
+    left_out: set[str] = frozenset(),
+) -> tuple[list[Stage], dict[str, build.Job]]:
+    """Every stage of a build of distro at the locked sources, and the component jobs among them."""
+    jobs = build.plan(distro, current, names, left_out)
+    stages = build.stages(ctx, distro, current, jobs)
+    after = tuple(build.build_id(n) for n in jobs)
+
+    def repo_inputs(needs: Needs) -> dict:
+        if any(needs[a].meta is None for a in after):
+            raise Pending("the repository's key is the digests of .debs not built yet")
+        return {"debs": sorted(build.digests(needs, jobs))}
+
+    def repo_make(tmp: Path, needs: Needs) -> dict:
+        debs = [needs[a].path / d for a in after for d in needs[a].meta["debs"]]  # type: ignore[operator,index]
+        return repo.make(tmp, debs, distro.name)
+
+    stages.append(Stage("repo", "repo", repo.FORMAT, repo_inputs, repo_make, after=after))
+    return stages, jobs
+
+
 def current_lock(distro: Distro, path: Path, ctx: Context, *, strict: bool, say: Callable[[str], None]) -> lock.Lock:
     """The lock, resolving only what it lacks or what went stale (as `cargo build` does).
 
@@ -32,7 +66,7 @@ def current_lock(distro: Distro, path: Path, ctx: Context, *, strict: bool, say:
     old = lock.read(path)
     todo = [
         name
-        for name, why in lock.stale(distro, old, ctx.recipe_dir).items()
+        for name, why in lock.stale(distro, old, ctx.project).items()
         if not distro.components[name].optional or why != "not locked"
     ]
     if old is not None and not todo:
@@ -50,30 +84,54 @@ def current_lock(distro: Distro, path: Path, ctx: Context, *, strict: bool, say:
 
 def run_build(
     distro: Distro,
-    manifest_path: Path,
     ctx: Context,
     *,
     names: list[str] | None,
     jobs: int,
     strict: bool,
     out: Path,
-    say: Callable[[str], None],
 ) -> Result:
-    """Lock, fetch, build, publish the apt repository to out/repo."""
+    """Lock, fetch, run the stage graph, publish the apt repository to out/repo."""
+    assert ctx.manifest is not None
     with ctx.store.session():
-        current = current_lock(distro, lock.lock_path(manifest_path), ctx, strict=strict, say=say)
+        current = current_lock(distro, lock.lock_path(ctx.manifest), ctx, strict=strict, say=ctx.say)
         wanted = build.closure(distro, names) if names else None
         fetched = fetch.fetch(distro, current, ctx, wanted, strict=strict)
-        plan = build.plan(distro, current, ctx.recipe_dir, names, set(fetched.left_out))
-        report = build.Builder(distro, current, ctx, jobs=jobs, say=say).run(plan)
-        repo = build.publish(Path(report.repo), out / "repo")
-    return Result(sorted(current.components), fetched.left_out, report, repo)
+        stages, comp_jobs = graph(ctx, distro, current, names, set(fetched.left_out))
+        outcomes = Scheduler(ctx.store, stages, jobs=jobs).run()
+        report = build.report(outcomes, comp_jobs)
+        repo_path = outcomes[REPO].done.path
+        assert repo_path is not None
+        report.repo = str(repo_path)
+        published = repo.publish(repo_path, out / "repo")
+        # The whole plan's root, even when only some components were asked for.
+        ctx.store.register(gc_root(ctx, distro, current, resolve(ctx.store, stages) if names is None else None))
+    return Result(sorted(current.components), fetched.left_out, report, published)
 
 
-def collect_garbage(distro: Distro, manifest_path: Path, ctx: Context) -> list[Usage]:
-    """Remove from the store what the manifest's lock and build plan no longer use."""
-    current = lock.read(lock.lock_path(manifest_path)) or lock.Lock()
+def planned(ctx: Context, distro: Distro, current: lock.Lock) -> list[Planned]:
+    """The stage graph with each key and whether the store has it (nothing is run)."""
+    stages, _ = graph(ctx, distro, current)
+    return resolve(ctx.store, stages)
+
+
+def gc_root(ctx: Context, distro: Distro, current: lock.Lock, graph: list[Planned] | None = None) -> Root:
+    """What the manifest's lock and stage graph use: its gc root in the store."""
+    assert ctx.manifest is not None
     keep = fetch.keeps(distro, current, ctx)
-    jobs = build.plan(distro, current, ctx.recipe_dir)
-    objects = build.Builder(distro, current, ctx).keeps(jobs)
-    return ctx.store.gc(set(keep.blobs), set(keep.git), objects)
+    graph = planned(ctx, distro, current) if graph is None else graph
+    objects = frozenset((p.stage.kind, p.key) for p in graph if p.key)
+    return Root(ctx.manifest, keep.blobs, keep.git, objects)
+
+
+def register(ctx: Context, distro: Distro, current: lock.Lock | None) -> None:
+    """Register the manifest's gc root (lock, fetch and build do): a gc for another manifest keeps it."""
+    if current is not None:
+        ctx.store.register(gc_root(ctx, distro, current))
+
+
+def collect_garbage(distro: Distro, ctx: Context, *, older_than_days: float | None = None) -> GcResult:
+    """Remove from the store what no manifest building into it still uses (the union of live gc roots)."""
+    assert ctx.manifest is not None
+    current = lock.read(lock.lock_path(ctx.manifest)) or lock.Lock()
+    return ctx.store.gc(gc_root(ctx, distro, current), older_than_days=older_than_days)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from .manifest import Distro, build_order
+from .stage import Planned
 
 
 @dataclass(frozen=True)
@@ -65,4 +67,38 @@ def render(stages: list[Stage]) -> str:
             opt = " (optional)" if s.optional else ""
             state = "" if s.cached is None else f"  [{'hit ' if s.cached else 'miss'} {s.key[:12]}]"
             lines.append(f"   {s.name:<{width}}  {s.source:<8}{state} -> {s.produces}{after}{opt}")
+    return "\n".join(lines)
+
+
+def graph_data(graph: list[Planned]) -> list[dict[str, Any]]:
+    """The stage graph as plain data (for --json)."""
+    return [
+        {
+            "id": p.stage.id,
+            "kind": p.stage.kind,
+            "name": p.stage.name,
+            "key": p.key,
+            "hit": p.hit,
+            "lazy": p.stage.lazy,
+            "after": list(p.stage.after),
+            "uses": list(p.stage.uses),
+        }
+        for p in graph
+    ]
+
+
+def render_graph(graph: list[Planned]) -> str:
+    """The stage graph in run order: each stage, its key, hit/miss, what it needs.
+
+    A lazy stage (build root, source tree) is made only when a stage using it misses;
+    a pending key depends on outputs of stages not made yet.
+    """
+    todo = sum(1 for p in graph if not p.hit and not p.stage.lazy)
+    lines = [f"stage graph: {len(graph)} stages, {todo} to run"]
+    width = max((len(p.stage.id) for p in graph), default=0)
+    for p in graph:
+        state = "pending     " if p.hit is None else f"{'hit ' if p.hit else 'miss'} {p.key[:12]}"
+        needs = [*p.stage.after, *(f"{u} (if made)" for u in p.stage.uses)]
+        lazy = " lazy" if p.stage.lazy else ""
+        lines.append(f"   {p.stage.id:<{width}}  [{state}]{lazy}" + (f"  needs {', '.join(needs)}" if needs else ""))
     return "\n".join(lines)

@@ -4,11 +4,16 @@ Layout under the store root:
     blobs/sha256/ab/abcd...      files by the sha256 of their bytes (tarballs, .dsc, .deb)
     git/<sha256 of url>.git      bare git mirrors, one per repository URL
     objects/<kind>/<key>/        stage outputs (build roots, component builds) by cache key
-    tmp/                         scratch; everything is written here first, then renamed
+    objects/<kind>/<key>.json    what the object's maker recorded (top directory, .deb digests);
+                                 written last, so it marks the object complete
+    roots/<sha256>.json          gc roots: what each manifest building into this store uses
+    tmp/<hint>.<pid>.<random>    scratch; everything is written here first, then renamed
     locks/                       flock files
 
 Nothing appears under its final name until it is complete: writers fill a
-temporary path and rename it into place. A shared lock on the store is held by
+temporary path and rename it into place. `Store.obtain` is that sequence, once,
+for every object a stage makes. Scratch is named with the writer's pid, so the
+next run removes what a killed one left behind. A shared lock on the store is held by
 every run and an exclusive one by `gc`, so a collection never pulls an object
 from under a build; per-object locks stop two runs fetching the same thing twice.
 """
@@ -23,13 +28,14 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import XenspinError
 
 CHUNK = 1 << 20
+META = ".json"  # suffix of an object's metadata file, beside it
 
 
 def sha256_file(path: Path) -> str:
@@ -80,12 +86,33 @@ class Store:
     def object_path(self, kind: str, key: str) -> Path:
         return self.root / "objects" / kind / key
 
+    def meta(self, kind: str, key: str) -> dict | None:
+        """What the object's maker recorded, or None when the object is not (completely) in the store."""
+        try:
+            return json.loads(self.object_path(kind, key).with_suffix(META).read_text())
+        except FileNotFoundError:
+            return None
+
+    def has(self, kind: str, key: str) -> bool:
+        return self.object_path(kind, key).with_suffix(META).is_file()
+
+    def content(self, kind: str, key: str, meta: dict) -> Path:
+        """The object's useful path: its directory, or the top directory its maker recorded."""
+        return self.object_path(kind, key) / meta.get("top", "")
+
     def log_dir(self, *parts: str) -> Path:
         return self.root.joinpath("logs", *parts)
 
     def _ensure(self) -> None:
-        for sub in ("blobs/sha256", "git", "objects", "tmp", "locks"):
-            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        if not self.root.name and self.root == Path(self.root.anchor):
+            raise StoreError(f"store {self.root}: refusing a filesystem root as the store")
+        for sub in ("blobs/sha256", "git", "objects", "tmp", "locks", "roots"):
+            try:
+                (self.root / sub).mkdir(parents=True, exist_ok=True)
+            except FileExistsError:
+                raise StoreError(f"store {self.root}: {self.root / sub} exists and is not a directory") from None
+            except OSError as e:
+                raise StoreError(f"store {self.root}: cannot create {self.root / sub}: {e.strerror}") from None
 
     # --- locking -------------------------------------------------------------------
 
@@ -107,22 +134,73 @@ class Store:
 
     @contextlib.contextmanager
     def session(self) -> Iterator[Store]:
-        """The shared lock every run holds while it uses the store."""
+        """The shared lock every run holds while it uses the store; first, what killed runs left in tmp/."""
         with self.locked("store", shared=True):
+            self.clean_tmp()
             yield self
+
+    def clean_tmp(self) -> list[Path]:
+        """Remove scratch whose writer (the pid in its name) is dead; kept partial downloads have no pid."""
+        removed = []
+        for path in (self.root / "tmp").glob("*.*.*"):
+            pid = path.name.rsplit(".", 2)[1]
+            if pid.isdigit() and not _alive(int(pid)):
+                _remove(path)
+                removed.append(path)
+        return removed
 
     # --- writing -------------------------------------------------------------------
 
     def tmp_path(self, hint: str = "") -> Path:
         """A fresh temporary file name inside the store (same filesystem, so rename is atomic)."""
         self._ensure()
-        fd, name = tempfile.mkstemp(prefix=f"{hint}.", dir=self.root / "tmp")
+        fd, name = tempfile.mkstemp(prefix=f"{hint}.{os.getpid()}.", dir=self.root / "tmp")
         os.close(fd)
         return Path(name)
 
     def tmp_dir(self, hint: str = "") -> Path:
+        """A fresh scratch directory named HINT.PID.RANDOM, so a later run can tell a dead writer's."""
         self._ensure()
-        return Path(tempfile.mkdtemp(prefix=f"{hint}.", dir=self.root / "tmp"))
+        return Path(tempfile.mkdtemp(prefix=f"{hint}.{os.getpid()}.", dir=self.root / "tmp"))
+
+    def obtain(
+        self,
+        kind: str,
+        key: str,
+        make: Callable[[Path], dict | None],
+        *,
+        clamp: int | None = None,
+    ) -> Path:
+        """The object KIND/KEY, made once: look up, lock, make under tmp/, clamp times, record, rename.
+
+        make(tmp) fills the fresh directory tmp and returns metadata to record beside
+        the object (e.g. {"top": "xen-4.17"} for a tree whose useful part is one
+        directory, or the digests of .debs so nothing re-hashes them). The metadata
+        file is written last and marks the object complete. With clamp, no time in
+        the tree is later than it (reproducible outputs). Returns the object's
+        content path (its directory, or the recorded top directory in it).
+        """
+        meta = self.meta(kind, key)
+        if meta is not None:
+            return self.content(kind, key, meta)
+        dest = self.object_path(kind, key)
+        with self.locked(f"{kind}-{key[:32]}"):
+            meta = self.meta(kind, key)
+            if meta is not None:
+                return self.content(kind, key, meta)
+            tmp = self.tmp_dir(kind)
+            try:
+                meta = make(tmp) or {}
+                if clamp is not None:
+                    clamp_times(tmp, clamp)
+                if dest.exists():  # a directory without its metadata: a run killed between the two renames
+                    _remove(dest)
+                self.commit_dir(tmp, dest)
+                write_json(dest.with_suffix(META), meta)
+            finally:
+                if tmp.exists():
+                    _remove(tmp)
+        return self.content(kind, key, meta)
 
     def add_blob(self, path: Path, expected: str | None = None, *, what: str = "file") -> str:
         """Move the file at path into the store under its sha256; refuse it if expected differs.
@@ -161,48 +239,165 @@ class Store:
         objects = self.root / "objects"
         if objects.is_dir():
             for kind in sorted(objects.iterdir()):
-                areas.append((f"objects/{kind.name}", sorted(kind.iterdir())))
+                areas.append((f"objects/{kind.name}", sorted(p for p in kind.iterdir() if p.suffix != META)))
         areas.append(("logs", sorted((self.root / "logs").glob("*"))))
         areas.append(("tmp", sorted((self.root / "tmp").glob("*"))))
         return [Usage(name, len(paths), sum(_size(p) for p in paths)) for name, paths in areas]
 
-    def gc(self, keep_blobs: set[str], keep_git: set[str], keep_objects: set[tuple[str, str]]) -> list[Usage]:
-        """Delete what nothing keeps, and stale scratch; return what was removed per area.
+    # --- gc roots and collection ---------------------------------------------------
 
-        Takes the store's exclusive lock: waits for running builds, and no build
-        starts until it is done.
+    def root_file(self, manifest: Path) -> Path:
+        return self.root / "roots" / (sha256_text(str(manifest)) + META)
+
+    def register(self, root: Root) -> None:
+        """Record what one manifest's lock and plan use, so a gc run by any manifest keeps it."""
+        self._ensure()
+        write_json(self.root_file(root.manifest), root.to_data())
+
+    def roots(self) -> list[tuple[Path, Root | None]]:
+        """Every registered root (None for an unreadable file)."""
+        out: list[tuple[Path, Root | None]] = []
+        for path in sorted((self.root / "roots").glob("*" + META)):
+            try:
+                out.append((path, Root.from_data(json.loads(path.read_text()))))
+            except (ValueError, KeyError, TypeError):
+                out.append((path, None))
+        return out
+
+    def gc(self, current: Root | None = None, *, older_than_days: float | None = None) -> GcResult:
+        """Delete what no live root keeps, and stale scratch.
+
+        current (the manifest gc was run for) is registered first. A root whose
+        manifest is gone is dropped, and so is one not refreshed for older_than_days
+        (its manifest not built, fetched or locked since); what is left is the union
+        of the live roots. Takes the store's exclusive lock: waits for running builds,
+        and no build starts until it is done.
         """
+        result = GcResult()
+        with self.locked("store"):
+            if current is not None:
+                self.register(current)
+            keep = Root(Path("/"))
+            cutoff = time.time() - older_than_days * 86400 if older_than_days is not None else None
+            for path, root in self.roots():
+                if root is None:
+                    path.unlink()
+                    result.dropped.append(f"{path.name}: unreadable")
+                elif current is not None and root.manifest == current.manifest:
+                    keep = keep.union(root)
+                elif not root.manifest.is_file():
+                    path.unlink()
+                    result.dropped.append(f"{root.manifest}: the manifest is gone")
+                elif cutoff is not None and path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    result.dropped.append(f"{root.manifest}: not used for over {older_than_days:g} days")
+                else:
+                    keep = keep.union(root)
+                    result.kept.append(str(root.manifest))
+            result.removed = self._sweep(keep)
+        return result
+
+    def _sweep(self, keep: Root) -> list[Usage]:
         removed: dict[str, list[int]] = {}
 
         def drop(area: str, path: Path) -> None:
             size = _size(path)
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path)
-            else:
-                path.unlink()
+            _remove(path)
             entry = removed.setdefault(area, [0, 0])
             entry[0] += 1
             entry[1] += size
 
-        with self.locked("store"):
-            for blob in (self.root / "blobs" / "sha256").glob("*/*"):
-                if blob.name not in keep_blobs:
-                    drop("blobs", blob)
-            keep_git_paths = {self.git_path(u).name for u in keep_git}
-            for repo in (self.root / "git").glob("*.git"):
-                if repo.name not in keep_git_paths:
-                    drop("git", repo)
-            objects = self.root / "objects"
-            if objects.is_dir():
-                for kind in objects.iterdir():
-                    for obj in kind.iterdir():
-                        if (kind.name, obj.name) not in keep_objects:
-                            drop(f"objects/{kind.name}", obj)
-            cutoff = time.time() - 60
-            for tmp in (self.root / "tmp").glob("*"):
-                if tmp.lstat().st_mtime < cutoff:
-                    drop("tmp", tmp)
+        for blob in (self.root / "blobs" / "sha256").glob("*/*"):
+            if blob.name not in keep.blobs:
+                drop("blobs", blob)
+        keep_git_paths = {self.git_path(u).name for u in keep.git}
+        for repo in (self.root / "git").glob("*.git"):
+            if repo.name not in keep_git_paths:
+                drop("git", repo)
+        objects = self.root / "objects"
+        if objects.is_dir():
+            for kind in objects.iterdir():
+                for obj in kind.iterdir():
+                    key = obj.name.removesuffix(META)
+                    if (kind.name, key) not in keep.objects:
+                        drop(f"objects/{kind.name}", obj)
+        cutoff = time.time() - 60
+        for tmp in (self.root / "tmp").glob("*"):
+            if tmp.lstat().st_mtime < cutoff:
+                drop("tmp", tmp)
         return [Usage(area, n, b) for area, (n, b) in sorted(removed.items())]
+
+
+@dataclass(frozen=True)
+class Root:
+    """A gc root: what one manifest's current lock and plan use (as Nix's gcroots)."""
+
+    manifest: Path
+    blobs: frozenset[str] = frozenset()
+    git: frozenset[str] = frozenset()  # canonical repository URLs
+    objects: frozenset[tuple[str, str]] = frozenset()  # (kind, key)
+
+    def union(self, other: Root) -> Root:
+        return Root(self.manifest, self.blobs | other.blobs, self.git | other.git, self.objects | other.objects)
+
+    def to_data(self) -> dict:
+        return {
+            "manifest": str(self.manifest),
+            "blobs": sorted(self.blobs),
+            "git": sorted(self.git),
+            "objects": sorted([k, v] for k, v in self.objects),
+        }
+
+    @classmethod
+    def from_data(cls, data: dict) -> Root:
+        return cls(
+            Path(data["manifest"]),
+            frozenset(data["blobs"]),
+            frozenset(data["git"]),
+            frozenset((k, v) for k, v in data["objects"]),
+        )
+
+
+@dataclass
+class GcResult:
+    removed: list[Usage] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)  # roots dropped, and why
+    kept: list[str] = field(default_factory=list)  # other manifests whose roots were kept
+
+
+def write_json(path: Path, data: object) -> None:
+    """Write JSON atomically (tmp + rename beside it)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def clamp_times(tree: Path, epoch: int) -> None:
+    """No time in tree later than epoch (links not followed): the same inputs give the same bytes."""
+    for dirpath, dirs, files in os.walk(tree):
+        for name in dirs + files:
+            full = os.path.join(dirpath, name)
+            st = os.lstat(full)
+            if st.st_mtime > epoch:
+                os.utime(full, (epoch, epoch), follow_symlinks=False)
+    os.utime(tree, (epoch, epoch))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _size(path: Path) -> int:

@@ -213,16 +213,16 @@ def schema(tp: Any, defs: dict[str, Any], *, list_ops: bool = True) -> dict[str,
     if get_origin(tp) is Literal:
         return {"enum": list(get_args(tp))}
     if get_origin(tp) is list:
-        return {"type": "array", "items": schema(get_args(tp)[0], defs)}
+        return {"type": "array", "items": schema(get_args(tp)[0], defs, list_ops=list_ops)}
     if get_origin(tp) is dict:
-        inner = schema(get_args(tp)[1], defs)
+        inner = schema(get_args(tp)[1], defs, list_ops=list_ops)
         return {"type": "object", "additionalProperties": {"anyOf": [inner, {"type": "null"}]}}
     args = _union_args(tp)
     if args is not None:
         members = [a for a in args if a is not type(None)]
         if len(members) == 1:
-            return {"anyOf": [schema(members[0], defs), {"type": "null"}]}
-        return {"oneOf": [schema(m, defs) for m in members]}
+            return {"anyOf": [schema(members[0], defs, list_ops=list_ops), {"type": "null"}]}
+        return {"oneOf": [schema(m, defs, list_ops=list_ops) for m in members]}
     if dataclasses.is_dataclass(tp):
         name = tp.__name__
         if name not in defs:
@@ -230,7 +230,7 @@ def schema(tp: Any, defs: dict[str, Any], *, list_ops: bool = True) -> dict[str,
             props: dict[str, Any] = {}
             for f, ftp in fields_of(tp):
                 key = yaml_key(f)
-                props[key] = {**schema(ftp, defs), "description": f.metadata["help"]}
+                props[key] = {**schema(ftp, defs, list_ops=list_ops), "description": f.metadata["help"]}
                 if list_ops and get_origin(ftp) is list:
                     props[key + "+"] = {**schema(ftp, defs), "description": f"append to {key} of the file extended"}
                     props[key + "-"] = {**schema(ftp, defs), "description": f"remove from {key} of the file extended"}

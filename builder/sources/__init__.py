@@ -17,46 +17,16 @@ from __future__ import annotations
 
 import importlib
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from ..errors import XenspinError
-from ..store import Store, sha256_json
+from ..context import Context
+from ..errors import FetchError, Missing, Refused
+from ..store import sha256_json
 
-
-class FetchError(XenspinError):
-    """A source could not be had or did not verify; nothing of it was stored."""
-
-
-class Refused(FetchError):
-    """Bytes were offered and failed verification (digest, signature, moved tag); nothing was stored.
-
-    Never a reason to quietly leave an optional component out: it may be an attack.
-    """
-
-
-class Missing(FetchError):
-    """Offline, and the store lacks something a lock entry names."""
-
-
-@dataclass
-class Context:
-    """What every source kind may use."""
-
-    store: Store
-    base: Any  # manifest.Base: the Debian archive
-    mirrors: dict[str, str] = field(default_factory=dict)
-    offline: bool = False
-    recipe_dir: Path | None = None  # directory paths in the lock are relative to (the manifest's)
-    progress: Any = None  # builder.progress.Progress, or None for quiet
-    cache: dict[str, Any] = field(default_factory=dict)  # per-run memo (archive indexes, ...)
-
-    def url(self, url: str) -> str:
-        """url rewritten by the mirror map: the longest matching prefix wins, as with git's insteadOf."""
-        best = max((p for p in self.mirrors if url.startswith(p)), key=len, default=None)
-        return self.mirrors[best] + url[len(best) :] if best is not None else url
+__all__ = ["Context", "FetchError", "Keeps", "Missing", "Refused", "module", "verified_stamp", "write_stamp"]
 
 
 @dataclass(frozen=True)

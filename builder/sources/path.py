@@ -14,7 +14,7 @@ def lock(name: str, source, ctx: Context) -> dict:
     path = Path(source.path)
     if not path.is_dir():
         raise FetchError(f"lock {name}: source path {path} is not a directory")
-    root = ctx.recipe_dir or Path.cwd()
+    root = ctx.project
     return {"kind": "path", "path": os.path.relpath(path, root)}
 
 
@@ -24,7 +24,7 @@ def fetch(name: str, source, entry: dict, ctx: Context) -> None:
 
 
 def fetched(entry: dict, ctx: Context) -> bool:
-    root = ctx.recipe_dir or Path.cwd()
+    root = ctx.project
     return (root / entry["path"]).is_dir()
 
 
@@ -33,10 +33,13 @@ def keeps(entry: dict, ctx: Context) -> Keeps:
 
 
 def digest(path: Path) -> str:
-    """sha256 over a tree's names, modes, link targets and contents: its identity for cache keys."""
+    """sha256 over a tree's names, modes, link targets and contents: its identity for cache keys.
+
+    __pycache__ is left out: Python writes it when tests import an in-tree package.
+    """
     h = hashlib.sha256()
     for dirpath, dirs, files in os.walk(path):
-        dirs.sort()
+        dirs[:] = sorted(d for d in dirs if d != "__pycache__")
         for name in sorted(files + [d for d in dirs if os.path.islink(os.path.join(dirpath, d))]):
             full = os.path.join(dirpath, name)
             rel = os.path.relpath(full, path)

@@ -1,0 +1,48 @@
+"""Answerfiles on the build host: validate one, give its JSON Schema, say its name on the ISO.
+
+The model and its loader live in the installer component (xenspin_installer), the code
+that reads answerfiles in dom0; here they are only wrapped for the CLI, so the build
+host and the installed host can never disagree about what an answerfile means.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from xenspin_installer import InstallerError
+from xenspin_installer import answerfile as model
+
+from . import typed
+from .errors import XenspinError
+
+iso_name = model.iso_answerfile_name
+redacted = model.redacted
+
+
+def validate(path: Path) -> tuple[model.Answerfile, list[str]]:
+    """The answerfile and its warnings; XenspinError (one line naming the field) when it is bad."""
+    try:
+        return model.load(path)
+    except InstallerError as e:
+        raise XenspinError(str(e)) from None
+
+
+def json_schema() -> dict[str, Any]:
+    defs: dict[str, Any] = {}
+    top = typed.schema(model.Answerfile, defs, list_ops=False)
+    defs["Answerfile"]["required"] = ["root"]
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "https://xenspin.invalid/schema/answerfile.json",
+        "title": "xenspin answerfile (YAML) for unattended installs",
+        **top,
+        "$defs": defs,
+    }
+
+
+def field_table_markdown() -> str:
+    rows = ["| field | expects | meaning |", "| --- | --- | --- |"]
+    for key, expects, meaning in typed.field_table(model.Answerfile):
+        rows.append(f"| `{key}` | {expects} | {meaning} |")
+    return "\n".join(rows)

@@ -1,0 +1,68 @@
+"""What a run knows, read once at its start: store, mirrors, offline, epoch, manifest location, progress.
+
+Everything below the command line takes this one object instead of re-reading the
+environment or re-deriving where the manifest is: the manifest's location is
+`manifest` (an absolute file path) and nothing else; paths in a lock are relative
+to its directory.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import Any
+
+from .store import Store
+
+
+@dataclass
+class Context:
+    """The run-wide context; sources, stages and the driver read it, none re-reads the environment."""
+
+    store: Store
+    base: Any  # manifest.Base: the Debian archive
+    mirrors: dict[str, str] = field(default_factory=dict)
+    offline: bool = False
+    manifest: Path | None = None  # the manifest file (absolute); lock paths are relative to its directory
+    progress: Any = None  # builder.progress.Reporter, or None for quiet
+    epoch: int | None = None  # $SOURCE_DATE_EPOCH as given, else None (then the locked archive's date)
+    cache: dict[str, Any] = field(default_factory=dict)  # per-run memo (archive indexes, ...)
+
+    def url(self, url: str) -> str:
+        """url rewritten by the mirror map: the longest matching prefix wins, as with git's insteadOf."""
+        best = max((p for p in self.mirrors if url.startswith(p)), key=len, default=None)
+        return self.mirrors[best] + url[len(best) :] if best is not None else url
+
+    @property
+    def project(self) -> Path:
+        """The manifest's directory: in-tree sources and lock paths are relative to it."""
+        if self.manifest is None:
+            raise ValueError("Context.manifest is not set")  # a bug: every command sets it
+        return self.manifest.parent
+
+    def say(self, message: str) -> None:
+        if self.progress is not None:
+            self.progress.say(message)
+
+    def source_date_epoch(self, archive: dict[str, Any]) -> int:
+        """The build time stamped into outputs: $SOURCE_DATE_EPOCH, else the locked archive's Release date.
+
+        So two builds of one lock agree byte for byte, and the time is part of every key.
+        """
+        if self.epoch is not None:
+            return self.epoch
+        date = archive.get("date")
+        if date:
+            try:
+                return int(parsedate_to_datetime(date).timestamp())
+            except (TypeError, ValueError):
+                pass
+        return 0
+
+
+def epoch_from_env() -> int | None:
+    """$SOURCE_DATE_EPOCH when it is a number (read once, by the command line)."""
+    value = os.environ.get("SOURCE_DATE_EPOCH", "")
+    return int(value) if value.isdigit() else None

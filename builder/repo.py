@@ -1,0 +1,56 @@
+"""Built and locked .debs -> a flat apt repository in the store, keyed by the .debs' digests.
+
+The digests come from what each build recorded when it was made (and from the
+lock for archive packages), so a no-op run hashes no .deb again.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from .run import run
+from .stage import stage_key
+
+FORMAT = 1
+
+
+def key(digests: list[str]) -> str:
+    """The repository's key: the set of .debs in it, by content."""
+    return stage_key(FORMAT, {"debs": sorted(digests)})
+
+
+def make(tmp: Path, debs: list[Path], origin: str) -> dict:
+    """Hard-link debs into tmp and index them with apt-ftparchive (Packages, Release)."""
+    for deb in debs:
+        os.link(deb, tmp / deb.name)
+    packages = run(["apt-ftparchive", "packages", "."], what="repo: index", cwd=tmp, capture=True).stdout
+    (tmp / "Packages").write_bytes(packages)
+    release = run(
+        ["apt-ftparchive", "-o", f"APT::FTPArchive::Release::Origin={origin}", "release", "."],
+        what="repo: release",
+        cwd=tmp,
+        capture=True,
+    ).stdout
+    (tmp / "Release").write_bytes(release)
+    return {"debs": sorted(deb.name for deb in debs)}
+
+
+def publish(repo: Path, dest: Path) -> Path:
+    """Put a copy of the repository at dest (out/repo), replacing the old one only once complete."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    for item in sorted(repo.iterdir()):
+        try:
+            os.link(item, tmp / item.name)
+        except OSError:  # another filesystem
+            shutil.copy2(item, tmp / item.name)
+    old = dest.with_name(f".{dest.name}.old{os.getpid()}")
+    if dest.exists():
+        os.rename(dest, old)
+    os.rename(tmp, dest)
+    shutil.rmtree(old, ignore_errors=True)
+    return dest

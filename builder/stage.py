@@ -1,0 +1,226 @@
+"""One stage shape and the scheduler that runs stages along their dependencies.
+
+A stage makes one object in the store. Its key is the sha256 of its own format
+number and its canonical inputs, so the same inputs find the same object and a
+changed input (or a changed output format) makes a new one. The pipeline driver
+builds one graph of stages (component builds, build roots, source trees, the apt
+repository, later the rootfs and the ISO); `run` executes it with -j workers and
+`resolve` computes what `xenspin plan` shows, without running anything.
+
+Two kinds of edge:
+- `after`: stages whose outputs this one reads, finished before it is keyed or made
+  (a component built after another; the repository after the builds);
+- `uses`: stages made only if this one must be made (a build root, a source tree):
+  their keys are in this one's inputs, but a build found in the store never makes
+  its build root again.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .store import Store, sha256_json
+
+
+class Pending(Exception):
+    """A stage's key needs what an earlier stage has not made yet (e.g. the digests of built .debs)."""
+
+
+@dataclass(frozen=True)
+class Done:
+    """A stage as later stages see it: its key, and, once in the store, its path and metadata."""
+
+    key: str
+    path: Path | None = None
+    meta: dict | None = None
+
+
+Needs = Mapping[str, Done]
+
+
+@dataclass(frozen=True, eq=False)
+class Stage:
+    """One node: kind (the store area), name, format, inputs -> key; make fills a fresh directory.
+
+    inputs(needs) returns the canonical inputs (plain JSON data) given the stages in
+    after and uses; it may raise Pending when an `after` stage is not made yet.
+    make(tmp, needs) fills tmp and returns metadata to record beside the object.
+    """
+
+    kind: str
+    name: str
+    format: int
+    inputs: Callable[[Needs], dict[str, Any]]
+    make: Callable[[Path, Needs], dict | None]
+    after: tuple[str, ...] = ()
+    uses: tuple[str, ...] = ()
+    lazy: bool = False  # made only when a stage that uses it must be made
+    clamp: int | None = None  # clamp file times in the output to this (SOURCE_DATE_EPOCH)
+
+    @property
+    def id(self) -> str:
+        return f"{self.kind}:{self.name}"
+
+    def key(self, needs: Needs) -> str:
+        return stage_key(self.format, self.inputs(needs))
+
+
+def stage_key(format: int, inputs: dict[str, Any]) -> str:
+    """sha256 of the stage's format number and its canonical inputs."""
+    return sha256_json({"format": format, **inputs})
+
+
+@dataclass
+class Outcome:
+    """What happened to one stage in a run."""
+
+    stage: Stage
+    done: Done
+    made: bool
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class Planned:
+    """What `plan` shows for a stage: its key (empty when pending) and whether the store has it."""
+
+    stage: Stage
+    key: str
+    hit: bool | None  # None: key not known before earlier stages run
+
+
+def check(stages: list[Stage]) -> dict[str, Stage]:
+    """The stages by id; refuse duplicate ids and edges to unknown stages (a bug, not a user error)."""
+    by_id: dict[str, Stage] = {}
+    for s in stages:
+        if s.id in by_id:
+            raise ValueError(f"two stages named {s.id}")
+        by_id[s.id] = s
+    for s in stages:
+        for d in (*s.after, *s.uses):
+            if d not in by_id:
+                raise ValueError(f"stage {s.id} needs unknown stage {d}")
+    return by_id
+
+
+def order(stages: list[Stage]) -> list[Stage]:
+    """Stages in dependency order (stable: the given order where edges allow)."""
+    by_id = check(stages)
+    out: list[Stage] = []
+    seen: set[str] = set()
+
+    def visit(s: Stage, path: tuple[str, ...]) -> None:
+        if s.id in seen:
+            return
+        if s.id in path:
+            raise ValueError(f"stage cycle: {' -> '.join((*path, s.id))}")
+        for d in (*s.uses, *s.after):
+            visit(by_id[d], (*path, s.id))
+        seen.add(s.id)
+        out.append(s)
+
+    for s in stages:
+        visit(s, ())
+    return out
+
+
+def lookup(store: Store, stage: Stage, needs: Needs) -> Done:
+    """The stage's key and, if the store holds it, its path and metadata."""
+    key = stage.key(needs)
+    meta = store.meta(stage.kind, key)
+    return Done(key, store.content(stage.kind, key, meta) if meta is not None else None, meta)
+
+
+def resolve(store: Store, stages: list[Stage]) -> list[Planned]:
+    """Each stage's key and whether the store has it, computed without running anything."""
+    known: dict[str, Done] = {}
+    out = []
+    for s in order(stages):
+        try:
+            done = lookup(store, s, _needs(s, known))
+        except Pending:
+            out.append(Planned(s, "", None))
+            continue
+        known[s.id] = done
+        out.append(Planned(s, done.key, done.meta is not None))
+    return out
+
+
+def _needs(stage: Stage, known: Mapping[str, Done]) -> dict[str, Done]:
+    return {d: known[d] for d in (*stage.after, *stage.uses) if d in known}
+
+
+class Scheduler:
+    """Runs a stage graph: eager stages along `after` with up to `jobs` at once, lazy ones on demand."""
+
+    def __init__(self, store: Store, stages: list[Stage], *, jobs: int = 1):
+        self.store = store
+        self.stages = order(stages)
+        self.by_id = {s.id: s for s in self.stages}
+        self.jobs = max(1, jobs)
+        self.results: dict[str, Outcome] = {}
+
+    def run(self) -> dict[str, Outcome]:
+        """Every eager stage obtained (found or made); the first failure stops new work and is raised."""
+        eager = [s for s in self.stages if not s.lazy]
+        pending = {s.id: s for s in eager}
+        failed: list[BaseException] = []
+        with concurrent.futures.ThreadPoolExecutor(max_workers=self.jobs) as pool:
+            running: dict[concurrent.futures.Future, str] = {}
+            while pending or running:
+                if not failed:
+                    for sid, s in list(pending.items()):
+                        if all(d in self.results for d in s.after):
+                            del pending[sid]
+                            running[pool.submit(self.obtain, s)] = sid
+                if not running:
+                    break
+                finished, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
+                for fut in finished:
+                    running.pop(fut)
+                    if fut.exception() is not None:
+                        failed.append(fut.exception())
+        if failed:
+            raise failed[0]
+        return self.results
+
+    def obtain(self, stage: Stage) -> Outcome:
+        """The stage's object: from the store, or made (with the lazy stages it uses made first)."""
+        if stage.id in self.results:
+            return self.results[stage.id]
+        needs = self._known(stage)
+        done = lookup(self.store, stage, needs)
+        made = False
+        start = time.monotonic()
+        if done.meta is None:
+            for u in stage.uses:
+                needs[u] = self.obtain(self.by_id[u]).done
+            made_flag: list[bool] = []
+
+            def make(tmp: Path) -> dict | None:
+                made_flag.append(True)
+                return stage.make(tmp, needs)
+
+            path = self.store.obtain(stage.kind, done.key, make, clamp=stage.clamp)
+            done = Done(done.key, path, self.store.meta(stage.kind, done.key))
+            made = bool(made_flag)
+        outcome = Outcome(stage, done, made, round(time.monotonic() - start, 1))
+        self.results[stage.id] = outcome
+        return outcome
+
+    def _known(self, stage: Stage) -> dict[str, Done]:
+        """Keys of what the stage uses (computed, not made) and outcomes of what it comes after."""
+        needs: dict[str, Done] = {}
+        for a in stage.after:
+            needs[a] = self.results[a].done
+        for u in stage.uses:
+            needs[u] = self.results[u].done if u in self.results else self._key_only(self.by_id[u])
+        return needs
+
+    def _key_only(self, stage: Stage) -> Done:
+        return Done(stage.key(self._known(stage)))

@@ -1,0 +1,347 @@
+"""The answerfile model (YAML), its loader with line numbers, and the in-ISO name.
+
+The dataclasses below are the one declaration: the loader here reads them, and the
+builder's `xenspin schema --answerfile` turns the same fields into JSON Schema
+(their metadata has the shape builder/typed.py reads: help and key).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import ipaddress
+import re
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+from . import InstallerError
+
+MISSING = dataclasses.MISSING
+MAX_BYTES = 1024 * 1024
+
+# Where a baked-in answerfile lives on the ISO (and so under the live medium).
+ISO_DIR = "xenspin"
+
+
+def iso_answerfile_name(source: Path) -> str:
+    """The path inside the ISO for an answerfile baked in from source (keeps its format)."""
+    return f"{ISO_DIR}/answerfile.{'xml' if answer_format(source) == 'xml' else 'yaml'}"
+
+
+def answer_format(path: Path) -> str:
+    """'xml' or 'yaml', by the file's name, else by its first non-blank character."""
+    if path.suffix.lower() == ".xml":
+        return "xml"
+    if path.suffix.lower() in (".yaml", ".yml"):
+        return "yaml"
+    try:
+        head = path.read_bytes()[:4096].lstrip()
+    except OSError:
+        return "yaml"
+    return "xml" if head.startswith(b"<") else "yaml"
+
+
+def field(help: str, default: Any = MISSING, *, key: str | None = None, factory: Any = MISSING) -> Any:
+    """A dataclass field with the help text shown in errors and the schema."""
+    meta = {"help": help, "key": key, "path": False}
+    if factory is not MISSING:
+        return dataclasses.field(default_factory=factory, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+class AnswerfileError(InstallerError):
+    """A bad answerfile: one line `FILE:LINE: FIELD: problem (expected ...)`."""
+
+    def __init__(self, file: str, line: int, field: str, message: str) -> None:
+        self.file, self.line, self.field, self.message = file, line, field, message
+        where = f"{file}:{line}" if line else file
+        super().__init__(f"{where}: {field}: {message}" if field else f"{where}: {message}")
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+HOSTNAME = re.compile(r"^(?=.{1,63}$)[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?$")
+DISK = re.compile(r"^(/dev/)?[A-Za-z0-9][A-Za-z0-9/_.:+-]*$")
+TIMEZONE = re.compile(r"^[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+)*$")
+KEYMAP = re.compile(r"^[a-z][a-z0-9_-]*$")
+HASH = re.compile(r"^\$(1|5|6|y|2[aby]|gy|7)\$[./A-Za-z0-9$=,-]+$")
+SSH_KEY = re.compile(r"^(ssh-(ed25519|rsa|dss)|ecdsa-sha2-nistp\d+|sk-\S+) [A-Za-z0-9+/=]+( .*)?$")
+HOOK_URL = re.compile(r"^(https?://\S+|file:/\S+)$")
+
+
+@dataclass
+class Network:
+    """How the management interface gets its address."""
+
+    mode: Literal["dhcp", "static"] = field("dhcp or static", "dhcp")
+    interface: str = field("interface name; empty: the first wired interface", "")
+    address: str = field("static: address with prefix length, e.g. 192.0.2.10/24", "")
+    gateway: str = field("static: default gateway", "")
+    dns: list[str] = field("name servers (static; with dhcp they override the lease's)", factory=list)
+
+    def check(self, node: Node, path: str) -> None:
+        if self.mode == "static" and not self.address:
+            fail(node, f"{path}.address", "missing (expected an address with prefix length for static)")
+        if self.address:
+            try:
+                ipaddress.ip_interface(self.address)
+            except ValueError:
+                fail(
+                    node.at("address"),
+                    f"{path}.address",
+                    f"{self.address!r} is not an address (expected e.g. 192.0.2.10/24)",
+                )
+            if "/" not in self.address:
+                fail(
+                    node.at("address"),
+                    f"{path}.address",
+                    f"{self.address!r} has no prefix length (expected e.g. 192.0.2.10/24)",
+                )
+        for key, values in (("gateway", [self.gateway] if self.gateway else []), ("dns", self.dns)):
+            for v in values:
+                try:
+                    ipaddress.ip_address(v)
+                except ValueError:
+                    fail(node.at(key), f"{path}.{key}", f"{v!r} is not an IP address")
+
+
+@dataclass
+class Root:
+    """How root logs in: a password (plain or hashed), SSH keys, or both."""
+
+    password: str = field("plain password; stored hashed on the target", "")
+    password_hash: str = field("crypt(3) hash, e.g. from `openssl passwd -6`", "")
+    ssh_keys: list[str] = field("public keys for /root/.ssh/authorized_keys", factory=list)
+
+    def check(self, node: Node, path: str) -> None:
+        if self.password and self.password_hash:
+            fail(node.at("password-hash"), f"{path}.password-hash", "given with password (expected only one)")
+        if self.password_hash and not HASH.match(self.password_hash):
+            fail(node.at("password-hash"), f"{path}.password-hash", "is not a crypt hash (expected $6$... or $y$...)")
+        for i, k in enumerate(self.ssh_keys):
+            if not SSH_KEY.match(k.strip()):
+                fail(
+                    node.at("ssh-keys"),
+                    f"{path}.ssh-keys[{i}]",
+                    "is not an SSH public key (expected e.g. ssh-ed25519 AAAA...)",
+                )
+
+
+@dataclass
+class Hook:
+    """A script run at one stage of the install (as XenServer's <script>)."""
+
+    stage: Literal["installation-start", "filesystem-populated", "installation-complete"] = field(
+        "when it runs; the last two get the target's mount point as $1"
+    )
+    url: str = field("http://, https:// or file:/PATH (file: on the install medium)")
+
+    def check(self, node: Node, path: str) -> None:
+        if not HOOK_URL.match(self.url):
+            fail(node.at("url"), f"{path}.url", f"{self.url!r} (expected http://, https:// or file:/PATH)")
+
+
+@dataclass
+class Answerfile:
+    """An unattended install of a xenspin host."""
+
+    mode: Literal["install"] = field("what to do: install (a fresh install onto disk)", "install")
+    disk: str = field("the target disk (sda, /dev/sda, /dev/disk/by-id/...); empty: the only disk", "")
+    wipe: bool = field("erase the disk even if it holds partitions or filesystems", False)
+    local_storage: bool = field("the rest of the disk as the LVM group xenspin-local for guests", True)
+    hostname: str = field("host name", "xenspin")
+    network: Network = field("management network", factory=Network)
+    root: Root = field("root's login: password, password-hash or ssh-keys (one is needed)", factory=Root)
+    timezone: str = field("time zone (a name under /usr/share/zoneinfo)", "UTC")
+    keymap: str = field("console keyboard layout (XKB layout, e.g. us, de, fr)", "us")
+    serial_console: bool = field("Xen, dom0 and GRUB on the first serial port (com1, 115200)", False)
+    hooks: list[Hook] = field("scripts run during the install", factory=list)
+    finish: Literal["reboot", "poweroff"] = field("what to do when the install is done", "reboot")
+
+    def check(self, node: Node, path: str) -> None:
+        if self.disk and not DISK.match(self.disk):
+            fail(node.at("disk"), "disk", f"{self.disk!r} is not a disk name (expected e.g. sda or /dev/sda)")
+        if not HOSTNAME.match(self.hostname):
+            fail(node.at("hostname"), "hostname", f"{self.hostname!r} (expected letters, digits and -, at most 63)")
+        if not TIMEZONE.match(self.timezone) or ".." in self.timezone:
+            fail(node.at("timezone"), "timezone", f"{self.timezone!r} (expected a zone name like Europe/Berlin)")
+        if not KEYMAP.match(self.keymap):
+            fail(node.at("keymap"), "keymap", f"{self.keymap!r} (expected a layout name like us or de)")
+        if not (self.root.password or self.root.password_hash or self.root.ssh_keys):
+            fail(node.at("root"), "root", "gives no way to log in (expected password, password-hash or ssh-keys)")
+
+    @property
+    def disk_path(self) -> str:
+        return self.disk if not self.disk or self.disk.startswith("/") else "/dev/" + self.disk
+
+
+# --- loading -------------------------------------------------------------------------
+
+
+@dataclass
+class Node:
+    """A YAML value with its line: the loader's view of the document."""
+
+    value: Any
+    line: int
+    file: str
+    raw: str | None = None
+
+    def at(self, key: str) -> Node:
+        if isinstance(self.value, dict) and key in self.value:
+            return self.value[key]
+        return self
+
+
+def fail(node: Node, field: str, message: str) -> typing.NoReturn:
+    raise AnswerfileError(node.file, node.line, field, message)
+
+
+def load(path: Path) -> tuple[Answerfile, list[str]]:
+    """Read an answerfile, YAML or XenServer XML; returns it and warnings (one line each)."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise AnswerfileError(str(path), 0, "", f"cannot read: {e.strerror}") from None
+    if len(data) > MAX_BYTES:
+        raise AnswerfileError(str(path), 0, "", f"is over {MAX_BYTES} bytes (expected a small answerfile)")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise AnswerfileError(str(path), 0, "", "is not UTF-8 text") from None
+    if answer_format(path) == "xml":
+        from .xmlanswer import parse_xml
+
+        return parse_xml(text, str(path))
+    return parse_yaml(text, str(path)), []
+
+
+def parse_yaml(text: str, file: str) -> Answerfile:
+    import yaml
+
+    loader = yaml.SafeLoader(text)
+    try:
+        root = loader.get_single_node()
+        if root is None:
+            raise AnswerfileError(file, 0, "", "is empty (expected a mapping with root:)")
+        node = _to_node(root, loader, file)
+    except yaml.MarkedYAMLError as e:
+        line = e.problem_mark.line + 1 if e.problem_mark else 0
+        raise AnswerfileError(file, line, "", f"not valid YAML: {e.problem}") from None
+    except yaml.YAMLError as e:
+        raise AnswerfileError(file, 0, "", f"not valid YAML: {e}") from None
+    finally:
+        loader.dispose()
+    return build(Answerfile, node, "")
+
+
+def _to_node(n: Any, loader: Any, file: str, depth: int = 0) -> Node:
+    import yaml
+
+    line = n.start_mark.line + 1
+    if depth > 20:
+        raise AnswerfileError(file, line, "", "nests too deep")
+    if isinstance(n, yaml.MappingNode):
+        out: dict[str, Node] = {}
+        for k, v in n.value:
+            key = loader.construct_object(k) if isinstance(k, yaml.ScalarNode) else None
+            if not isinstance(key, str):
+                raise AnswerfileError(file, k.start_mark.line + 1, "", "keys must be strings")
+            if key in out:
+                raise AnswerfileError(file, k.start_mark.line + 1, key, "given twice")
+            out[key] = _to_node(v, loader, file, depth + 1)
+        return Node(out, line, file)
+    if isinstance(n, yaml.SequenceNode):
+        return Node([_to_node(v, loader, file, depth + 1) for v in n.value], line, file)
+    return Node(loader.construct_object(n), line, file, n.value)
+
+
+def yaml_key(f: dataclasses.Field) -> str:
+    return f.metadata.get("key") or f.name.replace("_", "-")
+
+
+def _kind(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, dict):
+        return "a mapping"
+    if isinstance(v, list):
+        return "a list"
+    if isinstance(v, str):
+        return f"the string {v!r}"
+    return repr(v)
+
+
+def build(tp: Any, node: Node, path: str) -> Any:
+    """Check node against tp and build the value; AnswerfileError naming the line and field."""
+    v = node.value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(v, dict):
+            fail(node, path or "(top)", f"got {_kind(v)} (expected a mapping)")
+        hints = typing.get_type_hints(tp)
+        fields = {yaml_key(f): f for f in dataclasses.fields(tp)}
+        for key, sub in v.items():
+            if key not in fields:
+                close = difflib.get_close_matches(key, list(fields), n=1, cutoff=0.6)
+                hint = f"; did you mean {close[0]!r}?" if close else f" (expected one of {', '.join(fields)})"
+                fail(sub, f"{path}.{key}" if path else key, "unknown field" + hint)
+        kwargs = {}
+        for key, f in fields.items():
+            sub_path = f"{path}.{key}" if path else key
+            if key in v:
+                kwargs[f.name] = build(hints[f.name], v[key], sub_path)
+            elif f.default is MISSING and f.default_factory is MISSING:
+                fail(node, sub_path, f"missing (expected {f.metadata['help']})")
+        obj = tp(**kwargs)
+        check = getattr(obj, "check", None)
+        if check is not None:
+            check(node, path)
+        return obj
+    if v is None:
+        fail(node, path, "is empty")
+    if tp is str:
+        if isinstance(v, str):
+            return v
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and node.raw is not None:
+            return node.raw
+        fail(node, path, f"got {_kind(v)} (expected a string)")
+    if tp is bool:
+        if isinstance(v, bool):
+            return v
+        fail(node, path, f"got {_kind(v)} (expected true or false)")
+    if get_origin(tp) is Literal:
+        choices = get_args(tp)
+        if v in choices:
+            return v
+        close = difflib.get_close_matches(str(v), list(choices), n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        fail(node, path, f"got {_kind(v)} (expected one of {', '.join(choices)}){hint}")
+    if get_origin(tp) is list:
+        if isinstance(v, (str, int)) and get_args(tp)[0] is str:
+            return [build(str, node, path)]  # one name server or key written without a list
+        if not isinstance(v, list):
+            fail(node, path, f"got {_kind(v)} (expected a list)")
+        return [build(get_args(tp)[0], item, f"{path}[{i}]") for i, item in enumerate(v)]
+    raise TypeError(f"answerfile.build: unsupported type {tp!r}")  # a programming error
+
+
+def to_data(obj: Any) -> Any:
+    """The answerfile as plain data keyed as in YAML (for logs and `validate-answerfile`)."""
+    if dataclasses.is_dataclass(obj):
+        return {yaml_key(f): to_data(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, list):
+        return [to_data(v) for v in obj]
+    return obj
+
+
+def redacted(answer: Answerfile) -> dict[str, Any]:
+    """to_data without the plain password, for the install log."""
+    data = to_data(answer)
+    if data["root"]["password"]:
+        data["root"]["password"] = "(given)"
+    return data

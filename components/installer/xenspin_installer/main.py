@@ -1,0 +1,137 @@
+"""The installer's entry: what mode the kernel command line asks for, where answers come from, then install.
+
+python3 -m xenspin_installer [--mode install|unattended|rescue] [--answerfile F] [--disk D]
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import os
+import sys
+import time
+from pathlib import Path
+
+from . import InstallerError
+from .answerfile import Answerfile, load, redacted
+from .disks import choose
+from .install import LIVE_MEDIUM, SQUASHFS, Installer, decide
+from .probe import probe
+from .run import Runner
+from .sources import cmdline_args, find
+from .ui import Console, interview
+
+LOG = Path("/var/log/xenspin-install.log")
+LOCK = Path("/run/xenspin-installer.lock")
+
+
+def distribution(os_release: Path = Path("/etc/os-release")) -> str:
+    """'NAME VERSION' of the distribution this installer belongs to."""
+    info = {}
+    try:
+        for line in os_release.read_text().splitlines():
+            k, _, v = line.partition("=")
+            info[k] = v.strip().strip('"')
+    except OSError:
+        pass
+    return info.get("PRETTY_NAME") or " ".join(x for x in (info.get("NAME"), info.get("VERSION")) if x) or "xenspin"
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="xenspin-installer", description="Install a xenspin Xen host onto a disk.")
+    p.add_argument(
+        "--mode", choices=["install", "unattended", "rescue"], help="default: xenspin.mode= on the kernel command line"
+    )
+    p.add_argument("--answerfile", type=Path, help="answerfile (YAML or XenServer XML); implies unattended")
+    p.add_argument("--disk", help="target disk, overriding the answerfile's")
+    p.add_argument("--squashfs", type=Path, default=SQUASHFS, help="root filesystem image to install")
+    p.add_argument("--medium", type=Path, default=LIVE_MEDIUM, help="the install medium (file: URLs, baked answerfile)")
+    p.add_argument("--log", type=Path, default=LOG, help="install log")
+    p.add_argument("--cmdline", type=Path, default=Path("/proc/cmdline"), help=argparse.SUPPRESS)
+    p.add_argument("--console", help="the tty this instance runs on (from the systemd unit)")
+    p.add_argument("--check", action="store_true", help="validate the answerfile and plan; write nothing")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return run(args)
+    except InstallerError as e:
+        print(f"xenspin installer: {e}", file=sys.stderr, flush=True)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("xenspin installer: interrupted", file=sys.stderr)
+        return 130
+
+
+def run(args: argparse.Namespace) -> int:
+    cmdline = cmdline_args(args.cmdline.read_text()) if args.cmdline.is_file() else {}
+    mode = args.mode or cmdline.get("xenspin.mode", "install")
+    if args.answerfile:
+        mode = "unattended"
+    print(f"xenspin installer: {distribution()}", flush=True)
+    if mode == "rescue":
+        print("rescue mode: a root shell; the installer is `python3 -m xenspin_installer`", flush=True)
+        os.execv("/bin/bash", ["/bin/bash", "--login"])
+    interactive = not (mode == "unattended" or cmdline.get("answerfile"))
+    if args.console:
+        if interactive:  # the user picks the console by pressing Enter on it
+            input(f"Press Enter to install on this console ({args.console}) ")
+        take_console(args.console, args.log)
+    runner = Runner(args.log, dry_run=args.check)
+    runner.log(f"xenspin installer started on {time.strftime('%Y-%m-%d %H:%M:%S')} in mode {mode}")
+    answer = None if interactive else unattended_answers(args, cmdline, runner)
+    disks = probe(runner)
+    if answer is None:
+        answer = interview(Console(sys.stdin, sys.stdout), disks)
+        if answer is None:
+            runner.say("nothing was written; the installer stops")
+            return 1
+    if args.disk:
+        answer.disk = args.disk
+    chosen = choose(disks, answer.disk, interactive=interactive, resolve=os.path.realpath).disk
+    assert chosen is not None  # an interview always names the disk
+    layout = decide(answer, chosen)
+    runner.log(f"answers: {redacted(answer)}")
+    if args.check:
+        runner.say(f"would install to {chosen.describe()} (nothing written)")
+        return 0
+    Installer(answer, layout, runner, args.squashfs, medium=args.medium).run()
+    runner.say(f"xenspin installed on {chosen.path}; {answer.finish} now")
+    finish(answer, args)
+    return 0
+
+
+def unattended_answers(args: argparse.Namespace, cmdline: dict[str, str], runner: Runner) -> Answerfile:
+    if args.answerfile:
+        path, origin = args.answerfile, str(args.answerfile)
+    else:
+        found = find(cmdline, args.medium, runner)
+        if found is None:
+            raise InstallerError(
+                "unattended install: no answerfile (answerfile= on the kernel command line, a disk labelled XSANSWER, or one built into the ISO)"
+            )
+        path, origin = found
+    runner.say(f"answerfile from {origin}")
+    answer, warnings = load(path)
+    for w in warnings:
+        runner.say(w)
+    return answer
+
+
+def take_console(console: str, log: Path) -> None:
+    """One installer for several consoles: the first to start takes a lock; the others follow its log."""
+    LOCK.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(LOCK, os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print(f"the installer runs on another console; following its log {log}", flush=True)
+        os.execvp("tail", ["tail", "-F", "-n", "+1", str(log)])
+    os.write(fd, console.encode())
+
+
+def finish(answer: Answerfile, args: argparse.Namespace) -> None:
+    if args.console:  # run by the unit on the live system; otherwise (tests, by hand) leave the machine be
+        os.execvp("systemctl", ["systemctl", answer.finish])

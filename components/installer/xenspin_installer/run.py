@@ -1,0 +1,72 @@
+"""The one place the installer starts a process: each command and its output go to the install log.
+
+The builder's builder/run.py plays this part on the build host; this one runs inside
+dom0, where the builder is not installed, and speaks to a console instead of a store.
+"""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO
+
+from . import InstallerError
+
+TAIL = 15
+
+
+class CommandFailed(InstallerError):
+    """A command failed: what it was for, its status, the end of its output, the log."""
+
+
+class Runner:
+    """Runs commands, appending each with its output to the install log; says what it does."""
+
+    def __init__(self, log_path: Path, out: IO[str] | None = None, dry_run: bool = False) -> None:
+        self.log_path = log_path
+        self.out = out if out is not None else sys.stdout
+        self.dry_run = dry_run
+        self.commands: list[list[str]] = []
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.started = time.monotonic()
+
+    def log(self, line: str) -> None:
+        with open(self.log_path, "a") as f:
+            f.write(line.rstrip("\n") + "\n")
+
+    def say(self, line: str) -> None:
+        """A line for the user on the console, and in the log."""
+        self.log(f"[{time.monotonic() - self.started:7.1f}s] {line}")
+        print(line, file=self.out, flush=True)
+
+    def run(
+        self,
+        cmd: Sequence[str],
+        what: str,
+        *,
+        capture: bool = False,
+        input: str | None = None,
+        check: bool = True,
+        writes: bool = True,
+    ) -> str:
+        """Run cmd; returns its stdout when capture. writes=False marks a read-only probe that runs in dry runs too."""
+        argv = [str(c) for c in cmd]
+        self.log("$ " + " ".join(shlex.quote(a) for a in argv))
+        self.commands.append(argv)
+        if self.dry_run and writes:
+            return ""
+        try:
+            proc = subprocess.run(argv, input=input, capture_output=True, text=True, errors="replace")
+        except FileNotFoundError:
+            raise CommandFailed(f"{what}: {argv[0]} is not installed") from None
+        with open(self.log_path, "a") as f:
+            f.write(proc.stderr if capture else proc.stdout + proc.stderr)
+        if check and proc.returncode != 0:
+            said = (proc.stdout + proc.stderr).strip().splitlines()[-TAIL:]
+            tail = "".join("\n  | " + s for s in said)
+            raise CommandFailed(f"{what}: failed with exit status {proc.returncode}; log: {self.log_path}{tail}")
+        return proc.stdout

@@ -1,0 +1,268 @@
+"""The installer's pure parts: disk choice and safety rules, the partition plan, files it writes, the console UI."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from pathlib import Path
+
+import pytest
+from xenspin_installer.answerfile import Answerfile, Network, Root
+from xenspin_installer.disks import Disk, DiskError, GiB, MiB, check_writable, choose, part_path, plan, sgdisk_args
+from xenspin_installer.install import decide, grub_defaults, network_config
+from xenspin_installer.main import distribution
+from xenspin_installer.probe import parse_lsblk
+from xenspin_installer.sources import cmdline_args
+from xenspin_installer.ui import Console, interview
+
+LSBLK = {
+    "blockdevices": [
+        {
+            "path": "/dev/sda",
+            "size": 64 * GiB,
+            "type": "disk",
+            "model": "QEMU HARDDISK ",
+            "pttype": None,
+            "fstype": None,
+            "ro": False,
+            "mountpoints": [None],
+        },
+        {
+            "path": "/dev/sdb",
+            "size": 32 * GiB,
+            "type": "disk",
+            "model": None,
+            "pttype": "gpt",
+            "fstype": None,
+            "ro": False,
+            "mountpoints": [None],
+            "children": [
+                {
+                    "path": "/dev/sdb1",
+                    "size": 32 * GiB - 2 * MiB,
+                    "type": "part",
+                    "fstype": "ext4",
+                    "ro": False,
+                    "mountpoints": [None],
+                }
+            ],
+        },
+        {
+            "path": "/dev/sr0",
+            "size": 700 * MiB,
+            "type": "rom",
+            "fstype": "iso9660",
+            "ro": False,
+            "mountpoints": ["/run/live/medium"],
+        },
+        {"path": "/dev/vda", "size": 8 * GiB, "type": "disk", "fstype": None, "ro": False, "mountpoints": ["/"]},
+        {"path": "/dev/sdc", "size": 16 * GiB, "type": "disk", "ro": True, "mountpoints": [None]},
+    ]
+}
+
+
+def disks() -> list[Disk]:
+    return parse_lsblk(json.dumps(LSBLK), {"/dev/sr0"})
+
+
+def test_lsblk_parsed() -> None:
+    sda, sdb, sr0, vda, sdc = disks()
+    assert (sda.path, sda.size, sda.model, sda.contents(), sda.in_use()) == (
+        "/dev/sda",
+        64 * GiB,
+        "QEMU HARDDISK",
+        [],
+        [],
+    )
+    assert sdb.contents() == ["a gpt partition table", "/dev/sdb1 (ext4, 32.0 GiB)"]
+    assert sr0.holds_live_medium and vda.in_use() == ["/"] and sdc.readonly
+
+
+def test_a_named_disk_is_the_only_one_written() -> None:
+    assert choose(disks(), "sda", interactive=False).disk.path == "/dev/sda"
+    assert choose(disks(), "/dev/sdb", interactive=True).disk.path == "/dev/sdb"
+    assert choose(disks(), "/dev/disk/by-id/x", interactive=False, resolve=lambda p: "/dev/sda").disk.path == "/dev/sda"
+    with pytest.raises(DiskError, match=r"^disk sdz: no such disk \(found: /dev/sda, /dev/sdb"):
+        choose(disks(), "sdz", interactive=False)
+
+
+def test_several_disks_none_named_ask_or_stop() -> None:
+    with pytest.raises(DiskError, match="several disks and none named: /dev/sda, /dev/sdb, /dev/vda"):
+        choose(disks(), "", interactive=False)
+    asked = choose(disks(), "", interactive=True)
+    assert asked.disk is None and [d.path for d in asked.ask] == ["/dev/sda", "/dev/sdb", "/dev/vda"]
+    only = [d for d in disks() if d.path in ("/dev/sda", "/dev/sr0", "/dev/sdc")]
+    assert choose(only, "", interactive=False).disk.path == "/dev/sda"  # the medium and a read-only disk do not count
+    with pytest.raises(DiskError, match="no disk to install to"):
+        choose([d for d in disks() if d.path == "/dev/sr0"], "", interactive=False)
+
+
+def test_safety_rules() -> None:
+    sda, sdb, sr0, vda, sdc = disks()
+    check_writable(sda, wipe=False)
+    with pytest.raises(
+        DiskError,
+        match=r"^disk /dev/sdb: holds a gpt partition table, /dev/sdb1 \(ext4, 32.0 GiB\); refusing to erase it \(set wipe: true\)$",
+    ):
+        check_writable(sdb, wipe=False)
+    check_writable(sdb, wipe=True)
+    for disk, why in ((vda, "is in use (mounted at /)"), (sr0, "is a rom"), (sdc, "is read-only")):
+        with pytest.raises(DiskError, match="^" + re.escape(f"disk {disk.path}: {why}")):
+            check_writable(disk, wipe=True)
+
+
+def test_decide_checks_before_planning() -> None:
+    a = Answerfile(disk="sdb", root=Root(password="x"))
+    with pytest.raises(DiskError, match="refusing to erase"):
+        decide(a, disks()[1])
+    a.wipe = True
+    assert [p.role for p in decide(a, disks()[1]).parts] == ["bios-boot", "esp", "root", "lvm"]
+
+
+def test_plan_layout() -> None:
+    parts = plan(64 * GiB)
+    assert [(p.number, p.role, p.typecode) for p in parts] == [
+        (1, "bios-boot", "EF02"),
+        (2, "esp", "EF00"),
+        (3, "root", "8300"),
+        (4, "lvm", "8E00"),
+    ]
+    assert parts[0].start == MiB and parts[0].size == MiB and parts[1].size == 256 * MiB
+    assert parts[2].size == 16 * GiB  # root capped; the rest goes to guests
+    for a, b in zip(parts, parts[1:], strict=False):
+        assert a.end == b.start and a.start % MiB == 0
+    assert parts[-1].end == 64 * GiB - MiB  # the last MiB holds the backup GPT
+    small = plan(8 * GiB)
+    assert small[2].size == 3966 * MiB and small[3].end == 8 * GiB - MiB  # half of what the fixed parts leave
+    no_local = plan(64 * GiB, local_storage=False)
+    assert [p.role for p in no_local] == ["bios-boot", "esp", "root"] and no_local[-1].end == 64 * GiB - MiB
+    assert [p.role for p in plan(4 * GiB)] == ["bios-boot", "esp", "root"]  # too little left for guests
+    with pytest.raises(DiskError, match=r"disk is too small: 2.0 GiB \(expected at least 3.3 GiB\)"):
+        plan(2 * GiB)
+
+
+def test_sgdisk_command_and_partition_names() -> None:
+    args = sgdisk_args("/dev/sda", plan(8 * GiB))
+    assert args[:2] == ["sgdisk", "--clear"] and args[-1] == "/dev/sda"
+    assert "--new=1:2048:4095" in args and "--typecode=1:EF02" in args and "--change-name=4:local" in args
+    assert (part_path("/dev/sda", 3), part_path("/dev/nvme0n1", 3), part_path("/dev/loop7", 1)) == (
+        "/dev/sda3",
+        "/dev/nvme0n1p3",
+        "/dev/loop7p1",
+    )
+
+
+def test_network_and_grub_files() -> None:
+    dhcp = network_config(Answerfile(root=Root(password="x")), "enp1s0")
+    assert "allow-hotplug enp1s0\niface enp1s0 inet dhcp\n" in dhcp
+    static = Answerfile(
+        network=Network(mode="static", interface="eth1", address="192.0.2.10/24", gateway="192.0.2.1"),
+        root=Root(password="x"),
+    )
+    assert "iface eth1 inet static\n    address 192.0.2.10/24\n    gateway 192.0.2.1\n" in network_config(
+        static, "enp1s0"
+    )
+    plain = grub_defaults(Answerfile(root=Root(password="x")))
+    assert "XEN_OVERRIDE_GRUB_DEFAULT=1" in plain and "serial" not in plain
+    serial = grub_defaults(Answerfile(root=Root(password="x"), serial_console=True))
+    assert 'GRUB_TERMINAL="serial console"' in serial and "com1=115200" in serial and "console=hvc0" in serial
+
+
+def test_cmdline_and_banner(tmp_path: Path) -> None:
+    args = cmdline_args(
+        "BOOT_IMAGE=/live/vmlinuz boot=live console=hvc0 xenspin.mode=unattended answerfile=http://h/a.yaml quiet\n"
+    )
+    assert (args["xenspin.mode"], args["answerfile"], args["quiet"]) == ("unattended", "http://h/a.yaml", "")
+    (tmp_path / "os-release").write_text('PRETTY_NAME="xenspin 0.1"\nNAME="xenspin"\n')
+    assert distribution(tmp_path / "os-release") == "xenspin 0.1"
+
+
+def test_interactive_install_confirms_what_is_erased() -> None:
+    typed = "sdb\nhost-2\nstatic\n192.0.2.7/24\n192.0.2.1\n192.0.2.53\npassword\nEurope/Paris\nfr\nyes\n"
+    out = io.StringIO()
+    answer = interview(Console(io.StringIO(typed), out, secret=lambda prompt: "pw"), disks()[:2])
+    shown = out.getvalue()
+    assert "This ERASES /dev/sdb (32.0 GiB), which holds: a gpt partition table, /dev/sdb1 (ext4, 32.0 GiB)" in shown
+    assert "/dev/sdb4" in shown and "LVM xenspin-local for guests" in shown
+    assert (answer.disk, answer.wipe, answer.hostname, answer.timezone, answer.keymap) == (
+        "/dev/sdb",
+        True,
+        "host-2",
+        "Europe/Paris",
+        "fr",
+    )
+    assert (answer.network.address, answer.network.gateway, answer.network.dns, answer.root.password) == (
+        "192.0.2.7/24",
+        "192.0.2.1",
+        ["192.0.2.53"],
+        "pw",
+    )
+
+
+def test_interactive_bad_answers_asked_again_and_no_means_nothing() -> None:
+    typed = "sdc\nsda\nbad_name\nhost\ndhcp\nssh-key\nnot a key\nssh-ed25519 AAAAC3Nz me\nMars/Base\nUTC\nus\nno\n"
+    out = io.StringIO()
+    assert interview(Console(io.StringIO(typed), out), disks()[:2]) is None
+    shown = out.getvalue()
+    assert "please answer one of sda, sdb" in shown
+    assert "hostname: 'bad_name'" in shown and "root.ssh-keys[0]: is not an SSH public key" in shown
+    assert "This ERASES /dev/sda (64.0 GiB QEMU HARDDISK) (it holds nothing)" in shown
+
+
+def test_in_tree_source_digest_ignores_pycache(tmp_path: Path) -> None:
+    """Importing the installer in tests writes __pycache__; the component's cache key must not move."""
+    from builder.sources.path import digest
+
+    (tmp_path / "main.py").write_text("print('x')\n")
+    before = digest(tmp_path)
+    (tmp_path / "__pycache__").mkdir()
+    (tmp_path / "__pycache__" / "main.cpython-311.pyc").write_bytes(b"\0")
+    assert digest(tmp_path) == before
+
+
+def test_probe_without_udev_sees_filesystems_through_signatures() -> None:
+    """Without udev, lsblk lists partitions flat and reports no filesystems: wipefs' signatures fill in."""
+    flat = {
+        "blockdevices": [
+            {
+                "path": "/dev/loop0",
+                "kname": "loop0",
+                "pkname": None,
+                "size": 4 * GiB,
+                "type": "loop",
+                "pttype": None,
+                "fstype": None,
+                "ro": False,
+                "mountpoints": [None],
+            },
+            {
+                "path": "/dev/loop1",
+                "kname": "loop1",
+                "pkname": None,
+                "size": 4 * GiB,
+                "type": "loop",
+                "pttype": None,
+                "fstype": None,
+                "ro": False,
+                "mountpoints": [None],
+            },
+            {
+                "path": "/dev/loop0p1",
+                "kname": "loop0p1",
+                "pkname": "loop0",
+                "size": GiB,
+                "type": "part",
+                "fstype": None,
+                "ro": False,
+                "mountpoints": [None],
+            },
+        ]
+    }
+    sigs = {"/dev/loop0": ["gpt", "gpt", "PMBR"], "/dev/loop0p1": ["ext4"], "/dev/loop1": ["xfs"]}
+    loop0, loop1 = parse_lsblk(json.dumps(flat), set(), sigs)
+    assert [c.path for c in loop0.children] == ["/dev/loop0p1"]
+    assert loop0.contents() == ["a gpt partition table", "/dev/loop0p1 (ext4, 1.0 GiB)"]
+    assert loop1.contents() == ["an xfs filesystem"]
+    with pytest.raises(DiskError, match="holds an xfs filesystem; refusing"):
+        check_writable(loop1, wipe=False)

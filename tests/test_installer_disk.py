@@ -1,0 +1,147 @@
+"""The installer against real block devices (loop devices): what it refuses leaves the disk byte-identical.
+
+Slow: needs root, losetup and the host's partitioning tools.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+MiB = 1024 * 1024
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(4 * MiB):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def attach(image: Path) -> str:
+    if os.geteuid() != 0 or shutil.which("losetup") is None:
+        pytest.skip("loop devices need root and losetup")
+    return subprocess.run(
+        ["losetup", "--find", "--show", "--partscan", str(image)], check=True, capture_output=True, text=True
+    ).stdout.strip()
+
+
+@pytest.fixture
+def loop_disk(tmp_path: Path) -> Iterator[tuple[Path, str]]:
+    """A 256 MiB image holding an ext4 filesystem with a file, attached as a loop device."""
+    image = tmp_path / "disk.img"
+    with open(image, "wb") as f:
+        f.truncate(256 * MiB)
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-L", "precious", str(image)], check=True)
+    subprocess.run(["debugfs", "-w", "-R", "mkdir keep", str(image)], check=True, capture_output=True)
+    dev = attach(image)
+    try:
+        yield image, dev
+    finally:
+        subprocess.run(["losetup", "--detach", dev], check=False)
+
+
+@pytest.fixture
+def tiny_squashfs(tmp_path: Path) -> Path:
+    tree = tmp_path / "tree"
+    (tree / "etc").mkdir(parents=True)
+    (tree / "etc" / "os-release").write_text('PRETTY_NAME="tiny"\n')
+    out = tmp_path / "filesystem.squashfs"
+    subprocess.run(["mksquashfs", str(tree), str(out), "-quiet", "-no-progress"], check=True)
+    return out
+
+
+def installer(tmp_path: Path, answer: str, squashfs: Path, *extra: str) -> subprocess.CompletedProcess:
+    af = tmp_path / "answer.yaml"
+    af.write_text(answer)
+    cmdline = tmp_path / "cmdline"
+    cmdline.write_text("console=hvc0\n")
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "xenspin_installer",
+            "--answerfile",
+            str(af),
+            "--squashfs",
+            str(squashfs),
+            "--log",
+            str(tmp_path / "install.log"),
+            "--cmdline",
+            str(cmdline),
+            "--medium",
+            str(tmp_path),
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_a_disk_holding_a_filesystem_not_named_for_wiping_is_refused_unchanged(
+    tmp_path, loop_disk, tiny_squashfs
+) -> None:
+    image, dev = loop_disk
+    before = sha256(image)
+    proc = installer(tmp_path, f"disk: {dev}\nroot: {{password: x}}\n", tiny_squashfs)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert (
+        proc.stderr
+        == f"xenspin installer: disk {dev}: holds an ext4 filesystem; refusing to erase it (set wipe: true)\n"
+    )
+    assert sha256(image) == before
+    ran = [line for line in (tmp_path / "install.log").read_text().splitlines() if line.startswith("$ ")]
+    assert ran and all(line.split()[1] in ("lsblk", "wipefs") for line in ran)
+    assert all("--no-act" in line for line in ran if line.split()[1] == "wipefs")
+
+
+def test_a_bad_answerfile_stops_before_any_write(tmp_path, loop_disk, tiny_squashfs) -> None:
+    image, dev = loop_disk
+    before = sha256(image)
+    proc = installer(
+        tmp_path,
+        f"disk: {dev}\nwipe: true\nroot: {{password: x}}\nnetwork:\n  mode: static\n  address: 192.0.2.1\n",
+        tiny_squashfs,
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].endswith(
+        "answer.yaml:6: network.address: '192.0.2.1' has no prefix length (expected e.g. 192.0.2.10/24)"
+    )
+    assert sha256(image) == before
+    assert "$ " not in (tmp_path / "install.log").read_text()
+
+
+def test_a_named_disk_too_small_is_refused_unchanged_even_with_wipe(tmp_path, loop_disk, tiny_squashfs) -> None:
+    image, dev = loop_disk
+    before = sha256(image)
+    proc = installer(tmp_path, f"disk: {dev}\nwipe: true\nroot: {{password: x}}\n", tiny_squashfs)
+    assert proc.returncode == 2
+    assert proc.stderr == "xenspin installer: disk is too small: 256.0 MiB (expected at least 3.3 GiB)\n"
+    assert sha256(image) == before
+
+
+def test_check_mode_plans_without_writing(tmp_path, tiny_squashfs) -> None:
+    image = tmp_path / "big.img"
+    with open(image, "wb") as f:
+        f.truncate(8 * 1024 * MiB)
+    dev = attach(image)
+    try:
+        proc = installer(tmp_path, f"disk: {dev}\nroot: {{password: x}}\n", tiny_squashfs, "--check")
+        assert proc.returncode == 0, proc.stderr
+        assert f"would install to {dev} (8.0 GiB) (nothing written)" in proc.stdout
+    finally:
+        subprocess.run(["losetup", "--detach", dev], check=False)
+    with open(image, "rb") as f:
+        assert f.read(MiB) == bytes(MiB)
