@@ -90,6 +90,9 @@ def make_parser() -> argparse.ArgumentParser:
     add("setup", "install the Debian packages xenspin runs (apt-get; needs root)")
     p = add("lock", "resolve every source to exact revisions and digests and write the lock (distro.lock)")
     p.add_argument("--update", nargs="*", metavar="COMP", help="re-resolve these components (none named: all)")
+    p.add_argument(
+        "--allow-moved-tags", action="store_true", help="re-pin a tag that now names another commit than the locked one"
+    )
     p = add("fetch", "fill the store with the locked sources, verified")
     p.add_argument("components", nargs="*", metavar="COMP", help="only these components")
     p = add("build", "lock what is missing, fetch, and build the components (all, or COMP and what it needs)")
@@ -248,7 +251,15 @@ def cmd_lock(args: argparse.Namespace) -> int:
     ctx = _context(args, distro)
     path = lock.lock_path(args.file)
     with ctx.store.session():
-        new, report = lock.resolve(distro, lock.read(path), ctx, update=args.update, strict=args.strict)
+        new, report = lock.resolve(
+            distro,
+            lock.read(path),
+            ctx,
+            update=args.update,
+            strict=args.strict,
+            allow_moved_tags=args.allow_moved_tags,
+            check_tags=True,
+        )
         lock.write(path, new)
         pipeline.register(ctx, distro, new)
     if args.json:
@@ -261,6 +272,12 @@ def cmd_lock(args: argparse.Namespace) -> int:
         print(f"kept    {name}: {lock.summary(new.components[name])}")
     for name in report.dropped:
         print(f"dropped {name}: no longer in the manifest")
+    for name, moved in sorted(report.moved.items()):
+        kept = name in report.kept
+        note = (
+            " (kept the locked commit; `lock --update NAME --allow-moved-tags` re-pins it)" if kept else " (re-pinned)"
+        )
+        print(f"warning: {name}: {moved}{note.replace('NAME', name)}", file=sys.stderr)
     _left_out(report.left_out)
     print(f"wrote {path}")
     return 0
