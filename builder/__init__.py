@@ -2,5 +2,6 @@
 
 __version__ = "0.1.0"
 
-# Bumped whenever a stage's output format changes, so every cache key changes with it.
+# Kept for modules written before each stage had its own format number (stage.Stage.format);
+# new code uses its stage's own FORMAT, and the lock has lock.LOCK_FORMAT.
 FORMAT_VERSION = 1

@@ -11,12 +11,12 @@ import subprocess
 import sys
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 from git import GitCommandError
 
-from . import __version__, answerfiles, config, errors, fetch, host, lock, manifest, pipeline, plan, typed
+from . import __version__, answerfiles, config, errors, fetch, host, iso, lock, manifest, pipeline, plan, typed, vmtest
 from .context import Context, epoch_from_env
 from .errors import XenspinError
 from .progress import Reporter
@@ -61,8 +61,15 @@ def _globals(parser: argparse.ArgumentParser, suppress: bool) -> None:
     )
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line, like every other error (exit 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="xenspin", description="Build a Xen distribution from distro.yaml.")
+    parser = _Parser(prog="xenspin", description="Build a Xen distribution from distro.yaml.")
     parser.add_argument("--version", action="version", version=f"xenspin {__version__}")
     _globals(parser, suppress=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -83,15 +90,43 @@ def make_parser() -> argparse.ArgumentParser:
     add("setup", "install the Debian packages xenspin runs (apt-get; needs root)")
     p = add("lock", "resolve every source to exact revisions and digests and write the lock (distro.lock)")
     p.add_argument("--update", nargs="*", metavar="COMP", help="re-resolve these components (none named: all)")
+    p.add_argument(
+        "--allow-moved-tags", action="store_true", help="re-pin a tag that now names another commit than the locked one"
+    )
     p = add("fetch", "fill the store with the locked sources, verified")
     p.add_argument("components", nargs="*", metavar="COMP", help="only these components")
     p = add("build", "lock what is missing, fetch, and build the components (all, or COMP and what it needs)")
     p.add_argument("components", nargs="*", metavar="COMP", help="only these components and what they need")
     p.add_argument("-j", "--jobs", type=int, default=2, help="components built at once (default 2)")
     p.add_argument("--answerfile", type=Path, metavar="FILE", help="build this answerfile into the ISO (unattended)")
+    p = add("test", "test an image in QEMU")
+    tests = p.add_subparsers(dest="test_command", metavar="TEST", required=True)
+    t = tests.add_parser(
+        "boot", help="boot an ISO and wait for Xen, dom0 and the installer's prompt on the serial line"
+    )
+    _globals(t, suppress=True)
+    t.add_argument("image", type=Path, metavar="ISO", help="the image to boot")
+    t.add_argument("--firmware", choices=["bios", "uefi", "both"], default="both", help="firmware (default both)")
+    t.add_argument("--usb", action="store_true", help="boot the file as a USB stick (raw disk) instead of a CD")
+    t.add_argument(
+        "--expect",
+        default=vmtest.PROMPT,
+        metavar="TEXT",
+        help=f"the prompt that ends a boot (default {vmtest.PROMPT!r})",
+    )
+    t.add_argument("--timeout", type=float, default=vmtest.DEFAULT_TIMEOUT, help="seconds per boot (default 600)")
+    t.add_argument("--kvm", action="store_true", help="use KVM instead of TCG (where /dev/kvm works)")
     p = add("store", "look after the store")
     p.add_argument(
-        "action", choices=["du", "gc"], help="du: space used per area; gc: remove what the lock no longer needs"
+        "action",
+        choices=["du", "gc"],
+        help="du: space used per area; gc: remove what no manifest building into the store still uses",
+    )
+    p.add_argument(
+        "--older-than",
+        type=float,
+        metavar="DAYS",
+        help="gc: also drop the roots of other manifests not built, fetched or locked for DAYS days",
     )
     return parser
 
@@ -201,8 +236,14 @@ def _context(args: argparse.Namespace, distro: manifest.Distro) -> Context:
 
 
 def _left_out(report_left_out: dict[str, str]) -> None:
+    """One warning per left-out component, and one for all the guest tools together."""
+    guest = {n: why for n, why in sorted(report_left_out.items()) if n.startswith(iso.GUEST_PREFIX)}
     for name, why in sorted(report_left_out.items()):
-        print(f"warning: left out optional component {name}: {why}", file=sys.stderr)
+        if name not in guest:
+            print(f"warning: left out optional component {name}: {why}", file=sys.stderr)
+    if guest:
+        first = next(iter(guest.values()))
+        print(f"warning: left out guest tools ({', '.join(guest)}): {first}", file=sys.stderr)
 
 
 def cmd_lock(args: argparse.Namespace) -> int:
@@ -210,8 +251,17 @@ def cmd_lock(args: argparse.Namespace) -> int:
     ctx = _context(args, distro)
     path = lock.lock_path(args.file)
     with ctx.store.session():
-        new, report = lock.resolve(distro, lock.read(path), ctx, update=args.update, strict=args.strict)
-    lock.write(path, new)
+        new, report = lock.resolve(
+            distro,
+            lock.read(path),
+            ctx,
+            update=args.update,
+            strict=args.strict,
+            allow_moved_tags=args.allow_moved_tags,
+            check_tags=True,
+        )
+        lock.write(path, new)
+        pipeline.register(ctx, distro, new)
     if args.json:
         print(json.dumps(dataclasses.asdict(report), indent=2))
         return 0
@@ -222,6 +272,12 @@ def cmd_lock(args: argparse.Namespace) -> int:
         print(f"kept    {name}: {lock.summary(new.components[name])}")
     for name in report.dropped:
         print(f"dropped {name}: no longer in the manifest")
+    for name, moved in sorted(report.moved.items()):
+        kept = name in report.kept
+        note = (
+            " (kept the locked commit; `lock --update NAME --allow-moved-tags` re-pins it)" if kept else " (re-pinned)"
+        )
+        print(f"warning: {name}: {moved}{note.replace('NAME', name)}", file=sys.stderr)
     _left_out(report.left_out)
     print(f"wrote {path}")
     return 0
@@ -237,6 +293,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     lock.require(distro, current, ctx.project, names, path)
     with ctx.store.session():
         report = fetch.fetch(distro, current, ctx, args.components or None, strict=args.strict)
+        pipeline.register(ctx, distro, current)
     if args.json:
         print(json.dumps(dataclasses.asdict(report), indent=2))
         return 0
@@ -296,10 +353,18 @@ def cmd_build(args: argparse.Namespace) -> int:
 def cmd_store(args: argparse.Namespace) -> int:
     distro = manifest.load(args.file)
     ctx = _context(args, distro)
-    rows = ctx.store.usage() if args.action == "du" else pipeline.collect_garbage(distro, ctx)
+    if args.action == "du":
+        rows, notes = ctx.store.usage(), []
+    else:
+        result = pipeline.collect_garbage(distro, ctx, older_than_days=args.older_than)
+        rows = result.removed
+        notes = [f"dropped gc root {why}" for why in result.dropped]
+        notes += [f"kept what {m} uses" for m in result.kept]
     if args.json:
         print(json.dumps([dataclasses.asdict(r) for r in rows], indent=2))
         return 0
+    for note in notes:
+        print(note)
     verb = "" if args.action == "du" else "removed "
     for r in rows:
         print(f"{verb}{r.area:<20} {r.entries:>6} entries {_human(r.bytes):>10}")
@@ -324,12 +389,37 @@ def cmd_setup(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_test(args: argparse.Namespace) -> int:
+    return TESTS[args.test_command](args)
+
+
+def cmd_test_boot(args: argparse.Namespace) -> int:
+    firmwares: list[vmtest.Firmware] = ["bios", "uefi"] if args.firmware == "both" else [args.firmware]
+    markers = [vmtest.XEN_BANNER, vmtest.DOM0_BANNER, args.expect]
+    logs = args.out / "test-boot"
+    verdicts = []
+    for fw in firmwares:
+        machine = vmtest.Machine(fw, usb=args.usb, kvm=args.kvm)
+        verdict = vmtest.boot(args.image, machine, logs, markers=markers, timeout=args.timeout)
+        verdicts.append(verdict)
+        if args.json:
+            continue
+        print(verdict.line(), flush=True)
+    if args.json:
+        print(json.dumps([dataclasses.asdict(v) for v in verdicts], indent=2, default=str))
+    return 0 if all(v.passed for v in verdicts) else 1
+
+
+TESTS = {"boot": cmd_test_boot}
+
+
 COMMANDS = {
     "build": cmd_build,
     "setup": cmd_setup,
     "lock": cmd_lock,
     "fetch": cmd_fetch,
     "store": cmd_store,
+    "test": cmd_test,
     "validate": cmd_validate,
     "show": cmd_show,
     "plan": cmd_plan,

@@ -84,9 +84,10 @@ def describe(e: BaseException) -> str:
     command = getattr(e, "command", None)
     if command is not None and hasattr(e, "status"):  # git.GitCommandError
         argv = command if isinstance(command, list | tuple) else str(command).split()
-        stderr = str(getattr(e, "stderr", "") or "").strip().strip("'").strip()
+        stderr = str(getattr(e, "stderr", "") or "")
         said = next((ln.strip() for ln in reversed(stderr.splitlines()) if ln.strip()), "no message")
-        return f"git {' '.join(str(a) for a in argv[1:3])} failed (exit {e.status}): {said.removeprefix('stderr: ')}"
+        said = said.removeprefix("stderr: ").removeprefix("'").removesuffix("'")
+        return f"git {' '.join(str(a) for a in argv[1:3])} failed (exit {e.status}): {said}"
     if hasattr(e, "timeout") and hasattr(e, "cmd"):  # subprocess.TimeoutExpired
         return f"{e.cmd!s:.80}: gave no answer in {e.timeout} s and was stopped"
     return str(e) or e.__class__.__name__

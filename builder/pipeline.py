@@ -17,7 +17,7 @@ from .context import Context
 from .errors import XenspinError
 from .manifest import Distro
 from .stage import Needs, Pending, Planned, Scheduler, Stage, resolve
-from .store import Usage
+from .store import GcResult, Root
 
 REPO = "repo:repo"
 
@@ -104,6 +104,8 @@ def run_build(
         assert repo_path is not None
         report.repo = str(repo_path)
         published = repo.publish(repo_path, out / "repo")
+        # The whole plan's root, even when only some components were asked for.
+        ctx.store.register(gc_root(ctx, distro, current, resolve(ctx.store, stages) if names is None else None))
     return Result(sorted(current.components), fetched.left_out, report, published)
 
 
@@ -113,10 +115,23 @@ def planned(ctx: Context, distro: Distro, current: lock.Lock) -> list[Planned]:
     return resolve(ctx.store, stages)
 
 
-def collect_garbage(distro: Distro, ctx: Context) -> list[Usage]:
-    """Remove from the store what the manifest's lock and build plan no longer use."""
+def gc_root(ctx: Context, distro: Distro, current: lock.Lock, graph: list[Planned] | None = None) -> Root:
+    """What the manifest's lock and stage graph use: its gc root in the store."""
+    assert ctx.manifest is not None
+    keep = fetch.keeps(distro, current, ctx)
+    graph = planned(ctx, distro, current) if graph is None else graph
+    objects = frozenset((p.stage.kind, p.key) for p in graph if p.key)
+    return Root(ctx.manifest, keep.blobs, keep.git, objects)
+
+
+def register(ctx: Context, distro: Distro, current: lock.Lock | None) -> None:
+    """Register the manifest's gc root (lock, fetch and build do): a gc for another manifest keeps it."""
+    if current is not None:
+        ctx.store.register(gc_root(ctx, distro, current))
+
+
+def collect_garbage(distro: Distro, ctx: Context, *, older_than_days: float | None = None) -> GcResult:
+    """Remove from the store what no manifest building into it still uses (the union of live gc roots)."""
     assert ctx.manifest is not None
     current = lock.read(lock.lock_path(ctx.manifest)) or lock.Lock()
-    keep = fetch.keeps(distro, current, ctx)
-    objects = {(p.stage.kind, p.key) for p in planned(ctx, distro, current) if p.key}
-    return ctx.store.gc(set(keep.blobs), set(keep.git), objects)
+    return ctx.store.gc(gc_root(ctx, distro, current), older_than_days=older_than_days)

@@ -29,7 +29,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import XenspinError
@@ -244,44 +244,125 @@ class Store:
         areas.append(("tmp", sorted((self.root / "tmp").glob("*"))))
         return [Usage(name, len(paths), sum(_size(p) for p in paths)) for name, paths in areas]
 
-    def gc(self, keep_blobs: set[str], keep_git: set[str], keep_objects: set[tuple[str, str]]) -> list[Usage]:
-        """Delete what nothing keeps, and stale scratch; return what was removed per area.
+    # --- gc roots and collection ---------------------------------------------------
 
-        Takes the store's exclusive lock: waits for running builds, and no build
-        starts until it is done.
+    def root_file(self, manifest: Path) -> Path:
+        return self.root / "roots" / (sha256_text(str(manifest)) + META)
+
+    def register(self, root: Root) -> None:
+        """Record what one manifest's lock and plan use, so a gc run by any manifest keeps it."""
+        self._ensure()
+        write_json(self.root_file(root.manifest), root.to_data())
+
+    def roots(self) -> list[tuple[Path, Root | None]]:
+        """Every registered root (None for an unreadable file)."""
+        out: list[tuple[Path, Root | None]] = []
+        for path in sorted((self.root / "roots").glob("*" + META)):
+            try:
+                out.append((path, Root.from_data(json.loads(path.read_text()))))
+            except (ValueError, KeyError, TypeError):
+                out.append((path, None))
+        return out
+
+    def gc(self, current: Root | None = None, *, older_than_days: float | None = None) -> GcResult:
+        """Delete what no live root keeps, and stale scratch.
+
+        current (the manifest gc was run for) is registered first. A root whose
+        manifest is gone is dropped, and so is one not refreshed for older_than_days
+        (its manifest not built, fetched or locked since); what is left is the union
+        of the live roots. Takes the store's exclusive lock: waits for running builds,
+        and no build starts until it is done.
         """
+        result = GcResult()
+        with self.locked("store"):
+            if current is not None:
+                self.register(current)
+            keep = Root(Path("/"))
+            cutoff = time.time() - older_than_days * 86400 if older_than_days is not None else None
+            for path, root in self.roots():
+                if root is None:
+                    path.unlink()
+                    result.dropped.append(f"{path.name}: unreadable")
+                elif current is not None and root.manifest == current.manifest:
+                    keep = keep.union(root)
+                elif not root.manifest.is_file():
+                    path.unlink()
+                    result.dropped.append(f"{root.manifest}: the manifest is gone")
+                elif cutoff is not None and path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    result.dropped.append(f"{root.manifest}: not used for over {older_than_days:g} days")
+                else:
+                    keep = keep.union(root)
+                    result.kept.append(str(root.manifest))
+            result.removed = self._sweep(keep)
+        return result
+
+    def _sweep(self, keep: Root) -> list[Usage]:
         removed: dict[str, list[int]] = {}
 
         def drop(area: str, path: Path) -> None:
             size = _size(path)
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path)
-            else:
-                path.unlink()
+            _remove(path)
             entry = removed.setdefault(area, [0, 0])
             entry[0] += 1
             entry[1] += size
 
-        with self.locked("store"):
-            for blob in (self.root / "blobs" / "sha256").glob("*/*"):
-                if blob.name not in keep_blobs:
-                    drop("blobs", blob)
-            keep_git_paths = {self.git_path(u).name for u in keep_git}
-            for repo in (self.root / "git").glob("*.git"):
-                if repo.name not in keep_git_paths:
-                    drop("git", repo)
-            objects = self.root / "objects"
-            if objects.is_dir():
-                for kind in objects.iterdir():
-                    for obj in kind.iterdir():
-                        key = obj.name.removesuffix(META)
-                        if (kind.name, key) not in keep_objects:
-                            drop(f"objects/{kind.name}", obj)
-            cutoff = time.time() - 60
-            for tmp in (self.root / "tmp").glob("*"):
-                if tmp.lstat().st_mtime < cutoff:
-                    drop("tmp", tmp)
+        for blob in (self.root / "blobs" / "sha256").glob("*/*"):
+            if blob.name not in keep.blobs:
+                drop("blobs", blob)
+        keep_git_paths = {self.git_path(u).name for u in keep.git}
+        for repo in (self.root / "git").glob("*.git"):
+            if repo.name not in keep_git_paths:
+                drop("git", repo)
+        objects = self.root / "objects"
+        if objects.is_dir():
+            for kind in objects.iterdir():
+                for obj in kind.iterdir():
+                    key = obj.name.removesuffix(META)
+                    if (kind.name, key) not in keep.objects:
+                        drop(f"objects/{kind.name}", obj)
+        cutoff = time.time() - 60
+        for tmp in (self.root / "tmp").glob("*"):
+            if tmp.lstat().st_mtime < cutoff:
+                drop("tmp", tmp)
         return [Usage(area, n, b) for area, (n, b) in sorted(removed.items())]
+
+
+@dataclass(frozen=True)
+class Root:
+    """A gc root: what one manifest's current lock and plan use (as Nix's gcroots)."""
+
+    manifest: Path
+    blobs: frozenset[str] = frozenset()
+    git: frozenset[str] = frozenset()  # canonical repository URLs
+    objects: frozenset[tuple[str, str]] = frozenset()  # (kind, key)
+
+    def union(self, other: Root) -> Root:
+        return Root(self.manifest, self.blobs | other.blobs, self.git | other.git, self.objects | other.objects)
+
+    def to_data(self) -> dict:
+        return {
+            "manifest": str(self.manifest),
+            "blobs": sorted(self.blobs),
+            "git": sorted(self.git),
+            "objects": sorted([k, v] for k, v in self.objects),
+        }
+
+    @classmethod
+    def from_data(cls, data: dict) -> Root:
+        return cls(
+            Path(data["manifest"]),
+            frozenset(data["blobs"]),
+            frozenset(data["git"]),
+            frozenset((k, v) for k, v in data["objects"]),
+        )
+
+
+@dataclass
+class GcResult:
+    removed: list[Usage] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)  # roots dropped, and why
+    kept: list[str] = field(default_factory=list)  # other manifests whose roots were kept
 
 
 def write_json(path: Path, data: object) -> None:

@@ -18,7 +18,7 @@ import pytest
 from builder import cli
 from builder.store import Store
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.network]  # build roots come from the archive
 
 HELLO_C = '#include <stdio.h>\nint main(void) { puts("hello from xenspin"); return 0; }\n'
 

@@ -26,6 +26,8 @@ from builder.sources import debian as deb
 from builder.sources import http as http_mod
 from builder.store import Store
 
+pytestmark = pytest.mark.network
+
 MIRROR = Base().mirror
 INRELEASE = f"{MIRROR}/dists/bookworm/InRelease"
 

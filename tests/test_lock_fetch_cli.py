@@ -14,7 +14,6 @@ import yaml
 from builder import cli
 
 UPSTREAM = "https://git.example.invalid/hello.git"
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def git(repo: Path, *args: str) -> str:
@@ -169,15 +168,66 @@ def test_lock_json_report(project: Path, capsys) -> None:
     assert sorted(report["resolved"]) == ["hello", "tree"] and list(report["left_out"]) == ["gone"]
 
 
-def test_a_changed_base_archive_makes_archive_entries_stale() -> None:
+def test_a_changed_base_archive_makes_archive_entries_stale(tmp_path: Path) -> None:
+    """Archive and Debian-source entries go stale when the base's suites change; others do not."""
     from builder import lock, manifest
 
-    current = lock.read(ROOT / "distro.lock")
-    assert lock.stale(manifest.load(ROOT / "distro.yaml"), current, ROOT) == {
-        n: "not locked" for n in ("win-xenbus", "win-xeniface", "win-xennet", "win-xenvbd", "win-xenvif", "xapi")
-    }
-    nightly = manifest.load(ROOT / "spins/nightly.yaml")  # adds bookworm-security and bookworm-updates
-    why = lock.stale(nightly, current, ROOT)
-    assert why["linux"] == why["xl"] == "base archive (mirror, suite or updates) changed since it was locked"
+    (tmp_path / "tree").mkdir()
+    (tmp_path / "distro.yaml").write_text(
+        "name: t\nversion: '1'\ninstaller: {component: tree}\ncomponents:\n"
+        "  tree:\n    source: {path: tree}\n"
+        "  xen:\n    source: {debian: xen}\n"
+        "  xl:\n    source: {archive: [xen-utils-4.17]}\n"
+        "  gone:\n    optional: true\n    source: {git: https://unreachable.example.invalid/x.git}\n"
+    )
+    distro = manifest.load(tmp_path / "distro.yaml")
+    current = lock.Lock(
+        archive={"mirror": distro.base.mirror, "suite": distro.base.suite},
+        components={
+            n: {"kind": "x", "recipe": lock.recipe_digest(distro.components[n], tmp_path)}
+            for n in ("tree", "xen", "xl")
+        },
+    )
+    assert lock.stale(distro, current, tmp_path) == {"gone": "not locked"}
+    (tmp_path / "spin.yaml").write_text(
+        "extends: distro.yaml\nbase:\n  updates: [{suite: bookworm-updates}]\n"
+        "components:\n  xen:\n    source: {git: https://xenbits.xen.org/git-http/xen.git, ref: stable-4.17}\n"
+    )
+    why = lock.stale(manifest.load(tmp_path / "spin.yaml"), current, tmp_path)
+    assert why["xl"] == "base archive (mirror, suite or updates) changed since it was locked"
     assert why["xen"] == "recipe changed since it was locked"  # a git source now
-    assert "installer" not in why
+    assert "tree" not in why
+
+
+def test_gc_on_a_shared_store_keeps_what_other_manifests_use(project: Path, capsys) -> None:
+    """Vendors keep the base and several spins in one store: a spin's gc must not wipe the base's sources."""
+    xs(capsys, "lock")
+    xs(capsys, "fetch")  # registers distro.yaml's gc root: its git mirror of hello
+    Path("b.yaml").write_text(
+        "name: b\nversion: '1'\ninstaller: {component: tree}\ncomponents:\n  tree:\n    source: {path: components/tree}\n"
+    )
+    xs(capsys, "-f", "b.yaml", "lock")
+    out, _ = xs(capsys, "-f", "b.yaml", "store", "gc")
+    assert f"kept what {project / 'p/distro.yaml'} uses" in out
+    assert list((project / "store/git").glob("*.git"))
+    (project / "config/xenspin/config.yaml").write_text("mirrors: {}\n")  # upstream now unreachable
+    out, _ = xs(capsys, "fetch", "--offline")
+    assert "already in the store: hello, tree" in out
+    # a root not refreshed for longer than --older-than is dropped (distro.yaml still exists)
+    root = next(p for p in (project / "store/roots").iterdir() if "distro.yaml" in p.read_text())
+    os.utime(root, (0, 0))
+    out, _ = xs(capsys, "-f", "b.yaml", "store", "gc", "--older-than", "30")
+    assert f"dropped gc root {project / 'p/distro.yaml'}: not used for over 30 days" in out
+    assert "removed git" in out and not list((project / "store/git").glob("*.git"))
+
+
+def test_gc_drops_the_root_of_a_manifest_that_is_gone(project: Path, capsys) -> None:
+    xs(capsys, "lock")
+    xs(capsys, "fetch")
+    Path("b.yaml").write_text(Path("distro.yaml").read_text())
+    xs(capsys, "-f", "b.yaml", "lock")
+    Path("distro.yaml").unlink()
+    out, _ = xs(capsys, "-f", "b.yaml", "store", "gc")
+    assert f"dropped gc root {project / 'p/distro.yaml'}: the manifest is gone" in out
+    assert list((project / "store/git").glob("*.git"))  # b.yaml uses the same mirror: kept
+    assert len(list((project / "store/roots").iterdir())) == 1

@@ -16,7 +16,7 @@ import yaml
 
 from builder import cli
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.network]  # build roots come from the archive
 
 ROOT = Path(__file__).resolve().parent.parent
 XEN_GIT = "https://xenbits.xen.org/git-http/xen.git"
