@@ -356,16 +356,16 @@ def fetch_hook(hook: Hook, medium: Path) -> Path:
     return Path(name)
 
 
-EFI_CORE_MODULES = ["part_gpt", "part_msdos", "ext2", "fat", "search", "search_fs_uuid", "normal", "configfile", "echo"]
+EFI_CORE_MODULES = ["part_gpt", "part_msdos", "ext2", "search", "search_fs_uuid"]
 
 
 def efi_early_config(root_uuid: str) -> str:
-    """The config built into GRUB's UEFI image: find root by UUID, then its grub.cfg."""
-    return (
-        f"search --no-floppy --fs-uuid --set=root {root_uuid}\n"
-        "set prefix=($root)/boot/grub\n"
-        "configfile $prefix/grub.cfg\n"
-    )
+    """The config built into GRUB's UEFI image: find root by UUID and set the prefix.
+
+    GRUB then loads normal.mod from the prefix, which reads the module lists and
+    grub.cfg there (as the image grub-install makes does).
+    """
+    return f"search --no-floppy --fs-uuid --set=root {root_uuid}\nset prefix=($root)/boot/grub\n"
 
 
 def private_mounts(runner: Runner) -> None:
