@@ -85,10 +85,10 @@ def current_lock(distro: Distro, path: Path, ctx: Context, *, strict: bool, say:
 
 
 def resolve_lock(
-    distro: Distro, old: lock.Lock | None, ctx: Context, *, update: list[str] | None, strict: bool
+    distro: Distro, old: lock.Lock | None, ctx: Context, *, update: list[str] | None, strict: bool, **options: bool
 ) -> tuple[lock.Lock, lock.LockReport]:
-    """Components first, then the package sets that follow from them (apt over the verified indexes)."""
-    new, report = lock.resolve(distro, old, ctx, update=update, strict=strict)
+    """Components first (options go to lock.resolve), then the package sets that follow from them."""
+    new, report = lock.resolve(distro, old, ctx, update=update, strict=strict, **options)
     names = list(packagesets.package_sets(distro, new)) if update == [] else packagesets.stale_sets(distro, new)
     if names:
         new.sets = packagesets.resolve_all(distro, new, ctx, names)
