@@ -55,7 +55,7 @@ def graph(
         return repo.make(tmp, debs, distro.name)
 
     stages.append(Stage("repo", "repo", repo.FORMAT, repo_inputs, repo_make, after=after))
-    if names is None and "rootfs" in current.sets and not packagesets.stale_sets(distro, current):
+    if names is None and "rootfs" in packagesets.package_sets(distro, current):
         stages.append(rootfs.stage(ctx, distro, current, jobs, build.build_id))
     return stages, jobs
 

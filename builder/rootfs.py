@@ -28,8 +28,9 @@ from .errors import XenspinError
 from .lock import Lock
 from .manifest import Distro
 from .packagesets import files as set_files
+from .packagesets import stale_sets
 from .run import CommandError, run
-from .stage import Needs, Stage, stage_key
+from .stage import Needs, Pending, Stage, stage_key
 from .store import Store, sha256_file, sha256_json
 
 FORMAT = 2  # what the stage writes; bump to recompose every rootfs
@@ -76,6 +77,8 @@ def stage(ctx: Context, distro: Distro, lock: Lock, jobs: dict[str, Any], build_
     made = [n for n, job in jobs.items() if job.action != "none"]
 
     def inputs(needs: Needs) -> dict[str, Any]:
+        if "rootfs" in stale_sets(distro, lock):
+            raise Pending("the rootfs package set is not locked for these inputs (`xenspin lock`)")
         built = {n: needs[build_id(n)].key for n in made}
         return Inputs(distro, lock, built, ctx.project, epoch).data()
 
