@@ -185,9 +185,7 @@ def publish_iso(
         distro,
         made,
         lock_sha256=sha256_file(lock_file) if lock_file.is_file() else "",
-        stages={
-            sid: {"key": o.done.key, "made": o.made, "seconds": o.seconds} for sid, o in sorted(outcomes.items())
-        },
+        stages={sid: {"key": o.done.key, "made": o.made, "seconds": o.seconds} for sid, o in sorted(outcomes.items())},
         sizes=sizes,
         left_out=left_out,
         epoch=ctx.source_date_epoch(current.archive),
