@@ -16,7 +16,22 @@ from typing import Any, NoReturn
 import yaml
 from git import GitCommandError
 
-from . import __version__, answerfiles, config, errors, fetch, host, iso, lock, manifest, pipeline, plan, typed, vmtest
+from . import (
+    __version__,
+    answerfiles,
+    config,
+    errors,
+    fetch,
+    host,
+    installtest,
+    iso,
+    lock,
+    manifest,
+    pipeline,
+    plan,
+    typed,
+    vmtest,
+)
 from .context import Context, epoch_from_env
 from .errors import XenspinError
 from .progress import Reporter
@@ -115,6 +130,20 @@ def make_parser() -> argparse.ArgumentParser:
         help=f"the prompt that ends a boot (default {vmtest.PROMPT!r})",
     )
     t.add_argument("--timeout", type=float, default=vmtest.DEFAULT_TIMEOUT, help="seconds per boot (default 600)")
+    t.add_argument("--kvm", action="store_true", help="use KVM instead of TCG (where /dev/kvm works)")
+    t = tests.add_parser(
+        "install",
+        help="install from an ISO onto a fresh disk (unattended), boot the disk alone, check Domain-0 and a PV guest",
+    )
+    _globals(t, suppress=True)
+    t.add_argument("image", type=Path, metavar="ISO", help="the installer ISO")
+    t.add_argument("--firmware", choices=["bios", "uefi", "both"], default="both", help="firmware (default both)")
+    t.add_argument(
+        "--answerfile",
+        type=Path,
+        metavar="FILE",
+        help="answerfile (YAML or XML; root needs a plain password) instead of the test's own",
+    )
     t.add_argument("--kvm", action="store_true", help="use KVM instead of TCG (where /dev/kvm works)")
     p = add("store", "look after the store")
     p.add_argument(
@@ -411,7 +440,20 @@ def cmd_test_boot(args: argparse.Namespace) -> int:
     return 0 if all(v.passed for v in verdicts) else 1
 
 
-TESTS = {"boot": cmd_test_boot}
+def cmd_test_install(args: argparse.Namespace) -> int:
+    firmwares: list[vmtest.Firmware] = ["bios", "uefi"] if args.firmware == "both" else [args.firmware]
+    verdicts = []
+    for fw in firmwares:
+        verdict = installtest.install(args.image, fw, args.out / "test-install", args.answerfile, kvm=args.kvm)
+        verdicts.append(verdict)
+        if not args.json:
+            print(verdict.line(), flush=True)
+    if args.json:
+        print(json.dumps([dataclasses.asdict(v) for v in verdicts], indent=2, default=str))
+    return 0 if all(v.passed for v in verdicts) else 1
+
+
+TESTS = {"boot": cmd_test_boot, "install": cmd_test_install}
 
 
 COMMANDS = {
