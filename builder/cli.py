@@ -27,6 +27,7 @@ from . import (
     iso,
     lock,
     manifest,
+    packagesets,
     pipeline,
     plan,
     typed,
@@ -280,7 +281,7 @@ def cmd_lock(args: argparse.Namespace) -> int:
     ctx = _context(args, distro)
     path = lock.lock_path(args.file)
     with ctx.store.session():
-        new, report = lock.resolve(
+        new, report = pipeline.resolve_lock(
             distro,
             lock.read(path),
             ctx,
@@ -301,6 +302,8 @@ def cmd_lock(args: argparse.Namespace) -> int:
         print(f"kept    {name}: {lock.summary(new.components[name])}")
     for name in report.dropped:
         print(f"dropped {name}: no longer in the manifest")
+    for name in report.sets:
+        print(f"locked  set {name}: {len(new.sets[name]['packages'])} packages")
     for name, moved in sorted(report.moved.items()):
         kept = name in report.kept
         note = (
@@ -322,6 +325,10 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     lock.require(distro, current, ctx.project, names, path)
     with ctx.store.session():
         report = fetch.fetch(distro, current, ctx, args.components or None, strict=args.strict)
+        sets = None
+        if not args.components:
+            packagesets.require(distro, current, path)
+            sets = pipeline.fetch_sets(current, ctx)
         pipeline.register(ctx, distro, current)
     if args.json:
         print(json.dumps(dataclasses.asdict(report), indent=2))
@@ -330,6 +337,8 @@ def cmd_fetch(args: argparse.Namespace) -> int:
         print("fetched: " + ", ".join(report.fetched))
     if report.present:
         print("already in the store: " + ", ".join(report.present))
+    if sets is not None:
+        print(f"package sets: {len(sets.fetched)} .debs fetched, {sets.present} already in the store")
     _left_out(report.left_out)
     return 0
 
@@ -369,13 +378,27 @@ def cmd_build(args: argparse.Namespace) -> int:
     _left_out(result.left_out)
     report = result.build
     if args.json:
-        print(json.dumps(dataclasses.asdict(report), indent=2))
+        data = dataclasses.asdict(report)
+        if result.rootfs is not None:
+            made = result.rootfs
+            data["rootfs"] = {
+                "path": str(made.done.path),
+                "key": made.done.key,
+                "made": made.made,
+                "wall": made.seconds,
+                **(made.done.meta or {}),
+            }
+        print(json.dumps(data, indent=2))
         return 0
     if report.built:
         print("built: " + ", ".join(f"{n} ({report.seconds[n]} s)" for n in report.built))
     if report.cached:
         print("up to date: " + ", ".join(report.cached))
     print(f"apt repository: {result.repo} (deb [trusted=yes] file://{result.repo.absolute()} ./)")
+    if result.rootfs is not None:
+        made = result.rootfs
+        state = f"composed in {made.seconds} s" if made.made else "up to date"
+        print(f"rootfs: {made.done.path} ({state}, key {made.done.key[:12]})")
     print(f"logs: {ctx.store.log_dir('build')}")
     return 0
 
