@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import yaml
-from git import GitCommandError
 
 from . import __version__, answerfiles, config, errors, fetch, host, lock, manifest, pipeline, plan, typed
 from .context import Context, epoch_from_env
@@ -126,12 +125,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("xenspin: interrupted", file=sys.stderr)
         return 130
-    except (OSError, GitCommandError, subprocess.SubprocessError) as e:
+    except (OSError, subprocess.SubprocessError) as e:
         # Failures of the machine, not of xenspin: a store that cannot be written, a full
-        # disk, a permission, git refusing, a child that hung. One line, like any user error.
+        # disk, a permission, a child that hung. One line, like any user error.
         print(f"xenspin: {errors.describe(e)}", file=sys.stderr)
         return 2
-    except Exception:
+    except Exception as e:
+        if errors.is_git_error(e):  # git refusing (GitPython calls outside run.py)
+            print(f"xenspin: {errors.describe(e)}", file=sys.stderr)
+            return 2
         path = errors.save_traceback()
         if args.verbose > 1:
             traceback.print_exc()

@@ -106,7 +106,7 @@ def stale(distro: Distro, lock: Lock | None, root: Path) -> dict[str, str]:
             out[name] = "not locked"
         elif entry.get("recipe") != recipe_digest(comp, root):
             out[name] = "recipe changed since it was locked"
-        elif moved and comp.source.kind in ("debian", "archive"):
+        elif moved and module(comp.source.kind).FOLLOWS_ARCHIVE:
             out[name] = "base archive (mirror, suite or updates) changed since it was locked"
     return out
 
@@ -155,7 +155,7 @@ def resolve(
         entry["recipe"] = recipe_digest(comp, root)
         new.components[name] = entry
         report.resolved.append(name)
-    if any(distro.components[n].source.kind in ("debian", "archive") for n in report.resolved):
+    if any(module(distro.components[n].source.kind).FOLLOWS_ARCHIVE for n in report.resolved):
         new.archive = module("debian").archive_state(ctx)  # the state the new entries were read from
     report.dropped = sorted(set(old.components) - set(distro.components))
     return new, report
@@ -174,15 +174,4 @@ def require(distro: Distro, lock: Lock | None, root: Path, names: list[str], pat
 
 def summary(entry: dict[str, Any]) -> str:
     """A few words on what an entry pins, for `xenspin lock` output."""
-    kind = entry.get("kind")
-    if kind == "git":
-        return f"{entry['commit'][:12]} ({entry.get('ref', '')})"
-    if kind in ("tarball", "prebuilt"):
-        return f"sha256 {entry['sha256'][:12]}, {entry.get('size', 0)} bytes"
-    if kind == "debian":
-        return f"{entry['package']} {entry['version']}"
-    if kind == "archive":
-        return ", ".join(f"{n} {p['version']}" for n, p in sorted(entry["packages"].items()))
-    if kind == "path":
-        return entry["path"]
-    return str(kind)
+    return module(entry["kind"]).summary(entry)

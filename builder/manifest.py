@@ -15,8 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
-import jinja2
-
 from . import located, typed
 from .errors import Loc, ManifestError, XenspinError
 from .located import LDict, LList
@@ -534,6 +532,8 @@ def _render_version(version: str, raw: LDict) -> str:
         if stamp and stamp.isdigit()
         else datetime.datetime.now(datetime.UTC)
     )
+    import jinja2  # here, not at the top: only a templated version needs it, and every run loads manifests
+
     try:
         env = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False)
         return env.from_string(version).render(date=when.strftime("%Y%m%d"))

@@ -188,6 +188,8 @@ def _memo(ctx: Context, key: str, make: Callable[[], T]) -> T:
 
 # --- lock --------------------------------------------------------------------------
 
+FOLLOWS_ARCHIVE = True  # both kinds are read from the base archive's signed indexes
+
 
 def lock(name: str, source: Any, ctx: Context) -> dict[str, Any]:
     """Resolve a DebianSource or ArchiveSource to exact files and their sha256s from the signed indexes."""
@@ -342,6 +344,42 @@ def unpack(entry: dict[str, Any], ctx: Context, dest: Path) -> Path:
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
     return tree
+
+
+def tree(entry: dict[str, Any], ctx: Context, dest: Path) -> Path:
+    if entry["kind"] != "debian":
+        raise FetchError("archive packages are used as they are, never unpacked to build from")
+    return unpack(entry, ctx, dest)
+
+
+def in_tree(source: Any) -> Path | None:
+    return None
+
+
+def debs(entry: dict[str, Any]) -> dict[str, str] | None:
+    if entry["kind"] != "archive":
+        return None
+    return {posixpath.basename(p["filename"]): p["sha256"] for p in entry["packages"].values()}
+
+
+def binary_packages(source: Any) -> list[str]:
+    return list(source.archive) if source.kind == "archive" else []
+
+
+def srcpkg(entry: dict[str, Any]) -> dict[str, str]:
+    return {name: info["sha256"] for name, info in entry["files"].items()} if entry["kind"] == "debian" else {}
+
+
+def summary(entry: dict[str, Any]) -> str:
+    if entry["kind"] == "archive":
+        return ", ".join(f"{n} {p['version']}" for n, p in sorted(entry["packages"].items()))
+    return f"{entry['package']} {entry['version']}"
+
+
+def upstream_version(entry: dict[str, Any]) -> str:
+    if entry["kind"] != "debian":
+        return "0"
+    return entry["version"].split(":")[-1].rsplit("-", 1)[0]
 
 
 def _extract(entry: dict[str, Any], ctx: Context, filename: str, scratch: Path) -> Path:

@@ -47,6 +47,8 @@ FULL_SHA = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 
 # --- the protocol ---------------------------------------------------------------------
 
+FOLLOWS_ARCHIVE = False
+
 
 def lock(name: str, source: GitSource, ctx: Context) -> dict[str, Any]:
     """Resolve source.ref upstream to a commit (and tag object); check signatures when asked."""
@@ -127,6 +129,34 @@ def export(entry: dict[str, Any], ctx: Context, dest: Path) -> Path:
     finally:
         tar.unlink(missing_ok=True)
     return dest
+
+
+def tree(entry: dict[str, Any], ctx: Context, dest: Path) -> Path:
+    return export(entry, ctx, dest)
+
+
+def in_tree(source: Any) -> Path | None:
+    return None
+
+
+def debs(entry: dict[str, Any]) -> dict[str, str] | None:
+    return None
+
+
+def binary_packages(source: Any) -> list[str]:
+    return []
+
+
+def srcpkg(entry: dict[str, Any]) -> dict[str, str]:
+    return {}
+
+
+def summary(entry: dict[str, Any]) -> str:
+    return f"{entry['commit'][:12]} ({entry.get('ref', '')})"
+
+
+def upstream_version(entry: dict[str, Any]) -> str:
+    return "0~git" + entry["commit"][:12]
 
 
 # --- the mirror ----------------------------------------------------------------------

@@ -9,6 +9,8 @@ from pathlib import Path
 from ..store import sha256_file
 from . import Context, FetchError, Keeps
 
+FOLLOWS_ARCHIVE = False
+
 
 def lock(name: str, source, ctx: Context) -> dict:
     path = Path(source.path)
@@ -30,6 +32,35 @@ def fetched(entry: dict, ctx: Context) -> bool:
 
 def keeps(entry: dict, ctx: Context) -> Keeps:
     return Keeps()
+
+
+def tree(entry: dict, ctx: Context, dest: Path) -> Path:
+    """An in-tree source is used where it lies."""
+    return ctx.project / entry["path"]
+
+
+def in_tree(source) -> Path | None:
+    return Path(source.path)
+
+
+def debs(entry: dict) -> dict[str, str] | None:
+    return None
+
+
+def binary_packages(source) -> list[str]:
+    return []
+
+
+def srcpkg(entry: dict) -> dict[str, str]:
+    return {}
+
+
+def summary(entry: dict) -> str:
+    return entry["path"]
+
+
+def upstream_version(entry: dict) -> str:
+    return "0"
 
 
 def digest(path: Path) -> str:
