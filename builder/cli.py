@@ -15,7 +15,7 @@ from typing import Any, NoReturn
 
 import yaml
 
-from . import __version__, answerfiles, config, errors, fetch, host, lock, manifest, pipeline, plan, typed
+from . import __version__, answerfiles, config, errors, fetch, host, lock, manifest, pipeline, plan, typed, vmtest
 from .context import Context, epoch_from_env
 from .errors import XenspinError
 from .progress import Reporter
@@ -95,6 +95,23 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("components", nargs="*", metavar="COMP", help="only these components and what they need")
     p.add_argument("-j", "--jobs", type=int, default=2, help="components built at once (default 2)")
     p.add_argument("--answerfile", type=Path, metavar="FILE", help="build this answerfile into the ISO (unattended)")
+    p = add("test", "test an image in QEMU")
+    tests = p.add_subparsers(dest="test_command", metavar="TEST", required=True)
+    t = tests.add_parser(
+        "boot", help="boot an ISO and wait for Xen, dom0 and the installer's prompt on the serial line"
+    )
+    _globals(t, suppress=True)
+    t.add_argument("image", type=Path, metavar="ISO", help="the image to boot")
+    t.add_argument("--firmware", choices=["bios", "uefi", "both"], default="both", help="firmware (default both)")
+    t.add_argument("--usb", action="store_true", help="boot the file as a USB stick (raw disk) instead of a CD")
+    t.add_argument(
+        "--expect",
+        default=vmtest.PROMPT,
+        metavar="TEXT",
+        help=f"the prompt that ends a boot (default {vmtest.PROMPT!r})",
+    )
+    t.add_argument("--timeout", type=float, default=vmtest.DEFAULT_TIMEOUT, help="seconds per boot (default 600)")
+    t.add_argument("--kvm", action="store_true", help="use KVM instead of TCG (where /dev/kvm works)")
     p = add("store", "look after the store")
     p.add_argument(
         "action",
@@ -351,12 +368,37 @@ def cmd_setup(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_test(args: argparse.Namespace) -> int:
+    return TESTS[args.test_command](args)
+
+
+def cmd_test_boot(args: argparse.Namespace) -> int:
+    firmwares: list[vmtest.Firmware] = ["bios", "uefi"] if args.firmware == "both" else [args.firmware]
+    markers = [vmtest.XEN_BANNER, vmtest.DOM0_BANNER, args.expect]
+    logs = args.out / "test-boot"
+    verdicts = []
+    for fw in firmwares:
+        machine = vmtest.Machine(fw, usb=args.usb, kvm=args.kvm)
+        verdict = vmtest.boot(args.image, machine, logs, markers=markers, timeout=args.timeout)
+        verdicts.append(verdict)
+        if args.json:
+            continue
+        print(verdict.line(), flush=True)
+    if args.json:
+        print(json.dumps([dataclasses.asdict(v) for v in verdicts], indent=2, default=str))
+    return 0 if all(v.passed for v in verdicts) else 1
+
+
+TESTS = {"boot": cmd_test_boot}
+
+
 COMMANDS = {
     "build": cmd_build,
     "setup": cmd_setup,
     "lock": cmd_lock,
     "fetch": cmd_fetch,
     "store": cmd_store,
+    "test": cmd_test,
     "validate": cmd_validate,
     "show": cmd_show,
     "plan": cmd_plan,

@@ -13,6 +13,10 @@ HOST_PACKAGES = {
     "fetch": ["git", "gnupg", "gpgv", "debian-archive-keyring", "ca-certificates"],
     "build": ["mmdebstrap", "bubblewrap", "dpkg-dev", "apt-utils", "arch-test", "xz-utils", "zstd"],
     "rootfs": ["squashfs-tools"],
+    # Boot loaders and the tools that pack them (until a locked package set supplies them),
+    # and xorriso to read an ISO's boot records back.
+    "iso": ["isolinux", "syslinux-common", "grub-efi-amd64-bin", "grub-common", "mtools", "dosfstools", "xorriso"],
+    "test": ["qemu-system-x86", "ovmf"],
 }
 
 

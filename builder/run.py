@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shlex
@@ -91,6 +92,43 @@ def run(
     if check and proc.returncode != 0:
         raise CommandError(what, argv, proc.returncode, log_path, (proc.stderr or proc.stdout).decode(errors="replace"))
     return proc
+
+
+def spawn(
+    cmd: Sequence[str | os.PathLike], *, what: str, log_path: Path, env: Mapping[str, str] | None = None
+) -> subprocess.Popen:
+    """Start cmd in its own process group, its output appended to log_path; for long-lived
+    processes a caller watches (a VM). Stop it with stop(), which ends the whole group."""
+    argv = [str(c) for c in cmd]
+    log.debug("$ %s &", quote(argv))
+    if shutil.which(argv[0]) is None:
+        raise XenspinError(f"{what}: {argv[0]} is not installed (run `xenspin setup`)")
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as f:
+        f.write(f"$ {quote(argv)}\n".encode())
+        f.flush()
+        return subprocess.Popen(
+            argv,
+            env={**os.environ, **env} if env is not None else None,
+            stdin=subprocess.DEVNULL,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def stop(proc: subprocess.Popen, grace: float = 5.0) -> int:
+    """End a spawned process and everything it started (its process group): TERM, then KILL."""
+    if proc.poll() is None:
+        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, None)):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, sig)
+            try:
+                proc.wait(wait)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+    return proc.wait()
 
 
 def _tail(path: Path, size: int = 8192) -> str:

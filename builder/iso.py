@@ -1,0 +1,743 @@
+"""The installer ISO: the rootfs, Xen and the live kernel, made bootable four ways (BIOS/UEFI, CD/USB).
+
+BIOS boots through ISOLINUX's mboot.c32 (multiboot v1 loads the gzipped Xen, then the dom0
+kernel and initrd), UEFI through a GRUB EFI image (multiboot2/module2) inside an El Torito
+platform-0xEF FAT image, and an isohybrid MBR with a GPT makes the same file boot from a USB
+stick. Everything that could vary between two builds is fixed: pycdlib's clock, the MBR id
+and GPT GUIDs (derived from the key), the FAT image's serial and times, the GRUB memdisk's
+tar headers. So two builds of one lock give the same bytes.
+
+Pure parts (menu, configs, key, layout) are separate from the parts that run commands.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import shutil
+import struct
+import tarfile
+import threading
+import time
+import types
+import uuid
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pycdlib
+
+from .errors import XenspinError
+from .manifest import Boot, Distro
+from .run import run, sandbox
+from .store import Store, sha256_file, sha256_json
+
+FORMAT_VERSION = 1
+
+# What the ISO's boot loaders are made of, as paths inside the loader tree (the host, or a
+# Debian tree composed from locked packages).
+ISOLINUX_BIN = "usr/lib/ISOLINUX/isolinux.bin"
+SYSLINUX_MODULES = "usr/lib/syslinux/modules/bios"
+ISOLINUX_C32 = ["ldlinux.c32", "libcom32.c32", "libutil.c32", "mboot.c32", "menu.c32"]
+GRUB_EFI_DIR = "usr/lib/grub/x86_64-efi"
+# Built into BOOTX64.EFI (no module is loaded from the medium, so the ISO's files never have
+# to match the GRUB that reads them).
+GRUB_MODULES = [
+    "all_video",
+    "configfile",
+    "echo",
+    "efi_gop",
+    "efi_uga",
+    "fat",
+    "gzio",
+    "iso9660",
+    "memdisk",
+    "multiboot2",
+    "normal",
+    "part_gpt",
+    "part_msdos",
+    "search",
+    "search_fs_file",
+    "serial",
+    "tar",
+    "terminal",
+    "test",
+]
+# The Debian packages that hold the above: their versions are part of the ISO's key.
+LOADER_PACKAGES = ["isolinux", "syslinux-common", "grub-efi-amd64-bin", "grub-common", "dosfstools", "mtools"]
+
+ESP_TYPE = uuid.UUID("c12a7328-f81f-11d2-ba4b-00a0c93ec93b")  # GPT type of an EFI system partition
+
+# The file GRUB looks for to find the medium it booted from.
+MARKER = "/live/filesystem.squashfs"
+
+
+class IsoError(XenspinError):
+    pass
+
+
+# --- the boot menu (pure) -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One boot menu line: what it is called and the command lines it gives Xen and dom0."""
+
+    id: str
+    title: str
+    xen: str
+    dom0: str
+
+
+MODES = [("install", "Install"), ("unattended", "Unattended install"), ("rescue", "Rescue shell")]
+
+
+def menu(distro: Distro) -> list[Entry]:
+    """The entries of both loaders, the default first.
+
+    Each mode (the installer reads `xenspin.mode=` from the kernel command line) comes with
+    the screen as dom0's main console and, when `iso.boot.serial`, a serial-console variant
+    whose main console is the manifest's dom0 console (hvc0: Xen's console, on com1). The
+    kernel writes to both consoles either way; the main one is where the installer talks.
+    With serial on, the serial variants come first so a machine without a screen (or a CI
+    job) boots into them.
+    """
+    boot = distro.iso.boot
+    label = distro.iso.label
+    vga = [Entry(m, f"{t} {label}", boot.xen_cmdline, _dom0(boot, m, serial=False)) for m, t in MODES]
+    if not boot.serial:
+        return vga
+    serial = [
+        Entry(f"{m}-serial", f"{t} {label} (serial console)", boot.xen_cmdline, _dom0(boot, m, serial=True))
+        for m, t in MODES
+    ]
+    return serial + vga
+
+
+def _dom0(boot: Boot, mode: str, *, serial: bool) -> str:
+    consoles = f"console=tty0 {boot.dom0_cmdline}" if serial else f"{boot.dom0_cmdline} console=tty0"
+    return f"boot=live {consoles} xenspin.mode={mode}".replace("  ", " ").strip()
+
+
+def isolinux_cfg(distro: Distro, entries: list[Entry]) -> str:
+    """ISOLINUX's menu: mboot.c32 loads Xen, then the dom0 kernel and its initrd, split by ---."""
+    boot = distro.iso.boot
+    lines = []
+    if boot.serial:
+        lines.append("serial 0 115200")
+    lines += [
+        "ui menu.c32",
+        f"menu title {distro.iso.label} {distro.version}",
+        f"timeout {max(1, boot.timeout * 10)}",
+        f"default {entries[0].id}",
+        "",
+    ]
+    for e in entries:
+        lines += [
+            f"label {e.id}",
+            f"  menu label {e.title}",
+            "  kernel /isolinux/mboot.c32",
+            f"  append /boot/xen.gz {e.xen} --- /live/vmlinuz {e.dom0} --- /live/initrd.img",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def grub_cfg(distro: Distro, entries: list[Entry]) -> str:
+    """GRUB's menu (UEFI): find the medium by a file only it has, then multiboot2 Xen."""
+    boot = distro.iso.boot
+    lines = []
+    if boot.serial:
+        lines += [
+            "serial --unit=0 --speed=115200",
+            "terminal_input serial console",
+            "terminal_output serial console",
+        ]
+    lines += [
+        f"search --no-floppy --set=root --file {MARKER}",
+        f"set timeout={boot.timeout}",
+        "set default=0",
+        "",
+    ]
+    for e in entries:
+        # "placeholder": multiboot2 hands over the arguments only; Xen drops the first word.
+        lines += [
+            f"menuentry '{e.title}' --id {e.id} {{",
+            f"  multiboot2 /boot/xen.gz placeholder {e.xen}",
+            f"  module2 /live/vmlinuz placeholder {e.dom0}",
+            "  module2 /live/initrd.img",
+            "}",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+# --- inputs and key (pure) ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Loaders:
+    """Where the boot loaders and the tools that pack them come from.
+
+    `root` is a Debian tree holding the packages in LOADER_PACKAGES: "/" (the build host)
+    or a tree composed from locked archive packages, in which the tools then run sandboxed.
+    `versions` names what is in it, for the key and build-info.json.
+    """
+
+    root: Path
+    versions: dict[str, str]
+    origin: str  # "host" or "locked"
+
+    def path(self, rel: str) -> Path:
+        return self.root / rel
+
+    def ident(self) -> dict[str, Any]:
+        return {"origin": self.origin, "versions": self.versions}
+
+
+@dataclass(frozen=True)
+class GuestTools:
+    """The Windows PV drivers that were built: component -> its .debs."""
+
+    debs: dict[str, list[Path]] = field(default_factory=dict)
+    left_out: dict[str, str] = field(default_factory=dict)  # component -> why
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """All the ISO stage reads. `rootfs` holds rootfs.squashfs, packages.json, boot/{xen.gz,vmlinuz,initrd.img}."""
+
+    distro: Distro
+    rootfs: Path
+    rootfs_key: str
+    loaders: Loaders
+    guest: GuestTools
+    epoch: int
+
+
+ROOTFS_FILES = ["rootfs.squashfs", "packages.json", "boot/xen.gz", "boot/vmlinuz", "boot/initrd.img"]
+
+
+def key(inp: Inputs, digest: Callable[[Path], str] = sha256_file) -> str:
+    """The ISO's cache key: what goes into the image and how it is laid out."""
+    iso = inp.distro.iso
+    return sha256_json(
+        {
+            "stage": "iso",
+            "format": FORMAT_VERSION,
+            "name": inp.distro.name,
+            "version": inp.distro.version,
+            "iso": {
+                "volume_id": iso.volume_id,
+                "label": iso.label,
+                "filename": iso.filename,
+                "boot": vars(iso.boot),
+            },
+            "rootfs": inp.rootfs_key,
+            "loaders": inp.loaders.ident(),
+            "guest": {n: sorted(digest(d) for d in debs) for n, debs in sorted(inp.guest.debs.items())},
+            "epoch": inp.epoch,
+        }
+    )
+
+
+def host_loaders() -> Loaders:
+    """The build host's boot loaders (until a locked `iso` package set supplies them)."""
+    proc = run(
+        ["dpkg-query", "-W", "-f=${Package} ${Version} ${db:Status-Status}\\n", *LOADER_PACKAGES],
+        what="iso: boot loader packages",
+        capture=True,
+        check=False,
+    )
+    versions = {}
+    for line in proc.stdout.decode().splitlines():
+        name, version, status = line.split()[:3]
+        if status == "installed":
+            versions[name] = version
+    missing = [p for p in LOADER_PACKAGES if p not in versions]
+    if missing:
+        raise IsoError(f"iso: boot loader packages missing on this host: {' '.join(missing)} (run `xenspin setup`)")
+    return Loaders(Path("/"), versions, "host")
+
+
+# --- deterministic pycdlib ------------------------------------------------------------
+
+_clock_lock = threading.Lock()
+
+
+class _Clock(types.SimpleNamespace):
+    """The `time` module as pycdlib should see it: always `epoch`, always UTC."""
+
+    def __init__(self, epoch: int) -> None:
+        super().__init__()
+        self.epoch = epoch
+
+    def time(self) -> float:
+        return float(self.epoch)
+
+    def localtime(self, t: float | None = None) -> time.struct_time:
+        return time.gmtime(self.epoch if t is None else t)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+
+@contextlib.contextmanager
+def fixed_clock(epoch: int, seed: str) -> Iterator[None]:
+    """Make pycdlib read `epoch` for every time stamp (in UTC) and derive GPT GUIDs from seed.
+
+    pycdlib asks time.time() for each record and uuid4() for GPT GUIDs; swapping the
+    modules it sees (not the global ones) keeps the rest of the process untouched.
+    """
+    counter = iter(range(1 << 30))
+    clock = _Clock(epoch)
+    ids = types.SimpleNamespace(
+        UUID=uuid.UUID,
+        uuid4=lambda: uuid.UUID(bytes=hashlib.sha256(f"{seed}/{next(counter)}".encode()).digest()[:16], version=4),
+    )
+    mods = [pycdlib.pycdlib, pycdlib.headervd, pycdlib.dates]
+    with _clock_lock:
+        saved = [(m, m.time) for m in mods] + [(pycdlib.isohybrid, None)]
+        saved_uuid = pycdlib.isohybrid.uuid
+        try:
+            for m in mods:
+                m.time = clock
+            pycdlib.isohybrid.uuid = ids
+            yield
+        finally:
+            for m, t in saved:
+                if t is not None:
+                    m.time = t
+            pycdlib.isohybrid.uuid = saved_uuid
+
+
+# --- the file layout (pure) -----------------------------------------------------------
+
+
+def iso9660_name(rel: str, *, directory: bool = False) -> str:
+    """An ISO9660 level-3 path for a Rock Ridge/Joliet path: upper case d-characters, files with ;1.
+
+    Readers that matter (Linux, GRUB) use the Rock Ridge names; ISOLINUX matches these
+    case-insensitively, so the loaders' own names must survive (they are all short).
+    """
+    parts = rel.strip("/").split("/")
+    out = []
+    for i, part in enumerate(parts):
+        name = "".join(c if c.isalnum() or c == "." else "_" for c in part.upper())
+        if i < len(parts) - 1 or directory:
+            out.append(name.replace(".", "_")[:31])
+            continue
+        stem, dot, ext = name.rpartition(".")
+        if not dot:
+            stem, ext = name, ""
+        ext = ext[:8]
+        stem = stem.replace(".", "_")[: 30 - len(ext) - 1] or "_"
+        out.append(f"{stem}.{ext};1")
+    return "/" + "/".join(out)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What lands where on the ISO: path on the ISO -> file on disk (or bytes)."""
+
+    files: dict[str, Path | bytes]
+    bios_boot: str | None  # ISO path of isolinux.bin
+    efi_image: str | None  # ISO path of the FAT image
+
+
+def layout(inp: Inputs, work: Path) -> Layout:
+    """The ISO's tree; loader files are read from the loader tree, configs from work/."""
+    distro = inp.distro
+    entries = menu(distro)
+    files: dict[str, Path | bytes] = {
+        "live/filesystem.squashfs": inp.rootfs / "rootfs.squashfs",
+        "live/vmlinuz": inp.rootfs / "boot/vmlinuz",
+        "live/initrd.img": inp.rootfs / "boot/initrd.img",
+        "boot/xen.gz": inp.rootfs / "boot/xen.gz",
+        "packages.json": inp.rootfs / "packages.json",
+        ".disk/info": f"{distro.name} {distro.version} amd64\n".encode(),
+    }
+    bios_boot = efi_image = None
+    if distro.iso.boot.bios:
+        files["isolinux/isolinux.bin"] = inp.loaders.path(ISOLINUX_BIN)
+        for c32 in ISOLINUX_C32:
+            files[f"isolinux/{c32}"] = inp.loaders.path(f"{SYSLINUX_MODULES}/{c32}")
+        files["isolinux/isolinux.cfg"] = isolinux_cfg(distro, entries).encode()
+        bios_boot = "isolinux/isolinux.bin"
+    if distro.iso.boot.uefi:
+        files["boot/grub/efi.img"] = work / "efi.img"
+        files["boot/grub/grub.cfg"] = grub_cfg(distro, entries).encode()
+        efi_image = "boot/grub/efi.img"
+    for tree in sorted((work / "guest-tools").glob("*")) if (work / "guest-tools").is_dir() else []:
+        for f in sorted(tree.rglob("*")):
+            if f.is_file():
+                files[f"guest-tools/{f.relative_to(work / 'guest-tools')}"] = f
+    return Layout(dict(sorted(files.items())), bios_boot, efi_image)
+
+
+# --- commands -------------------------------------------------------------------------
+
+
+def _tool(loaders: Loaders, work: Path, argv: list[str], *, what: str, log: Path, env: dict[str, str]) -> None:
+    """Run a packing tool from the loader tree: directly on the host, sandboxed in a composed tree."""
+    if loaders.origin == "host":
+        run(argv, what=what, log_path=log, cwd=work, env=env)
+        return
+    prefix = sandbox(loaders.root, rw={"/work": work}, env=env, cwd="/work")
+    inner = [a.replace(str(work), "/work") for a in argv]
+    run(prefix + inner, what=what, log_path=log)
+
+
+def efi_image(inp: Inputs, work: Path, log: Path) -> Path:
+    """BOOTX64.EFI (GRUB with the menu in a memdisk) inside a FAT image, made without mounting.
+
+    grub-mkimage with a memdisk tar we write ourselves (fixed names, owners and times) gives
+    the same bytes every time, which grub-mkstandalone's own tar does not.
+    """
+    epoch = inp.epoch
+    grub_dir = work / "grub"
+    grub_dir.mkdir()
+    cfg = grub_cfg(inp.distro, menu(inp.distro)).encode()
+    with tarfile.open(grub_dir / "memdisk.tar", "w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in [("boot", None), ("boot/grub", None), ("boot/grub/grub.cfg", cfg)]:
+            info = tarfile.TarInfo(name)
+            info.mtime = epoch
+            info.uname = info.gname = "root"
+            if data is None:
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+                tar.addfile(info)
+            else:
+                info.size, info.mode = len(data), 0o644
+                tar.addfile(info, io.BytesIO(data))
+    (grub_dir / "early.cfg").write_text("set root=(memdisk)\nset prefix=($root)/boot/grub\n")
+    env = {"SOURCE_DATE_EPOCH": str(epoch), "TZ": "UTC", "LC_ALL": "C.UTF-8"}
+    efi = grub_dir / "BOOTX64.EFI"
+    _tool(
+        inp.loaders,
+        work,
+        [
+            "grub-mkimage",
+            "-O",
+            "x86_64-efi",
+            "-d",
+            str(inp.loaders.path(GRUB_EFI_DIR)) if inp.loaders.origin == "host" else "/" + GRUB_EFI_DIR,
+            "-c",
+            str(grub_dir / "early.cfg"),
+            "-m",
+            str(grub_dir / "memdisk.tar"),
+            "-p",
+            "/boot/grub",
+            "-o",
+            str(efi),
+            *GRUB_MODULES,
+        ],
+        what="iso: GRUB EFI image",
+        log=log,
+        env=env,
+    )
+    os.utime(efi, (epoch, epoch))
+    img = work / "efi.img"
+    # FAT room: the EFI binary plus slack for the FAT tables and directories, whole MiB.
+    kib = ((efi.stat().st_size + 512 * 1024) // (1024 * 1024) + 1) * 1024
+    serial = sha256_json({"efi": sha256_file(efi)})[:8]
+    _tool(
+        inp.loaders,
+        work,
+        ["mkfs.vfat", "-C", "-i", serial, "-n", "EFIBOOT", "--invariant", str(img), str(kib)],
+        what="iso: FAT image",
+        log=log,
+        env=env,
+    )
+    _tool(inp.loaders, work, ["mmd", "-i", str(img), "::/EFI", "::/EFI/BOOT"], what="iso: FAT dirs", log=log, env=env)
+    _tool(
+        inp.loaders,
+        work,
+        ["mcopy", "-m", "-i", str(img), str(efi), "::/EFI/BOOT/BOOTX64.EFI"],
+        what="iso: FAT copy",
+        log=log,
+        env=env,
+    )
+    return img
+
+
+def write_iso(
+    lay: Layout, dest: Path, *, volume_id: str, epoch: int, seed: str, volume_set: str = "", app: str = ""
+) -> None:
+    """Write the ISO (ISO9660 level 3 + Joliet + Rock Ridge 1.09, El Torito, isohybrid) to dest."""
+    with fixed_clock(epoch, seed):
+        iso = pycdlib.PyCdlib()
+        iso.new(
+            interchange_level=3,
+            joliet=3,
+            rock_ridge="1.09",
+            vol_ident=volume_id,
+            vol_set_ident=volume_set,
+            app_ident_str=app,
+        )
+        dirs: set[str] = set()
+        handles: list[Any] = []
+        try:
+            for rel, src in lay.files.items():
+                parts = rel.split("/")
+                for depth in range(1, len(parts)):
+                    d = "/".join(parts[:depth])
+                    if d not in dirs:
+                        dirs.add(d)
+                        iso.add_directory(
+                            iso9660_name(d, directory=True), rr_name=parts[depth - 1], joliet_path="/" + d
+                        )
+                if isinstance(src, bytes):
+                    fp: Any = io.BytesIO(src)
+                    size = len(src)
+                else:
+                    fp = open(src, "rb")  # noqa: SIM115 - pycdlib reads it at write time
+                    handles.append(fp)
+                    size = os.fstat(fp.fileno()).st_size
+                iso.add_fp(
+                    fp,
+                    size,
+                    iso9660_name(rel),
+                    rr_name=parts[-1],
+                    joliet_path="/" + rel,
+                    file_mode=0o100444,
+                )
+            if lay.bios_boot:
+                iso.add_eltorito(
+                    iso9660_name(lay.bios_boot),
+                    bootcatfile=iso9660_name("isolinux/boot.cat"),
+                    rr_bootcatname="boot.cat",
+                    joliet_bootcatfile="/isolinux/boot.cat",
+                    boot_load_size=4,
+                    boot_info_table=True,
+                )
+            if lay.efi_image:
+                kwargs: dict[str, Any] = {}
+                if not lay.bios_boot:
+                    kwargs = {
+                        "bootcatfile": iso9660_name("boot/grub/boot.cat"),
+                        "rr_bootcatname": "boot.cat",
+                        "joliet_bootcatfile": "/boot/grub/boot.cat",
+                    }
+                iso.add_eltorito(iso9660_name(lay.efi_image), platform_id=0xEF, efi=True, **kwargs)
+            if lay.bios_boot:
+                iso.add_isohybrid(efi=bool(lay.efi_image), mbr_id=int(seed[:8], 16))
+            with open(dest, "wb") as out:
+                iso.write_fp(out)
+            if lay.bios_boot and lay.efi_image:
+                repair_gpt(dest)
+        finally:
+            for fp in handles:
+                fp.close()
+            iso.close()
+
+
+def repair_gpt(path: Path) -> None:
+    """Make the isohybrid GPT pycdlib wrote consistent: CRCs over the whole entry array, and a
+    backup header and array that mirror the primary ones (same GUIDs).
+
+    pycdlib 1.x checksums only the used entries and draws separate GUIDs for the backup, so
+    partitioning tools call the table corrupt.
+    """
+    with open(path, "r+b") as f:
+        f.seek(512)
+        primary = bytearray(f.read(512))
+        if primary[:8] != b"EFI PART":
+            return
+        size = struct.unpack_from("<I", primary, 12)[0]
+        (backup_lba,) = struct.unpack_from("<Q", primary, 32)
+        (entries_lba,) = struct.unpack_from("<Q", primary, 72)
+        count, entry_size = struct.unpack_from("<II", primary, 80)
+        f.seek(entries_lba * 512)
+        entries = bytearray(f.read(count * entry_size))
+        # The second entry is the El Torito EFI image: say so (pycdlib calls it basic data).
+        entries[entry_size : entry_size + 16] = ESP_TYPE.bytes_le
+        f.seek(entries_lba * 512)
+        f.write(entries)
+        array_crc = zlib.crc32(entries)
+        backup_entries_lba = backup_lba - (count * entry_size + 511) // 512
+        for header, own, other, table in (
+            (primary, 1, backup_lba, entries_lba),
+            (bytearray(primary), backup_lba, 1, backup_entries_lba),
+        ):
+            struct.pack_into("<QQ", header, 24, own, other)
+            struct.pack_into("<Q", header, 72, table)
+            struct.pack_into("<I", header, 88, array_crc)
+            struct.pack_into("<I", header, 16, 0)
+            struct.pack_into("<I", header, 16, zlib.crc32(bytes(header[:size])))
+            f.seek(own * 512)
+            f.write(header)
+            if own != 1:
+                f.seek(table * 512)
+                f.write(entries)
+
+
+# --- guest tools ----------------------------------------------------------------------
+
+
+def guest_tree(guest: GuestTools, work: Path, log: Path) -> dict[str, Any] | None:
+    """Unpack the PV driver packages into work/guest-tools with a SHA256SUMS; None when there are none."""
+    if not guest.debs:
+        return None
+    root = work / "guest-tools"
+    root.mkdir()
+    versions: dict[str, Any] = {}
+    for name, debs in sorted(guest.debs.items()):
+        for deb in debs:
+            unpack = work / f"deb-{name}"
+            run(["dpkg-deb", "-x", str(deb), str(unpack)], what=f"iso: unpack {name}", log_path=log)
+            fields = run(
+                ["dpkg-deb", "-f", str(deb), "Package", "Version"], what=f"iso: read {name}", capture=True
+            ).stdout.decode()
+            info = dict(line.split(": ", 1) for line in fields.strip().splitlines())
+            versions[name] = {"package": info.get("Package", ""), "version": info.get("Version", "")}
+            share = unpack / "usr/share/xenspin/guest-tools"
+            if share.is_dir():
+                for item in sorted(share.iterdir()):
+                    shutil.copytree(item, root / item.name, dirs_exist_ok=True)
+            shutil.rmtree(unpack)
+    sums = []
+    for f in sorted(p for p in root.rglob("*") if p.is_file()):
+        sums.append(f"{sha256_file(f)}  {f.relative_to(root)}")
+    (root / "SHA256SUMS").write_text("\n".join(sums) + "\n")
+    (root / "versions.json").write_text(json.dumps(versions, indent=2, sort_keys=True) + "\n")
+    return versions
+
+
+# --- the stage ------------------------------------------------------------------------
+
+
+@dataclass
+class Made:
+    """What the ISO stage left in the store."""
+
+    path: Path  # the object directory
+    iso: Path
+    guest_iso: Path | None
+    info: dict[str, Any]
+
+
+def output(store: Store, k: str) -> Path:
+    return store.object_path("iso", k)
+
+
+def made(store: Store, k: str, distro: Distro) -> Made | None:
+    obj = output(store, k)
+    meta = obj / "iso.json"
+    if not meta.is_file():
+        return None
+    info = json.loads(meta.read_text())
+    guest = obj / "guest-tools.iso"
+    return Made(obj, obj / distro.iso_filename, guest if guest.is_file() else None, info)
+
+
+def make(inp: Inputs, store: Store, *, say: Callable[[str], None] = lambda m: None) -> Made:
+    """The ISO stage: look it up by key, else write it under tmp/ and rename it into objects/iso/KEY."""
+    k = key(inp)
+    found = made(store, k, inp.distro)
+    if found is not None:
+        return found
+    with store.locked("iso-" + k[:32]):
+        found = made(store, k, inp.distro)
+        if found is not None:
+            return found
+        start = time.monotonic()
+        log = store.log_dir("iso", k[:16]) / "iso.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text("")
+        tmp = store.tmp_dir("iso")
+        work = store.tmp_dir("iso-work")
+        try:
+            for rel in ROOTFS_FILES:
+                if not (inp.rootfs / rel).is_file():
+                    raise IsoError(f"iso: the rootfs output lacks {rel} ({inp.rootfs})")
+            versions = guest_tree(inp.guest, work, log)
+            if inp.distro.iso.boot.uefi:
+                efi_image(inp, work, log)
+            lay = layout(inp, work)
+            seed = k
+            name = inp.distro.iso_filename
+            write_iso(
+                lay,
+                tmp / name,
+                volume_id=inp.distro.iso.volume_id,
+                epoch=inp.epoch,
+                seed=seed,
+                volume_set=f"{inp.distro.name} {inp.distro.version}"[:128],
+                app=f"xenspin {inp.distro.name}"[:128],
+            )
+            if versions is not None:
+                guest_lay = Layout(
+                    {
+                        str(f.relative_to(work / "guest-tools")): f
+                        for f in sorted((work / "guest-tools").rglob("*"))
+                        if f.is_file()
+                    },
+                    None,
+                    None,
+                )
+                write_iso(
+                    guest_lay, tmp / "guest-tools.iso", volume_id="XENSPIN_GUEST_TOOLS", epoch=inp.epoch, seed=seed
+                )
+            shutil.copy2(inp.rootfs / "packages.json", tmp / "packages.json")
+            info = {
+                "key": k,
+                "iso": name,
+                "size": (tmp / name).stat().st_size,
+                "sha256": sha256_file(tmp / name),
+                "guest_tools": versions,
+                "guest_tools_left_out": inp.guest.left_out,
+                "loaders": inp.loaders.ident(),
+                "boot": {"bios": lay.bios_boot is not None, "uefi": lay.efi_image is not None},
+                "seconds": round(time.monotonic() - start, 1),
+            }
+            (tmp / "iso.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+            store.commit_dir(tmp, output(store, k))
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        say(f"iso: wrote {name} ({info['size'] // (1 << 20)} MiB) in {info['seconds']} s")
+    result = made(store, k, inp.distro)
+    assert result is not None
+    return result
+
+
+# --- publishing to --out --------------------------------------------------------------
+
+
+def _place(src: Path | bytes, dest: Path) -> None:
+    """Put src at dest under a temporary name first, so dest is never half-written."""
+    tmp = dest.with_name(f".{dest.name}.tmp{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    if isinstance(src, bytes):
+        tmp.write_bytes(src)
+    else:
+        try:
+            os.link(src, tmp)
+        except OSError:  # another filesystem
+            shutil.copyfile(src, tmp)
+    os.replace(tmp, dest)
+
+
+def publish(result: Made, out: Path, build_info: dict[str, Any]) -> list[Path]:
+    """Write the ISO, guest-tools.iso, packages.json, build-info.json and SHA256SUMS into out/."""
+    out.mkdir(parents=True, exist_ok=True)
+    placed: list[Path] = []
+    for src in [result.iso, result.guest_iso, result.path / "packages.json"]:
+        if src is not None:
+            _place(src, out / src.name)
+            placed.append(out / src.name)
+    stale = out / "guest-tools.iso"
+    if result.guest_iso is None and stale.exists():
+        stale.unlink()
+    info = json.dumps(build_info, indent=2, sort_keys=True) + "\n"
+    _place(info.encode(), out / "build-info.json")
+    placed.append(out / "build-info.json")
+    sums = "".join(f"{sha256_file(p)}  {p.name}\n" for p in sorted(placed))
+    _place(sums.encode(), out / "SHA256SUMS")
+    return [*placed, out / "SHA256SUMS"]

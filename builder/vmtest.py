@@ -1,0 +1,215 @@
+"""Boot an image in QEMU and watch its serial console for markers: `xenspin test boot`, and the
+harness `xenspin test install` drives too.
+
+QEMU runs under TCG by default (KVM here fails with "KVM internal error"; `kvm=True` asks for
+it where it works) on a q35 machine with a CPU model a PV dom0 survives under TCG
+(Haswell-noTSX: `-cpu max` makes dom0 fault at once). The serial line goes to a log file
+that is polled for the markers, in order; the VM's process group is stopped when the last
+marker shows up or the time runs out.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from .errors import XenspinError
+from .run import spawn, stop
+
+Firmware = Literal["bios", "uefi"]
+
+XEN_BANNER = "(XEN) Xen version"
+DOM0_BANNER = "Linux version"
+# What the installer prints when it is up; `login:` until the installer stage lands.
+PROMPT = "login:"
+DEFAULT_TIMEOUT = 600.0
+
+OVMF_DIRS = [Path("/usr/share/OVMF"), Path("/usr/share/ovmf")]
+# Split code/vars pairs first (the vars get a private copy), then the combined image.
+OVMF_PAIRS = [("OVMF_CODE_4M.fd", "OVMF_VARS_4M.fd"), ("OVMF_CODE.fd", "OVMF_VARS.fd")]
+OVMF_COMBINED = "OVMF.fd"
+
+
+class VmError(XenspinError):
+    pass
+
+
+@dataclass(frozen=True)
+class Ovmf:
+    """UEFI firmware for QEMU: code and a vars template, or one combined image (vars None)."""
+
+    code: Path
+    vars: Path | None
+
+
+def find_ovmf(dirs: Sequence[Path] = OVMF_DIRS) -> Ovmf:
+    for d in dirs:
+        for code, vars_ in OVMF_PAIRS:
+            if (d / code).is_file() and (d / vars_).is_file():
+                return Ovmf(d / code, d / vars_)
+    for d in dirs:
+        if (d / OVMF_COMBINED).is_file():
+            return Ovmf(d / OVMF_COMBINED, None)
+    where = " or ".join(str(d) for d in dirs)
+    raise VmError(f"test boot: no OVMF firmware in {where} (run `xenspin setup`, which installs ovmf)")
+
+
+@dataclass(frozen=True)
+class Machine:
+    """The VM: firmware, whether the image is a CD or a USB stick, size."""
+
+    firmware: Firmware
+    usb: bool = False
+    memory_mib: int = 3072
+    cpus: int = 2
+    kvm: bool = False
+
+    @property
+    def name(self) -> str:
+        return f"{self.firmware}-{'usb' if self.usb else 'cd'}"
+
+
+def qemu_argv(image: Path, m: Machine, serial_log: Path, ovmf: Ovmf | None, vars_copy: Path | None) -> list[str]:
+    """The QEMU command line (pure): no display, the first serial port into serial_log, no reboot."""
+    argv = [
+        "qemu-system-x86_64",
+        "-machine",
+        "q35" + (",accel=kvm" if m.kvm else ",accel=tcg"),
+        "-cpu",
+        "host" if m.kvm else "Haswell-noTSX",
+        "-m",
+        str(m.memory_mib),
+        "-smp",
+        str(m.cpus),
+        "-display",
+        "none",
+        "-vga",
+        "std",
+        "-monitor",
+        "none",
+        "-serial",
+        f"file:{serial_log}",
+        "-no-reboot",
+        "-nic",
+        "none",
+    ]
+    if m.firmware == "uefi":
+        if ovmf is None:
+            raise VmError("test boot: UEFI needs OVMF")
+        if ovmf.vars is None:
+            argv += ["-bios", str(ovmf.code)]
+        else:
+            assert vars_copy is not None
+            argv += [
+                "-drive",
+                f"if=pflash,format=raw,unit=0,readonly=on,file={ovmf.code}",
+                "-drive",
+                f"if=pflash,format=raw,unit=1,file={vars_copy}",
+            ]
+    if m.usb:
+        # The file as a USB stick written with dd: a raw disk on an xHCI controller.
+        argv += [
+            "-device",
+            "qemu-xhci,id=xhci",
+            "-drive",
+            f"if=none,id=stick,format=raw,readonly=on,file={image}",
+            "-device",
+            "usb-storage,bus=xhci.0,drive=stick,bootindex=1",
+        ]
+    else:
+        argv += [
+            "-drive",
+            f"if=none,id=cd,media=cdrom,format=raw,readonly=on,file={image}",
+            "-device",
+            "ide-cd,drive=cd,bootindex=1",
+        ]
+    return argv
+
+
+@dataclass
+class Verdict:
+    """How one boot went: which markers showed up, how long it took, where the serial log is."""
+
+    machine: str
+    passed: bool
+    seconds: float
+    reached: list[str] = field(default_factory=list)
+    missing: str | None = None
+    why: str = ""
+    log: Path | None = None
+
+    def line(self) -> str:
+        if self.passed:
+            return f"PASS {self.machine}: {self.reached[-1]!r} after {self.seconds:.1f} s (serial log: {self.log})"
+        return (
+            f"FAIL {self.machine}: no {self.missing!r} {self.why} after {self.seconds:.1f} s (serial log: {self.log})"
+        )
+
+
+def find_markers(text: str, markers: Sequence[str]) -> list[str]:
+    """The markers found in text, in order: each is looked for after the one before it."""
+    found: list[str] = []
+    pos = 0
+    for marker in markers:
+        at = text.find(marker, pos)
+        if at < 0:
+            break
+        found.append(marker)
+        pos = at + len(marker)
+    return found
+
+
+def boot(
+    image: Path,
+    m: Machine,
+    logs: Path,
+    *,
+    markers: Sequence[str] = (XEN_BANNER, DOM0_BANNER, PROMPT),
+    timeout: float = DEFAULT_TIMEOUT,
+    poll: float = 0.5,
+) -> Verdict:
+    """Boot image in QEMU until every marker has shown up on the serial line, in order, or timeout."""
+    if not image.is_file():
+        raise VmError(f"test boot: {image}: no such file")
+    logs.mkdir(parents=True, exist_ok=True)
+    serial = logs / f"{m.name}.serial.log"
+    qemu_log = logs / f"{m.name}.qemu.log"
+    serial.write_bytes(b"")
+    qemu_log.write_bytes(b"")
+    ovmf = vars_copy = None
+    if m.firmware == "uefi":
+        ovmf = find_ovmf()
+        if ovmf.vars is not None:
+            vars_copy = logs / f"{m.name}.OVMF_VARS.fd"
+            shutil.copyfile(ovmf.vars, vars_copy)
+    argv = qemu_argv(image.absolute(), m, serial, ovmf, vars_copy)
+    start = time.monotonic()
+    proc = spawn(argv, what=f"test boot {m.name}", log_path=qemu_log)
+    reached: list[str] = []
+    why = f"within {timeout:.0f} s"
+    try:
+        while True:
+            reached = find_markers(serial.read_bytes().decode(errors="replace"), markers)
+            if len(reached) == len(markers):
+                break
+            if proc.poll() is not None:
+                # One last look: the VM may have printed the marker and then stopped.
+                reached = find_markers(serial.read_bytes().decode(errors="replace"), markers)
+                if len(reached) < len(markers):
+                    why = f"(QEMU exited with status {proc.returncode}; see {qemu_log})"
+                break
+            if time.monotonic() - start > timeout:
+                break
+            time.sleep(poll)
+    finally:
+        stop(proc)
+        if vars_copy is not None:
+            vars_copy.unlink(missing_ok=True)
+    seconds = time.monotonic() - start
+    passed = len(reached) == len(markers)
+    missing = None if passed else markers[len(reached)]
+    return Verdict(m.name, passed, round(seconds, 1), reached, missing, "" if passed else why, serial)
