@@ -6,7 +6,6 @@ import argparse
 import dataclasses
 import json
 import logging
-import os
 import subprocess
 import sys
 import traceback
@@ -16,15 +15,10 @@ from typing import Any, NoReturn
 import yaml
 
 from . import __version__, answerfiles, config, errors, fetch, host, lock, manifest, pipeline, plan, typed, vmtest
-from .context import Context, epoch_from_env
+from .context import Context
 from .errors import XenspinError
 from .progress import Reporter
 from .store import Store
-
-
-def default_store() -> Path:
-    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(cache) / "xenspin" / "store"
 
 
 def _path(text: str) -> Path:
@@ -222,7 +216,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
 def _context(args: argparse.Namespace, distro: manifest.Distro) -> Context:
     cfg = config.load()
     mirrors = {**cfg.mirrors, **dict(config.parse_mirror(m) for m in args.mirror)}
-    store = Store(args.store or (Path(cfg.store) if cfg.store else default_store()))
+    store = Store(args.store or (Path(cfg.store) if cfg.store else config.default_store()))
     return Context(
         store=store,
         base=distro.base,
@@ -230,7 +224,7 @@ def _context(args: argparse.Namespace, distro: manifest.Distro) -> Context:
         offline=args.offline,
         manifest=args.file.absolute(),
         progress=Reporter(quiet=args.json),
-        epoch=epoch_from_env(),
+        epoch=config.epoch_from_env(),
     )
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
-import shutil
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -189,8 +188,8 @@ def _update(ctx: Context, url: str, path: Path, refspecs: tuple[str, ...], what:
     if path.is_dir():
         _fetch(ctx, url, path, refspecs, what)
         return
-    tmp = ctx.store.tmp_dir("git")
-    try:
+
+    def make(tmp: Path) -> None:
         tmp.chmod(0o755)
         repo = gitpython.Repo.init(str(tmp), bare=True)
         try:
@@ -198,10 +197,8 @@ def _update(ctx: Context, url: str, path: Path, refspecs: tuple[str, ...], what:
         finally:
             repo.close()
         _fetch(ctx, url, tmp, refspecs, what)
-        ctx.store.commit_dir(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    ctx.store.create(path, make, hint="git")
 
 
 def _configure(repo: gitpython.Repo, url: str) -> None:
