@@ -56,10 +56,13 @@ class Job:
 
 
 def component_inputs(
-    comp: Component, entry: dict, root: str | None, deps: dict[str, str], tree: str, base: Path, epoch: int
+    comp: Component, entry: dict, root: str | None, deps: dict[str, str], tree: str, project: Path, epoch: int
 ) -> dict[str, Any]:
-    """The canonical inputs of a component's key: everything that can change what the build produces."""
-    recipe = typed.to_data(comp, relative_to=base)
+    """The canonical inputs of a component's key: everything that can change what the build produces.
+
+    Paths are relative to project (the manifest's directory), so moving a checkout changes no key.
+    """
+    recipe = typed.to_data(comp, relative_to=project)
     for volatile in ("description", "recipe", "optional"):
         recipe.pop(volatile, None)
     source = {k: v for k, v in entry.items() if k != "recipe"}
@@ -67,9 +70,9 @@ def component_inputs(
 
 
 def component_key(
-    comp: Component, entry: dict, root: str | None, deps: dict[str, str], tree: str, base: Path, epoch: int
+    comp: Component, entry: dict, root: str | None, deps: dict[str, str], tree: str, project: Path, epoch: int
 ) -> str:
-    return stage_key(FORMAT, component_inputs(comp, entry, root, deps, tree, base, epoch))
+    return stage_key(FORMAT, component_inputs(comp, entry, root, deps, tree, project, epoch))
 
 
 def plan(
@@ -155,7 +158,6 @@ def stages(
     """The stages that build jobs: one per component, plus the build roots and source trees they use."""
     say = say or ctx.say
     epoch = ctx.source_date_epoch(lock.archive)
-    base = ctx.project
     out: list[Stage] = []
     roots: dict[str, Stage] = {}
     for name, job in jobs.items():
@@ -173,7 +175,7 @@ def stages(
         def inputs(needs: Needs, comp=comp, entry=entry, job=job) -> dict[str, Any]:
             root = needs[buildroot.stage_id(job.root)].key if job.root is not None else None
             deps = {d: needs[build_id(d)].key for d in job.after}
-            return component_inputs(comp, entry, root, deps, job.tree, base, epoch)
+            return component_inputs(comp, entry, root, deps, job.tree, ctx.project, epoch)
 
         def make(tmp: Path, needs: Needs, comp=comp, entry=entry, job=job, inputs=inputs) -> dict:
             key = stage_key(FORMAT, inputs(needs))

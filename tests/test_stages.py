@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -197,3 +199,30 @@ def test_key_is_format_and_inputs() -> None:
     assert stage_key(1, {"a": 1}) != stage_key(2, {"a": 1}) != stage_key(1, {"a": 2})
     assert stage_key(1, {"a": 1, "b": 2}) == stage_key(1, {"b": 2, "a": 1})
     assert Done("k").path is None
+
+
+def test_plan_shows_the_stage_graph(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    from builder import cli
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a/f").write_text("x\n")
+    (tmp_path / "distro.yaml").write_text(
+        'name: d\nversion: "1"\ninstaller: {component: a}\ncomponents:\n'
+        '  a:\n    source: {path: a}\n    steps: [{name: s, run: "true"}]\n'
+    )
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["--store", "st", "lock"]) == 0
+    capsys.readouterr()
+    assert cli.main(["--store", "st", "plan"]) == 0
+    graph = capsys.readouterr().out.split("stage graph: ")[1].splitlines()
+    assert graph[0] == "3 stages, 2 to run"  # the build root is lazy: made only if build:a runs
+    assert re.match(r" +buildroot:\w{16} +\[miss \w{12}\] lazy$", graph[1])
+    assert re.match(r" +build:a +\[miss \w{12}\]  needs buildroot:\w{16} \(if made\)$", graph[2])
+    assert re.match(r" +repo:repo +\[pending +\]  needs build:a$", graph[3])
+    assert cli.main(["--store", "st", "--json", "plan"]) == 0
+    nodes = json.loads(capsys.readouterr().out)["graph"]
+    assert [(n["kind"], n["hit"], n["lazy"]) for n in nodes] == [
+        ("buildroot", False, True),
+        ("build", False, False),
+        ("repo", None, False),
+    ]
