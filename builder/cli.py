@@ -14,7 +14,7 @@ from typing import Any, NoReturn
 
 import yaml
 
-from . import __version__, answerfiles, config, errors, fetch, host, lock, manifest, pipeline, plan, typed, vmtest
+from . import __version__, answerfiles, config, errors, fetch, host, iso, lock, manifest, pipeline, plan, typed, vmtest
 from .context import Context
 from .errors import XenspinError
 from .progress import Reporter
@@ -83,6 +83,9 @@ def make_parser() -> argparse.ArgumentParser:
     add("setup", "install the Debian packages xenspin runs (apt-get; needs root)")
     p = add("lock", "resolve every source to exact revisions and digests and write the lock (distro.lock)")
     p.add_argument("--update", nargs="*", metavar="COMP", help="re-resolve these components (none named: all)")
+    p.add_argument(
+        "--allow-moved-tags", action="store_true", help="re-pin a tag that now names another commit than the locked one"
+    )
     p = add("fetch", "fill the store with the locked sources, verified")
     p.add_argument("components", nargs="*", metavar="COMP", help="only these components")
     p = add("build", "lock what is missing, fetch, and build the components (all, or COMP and what it needs)")
@@ -229,8 +232,14 @@ def _context(args: argparse.Namespace, distro: manifest.Distro) -> Context:
 
 
 def _left_out(report_left_out: dict[str, str]) -> None:
+    """One warning per left-out component, and one for all the guest tools together."""
+    guest = {n: why for n, why in sorted(report_left_out.items()) if n.startswith(iso.GUEST_PREFIX)}
     for name, why in sorted(report_left_out.items()):
-        print(f"warning: left out optional component {name}: {why}", file=sys.stderr)
+        if name not in guest:
+            print(f"warning: left out optional component {name}: {why}", file=sys.stderr)
+    if guest:
+        first = next(iter(guest.values()))
+        print(f"warning: left out guest tools ({', '.join(guest)}): {first}", file=sys.stderr)
 
 
 def cmd_lock(args: argparse.Namespace) -> int:
@@ -238,7 +247,15 @@ def cmd_lock(args: argparse.Namespace) -> int:
     ctx = _context(args, distro)
     path = lock.lock_path(args.file)
     with ctx.store.session():
-        new, report = lock.resolve(distro, lock.read(path), ctx, update=args.update, strict=args.strict)
+        new, report = lock.resolve(
+            distro,
+            lock.read(path),
+            ctx,
+            update=args.update,
+            strict=args.strict,
+            allow_moved_tags=args.allow_moved_tags,
+            check_tags=True,
+        )
         lock.write(path, new)
         pipeline.register(ctx, distro, new)
     if args.json:
@@ -251,6 +268,12 @@ def cmd_lock(args: argparse.Namespace) -> int:
         print(f"kept    {name}: {lock.summary(new.components[name])}")
     for name in report.dropped:
         print(f"dropped {name}: no longer in the manifest")
+    for name, moved in sorted(report.moved.items()):
+        kept = name in report.kept
+        note = (
+            " (kept the locked commit; `lock --update NAME --allow-moved-tags` re-pins it)" if kept else " (re-pinned)"
+        )
+        print(f"warning: {name}: {moved}{note.replace('NAME', name)}", file=sys.stderr)
     _left_out(report.left_out)
     print(f"wrote {path}")
     return 0
@@ -301,7 +324,8 @@ def cmd_validate_answerfile(args: argparse.Namespace) -> int:
 def cmd_build(args: argparse.Namespace) -> int:
     distro = manifest.load(args.file)
     if args.answerfile:
-        distro.installer.answerfile = str(args.answerfile.absolute())
+        installer = dataclasses.replace(distro.installer, answerfile=str(args.answerfile.absolute()))
+        distro = dataclasses.replace(distro, installer=installer)
     if distro.installer.answerfile:
         answerfiles.validate(Path(distro.installer.answerfile))
     manifest.require_components(distro, args.components, "build")

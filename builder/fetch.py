@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from .lock import Lock
 from .manifest import Distro, build_order
-from .sources import Context, FetchError, Keeps, Missing, Refused, module
+from .sources import Context, FetchError, Keeps, Missing, Refused, module, verified_stamp, write_stamp
 
 log = logging.getLogger("xenspin.fetch")
 
@@ -40,12 +40,14 @@ def fetch(
                 continue
             raise FetchError(f"fetch {name}: not in the lock; run `xenspin lock`")
         kind = module(comp.source.kind)
-        if kind.fetched(entry, ctx):
+        stamp = verified_stamp(ctx, entry)
+        if kind.fetched(entry, ctx) and stamp.is_file():
             report.present.append(name)
             continue
         try:
             kind.fetch(name, comp.source, entry, ctx)
         except Refused:
+            stamp.unlink(missing_ok=True)
             raise
         except FetchError as e:
             if comp.optional and not strict:
@@ -55,6 +57,7 @@ def fetch(
                 missing.append(str(e))
                 continue
             raise
+        write_stamp(stamp)
         report.fetched.append(name)
     if missing:
         raise Missing(f"offline: {len(missing)} missing from the store: " + "; ".join(missing))

@@ -17,6 +17,8 @@ from .errors import Loc, ManifestError
 MAX_FILE_BYTES = 4 * 1024 * 1024
 # A manifest has hundreds of nodes; a billion-laughs document expands to billions.
 MAX_NODES = 100_000
+# A manifest nests a handful of levels; PyYAML's composer recurses once per level.
+MAX_DEPTH = 32
 
 
 class LDict(dict):
@@ -85,6 +87,7 @@ def load(path: Path) -> LDict:
     """Load one YAML file whose top level must be a mapping."""
     text = read_text(path)
     try:
+        _check_depth(path, text)
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as e:
         raise _syntax_error(path, text, e) from None
@@ -94,11 +97,28 @@ def load(path: Path) -> LDict:
         raise ManifestError(Loc(path), "", "file is empty (expected a mapping of fields)")
     value = _Converter(path).convert(node, "")
     if not isinstance(value, LDict):
-        kind = "a list" if isinstance(value, LList) else f"the scalar {value!r}"
+        # Never echo the value: the file may not be a manifest at all (a secret named by a hostile spin).
+        kind = "a list" if isinstance(value, LList) else "a scalar"
         raise ManifestError(
             Loc(path, node.start_mark.line + 1), "", f"top level is {kind} (expected a mapping of fields)"
         )
     return value
+
+
+def _check_depth(path: Path, text: str) -> None:
+    """Refuse nesting deeper than MAX_DEPTH from the parser's events (which do not recurse)."""
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise ManifestError(
+                    Loc(path, event.start_mark.line + 1),
+                    "",
+                    f"nested deeper than {MAX_DEPTH} levels (expected a manifest)",
+                )
+        elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            depth -= 1
 
 
 def _syntax_error(path: Path, text: str, e: yaml.MarkedYAMLError) -> ManifestError:

@@ -18,8 +18,8 @@ import yaml
 from . import typed
 from .errors import XenspinError, describe
 from .manifest import Component, Distro, build_order, require_components
-from .sources import Context, FetchError, Refused, module
-from .store import sha256_json
+from .sources import Context, FetchError, Refused, module, verified_stamp, write_stamp
+from .store import sha256_file, sha256_json
 
 log = logging.getLogger("xenspin.lock")
 
@@ -51,6 +51,7 @@ class LockReport:
     stale: list[str] = field(default_factory=list)
     left_out: dict[str, str] = field(default_factory=dict)
     dropped: list[str] = field(default_factory=list)
+    moved: dict[str, str] = field(default_factory=dict)  # name -> "tag T: OLD -> NEW"
 
 
 def lock_path(manifest_path: Path) -> Path:
@@ -95,6 +96,22 @@ def recipe_digest(component: Component, root: Path) -> str:
     return sha256_json(data)
 
 
+def key_digests(component: Component, root: Path) -> dict[str, str]:
+    """sha256 of each verify.keys file, by path relative to root: a lock entry's trust anchors.
+
+    Part of the entry, so changing (rotating) a key makes the entry stale and its
+    signatures are checked again against the new keys.
+    """
+    verify = getattr(component.source, "verify", None)
+    if verify is None:
+        return {}
+    out = {}
+    for key in verify.keys:
+        rel = os.path.relpath(key, root)
+        out[rel] = sha256_file(Path(key)) if Path(key).is_file() else "missing"
+    return out
+
+
 def stale(distro: Distro, lock: Lock | None, root: Path) -> dict[str, str]:
     """Components whose lock entry is missing or no longer matches the recipe: name -> why."""
     out = {}
@@ -106,6 +123,8 @@ def stale(distro: Distro, lock: Lock | None, root: Path) -> dict[str, str]:
             out[name] = "not locked"
         elif entry.get("recipe") != recipe_digest(comp, root):
             out[name] = "recipe changed since it was locked"
+        elif entry.get("keys", {}) != key_digests(comp, root):
+            out[name] = "verify.keys changed since it was locked"
         elif moved and module(comp.source.kind).FOLLOWS_ARCHIVE:
             out[name] = "base archive (mirror, suite or updates) changed since it was locked"
     return out
@@ -124,8 +143,15 @@ def resolve(
     *,
     update: list[str] | None = None,
     strict: bool = False,
+    allow_moved_tags: bool = False,
+    check_tags: bool = False,
 ) -> tuple[Lock, LockReport]:
-    """A new lock: old entries kept unless stale or named in update ([] = all)."""
+    """A new lock: old entries kept unless stale or named in update ([] = all).
+
+    A tag that now names another commit than the one locked is never re-pinned quietly:
+    re-resolving one is refused unless allow_moved_tags; with check_tags, kept tag
+    entries are looked up upstream too and a moved one is reported (and kept).
+    """
     root = ctx.project
     report = LockReport()
     old = old or Lock()
@@ -138,6 +164,10 @@ def resolve(
         if name not in redo:
             new.components[name] = old.components[name]
             report.kept.append(name)
+            if check_tags:
+                now = module(comp.source.kind).tag_now(name, old.components[name], ctx)
+                if now and now != old.components[name]["commit"]:
+                    report.moved[name] = _moved(old.components[name], now)
             continue
         if name in changed and changed[name] != "not locked":
             report.stale.append(name)
@@ -153,12 +183,30 @@ def resolve(
                 continue
             raise
         entry["recipe"] = recipe_digest(comp, root)
+        if keys := key_digests(comp, root):
+            entry["keys"] = keys
+        was = old.components.get(name) or {}
+        if (
+            was.get("kind") == "git"
+            and was.get("tag")
+            and was["tag"] == entry.get("tag")
+            and was["commit"] != entry["commit"]
+        ):
+            report.moved[name] = _moved(was, entry["commit"])
+            if not allow_moved_tags:
+                raise Refused(f"lock {name}: {report.moved[name]}; not re-pinned (--allow-moved-tags re-pins it)")
+        if module(comp.source.kind).fetched(entry, ctx):
+            write_stamp(verified_stamp(ctx, entry))  # locking checked what fetch would
         new.components[name] = entry
         report.resolved.append(name)
     if any(module(distro.components[n].source.kind).FOLLOWS_ARCHIVE for n in report.resolved):
         new.archive = module("debian").archive_state(ctx)  # the state the new entries were read from
     report.dropped = sorted(set(old.components) - set(distro.components))
     return new, report
+
+
+def _moved(entry: dict[str, Any], now: str) -> str:
+    return f"tag {entry['tag']} moved: {entry['commit']} -> {now}"
 
 
 def require(distro: Distro, lock: Lock | None, root: Path, names: list[str], path: Path) -> None:

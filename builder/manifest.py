@@ -193,7 +193,9 @@ class Base:
 
     suite: str = field("Debian suite", "bookworm")
     mirror: str = field("archive URL", "http://deb.debian.org/debian")
-    keyring: str = field("keyring that signs the archive's InRelease", "/usr/share/keyrings/debian-archive-keyring.gpg")
+    keyring: str = field(
+        "keyring that signs the archive's InRelease", "/usr/share/keyrings/debian-archive-keyring.gpg", path=True
+    )
     architecture: Literal["amd64"] = field("Debian architecture", "amd64")
     areas: list[str] = field("archive areas", factory=lambda: ["main"])
     updates: list[Update] = field(
@@ -366,31 +368,128 @@ def build_order(distro: Distro) -> list[str]:
 def load(path: Path | str) -> Distro:
     """Load a manifest (following extends:) into the model; ManifestError on bad input."""
     path = Path(path).absolute()
-    raw = _load_chain(path, [], None)
+    raw, files = _load_chain(path, [], None)
+    check_paths(Distro, raw, roots(files))
     distro = typed.parse_dataclass(Distro, raw, raw.loc, "")
     return dataclasses.replace(distro, version=_render_version(distro.version, raw))
 
 
-def _load_chain(path: Path, chain: list[Path], via: tuple[Loc, str] | None) -> LDict:
+# --- confinement -------------------------------------------------------------------
+
+MANIFEST_SUFFIXES = (".yaml", ".yml")
+# Keyrings the system's packages install; the archive keyring lives here.
+SYSTEM_KEYRINGS = (Path("/usr/share/keyrings"),)
+# What each path field must name once it exists (validate refuses a missing overlay or hook).
+PATH_KINDS = {"overlays": "dir", "path": "dir", "hooks": "file", "answerfile": "file", "keys": "file"}
+
+
+def roots(files: list[Path]) -> tuple[Path, ...]:
+    """The directories files named by a manifest may lie under: those of the manifests in its extends chain."""
+    return tuple(dict.fromkeys(Path(os.path.realpath(f.parent)) for f in files))
+
+
+def confined(path: str, allowed: tuple[Path, ...]) -> bool:
+    """Whether path, after resolving symlinks, lies under one of the allowed directories."""
+    real = Path(os.path.realpath(path))
+    return any(real == r or r in real.parents for r in allowed)
+
+
+def confine(path: str, allowed: tuple[Path, ...], loc: Loc, field: str) -> None:
+    """Refuse a path outside the project: `../../../etc`, `/etc`, an in-tree symlink to /etc."""
+    if not confined(path, allowed):
+        where = ", ".join(str(r) for r in allowed)
+        raise ManifestError(loc, field, f"{path} lies outside the project (expected a path under {where})")
+
+
+def check_paths(tp: Any, value: Any, allowed: tuple[Path, ...], path: str = "") -> None:
+    """Every path field under value (made absolute by resolve_paths) confined to allowed, and there."""
+    args = typed._union_args(tp)
+    if args is not None:
+        members = [a for a in args if a is not type(None)]
+        if isinstance(value, LDict) and all(dataclasses.is_dataclass(m) for m in members) and len(members) > 1:
+            members = [m for m in members if typed.discriminator(m) in value][:1]
+        for m in members:
+            check_paths(m, value, allowed, path)
+        return
+    if get_origin(tp) is dict and isinstance(value, LDict):
+        for k, v in value.items():
+            check_paths(get_args(tp)[1], v, allowed, f"{path}.{k}")
+    elif get_origin(tp) is list and isinstance(value, LList):
+        for i, v in enumerate(value):
+            check_paths(get_args(tp)[0], v, allowed, f"{path}[{i}]")
+    elif dataclasses.is_dataclass(tp) and isinstance(value, LDict):
+        for f, ftp in typed.fields_of(tp):
+            key = typed.yaml_key(f)
+            if key not in value or key == "extends":  # extends is checked as the chain is read
+                continue
+            sub = f"{path}.{key}" if path else key
+            if not f.metadata.get("path"):
+                check_paths(ftp, value[key], allowed, sub)
+                continue
+            items = list(enumerate(value[key])) if isinstance(value[key], LList) else [(None, value[key])]
+            for i, item in items:
+                if not isinstance(item, str) or not item:
+                    continue  # the model reports the wrong type
+                loc = value[key].loc_of(i) if i is not None else value.loc_of(key)
+                name = sub if i is None else f"{sub}[{i}]"
+                extra = SYSTEM_KEYRINGS if key == "keyring" else ()
+                confine(item, allowed + extra, loc, name)
+                _check_exists(item, PATH_KINDS.get(key), loc, name)
+
+
+def _check_exists(path: str, kind: str | None, loc: Loc, field: str) -> None:
+    if kind is None:
+        return
+    p = Path(path)
+    ok = p.is_dir() if kind == "dir" else p.is_file()
+    if not ok:
+        what = "does not exist" if not p.exists() else f"is not a {'directory' if kind == 'dir' else 'file'}"
+        raise ManifestError(loc, field, f"{path} {what} (expected a {'directory' if kind == 'dir' else 'file'})")
+
+
+def _require_manifest(doc: LDict, cls: type, what: str) -> None:
+    """A file with no known top-level field is no manifest at all: say so without echoing a byte of it."""
+    known = {typed.yaml_key(f) for f, _ in typed.fields_of(cls)}
+    if not any(k in known or k[:-1] in known for k in doc):
+        raise ManifestError(
+            Loc(doc.loc.file, doc.loc.line),
+            "",
+            f"not a {what}: no known top-level field (expected some of {', '.join(sorted(known))})",
+        )
+
+
+# --- the chain ---------------------------------------------------------------------
+
+
+def _load_chain(path: Path, chain: list[Path], via: tuple[Loc, str] | None) -> tuple[LDict, list[Path]]:
+    """The merged document of path and what it extends, and the files of that chain (path first)."""
     if path in chain:
         names = " -> ".join(p.name for p in chain[chain.index(path) :] + [path])
         raise ManifestError(via[0], via[1], f"extends cycle: {names}")  # type: ignore[index]
-    if via is not None and not path.is_file():
-        what = "is a directory" if path.is_dir() else "does not exist"
-        raise ManifestError(via[0], via[1], f"{path} {what} (expected a manifest file)")
+    if via is not None:
+        if path.is_dir():
+            raise ManifestError(via[0], via[1], f"{path} is a directory (expected a manifest file)")
+        if path.suffix not in MANIFEST_SUFFIXES:
+            # Refused before a byte is read: extends: /etc/shadow must not even be opened.
+            raise ManifestError(via[0], via[1], f"{path} is not a manifest file (expected a .yaml or .yml file)")
+        if not path.is_file():
+            raise ManifestError(via[0], via[1], f"{path} does not exist (expected a manifest file)")
     doc = located.load(path)
+    _require_manifest(doc, Distro, "xenspin manifest")
     resolve_paths(Distro, doc, path.parent)
     base: LDict | None = None
+    below: list[Path] = []
     ext = doc.get("extends")
     if ext is not None:
         if not isinstance(ext, str) or not ext:
             raise ManifestError(doc.loc_of("extends"), "extends", "expected a path to a manifest file")
-        base = _load_chain(Path(ext), chain + [path], (doc.loc_of("extends"), "extends"))
-    _load_recipes(doc, base, path)
-    return merge(base, doc, ()) if base is not None else merge(LDict(doc.loc), doc, ())
+        base, below = _load_chain(Path(ext), chain + [path], (doc.loc_of("extends"), "extends"))
+    _load_recipes(doc, base, path, roots(chain + [path] + below))
+    merged = merge(base, doc, ()) if base is not None else merge(LDict(doc.loc), doc, ())
+    return merged, [path] + below
 
 
-def _load_recipes(doc: LDict, base: LDict | None, path: Path) -> None:
+def _load_recipes(doc: LDict, base: LDict | None, path: Path, allowed: tuple[Path, ...]) -> None:
     """Replace each component entry of doc by its recipe with the entry's fields on top."""
     comps = doc.get("components")
     if not isinstance(comps, LDict):
@@ -423,10 +522,17 @@ def _load_recipes(doc: LDict, base: LDict | None, path: Path) -> None:
         if not isinstance(recipe, str):
             raise ManifestError(entry.loc_of("recipe"), where + ".recipe", "expected a path to a recipe file")
         rpath = Path(recipe)
+        rloc = entry.loc_of("recipe") if "recipe" in entry else comps.loc_of(name)
+        if rpath.suffix not in MANIFEST_SUFFIXES:
+            raise ManifestError(
+                rloc, where + ".recipe", f"{rpath} is not a recipe file (expected a .yaml or .yml file)"
+            )
+        confine(str(rpath), allowed, rloc, where + ".recipe")
         if not rpath.is_file():
             what = "is a directory" if rpath.is_dir() else "does not exist"
             raise ManifestError(entry.loc_of("recipe"), where + ".recipe", f"{rpath} {what} (expected a recipe file)")
         rdoc = located.load(rpath)
+        _require_manifest(rdoc, Component, "recipe")
         resolve_paths(Component, rdoc, rpath.parent)
         rdoc.put("recipe", str(rpath), rdoc.loc)
         over = LDict(entry.loc)

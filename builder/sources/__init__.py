@@ -9,14 +9,16 @@ ref or a version, it only fills the store with exactly what was locked.
 from __future__ import annotations
 
 import importlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, cast
 
 from ..context import Context
 from ..errors import FetchError, Missing, Refused
+from ..store import sha256_json
 
-__all__ = ["Context", "FetchError", "Keeps", "Kind", "Missing", "Refused", "module"]
+__all__ = ["Context", "FetchError", "Keeps", "Kind", "Missing", "Refused", "module", "verified_stamp", "write_stamp"]
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,22 @@ class Keeps:
 
     blobs: frozenset[str] = frozenset()
     git: frozenset[str] = frozenset()
+
+
+def verified_stamp(ctx: Context, entry: dict[str, Any]) -> Path:
+    """Where the store records that every check this lock entry demands passed (keys' digests included).
+
+    Verification is a property of the stored object, not of one run: without this
+    stamp a source in the store is checked again before it counts as fetched.
+    """
+    return ctx.store.root / "verified" / sha256_json(entry)
+
+
+def write_stamp(stamp: Path) -> None:
+    stamp.parent.mkdir(parents=True, exist_ok=True)
+    tmp = stamp.with_name(f".{stamp.name}.{os.getpid()}")
+    tmp.write_text("verified\n")
+    os.replace(tmp, stamp)
 
 
 KINDS = {
@@ -57,6 +75,9 @@ class Kind(Protocol):
 
     def tree(self, entry: dict[str, Any], ctx: Context, dest: Path) -> Path:
         """Put the source under dest as a directory to build from; return that directory."""
+
+    def tag_now(self, name: str, entry: dict[str, Any], ctx: Context) -> str | None:
+        """The commit a locked tag names upstream now, if the kind has tags (`lock --check-tags`)."""
 
     def in_tree(self, source: Any) -> Path | None:
         """The directory a source is used from where it lies (in-tree sources), else None."""

@@ -352,6 +352,10 @@ def tree(entry: dict[str, Any], ctx: Context, dest: Path) -> Path:
     return unpack(entry, ctx, dest)
 
 
+def tag_now(name: str, entry: dict[str, Any], ctx: Context) -> str | None:
+    return None  # no tags: nothing can move under a locked entry
+
+
 def in_tree(source: Any) -> Path | None:
     return None
 

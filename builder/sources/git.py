@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import shutil
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +28,7 @@ from ..gpg import SignatureError
 from ..manifest import GitSource
 from ..progress import Reporter
 from ..run import run
-from . import Context, FetchError, Keeps, Missing
+from . import Context, FetchError, Keeps, Missing, Refused
 
 log = logging.getLogger("xenspin.git")
 
@@ -57,7 +58,7 @@ def lock(name: str, source: GitSource, ctx: Context) -> dict[str, Any]:
     if ctx.offline:
         raise Missing(f"{what}: offline, and resolving ref {ref!r} needs {url}")
     path = ctx.store.git_path(url)
-    with _mirror_lock(ctx, url):
+    with _mirror_lock(ctx, url), _discard_refused(path):
         _update(ctx, url, path, REFSPECS + _extra_refspecs(ref), what)
         entry = _resolve(path, ref, what)
         if entry is None and FULL_SHA.fullmatch(ref.lower()):
@@ -81,7 +82,7 @@ def fetch(name: str, source: GitSource, entry: dict[str, Any], ctx: Context) -> 
     url, commit = entry["url"], entry["commit"]
     _check_inputs(what, url, entry["ref"])
     path = ctx.store.git_path(url)
-    with _mirror_lock(ctx, url):
+    with _mirror_lock(ctx, url), _discard_refused(path):
         if not _holds(path, entry):
             if ctx.offline:
                 raise Missing(f"{what}: offline, and the store lacks commit {commit} of {url}")
@@ -95,6 +96,23 @@ def fetch(name: str, source: GitSource, entry: dict[str, Any], ctx: Context) -> 
             raise FetchError(f"{what}: {ctx.url(url)} no longer has commit {commit} (locked from {entry['ref']!r})")
         _verify(source, entry, path, what)
         _keep(path, entry)
+
+
+def tag_now(name: str, entry: dict[str, Any], ctx: Context) -> str | None:
+    """The commit a locked tag names upstream now; None when it is no tag or upstream cannot be reached."""
+    tag = entry.get("tag")
+    if not tag or ctx.offline:
+        return None
+    url = entry["url"]
+    path = ctx.store.git_path(url)
+    try:
+        with _mirror_lock(ctx, url):
+            _update(ctx, url, path, REFSPECS, f"lock {name}")
+            with _repo(path) as repo:
+                return _rev(repo, f"refs/tags/{tag}^{{commit}}")
+    except FetchError as e:
+        log.info("lock %s: cannot look at tag %s upstream: %s", name, tag, e)
+        return None
 
 
 def fetched(entry: dict[str, Any], ctx: Context) -> bool:
@@ -166,6 +184,16 @@ def _mirror_lock(ctx: Context, url: str) -> Iterator[None]:
     """Exclusive use of one mirror: two runs never fetch into it at once."""
     with ctx.store.locked("git-" + ctx.store.git_path(url).stem):
         yield
+
+
+@contextlib.contextmanager
+def _discard_refused(path: Path) -> Iterator[None]:
+    """A mirror that offered a moved tag or a bad signature is removed: the refusal outlives the run."""
+    try:
+        yield
+    except Refused:
+        shutil.rmtree(path, ignore_errors=True)
+        raise
 
 
 @contextlib.contextmanager
@@ -315,13 +343,13 @@ def _check_tag(path: Path, entry: dict[str, Any], what: str) -> None:
     with _repo(path) as repo:
         target = _rev(repo, f"refs/tags/{tag}")
         if target is None:
-            raise FetchError(f"{what}: tag {tag} is gone upstream: locked at {locked}")
+            raise Refused(f"{what}: tag {tag} is gone upstream: locked at {locked}")
         now = _rev(repo, target + "^{commit}")
     if now != locked:
-        raise FetchError(f"{what}: tag {tag} moved: locked at {locked}, now {now or 'a non-commit ' + target}")
+        raise Refused(f"{what}: tag {tag} moved: locked at {locked}, now {now or 'a non-commit ' + target}")
     now_obj = target if target != now else None
     if now_obj != locked_obj:
-        raise FetchError(
+        raise Refused(
             f"{what}: tag {tag} moved: locked at tag object {locked_obj or '(lightweight)'}, "
             f"now {now_obj or '(lightweight)'} (same commit)"
         )

@@ -17,7 +17,7 @@ import urllib3
 
 from ..progress import Reporter, Task
 from ..store import StoreError, sha256_file, sha256_text
-from . import Context, FetchError, Missing
+from . import Context, FetchError, Missing, Refused
 
 log = logging.getLogger("xenspin.http")
 
@@ -77,7 +77,7 @@ def download(
             digest = sha256_file(partial)
         if sha256 and digest != sha256:
             _discard(partial)
-            raise FetchError(f"{what}: {real}: sha256 mismatch: got {digest}, expected {sha256}; nothing stored")
+            raise Refused(f"{what}: {real}: sha256 mismatch: got {digest}, expected {sha256}; nothing stored")
         if check is not None:
             try:
                 check(partial)
@@ -88,7 +88,7 @@ def download(
         try:
             return store.add_blob(partial, digest, what=f"{what}: {real}")
         except StoreError as e:
-            raise FetchError(str(e)) from None
+            raise Refused(str(e)) from None
 
 
 def _stored(ctx: Context, sha256: str, check: Callable[[Path], None] | None) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
+from typing import Any
 
 from ..store import sha256_file
 from . import Context, FetchError, Keeps
@@ -37,6 +38,10 @@ def keeps(entry: dict, ctx: Context) -> Keeps:
 def tree(entry: dict, ctx: Context, dest: Path) -> Path:
     """An in-tree source is used where it lies."""
     return ctx.project / entry["path"]
+
+
+def tag_now(name: str, entry: dict[str, Any], ctx: Context) -> str | None:
+    return None  # no tags: nothing can move under a locked entry
 
 
 def in_tree(source) -> Path | None:

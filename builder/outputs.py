@@ -1,0 +1,100 @@
+"""What a build step may leave behind: checked before anything it made reaches the store.
+
+A step is untrusted code. Its $DEBS may hold only regular .deb files that dpkg-deb
+reads, of packages the recipe declares, for the distribution's architecture (or
+all); its $OUT no device nodes, fifos or sockets, no setuid/setgid file the recipe
+does not name, and no symlink that climbs out of the tree. Anything else is refused
+with one line naming the component, the step and the file, and nothing is committed.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Collection
+from pathlib import Path
+
+from .errors import XenspinError
+from .run import run
+
+
+class OutputRefused(XenspinError):
+    """A step left something in $OUT or $DEBS that is not allowed there."""
+
+
+def check(
+    component: str,
+    step: str,
+    out: Path,
+    debs: Path,
+    *,
+    packages: Collection[str],
+    architecture: str,
+    setuid: Collection[str] = (),
+) -> None:
+    """Refuse what the step left in out ($OUT) and debs ($DEBS) that breaks the rules above."""
+    what = f"build {component}: step {step}"
+    check_out(what, out, setuid)
+    check_debs(what, debs, packages, architecture)
+
+
+def check_out(what: str, out: Path, setuid: Collection[str] = ()) -> None:
+    for dirpath, dirs, files in os.walk(out):
+        for name in dirs + files:
+            path = Path(dirpath, name)
+            rel = path.relative_to(out).as_posix()
+            st = path.lstat()
+            mode = st.st_mode
+            if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+                raise OutputRefused(f"{what}: $OUT/{rel} is a device node (not allowed in $OUT)")
+            if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
+                raise OutputRefused(f"{what}: $OUT/{rel} is a fifo or socket (not allowed in $OUT)")
+            if stat.S_ISLNK(mode):
+                if leaves(out, path):
+                    target = os.readlink(path)
+                    raise OutputRefused(f"{what}: $OUT/{rel} is a symlink to {target}, which leaves $OUT")
+                continue
+            if mode & (stat.S_ISUID | stat.S_ISGID) and rel not in setuid:
+                raise OutputRefused(f"{what}: $OUT/{rel} is setuid or setgid (the recipe's setuid: does not name it)")
+
+
+def leaves(root: Path, link: Path) -> bool:
+    """Whether a symlink under root climbs above root, reading root as the installed system's /.
+
+    An absolute target (/etc/alternatives/x) names a path of the system the package is
+    installed on, so it stays inside; a relative one may not climb past the top.
+    """
+    target = os.readlink(link)
+    if os.path.isabs(target):
+        return False
+    rel_dir = link.parent.relative_to(root)
+    resolved = os.path.normpath(os.path.join(rel_dir, target))
+    return resolved == ".." or resolved.startswith("../")
+
+
+def check_debs(what: str, debs: Path, packages: Collection[str], architecture: str) -> None:
+    for path in sorted(debs.iterdir()):
+        name = path.name
+        st = path.lstat()
+        if not stat.S_ISREG(st.st_mode):
+            kind = "a symlink" if stat.S_ISLNK(st.st_mode) else "not a regular file"
+            raise OutputRefused(f"{what}: $DEBS/{name} is {kind} (expected only .deb files)")
+        if not name.endswith(".deb"):
+            raise OutputRefused(f"{what}: $DEBS/{name} is not a .deb (expected only .deb files)")
+        proc = run(
+            ["dpkg-deb", "--field", path, "Package", "Architecture"],
+            what=f"{what}: read $DEBS/{name}",
+            capture=True,
+            check=False,
+        )
+        fields = dict(line.split(": ", 1) for line in proc.stdout.decode(errors="replace").splitlines() if ": " in line)
+        if proc.returncode != 0 or "Package" not in fields:
+            raise OutputRefused(f"{what}: $DEBS/{name} is not a package dpkg-deb can read")
+        package, arch = fields["Package"].strip(), fields.get("Architecture", "").strip()
+        if package not in packages:
+            declared = ", ".join(sorted(packages)) or "none"
+            raise OutputRefused(
+                f"{what}: $DEBS/{name} is package {package!r}, which the recipe does not declare (debs: {declared})"
+            )
+        if arch not in (architecture, "all"):
+            raise OutputRefused(f"{what}: $DEBS/{name} is for architecture {arch!r} (expected {architecture} or all)")

@@ -1,0 +1,443 @@
+"""Trust: each attack of issue 7 tried as an attacker would, refused with one line, its evidence nowhere.
+
+Fast tests work on manifests, locks and the store; the ones marked slow run real
+bubblewrap builds in one build root shared by the whole session.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import shutil
+import subprocess
+import tarfile
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from builder import cli
+from builder.sources import http
+
+SECRET = "hunter2-not-for-ci-logs"
+
+DISTRO = """\
+name: tiny
+version: "1.0"
+components:
+  hello: {}
+installer:
+  component: hello
+"""
+
+RECIPE = """\
+source: {path: hello}
+steps:
+  - name: stage
+    run: install -D -m 0644 "$SRC/note" "$OUT/usr/share/hello/note"
+package: {name: hello-xs}
+"""
+
+
+def write(root: Path, files: dict[str, str]) -> None:
+    for name, text in files.items():
+        p = root / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text)
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A tiny distribution with one in-tree component, in its own directory under tmp_path."""
+    root = tmp_path / "project"
+    write(root, {"distro.yaml": DISTRO, "components/hello.yaml": RECIPE, "components/hello/note": "hello\n"})
+    monkeypatch.chdir(root)
+    return root
+
+
+@pytest.fixture
+def secret(tmp_path: Path) -> Path:
+    """A host file outside the project standing in for /etc/shadow."""
+    path = tmp_path / "host" / "shadow"
+    write(tmp_path, {"host/shadow": f"root:{SECRET}:20228:0:99999:7:::\n"})
+    return path
+
+
+def refused(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    """Run the CLI expecting exit 2 and one error line (after any progress lines); return that line."""
+    code = cli.main(list(argv))
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err
+    lines = [line for line in err.strip().splitlines() if not line.endswith(" ...")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def objects(store: Path) -> list[Path]:
+    """What the store holds under objects/ (builds, build roots, source trees, repositories)."""
+    return sorted((store / "objects").glob("*/*"))
+
+
+def nowhere(text: str, *roots: Path) -> None:
+    """text is in no file under roots."""
+    for root in roots:
+        for dirpath, _dirs, files in os.walk(root):
+            for name in files:
+                path = Path(dirpath, name)
+                if path.is_symlink() or not path.is_file():
+                    continue
+                assert text.encode() not in path.read_bytes(), path
+
+
+# --- 2. confinement: paths a manifest names stay in the project ------------------------
+
+
+def test_source_path_climbing_out_is_refused_before_any_build(project: Path, secret: Path, capsys, tmp_path) -> None:
+    write(project, {"components/hello.yaml": RECIPE.replace("{path: hello}", "{path: ../../host}")})
+    line = refused(capsys, "--store", str(tmp_path / "store"), "build")
+    assert line.startswith("components/hello.yaml:1: components.hello.source.path: ")
+    assert "lies outside the project" in line
+    assert not objects(tmp_path / "store")
+    nowhere(SECRET, tmp_path / "store", project)
+
+
+def test_in_tree_symlink_to_host_directory_is_refused(project: Path, secret: Path, capsys, tmp_path) -> None:
+    os.symlink(secret.parent, project / "components/hostlink")
+    write(project, {"components/hello.yaml": RECIPE.replace("{path: hello}", "{path: hostlink}")})
+    line = refused(capsys, "--store", str(tmp_path / "store"), "build")
+    assert line.startswith("components/hello.yaml:1: components.hello.source.path: ")
+    assert "lies outside the project" in line
+    assert not objects(tmp_path / "store")
+
+
+@pytest.mark.parametrize(
+    ("where", "text", "field"),
+    [
+        ("distro.yaml", "rootfs:\n  overlays: [/etc]\n", "rootfs.overlays[0]"),
+        ("distro.yaml", "rootfs:\n  hooks: [../host/shadow]\n", "rootfs.hooks[0]"),
+        ("distro.yaml", "installer:\n  component: hello\n  answerfile: ../host/shadow\n", "installer.answerfile"),
+        ("distro.yaml", "base:\n  keyring: ../host/shadow\n", "base.keyring"),
+        (
+            "components/hello.yaml",
+            "source:\n  git: https://example.invalid/x.git\n  verify: {keys: [../../host/shadow], tag: true}\n",
+            "components.hello.source.verify.keys[0]",
+        ),
+    ],
+)
+def test_every_path_field_is_confined(project: Path, secret: Path, capsys, where: str, text: str, field: str) -> None:
+    path = project / where
+    body = path.read_text()
+    if where == "distro.yaml":
+        body = body.replace("installer:\n  component: hello\n", "") + text
+    else:
+        body = text + body.split("\n", 1)[1]
+    path.write_text(body)
+    line = refused(capsys, "validate")
+    assert f": {field}: " in line and "lies outside the project" in line, line
+    assert line.startswith(where + ":")
+    assert SECRET not in line
+
+
+def test_recipe_outside_the_project_is_refused(project: Path, tmp_path: Path, capsys) -> None:
+    write(tmp_path, {"elsewhere/hello.yaml": RECIPE})
+    write(project, {"distro.yaml": DISTRO.replace("hello: {}", "hello: {recipe: ../elsewhere/hello.yaml}")})
+    line = refused(capsys, "validate")
+    assert line.startswith("distro.yaml:4: components.hello.recipe: ") and "lies outside the project" in line
+
+
+def test_spin_and_vendor_repository_may_name_files_of_the_chain(project: Path, tmp_path: Path, capsys) -> None:
+    """spins/x.yaml names ../overlays/acme; a vendor repo extending ../project/distro.yaml names files in either."""
+    (project / "overlays/acme").mkdir(parents=True)
+    write(project, {"spins/x.yaml": "extends: ../distro.yaml\nrootfs:\n  overlays+: [../overlays/acme]\n"})
+    write(
+        tmp_path,
+        {
+            "vendor/spin.yaml": "extends: ../project/distro.yaml\n"
+            "rootfs:\n  overlays: [../project/overlays/acme, mine]\n  hooks: [hooks/h.sh]\n",
+            "vendor/hooks/h.sh": "#!/bin/sh\n",
+        },
+    )
+    (tmp_path / "vendor/mine").mkdir()
+    assert cli.main(["-f", "spins/x.yaml", "validate"]) == 0
+    assert cli.main(["-f", str(tmp_path / "vendor/spin.yaml"), "validate"]) == 0
+
+
+def test_validate_checks_overlays_and_hooks_exist(project: Path, capsys) -> None:
+    write(project, {"distro.yaml": DISTRO + "rootfs:\n  overlays: [overlays/none]\n"})
+    line = refused(capsys, "validate")
+    assert line.startswith("distro.yaml:8: rootfs.overlays[0]: ") and "does not exist (expected a directory)" in line
+    write(project, {"distro.yaml": DISTRO + "rootfs:\n  hooks: [hooks/none.sh]\n"})
+    line = refused(capsys, "validate")
+    assert line.startswith("distro.yaml:8: rootfs.hooks[0]: ") and "does not exist (expected a file)" in line
+
+
+# --- 6. a file that is not a manifest is never echoed ----------------------------------
+
+
+def test_extends_host_file_is_refused_unread(project: Path, secret: Path, capsys) -> None:
+    write(project, {"spins/x.yaml": f"extends: {secret}\n"})
+    line = refused(capsys, "-f", "spins/x.yaml", "validate")
+    assert line == f"spins/x.yaml:1: extends: {secret} is not a manifest file (expected a .yaml or .yml file)"
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        f"root:{SECRET}:20228:0:99999:7:::\n",  # a scalar
+        f"- root:{SECRET}\n",  # a list
+        f"{SECRET}: 1\nroot: x\n",  # a mapping with no known field
+    ],
+)
+def test_file_that_is_no_manifest_is_named_never_echoed(project: Path, capsys, content: str) -> None:
+    write(project, {"spins/secret.yaml": content, "spins/x.yaml": "extends: secret.yaml\n"})
+    line = refused(capsys, "-f", "spins/x.yaml", "validate")
+    assert line.startswith("spins/secret.yaml:1: ")
+    assert SECRET not in line and "root:" not in line
+
+
+def test_recipe_that_is_no_recipe_is_never_echoed(project: Path, capsys) -> None:
+    write(project, {"components/hello.yaml": f"{SECRET}: x\n"})
+    line = refused(capsys, "validate")
+    assert line.startswith("components/hello.yaml:1: not a recipe") and SECRET not in line
+
+
+def test_deeply_nested_yaml_is_one_line(project: Path, capsys) -> None:
+    write(project, {"distro.yaml": DISTRO + "description: " + "[" * 5000 + "]" * 5000 + "\n"})
+    line = refused(capsys, "validate")
+    assert line == "distro.yaml:7: nested deeper than 32 levels (expected a manifest)"
+
+
+# --- helpers for sources: a local HTTP server, local git repositories, OpenPGP keys ---
+
+GIT_ENV = {
+    "GIT_CONFIG_GLOBAL": "/dev/null",
+    "GIT_CONFIG_NOSYSTEM": "1",
+    "GIT_AUTHOR_NAME": "T",
+    "GIT_AUTHOR_EMAIL": "t@example.invalid",
+    "GIT_COMMITTER_NAME": "T",
+    "GIT_COMMITTER_EMAIL": "t@example.invalid",
+}
+CANON = "https://git.example.invalid/drv.git"
+CANON_HTTP = "https://files.example.invalid/"
+
+
+def sh(*args: str | os.PathLike, cwd: Path | None = None, env: dict[str, str] | None = None) -> str:
+    proc = subprocess.run(
+        [str(a) for a in args], cwd=cwd, env={**os.environ, **GIT_ENV, **(env or {})}, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip()
+
+
+@pytest.fixture(autouse=True)
+def hermetic(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No user git config, no user keyring, no user settings file."""
+    for k, v in GIT_ENV.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("GNUPGHOME", str(tmp_path / "no-gnupg-here"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "no-config-here"))
+    monkeypatch.setattr(http, "BACKOFF", 0.01)
+
+
+@dataclass(frozen=True)
+class Keys:
+    home: Path
+    good: str
+    bad: str
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Keys]:
+    home = tmp_path_factory.mktemp("gnupg")
+    home.chmod(0o700)
+    env = {"GNUPGHOME": str(home)}
+    fprs = {}
+    for who in ("good", "bad"):
+        sh(
+            "gpg",
+            "--batch",
+            "--passphrase",
+            "",
+            "--quick-gen-key",
+            f"{who} <{who}@example.invalid>",
+            "ed25519",
+            "sign",
+            "never",
+            env=env,
+        )
+        listing = sh("gpg", "--batch", "--with-colons", "--list-keys", f"<{who}@example.invalid>", env=env)
+        fprs[who] = next(line.split(":")[9] for line in listing.splitlines() if line.startswith("fpr:"))
+        (home / f"{who}.asc").write_text(sh("gpg", "--batch", "--armor", "--export", fprs[who], env=env) + "\n")
+    yield Keys(home, fprs["good"], fprs["bad"])
+    sh("gpgconf", "--kill", "all", env=env)
+
+
+def git(repo: Path, *args: str, keys: Keys | None = None, key: str = "") -> str:
+    signing = ["-c", f"user.signingkey={key}", "-c", "gpg.program=gpg"] if key else []
+    return sh("git", *signing, *args, cwd=repo, env={"GNUPGHOME": str(keys.home)} if keys else {})
+
+
+@pytest.fixture
+def upstream(tmp_path: Path) -> Path:
+    """A git repository with tag v1 on its first commit and a second commit on main."""
+    repo = tmp_path / "upstream"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    (repo / "note").write_text("one\n")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "one")
+    git(repo, "tag", "-a", "-m", "v1", "v1")
+    (repo / "note").write_text("two\n")
+    git(repo, "commit", "-q", "-a", "-m", "two")
+    return repo
+
+
+GIT_RECIPE = """\
+source:
+  git: {url}
+  ref: v1
+{verify}optional: true
+steps:
+  - name: stage
+    run: install -D -m 0644 "$SRC/note" "$OUT/usr/share/drv/note"
+package: {{name: drv-xs}}
+"""
+
+
+def git_project(project: Path, verify: str = "") -> None:
+    write(
+        project,
+        {
+            "distro.yaml": DISTRO.replace("  hello: {}\n", "  hello: {}\n  drv: {}\n"),
+            "components/drv.yaml": GIT_RECIPE.format(url=CANON, verify=verify),
+        },
+    )
+
+
+def xs(capsys: pytest.CaptureFixture[str], store: Path, *argv: str, mirror: str = "", code: int = 0) -> str:
+    """Run xenspin with this store (and mirror map); return stderr (and stdout) after checking the exit status."""
+    extra = ["--mirror", f"{CANON}={mirror}"] if mirror else []
+    got = cli.main(["--store", str(store), *extra, *argv])
+    out = capsys.readouterr()
+    assert got == code, out.err
+    assert "Traceback" not in out.err
+    return out.err + out.out
+
+
+# --- 3. a refusal outlives the run; keys are part of the lock entry ---------------------
+
+
+def test_moved_tag_stays_refused_and_lock_reports_it(project: Path, upstream: Path, tmp_path: Path, capsys) -> None:
+    git_project(project)
+    store, url = tmp_path / "store", upstream.as_uri()
+    xs(capsys, store, "lock", mirror=url)
+    old = git(upstream, "rev-parse", "v1^{commit}")
+    new = git(upstream, "rev-parse", "main")
+    git(upstream, "tag", "-f", "-a", "-m", "v1 again", "v1", "main")
+    # A fresh store fetches the moved tag: refused, for an optional component too; and again.
+    other = tmp_path / "other"
+    for _ in range(2):
+        err = xs(capsys, other, "fetch", mirror=url, code=2)
+        assert err.strip().splitlines()[-1] == f"fetch drv: tag v1 moved: locked at {old}, now {new}"
+        assert not list((other / "git").glob("*.git")), "the refused mirror stays in the store"
+    err = xs(capsys, other, "build", "drv", mirror=url, code=2)
+    assert "tag v1 moved" in err and not objects(other)
+    # lock says so and keeps the pin; --update refuses to re-pin without --allow-moved-tags.
+    err = xs(capsys, store, "lock", mirror=url)
+    assert f"warning: drv: tag v1 moved: {old} -> {new} (kept the locked commit" in err
+    err = xs(capsys, store, "lock", "--update", "drv", mirror=url, code=2)
+    assert (
+        err.strip().splitlines()[-1]
+        == f"lock drv: tag v1 moved: {old} -> {new}; not re-pinned (--allow-moved-tags re-pins it)"
+    )
+    assert old in (project / "distro.lock").read_text()
+    xs(capsys, store, "lock", "--update", "drv", "--allow-moved-tags", mirror=url)
+    assert new in (project / "distro.lock").read_text()
+
+
+def test_untrusted_signer_stays_refused(project: Path, upstream: Path, keys: Keys, tmp_path: Path, capsys) -> None:
+    """Keys rotated to one that did not sign the tag: the entry is stale, re-checked, refused, and stays so."""
+    shutil.copy(keys.home / "good.asc", project / "components/release.asc")
+    git(upstream, "tag", "-f", "-s", "-m", "v1", "v1", "v1^{commit}", keys=keys, key=keys.good)
+    git_project(project, verify="  verify: {keys: [release.asc], tag: true}\n")
+    store, url = tmp_path / "store", upstream.as_uri()
+    xs(capsys, store, "lock", mirror=url)
+    assert "release.asc:" in (project / "distro.lock").read_text()  # the key's digest is in the entry
+    assert "already in the store: drv" in xs(capsys, store, "fetch", "drv", mirror=url)
+    shutil.copy(keys.home / "bad.asc", project / "components/release.asc")  # the trusted key changes
+    err = xs(capsys, store, "fetch", "drv", mirror=url, code=2)
+    assert "stale for drv (verify.keys changed since it was locked)" in err
+    for _ in range(2):
+        err = xs(capsys, store, "lock", mirror=url, code=2)
+        assert err.strip().splitlines()[-1].endswith("which is not among verify.keys (verify.tag)"), err
+        assert not list((store / "git").glob("*.git"))
+    xs(capsys, store, "build", "drv", mirror=url, code=2)
+    assert not objects(store)
+
+
+# --- 4. a refusal is an error for an optional component too -----------------------------
+
+
+@pytest.fixture
+def www(tmp_path: Path) -> Iterator[tuple[Path, str]]:
+    """A local HTTP server over tmp_path/www: (its directory, its base URL)."""
+    root = tmp_path / "www"
+    root.mkdir()
+    handler = functools.partial(QuietHandler, directory=str(root))
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield root, f"http://127.0.0.1:{httpd.server_address[1]}/"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+class QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def tarball(path: Path, text: str) -> str:
+    """A tarball holding drv/note; returns its sha256."""
+    staging = path.parent / "staging" / "drv"
+    staging.mkdir(parents=True, exist_ok=True)
+    (staging / "note").write_text(text)
+    with tarfile.open(path, "w") as tar:
+        tar.add(staging, arcname="drv")
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+TAR_RECIPE = """\
+source:
+  url: https://files.example.invalid/drv.tar
+optional: true
+steps:
+  - name: stage
+    run: install -D -m 0644 "$SRC/note" "$OUT/usr/share/drv/note"
+package: {name: drv-xs}
+"""
+
+
+def test_optional_tampered_tarball_fails_fetch_and_build(project: Path, www, tmp_path: Path, capsys) -> None:
+    root, base = www
+    tarball(root / "drv.tar", "good\n")
+    write(project, {"distro.yaml": DISTRO.replace("  hello: {}\n", "  hello: {}\n  drv: {}\n")})
+    write(project, {"components/drv.yaml": TAR_RECIPE})
+    store, mirror = tmp_path / "store", ["--mirror", f"{CANON_HTTP}={base}"]
+    assert cli.main(["--store", str(store), *mirror, "lock"]) == 0
+    capsys.readouterr()
+    bad = tarball(root / "drv.tar", "evil\n")  # upstream (or a mirror) serves other bytes
+    for argv in (["fetch"], ["build", "drv"]):
+        line = refused(capsys, "--store", str(tmp_path / "fresh"), *mirror, *argv)
+        assert line.startswith("fetch drv: ") and f"sha256 mismatch: got {bad}" in line
+    assert not list((tmp_path / "fresh/blobs").rglob("*.*")) and not list((tmp_path / "fresh/blobs/sha256").glob("*/*"))
+    assert not objects(tmp_path / "fresh") and not (project / "out").exists()
+    # Only an unreachable source leaves an optional component out.
+    (root / "drv.tar").unlink()
+    assert cli.main(["--store", str(tmp_path / "fresh"), *mirror, "fetch"]) == 0
+    assert "warning: left out optional component drv: " in capsys.readouterr().err
