@@ -226,3 +226,27 @@ def test_plan_shows_the_stage_graph(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         ("build", False, False),
         ("repo", None, False),
     ]
+
+
+def test_gc_waits_for_a_running_build_and_keeps_live_roots(tmp_path: Path) -> None:
+    from builder.store import Root
+
+    store = Store(tmp_path / "store")
+    live, gone = tmp_path / "live.yaml", tmp_path / "gone.yaml"
+    live.write_text("")
+    store.obtain("build", "used", lambda tmp: None)
+    store.obtain("build", "old", lambda tmp: None)
+    store.register(Root(live, objects=frozenset({("build", "used")})))
+    store.register(Root(gone, objects=frozenset({("build", "old")})))
+    finished = threading.Event()
+    result = []
+    with store.session():  # a build in progress holds the store's shared lock
+        t = threading.Thread(target=lambda: (result.append(store.gc()), finished.set()))
+        t.start()
+        time.sleep(0.5)
+        assert not finished.is_set()  # gc waits for it
+    t.join(10)
+    (res,) = result
+    assert res.dropped == [f"{gone}: the manifest is gone"] and res.kept == [str(live)]
+    assert store.has("build", "used") and not store.has("build", "old")
+    assert not store.object_path("build", "old").exists()
