@@ -40,6 +40,7 @@ class Lock:
 
     archive: dict[str, Any] = field(default_factory=dict)
     components: dict[str, dict[str, Any]] = field(default_factory=dict)
+    sets: dict[str, dict[str, Any]] = field(default_factory=dict)  # package sets (packagesets.py)
 
 
 @dataclass
@@ -51,6 +52,7 @@ class LockReport:
     stale: list[str] = field(default_factory=list)
     left_out: dict[str, str] = field(default_factory=dict)
     dropped: list[str] = field(default_factory=list)
+    sets: list[str] = field(default_factory=list)  # package sets resolved
     moved: dict[str, str] = field(default_factory=dict)  # name -> "tag T: OLD -> NEW"
 
 
@@ -71,12 +73,14 @@ def read(path: Path) -> Lock | None:
         ) from None
     if not isinstance(data, dict) or data.get("format") != LOCK_FORMAT:
         raise LockError(f"{path}: not a lock file of format {LOCK_FORMAT}; run `xenspin lock --update`")
-    return Lock(archive=data.get("archive") or {}, components=data.get("components") or {})
+    return Lock(archive=data.get("archive") or {}, components=data.get("components") or {}, sets=data.get("sets") or {})
 
 
 def write(path: Path, lock: Lock) -> None:
     """Write atomically: a reader sees the old lock or the new one, never half of one."""
     data = {"format": LOCK_FORMAT, "archive": lock.archive, "components": lock.components}
+    if lock.sets:
+        data["sets"] = lock.sets
     text = HEADER + yaml.safe_dump(data, sort_keys=True, default_flow_style=False, width=1000)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
@@ -158,7 +162,7 @@ def resolve(
     changed = stale(distro, old, root)
     require_components(distro, update or [], "lock --update")
     redo = set(distro.components) if update == [] else set(update or []) | set(changed)
-    new = Lock(archive=dict(old.archive))
+    new = Lock(archive=dict(old.archive), sets=dict(old.sets))
     for name in build_order(distro):
         comp = distro.components[name]
         if name not in redo:

@@ -218,6 +218,7 @@ class Rootfs:
     overlays: list[str] = field("directories laid over the tree (*.j2 files rendered)", factory=list, path=True)
     hooks: list[str] = field("scripts run with the tree's path as $1 after packages are in", factory=list, path=True)
     compression: Literal["zstd", "xz", "gzip"] = field("squashfs compression", "zstd")
+    compression_level: int = field("squashfs compression level (0: xenspin's default for the compression)", 0)
 
 
 @dataclass(frozen=True)

@@ -12,11 +12,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import build, fetch, lock, repo
+from . import build, fetch, lock, packagesets, repo, rootfs
 from .context import Context
 from .errors import XenspinError
 from .manifest import Distro
-from .stage import Needs, Pending, Planned, Scheduler, Stage, resolve
+from .stage import Needs, Outcome, Pending, Planned, Scheduler, Stage, resolve
 from .store import GcResult, Root
 
 REPO = "repo:repo"
@@ -30,6 +30,7 @@ class Result:
     left_out: dict[str, str]
     build: build.BuildReport
     repo: Path
+    rootfs: Outcome | None = None  # None: a partial build (COMP named), no rootfs
 
 
 def graph(
@@ -54,6 +55,8 @@ def graph(
         return repo.make(tmp, debs, distro.name)
 
     stages.append(Stage("repo", "repo", repo.FORMAT, repo_inputs, repo_make, after=after))
+    if names is None and "rootfs" in packagesets.package_sets(distro, current):
+        stages.append(rootfs.stage(ctx, distro, current, jobs, build.build_id))
     return stages, jobs
 
 
@@ -69,17 +72,36 @@ def current_lock(distro: Distro, path: Path, ctx: Context, *, strict: bool, say:
         for name, why in lock.stale(distro, old, ctx.project).items()
         if not distro.components[name].optional or why != "not locked"
     ]
-    if old is not None and not todo:
+    if old is not None and not todo and not packagesets.stale_sets(distro, old):
         return old
     if ctx.offline:
-        raise XenspinError(
-            f"{path}: {'no lock yet' if old is None else 'stale for ' + ', '.join(todo)}; --offline forbids resolving sources"
-        )
-    new, report = lock.resolve(distro, old, ctx, strict=strict)
+        what = "no lock yet" if old is None else "stale for " + ", ".join(todo or ["its package sets"])
+        raise XenspinError(f"{path}: {what}; --offline forbids resolving sources")
+    new, report = resolve_lock(distro, old, ctx, update=None, strict=strict)
     if new != old:
         lock.write(path, new)
-        say(f"lock: resolved {', '.join(report.resolved) or 'nothing'}; wrote {path}")
+        say(f"lock: resolved {', '.join(report.resolved + report.sets) or 'nothing'}; wrote {path}")
     return new
+
+
+def resolve_lock(
+    distro: Distro, old: lock.Lock | None, ctx: Context, *, update: list[str] | None, strict: bool, **options: bool
+) -> tuple[lock.Lock, lock.LockReport]:
+    """Components first (options go to lock.resolve), then the package sets that follow from them."""
+    new, report = lock.resolve(distro, old, ctx, update=update, strict=strict, **options)
+    names = list(packagesets.package_sets(distro, new)) if update == [] else packagesets.stale_sets(distro, new)
+    if names:
+        new.sets = packagesets.resolve_all(distro, new, ctx, names)
+        report.sets = names
+    return new, report
+
+
+def fetch_sets(current: lock.Lock, ctx: Context) -> packagesets.SetFetch:
+    """The locked package sets' .debs into the store, verified by sha256."""
+    report = packagesets.fetch(current, ctx)
+    if report.fetched:
+        ctx.say(f"fetch: {len(report.fetched)} locked .debs of the package sets")
+    return report
 
 
 def run_build(
@@ -97,6 +119,8 @@ def run_build(
         current = current_lock(distro, lock.lock_path(ctx.manifest), ctx, strict=strict, say=ctx.say)
         wanted = build.closure(distro, names) if names else None
         fetched = fetch.fetch(distro, current, ctx, wanted, strict=strict)
+        if names is None:
+            fetch_sets(current, ctx)
         stages, comp_jobs = graph(ctx, distro, current, names, set(fetched.left_out))
         outcomes = Scheduler(ctx.store, stages, jobs=jobs).run()
         report = build.report(outcomes, comp_jobs)
@@ -104,9 +128,10 @@ def run_build(
         assert repo_path is not None
         report.repo = str(repo_path)
         published = repo.publish(repo_path, out / "repo")
+        made = outcomes.get(rootfs.STAGE_ID)
         # The whole plan's root, even when only some components were asked for.
         ctx.store.register(gc_root(ctx, distro, current, resolve(ctx.store, stages) if names is None else None))
-    return Result(sorted(current.components), fetched.left_out, report, published)
+    return Result(sorted(current.components), fetched.left_out, report, published, made)
 
 
 def planned(ctx: Context, distro: Distro, current: lock.Lock) -> list[Planned]:
@@ -121,7 +146,7 @@ def gc_root(ctx: Context, distro: Distro, current: lock.Lock, graph: list[Planne
     keep = fetch.keeps(distro, current, ctx)
     graph = planned(ctx, distro, current) if graph is None else graph
     objects = frozenset((p.stage.kind, p.key) for p in graph if p.key)
-    return Root(ctx.manifest, keep.blobs, keep.git, objects)
+    return Root(ctx.manifest, keep.blobs | packagesets.keeps(current), keep.git, objects)
 
 
 def register(ctx: Context, distro: Distro, current: lock.Lock | None) -> None:
