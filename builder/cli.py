@@ -6,7 +6,6 @@ import argparse
 import dataclasses
 import json
 import logging
-import os
 import subprocess
 import sys
 import traceback
@@ -14,7 +13,6 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import yaml
-from git import GitCommandError
 
 from . import (
     __version__,
@@ -33,15 +31,10 @@ from . import (
     typed,
     vmtest,
 )
-from .context import Context, epoch_from_env
+from .context import Context
 from .errors import XenspinError
 from .progress import Reporter
 from .store import Store
-
-
-def default_store() -> Path:
-    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(cache) / "xenspin" / "store"
 
 
 def _path(text: str) -> Path:
@@ -176,12 +169,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("xenspin: interrupted", file=sys.stderr)
         return 130
-    except (OSError, GitCommandError, subprocess.SubprocessError) as e:
+    except (OSError, subprocess.SubprocessError) as e:
         # Failures of the machine, not of xenspin: a store that cannot be written, a full
-        # disk, a permission, git refusing, a child that hung. One line, like any user error.
+        # disk, a permission, a child that hung. One line, like any user error.
         print(f"xenspin: {errors.describe(e)}", file=sys.stderr)
         return 2
-    except Exception:
+    except Exception as e:
+        if errors.is_git_error(e):  # git refusing (GitPython calls outside run.py)
+            print(f"xenspin: {errors.describe(e)}", file=sys.stderr)
+            return 2
         path = errors.save_traceback()
         if args.verbose > 1:
             traceback.print_exc()
@@ -253,7 +249,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
 def _context(args: argparse.Namespace, distro: manifest.Distro) -> Context:
     cfg = config.load()
     mirrors = {**cfg.mirrors, **dict(config.parse_mirror(m) for m in args.mirror)}
-    store = Store(args.store or (Path(cfg.store) if cfg.store else default_store()))
+    store = Store(args.store or (Path(cfg.store) if cfg.store else config.default_store()))
     return Context(
         store=store,
         base=distro.base,
@@ -261,7 +257,7 @@ def _context(args: argparse.Namespace, distro: manifest.Distro) -> Context:
         offline=args.offline,
         manifest=args.file.absolute(),
         progress=Reporter(quiet=args.json),
-        epoch=epoch_from_env(),
+        epoch=config.epoch_from_env(),
     )
 
 
