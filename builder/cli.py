@@ -6,7 +6,6 @@ import argparse
 import dataclasses
 import json
 import logging
-import os
 import subprocess
 import sys
 import traceback
@@ -14,7 +13,6 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import yaml
-from git import GitCommandError
 
 from . import (
     __version__,
@@ -23,6 +21,7 @@ from . import (
     errors,
     fetch,
     host,
+    installtest,
     iso,
     lock,
     manifest,
@@ -32,15 +31,10 @@ from . import (
     typed,
     vmtest,
 )
-from .context import Context, epoch_from_env
+from .context import Context
 from .errors import XenspinError
 from .progress import Reporter
 from .store import Store
-
-
-def default_store() -> Path:
-    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(cache) / "xenspin" / "store"
 
 
 def _path(text: str) -> Path:
@@ -131,6 +125,20 @@ def make_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--timeout", type=float, default=vmtest.DEFAULT_TIMEOUT, help="seconds per boot (default 600)")
     t.add_argument("--kvm", action="store_true", help="use KVM instead of TCG (where /dev/kvm works)")
+    t = tests.add_parser(
+        "install",
+        help="install from an ISO onto a fresh disk (unattended), boot the disk alone, check Domain-0 and a PV guest",
+    )
+    _globals(t, suppress=True)
+    t.add_argument("image", type=Path, metavar="ISO", help="the installer ISO")
+    t.add_argument("--firmware", choices=["bios", "uefi", "both"], default="both", help="firmware (default both)")
+    t.add_argument(
+        "--answerfile",
+        type=Path,
+        metavar="FILE",
+        help="answerfile (YAML or XML; root needs a plain password) instead of the test's own",
+    )
+    t.add_argument("--kvm", action="store_true", help="use KVM instead of TCG (where /dev/kvm works)")
     p = add("store", "look after the store")
     p.add_argument(
         "action",
@@ -161,12 +169,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("xenspin: interrupted", file=sys.stderr)
         return 130
-    except (OSError, GitCommandError, subprocess.SubprocessError) as e:
+    except (OSError, subprocess.SubprocessError) as e:
         # Failures of the machine, not of xenspin: a store that cannot be written, a full
-        # disk, a permission, git refusing, a child that hung. One line, like any user error.
+        # disk, a permission, a child that hung. One line, like any user error.
         print(f"xenspin: {errors.describe(e)}", file=sys.stderr)
         return 2
-    except Exception:
+    except Exception as e:
+        if errors.is_git_error(e):  # git refusing (GitPython calls outside run.py)
+            print(f"xenspin: {errors.describe(e)}", file=sys.stderr)
+            return 2
         path = errors.save_traceback()
         if args.verbose > 1:
             traceback.print_exc()
@@ -238,7 +249,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
 def _context(args: argparse.Namespace, distro: manifest.Distro) -> Context:
     cfg = config.load()
     mirrors = {**cfg.mirrors, **dict(config.parse_mirror(m) for m in args.mirror)}
-    store = Store(args.store or (Path(cfg.store) if cfg.store else default_store()))
+    store = Store(args.store or (Path(cfg.store) if cfg.store else config.default_store()))
     return Context(
         store=store,
         base=distro.base,
@@ -246,7 +257,7 @@ def _context(args: argparse.Namespace, distro: manifest.Distro) -> Context:
         offline=args.offline,
         manifest=args.file.absolute(),
         progress=Reporter(quiet=args.json),
-        epoch=epoch_from_env(),
+        epoch=config.epoch_from_env(),
     )
 
 
@@ -448,7 +459,20 @@ def cmd_test_boot(args: argparse.Namespace) -> int:
     return 0 if all(v.passed for v in verdicts) else 1
 
 
-TESTS = {"boot": cmd_test_boot}
+def cmd_test_install(args: argparse.Namespace) -> int:
+    firmwares: list[vmtest.Firmware] = ["bios", "uefi"] if args.firmware == "both" else [args.firmware]
+    verdicts = []
+    for fw in firmwares:
+        verdict = installtest.install(args.image, fw, args.out / "test-install", args.answerfile, kvm=args.kvm)
+        verdicts.append(verdict)
+        if not args.json:
+            print(verdict.line(), flush=True)
+    if args.json:
+        print(json.dumps([dataclasses.asdict(v) for v in verdicts], indent=2, default=str))
+    return 0 if all(v.passed for v in verdicts) else 1
+
+
+TESTS = {"boot": cmd_test_boot, "install": cmd_test_install}
 
 
 COMMANDS = {

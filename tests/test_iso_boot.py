@@ -9,13 +9,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import copy_project
 
 from builder import cli, iso, manifest
 from builder.store import Store
 
 pytestmark = [pytest.mark.slow, pytest.mark.network]
 
-REPO = Path(__file__).resolve().parent.parent
 BOOT_TIMEOUT = "1200"  # per boot: about 90 s on an idle 2-core machine, 900 s measured on a loaded one
 LIVE_PACKAGES = "xen-system-amd64,linux-image-amd64,systemd-sysv,live-boot,live-boot-initramfs-tools,xen-utils-4.17"
 
@@ -49,9 +49,7 @@ def live_rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def default_iso(live_rootfs: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The default manifest's ISO (copied in, read-only data) over the live rootfs."""
     project = tmp_path_factory.mktemp("project")
-    shutil.copyfile(REPO / "distro.yaml", project / "distro.yaml")
-    shutil.copytree(REPO / "components", project / "components")
-    distro = manifest.load(project / "distro.yaml")
+    distro = manifest.load(copy_project(project))  # overlays too: the manifest names them
     inp = iso.Inputs(distro, live_rootfs, "live", iso.host_loaders(), iso.GuestTools(), 1_700_000_000)
     made = iso.obtain(inp, Store(tmp_path_factory.mktemp("store")))
     return made.iso
