@@ -443,13 +443,16 @@ def installed(
 
 
 def squash(tree: Path, dest: Path, spec: Any, epoch: int, log_path: Path) -> None:
-    """mksquashfs, reproducible: sorted entries, every time set to the epoch."""
-    cmd = ["mksquashfs", tree, dest, "-noappend", "-reproducible", "-comp", spec.compression]
+    """mksquashfs, reproducible: sorted entries, the creation time and every later mtime clamped to the epoch.
+
+    Through SOURCE_DATE_EPOCH, not -mkfs-time/-all-time: mksquashfs refuses both at once,
+    and a user's own SOURCE_DATE_EPOCH is in the environment.
+    """
+    cmd = ["mksquashfs", tree, dest, "-noappend", "-reproducible", "-comp", spec.compression, "-no-progress"]
     level = spec.compression_level or DEFAULT_LEVEL.get(spec.compression)
     if level:
         cmd += ["-Xcompression-level", str(level)]
-    cmd += ["-mkfs-time", str(epoch), "-all-time", str(epoch), "-no-progress"]
     try:
-        run(cmd, what="rootfs: mksquashfs", log_path=log_path)
+        run(cmd, what="rootfs: mksquashfs", log_path=log_path, env={"SOURCE_DATE_EPOCH": str(epoch)})
     except CommandError as e:
         raise RootfsError(str(e)) from None
