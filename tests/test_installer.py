@@ -181,6 +181,11 @@ def test_network_and_grub_files() -> None:
         text=True,
     )
     assert keep.stdout == "dom0_mem=2G\n"  # the image's Xen command line stays
+    image = "GRUB_CMDLINE_XEN_DEFAULT='console=com1 com1=9600'\n"
+    once = subprocess.run(
+        ["sh", "-c", image + serial + 'echo "$GRUB_CMDLINE_XEN_DEFAULT"'], capture_output=True, text=True
+    )
+    assert once.stdout == "console=com1 com1=9600\n"  # a serial console the image set is not added twice
 
 
 def test_cmdline_and_banner(tmp_path: Path) -> None:
