@@ -384,6 +384,14 @@ def cmd_build(args: argparse.Namespace) -> int:
                 "wall": made.seconds,
                 **(made.done.meta or {}),
             }
+        if result.iso is not None:
+            data["iso"] = {
+                "key": result.iso.done.key,
+                "made": result.iso.made,
+                "wall": result.iso.seconds,
+                "files": [str(p) for p in result.published],
+                **(result.iso.done.meta or {}),
+            }
         print(json.dumps(data, indent=2))
         return 0
     if report.built:
@@ -395,6 +403,12 @@ def cmd_build(args: argparse.Namespace) -> int:
         made = result.rootfs
         state = f"composed in {made.seconds} s" if made.made else "up to date"
         print(f"rootfs: {made.done.path} ({state}, key {made.done.key[:12]})")
+    if result.iso is not None:
+        image = result.published[0]
+        state = f"written in {result.iso.seconds} s" if result.iso.made else "up to date"
+        size = (result.iso.done.meta or {}).get("size", 0) // (1 << 20)
+        print(f"iso: {image} ({size} MiB, {state}, key {result.iso.done.key[:12]})")
+        print(f"     {', '.join(p.name for p in result.published[1:])} beside it")
     print(f"logs: {ctx.store.log_dir('build')}")
     return 0
 

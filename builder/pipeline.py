@@ -9,15 +9,15 @@ stage is a node added here, reading earlier stages' outputs through its needs.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import build, fetch, lock, packagesets, repo, rootfs
+from . import build, fetch, iso, lock, packagesets, repo, rootfs
 from .context import Context
 from .errors import XenspinError
 from .manifest import Distro
 from .stage import Needs, Outcome, Pending, Planned, Scheduler, Stage, resolve
-from .store import GcResult, Root
+from .store import GcResult, Root, sha256_file
 
 REPO = "repo:repo"
 
@@ -31,6 +31,8 @@ class Result:
     build: build.BuildReport
     repo: Path
     rootfs: Outcome | None = None  # None: a partial build (COMP named), no rootfs
+    iso: Outcome | None = None  # None: a partial build, no ISO
+    published: list[Path] = field(default_factory=list)  # the ISO and its companions in out/
 
 
 def graph(
@@ -57,7 +59,28 @@ def graph(
     stages.append(Stage("repo", "repo", repo.FORMAT, repo_inputs, repo_make, after=after))
     if names is None and "rootfs" in packagesets.package_sets(distro, current):
         stages.append(rootfs.stage(ctx, distro, current, jobs, build.build_id))
+        stages += iso_stages(ctx, distro, current, jobs)
     return stages, jobs
+
+
+def iso_stages(ctx: Context, distro: Distro, current: lock.Lock, jobs: dict[str, build.Job]) -> list[Stage]:
+    """The ISO after the rootfs and the guest tool builds, its boot loaders from the locked `iso` set.
+
+    Without a locked set (a lock from before sets) the host's boot loaders are used.
+    """
+    guest = {n: build.build_id(n) for n, j in jobs.items() if n.startswith(iso.GUEST_PREFIX) and j.action == "build"}
+    files = packagesets.files(current, "iso")
+    out: list[Stage] = []
+    loaders: iso.Loaders | str
+    if files:
+        ld = iso.loaders_stage(ctx.store, files)
+        out.append(ld)
+        loaders = ld.id
+    else:
+        loaders = iso.host_loaders()
+    epoch = ctx.source_date_epoch(current.archive)
+    out.append(iso.stage(distro, rootfs.STAGE_ID, guest, loaders, epoch, ctx.store))
+    return out
 
 
 def current_lock(distro: Distro, path: Path, ctx: Context, *, strict: bool, say: Callable[[str], None]) -> lock.Lock:
@@ -129,9 +152,45 @@ def run_build(
         report.repo = str(repo_path)
         published = repo.publish(repo_path, out / "repo")
         made = outcomes.get(rootfs.STAGE_ID)
+        image = outcomes.get(iso.STAGE_ID)
+        files: list[Path] = []
+        if image is not None:
+            files = publish_iso(distro, ctx, current, outcomes, fetched.left_out, out)
         # The whole plan's root, even when only some components were asked for.
         ctx.store.register(gc_root(ctx, distro, current, resolve(ctx.store, stages) if names is None else None))
-    return Result(sorted(current.components), fetched.left_out, report, published, made)
+    return Result(sorted(current.components), fetched.left_out, report, published, made, image, files)
+
+
+def publish_iso(
+    distro: Distro,
+    ctx: Context,
+    current: lock.Lock,
+    outcomes: dict[str, Outcome],
+    left_out: dict[str, str],
+    out: Path,
+) -> list[Path]:
+    """Put the ISO, guest-tools.iso, packages.json, build-info.json and SHA256SUMS in out/."""
+    assert ctx.manifest is not None
+    done = outcomes[iso.STAGE_ID].done
+    assert done.path is not None and done.meta is not None
+    made = iso.made(done.path, done.meta)
+    squashfs = outcomes[rootfs.STAGE_ID].done
+    sizes = {made.iso.name: made.info["size"]}
+    if squashfs.path is not None:
+        sizes["rootfs.squashfs"] = (squashfs.path / "rootfs.squashfs").stat().st_size
+    if made.guest_iso is not None:
+        sizes["guest-tools.iso"] = made.guest_iso.stat().st_size
+    lock_file = lock.lock_path(ctx.manifest)
+    info = iso.build_info(
+        distro,
+        made,
+        lock_sha256=sha256_file(lock_file) if lock_file.is_file() else "",
+        stages={sid: {"key": o.done.key, "made": o.made, "seconds": o.seconds} for sid, o in sorted(outcomes.items())},
+        sizes=sizes,
+        left_out=left_out,
+        epoch=ctx.source_date_epoch(current.archive),
+    )
+    return iso.publish(made, out, info)
 
 
 def planned(ctx: Context, distro: Distro, current: lock.Lock) -> list[Planned]:

@@ -24,8 +24,8 @@ Firmware = Literal["bios", "uefi"]
 
 XEN_BANNER = "(XEN) Xen version"
 DOM0_BANNER = "Linux version"
-# What the installer prints when it is up; `login:` until the installer stage lands.
-PROMPT = "login:"
+# The installer's banner (it runs on the serial console instead of a login prompt).
+PROMPT = "xenspin installer"
 DEFAULT_TIMEOUT = 600.0
 
 OVMF_DIRS = [Path("/usr/share/OVMF"), Path("/usr/share/ovmf")]
