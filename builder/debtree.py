@@ -31,6 +31,7 @@ DPKG_OPTIONS = (
     "path-exclude=/usr/share/doc/*",
     "path-include=/usr/share/doc/*/copyright",
 )
+BUILD_ONLY = "force-unsafe-io"  # no fsync per file while composing: the tree is thrown away on failure
 
 
 class TreeError(XenspinError):
@@ -78,6 +79,7 @@ def compose(spec: TreeSpec, repo: Path, tree: Path, log_path: Path) -> None:
         "--include=" + ",".join(spec.packages),
         "--aptopt=Apt::Install-Recommends false",
         *(f"--dpkgopt={o}" for o in DPKG_OPTIONS),
+        f"--dpkgopt={BUILD_ONLY}",
         f"--hook-dir={AUTOMOUNT}",
         # The image names the real archive, never the build's file:// repository.
         f'--customize-hook=printf %s {_sh_quote(sources)} > "$1/etc/apt/sources.list"',
@@ -91,6 +93,15 @@ def compose(spec: TreeSpec, repo: Path, tree: Path, log_path: Path) -> None:
     except CommandError as e:
         raise TreeError(str(e)) from None
     _drop_mountpoint(tree, repo)
+    _drop_build_only(tree)
+
+
+def _drop_build_only(tree: Path) -> None:
+    """The image keeps the path excludes mmdebstrap wrote to dpkg.cfg.d, but not the build's unsafe io."""
+    cfg = tree / "etc/dpkg/dpkg.cfg.d/99mmdebstrap"
+    if cfg.is_file():
+        kept = [line for line in cfg.read_text().splitlines() if line.strip() != BUILD_ONLY]
+        cfg.write_text("".join(line + "\n" for line in kept))
 
 
 def _drop_mountpoint(tree: Path, repo: Path) -> None:

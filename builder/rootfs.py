@@ -20,9 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from debian import deb822
-
-from . import debtree, overlays, typed
+from . import debtree, lazy, overlays, typed
 from .context import Context
 from .errors import XenspinError
 from .lock import Lock
@@ -33,7 +31,9 @@ from .run import CommandError, run
 from .stage import Needs, Pending, Stage, stage_key
 from .store import Store, sha256_file, sha256_json
 
-FORMAT = 2  # what the stage writes; bump to recompose every rootfs
+deb822 = lazy.module("debian.deb822")  # imported when the rootfs is composed (see builder/lazy.py)
+
+FORMAT = 3  # what the stage writes; bump to recompose every rootfs
 KIND = "rootfs"
 STAGE_ID = "rootfs:rootfs"
 # Default levels (rootfs.compression-level 0): zstd 3 gave ~240 MB in 3 s, 15 ~213 MB in 35 s on a
@@ -443,13 +443,16 @@ def installed(
 
 
 def squash(tree: Path, dest: Path, spec: Any, epoch: int, log_path: Path) -> None:
-    """mksquashfs, reproducible: sorted entries, every time set to the epoch."""
-    cmd = ["mksquashfs", tree, dest, "-noappend", "-reproducible", "-comp", spec.compression]
+    """mksquashfs, reproducible: sorted entries, the creation time and every later mtime clamped to the epoch.
+
+    Through SOURCE_DATE_EPOCH, not -mkfs-time/-all-time: mksquashfs refuses both at once,
+    and a user's own SOURCE_DATE_EPOCH is in the environment.
+    """
+    cmd = ["mksquashfs", tree, dest, "-noappend", "-reproducible", "-comp", spec.compression, "-no-progress"]
     level = spec.compression_level or DEFAULT_LEVEL.get(spec.compression)
     if level:
         cmd += ["-Xcompression-level", str(level)]
-    cmd += ["-mkfs-time", str(epoch), "-all-time", str(epoch), "-no-progress"]
     try:
-        run(cmd, what="rootfs: mksquashfs", log_path=log_path)
+        run(cmd, what="rootfs: mksquashfs", log_path=log_path, env={"SOURCE_DATE_EPOCH": str(epoch)})
     except CommandError as e:
         raise RootfsError(str(e)) from None

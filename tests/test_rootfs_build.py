@@ -50,7 +50,7 @@ def test_xen_services_ssh_network_and_serial_console_are_enabled(default_build: 
     assert (etc / "init.d/xen").is_file()
     assert [p.name for p in (etc / "rc2.d").glob("S*xen")], "xen is not enabled in runlevel 2"
     wants = etc / "systemd/system/multi-user.target.wants"
-    assert (wants / "ssh.service").exists() and (wants / "xenspin-ssh-keygen.service").is_symlink()
+    assert (wants / "ssh.service").is_symlink() and (wants / "xenspin-ssh-keygen.service").is_symlink()
     assert (wants / "systemd-networkd.service").is_symlink()
     assert "DHCP=yes" in (etc / "systemd/network/50-xenspin-dhcp.network").read_text()
     assert (etc / "systemd/system/getty.target.wants/serial-getty@hvc0.service").is_symlink()
@@ -67,6 +67,8 @@ def test_no_build_host_traces(default_build: DefaultBuild) -> None:
     assert "file:" not in (tree / "etc/apt/sources.list").read_text()  # the build's repository is gone
     assert "deb http://deb.debian.org/debian bookworm main" in (tree / "etc/apt/sources.list").read_text()
     assert not (tree / str(default_build.store).lstrip("/")).exists()  # no mount point left behind
+    dpkg_cfg = "".join(p.read_text() for p in (tree / "etc/dpkg/dpkg.cfg.d").iterdir())
+    assert "path-exclude=/usr/share/man/*" in dpkg_cfg and "unsafe-io" not in dpkg_cfg
 
 
 def test_branded_and_overlay_rendered(default_build: DefaultBuild) -> None:
