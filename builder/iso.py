@@ -822,6 +822,8 @@ def build_info(
 
 def _place(src: Path | bytes, dest: Path) -> None:
     """Put src at dest under a temporary name first, so dest is never half-written."""
+    if not isinstance(src, bytes) and dest.exists() and os.path.samefile(src, dest):
+        return  # already this file (a hard link from an earlier run): rename() would do nothing
     tmp = dest.with_name(f".{dest.name}.tmp{os.getpid()}")
     tmp.unlink(missing_ok=True)
     if isinstance(src, bytes):

@@ -207,6 +207,9 @@ def test_publish_writes_outputs_and_checksums(distro: manifest.Distro, tmp_path:
     assert sums["tiny-2.5-amd64.iso"] == sha256_file(out / "tiny-2.5-amd64.iso")
     assert sums["build-info.json"] == sha256_file(out / "build-info.json")
     assert json.loads((out / "build-info.json").read_text())["lock"] == "abc"
+    # Published again (a rebuild with nothing changed): no temporary file left beside them.
+    iso.publish(made, out, {"lock": "abc", "left_out": {}})
+    assert sorted(p.name for p in out.iterdir()) == names
 
 
 def test_missing_rootfs_file_is_one_line(distro: manifest.Distro, tmp_path: Path) -> None:
