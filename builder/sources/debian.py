@@ -26,7 +26,7 @@ from debian.debian_support import Version
 
 from .. import tarballs, typed
 from ..run import run
-from . import Context, FetchError, Keeps, Refused, http
+from . import Context, FetchError, Keeps, Refused, http, verified_blob
 
 T = TypeVar("T")
 
@@ -346,9 +346,7 @@ def unpack(entry: dict[str, Any], ctx: Context, dest: Path) -> Path:
 
 def _extract(entry: dict[str, Any], ctx: Context, filename: str, scratch: Path) -> Path:
     """Unpack one tarball blob into scratch; return its single top directory, or scratch if it has none."""
-    blob = ctx.store.blob_path(entry["files"][filename]["sha256"])
-    if not blob.is_file():
-        raise FetchError(f"unpack {entry['package']}: {filename} is not in the store (fetch first)")
+    blob = verified_blob(ctx.store, entry["files"][filename]["sha256"], f"unpack {entry['package']}: {filename}")
     try:
         with tarfile.open(blob, "r:*") as tar:
             tarballs.extract(tar, scratch)
