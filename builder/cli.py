@@ -16,7 +16,7 @@ from typing import Any, NoReturn
 import yaml
 from git import GitCommandError
 
-from . import __version__, answerfiles, config, errors, fetch, host, lock, manifest, pipeline, plan, typed, vmtest
+from . import __version__, answerfiles, config, errors, fetch, host, iso, lock, manifest, pipeline, plan, typed, vmtest
 from .context import Context, epoch_from_env
 from .errors import XenspinError
 from .progress import Reporter
@@ -236,8 +236,14 @@ def _context(args: argparse.Namespace, distro: manifest.Distro) -> Context:
 
 
 def _left_out(report_left_out: dict[str, str]) -> None:
+    """One warning per left-out component, and one for all the guest tools together."""
+    guest = {n: why for n, why in sorted(report_left_out.items()) if n.startswith(iso.GUEST_PREFIX)}
     for name, why in sorted(report_left_out.items()):
-        print(f"warning: left out optional component {name}: {why}", file=sys.stderr)
+        if name not in guest:
+            print(f"warning: left out optional component {name}: {why}", file=sys.stderr)
+    if guest:
+        first = next(iter(guest.values()))
+        print(f"warning: left out guest tools ({', '.join(guest)}): {first}", file=sys.stderr)
 
 
 def cmd_lock(args: argparse.Namespace) -> int:

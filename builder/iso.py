@@ -34,7 +34,8 @@ import pycdlib
 
 from .errors import XenspinError
 from .manifest import Boot, Distro
-from .run import run, sandbox
+from .run import run
+from .stage import Done, Needs, Pending, Stage, stage_key
 from .store import Store, sha256_file, sha256_json
 
 FORMAT_VERSION = 1
@@ -72,6 +73,8 @@ GRUB_MODULES = [
 LOADER_PACKAGES = ["isolinux", "syslinux-common", "grub-efi-amd64-bin", "grub-common", "dosfstools", "mtools"]
 
 ESP_TYPE = uuid.UUID("c12a7328-f81f-11d2-ba4b-00a0c93ec93b")  # GPT type of an EFI system partition
+
+LOADERS_KIND = "loaders"
 
 # The file GRUB looks for to find the medium it booted from.
 MARKER = "/live/filesystem.squashfs"
@@ -223,27 +226,27 @@ class Inputs:
 ROOTFS_FILES = ["rootfs.squashfs", "packages.json", "boot/xen.gz", "boot/vmlinuz", "boot/initrd.img"]
 
 
-def key(inp: Inputs, digest: Callable[[Path], str] = sha256_file) -> str:
-    """The ISO's cache key: what goes into the image and how it is laid out."""
+def key_inputs(inp: Inputs, digest: Callable[[Path], str] = sha256_file) -> dict[str, Any]:
+    """What the ISO's key covers: what goes into the image and how it is laid out."""
     iso = inp.distro.iso
-    return sha256_json(
-        {
-            "stage": "iso",
-            "format": FORMAT_VERSION,
-            "name": inp.distro.name,
-            "version": inp.distro.version,
-            "iso": {
-                "volume_id": iso.volume_id,
-                "label": iso.label,
-                "filename": iso.filename,
-                "boot": vars(iso.boot),
-            },
-            "rootfs": inp.rootfs_key,
-            "loaders": inp.loaders.ident(),
-            "guest": {n: sorted(digest(d) for d in debs) for n, debs in sorted(inp.guest.debs.items())},
-            "epoch": inp.epoch,
-        }
-    )
+    return {
+        "name": inp.distro.name,
+        "version": inp.distro.version,
+        "iso": {
+            "volume_id": iso.volume_id,
+            "label": iso.label,
+            "filename": iso.filename,
+            "boot": vars(iso.boot),
+        },
+        "rootfs": inp.rootfs_key,
+        "loaders": inp.loaders.ident(),
+        "guest": {n: sorted(digest(d) for d in debs) for n, debs in sorted(inp.guest.debs.items())},
+        "epoch": inp.epoch,
+    }
+
+
+def key(inp: Inputs, digest: Callable[[Path], str] = sha256_file) -> str:
+    return stage_key(FORMAT_VERSION, key_inputs(inp, digest))
 
 
 def host_loaders() -> Loaders:
@@ -263,6 +266,38 @@ def host_loaders() -> Loaders:
     if missing:
         raise IsoError(f"iso: boot loader packages missing on this host: {' '.join(missing)} (run `xenspin setup`)")
     return Loaders(Path("/"), versions, "host")
+
+
+def loaders_stage(store: Store, packages: dict[str, dict[str, Any]]) -> Stage:
+    """The boot loaders from the lock's `iso` package set: its .debs (verified blobs) unpacked
+    into one tree in the store, made once per set.
+
+    The set is not a closure (no libc, no shell), so the packing tools in it run from their
+    path in the tree with the host's shared libraries, not chrooted.
+    """
+    missing = [p for p in LOADER_PACKAGES if p not in packages]
+    if missing:
+        raise IsoError(f"iso: the locked iso package set lacks {' '.join(missing)} (run `xenspin lock`)")
+    wanted = {p: packages[p] for p in sorted(packages)}
+
+    def inputs(needs: Needs) -> dict[str, Any]:
+        return {"packages": {p: i["sha256"] for p, i in wanted.items()}}
+
+    def make_(tmp: Path, needs: Needs) -> dict[str, Any]:
+        log = store.log_dir(LOADERS_KIND, "unpack.log")
+        for pkg, info in wanted.items():
+            blob = store.blob_path(info["sha256"])
+            if not blob.is_file():
+                raise IsoError(f"iso: locked boot loader package {pkg} is not in the store (run `xenspin fetch`)")
+            run(["dpkg-deb", "-x", str(blob), str(tmp)], what=f"iso: unpack {pkg}", log_path=log)
+        return {"versions": {p: i["version"] for p, i in wanted.items()}}
+
+    return Stage(LOADERS_KIND, "iso", FORMAT_VERSION, inputs, make_, lazy=True)
+
+
+def loaders_of(done: Done) -> Loaders:
+    assert done.path is not None and done.meta is not None
+    return Loaders(done.path, done.meta["versions"], "locked")
 
 
 # --- deterministic pycdlib ------------------------------------------------------------
@@ -373,10 +408,10 @@ def layout(inp: Inputs, work: Path) -> Layout:
         files["boot/grub/efi.img"] = work / "efi.img"
         files["boot/grub/grub.cfg"] = grub_cfg(distro, entries).encode()
         efi_image = "boot/grub/efi.img"
-    for tree in sorted((work / "guest-tools").glob("*")) if (work / "guest-tools").is_dir() else []:
-        for f in sorted(tree.rglob("*")):
-            if f.is_file():
-                files[f"guest-tools/{f.relative_to(work / 'guest-tools')}"] = f
+    tools = work / "guest-tools"
+    for f in sorted(tools.rglob("*")) if tools.is_dir() else []:
+        if f.is_file():
+            files[f"guest-tools/{f.relative_to(tools)}"] = f
     return Layout(dict(sorted(files.items())), bios_boot, efi_image)
 
 
@@ -384,13 +419,15 @@ def layout(inp: Inputs, work: Path) -> Layout:
 
 
 def _tool(loaders: Loaders, work: Path, argv: list[str], *, what: str, log: Path, env: dict[str, str]) -> None:
-    """Run a packing tool from the loader tree: directly on the host, sandboxed in a composed tree."""
-    if loaders.origin == "host":
-        run(argv, what=what, log_path=log, cwd=work, env=env)
-        return
-    prefix = sandbox(loaders.root, rw={"/work": work}, env=env, cwd="/work")
-    inner = [a.replace(str(work), "/work") for a in argv]
-    run(prefix + inner, what=what, log_path=log)
+    """Run a packing tool from the loader tree: the host's, or the locked tree's binary by its path."""
+    if loaders.origin != "host":
+        for d in ("usr/bin", "usr/sbin", "sbin", "bin"):
+            if (loaders.root / d / argv[0]).exists():
+                argv = [str(loaders.root / d / argv[0]), *argv[1:]]
+                break
+        else:
+            raise IsoError(f"{what}: {argv[0]} is not in the locked boot loader packages")
+    run(argv, what=what, log_path=log, cwd=work, env=env)
 
 
 def efi_image(inp: Inputs, work: Path, log: Path) -> Path:
@@ -425,7 +462,7 @@ def efi_image(inp: Inputs, work: Path, log: Path) -> Path:
             "-O",
             "x86_64-efi",
             "-d",
-            str(inp.loaders.path(GRUB_EFI_DIR)) if inp.loaders.origin == "host" else "/" + GRUB_EFI_DIR,
+            str(inp.loaders.path(GRUB_EFI_DIR)),
             "-c",
             str(grub_dir / "early.cfg"),
             "-m",
@@ -610,101 +647,144 @@ def guest_tree(guest: GuestTools, work: Path, log: Path) -> dict[str, Any] | Non
 
 # --- the stage ------------------------------------------------------------------------
 
+KIND = "iso"
+# Components whose packages carry guest tools (Windows PV drivers) rather than dom0 software.
+GUEST_PREFIX = "win-"
+
 
 @dataclass
 class Made:
-    """What the ISO stage left in the store."""
+    """The ISO stage's object in the store: the ISO, guest-tools.iso when there are guest tools, packages.json."""
 
-    path: Path  # the object directory
+    path: Path
     iso: Path
     guest_iso: Path | None
     info: dict[str, Any]
 
 
-def output(store: Store, k: str) -> Path:
-    return store.object_path("iso", k)
+def made(path: Path, info: dict[str, Any]) -> Made:
+    guest = path / "guest-tools.iso"
+    return Made(path, path / info["iso"], guest if guest.is_file() else None, info)
 
 
-def made(store: Store, k: str, distro: Distro) -> Made | None:
-    obj = output(store, k)
-    meta = obj / "iso.json"
-    if not meta.is_file():
-        return None
-    info = json.loads(meta.read_text())
-    guest = obj / "guest-tools.iso"
-    return Made(obj, obj / distro.iso_filename, guest if guest.is_file() else None, info)
+def make(tmp: Path, inp: Inputs, log: Path, seed: str) -> dict[str, Any]:
+    """Write the ISO (and guest-tools.iso) into tmp; return what to record beside it.
 
-
-def make(inp: Inputs, store: Store, *, say: Callable[[str], None] = lambda m: None) -> Made:
-    """The ISO stage: look it up by key, else write it under tmp/ and rename it into objects/iso/KEY."""
-    k = key(inp)
-    found = made(store, k, inp.distro)
-    if found is not None:
-        return found
-    with store.locked("iso-" + k[:32]):
-        found = made(store, k, inp.distro)
-        if found is not None:
-            return found
-        start = time.monotonic()
-        log = store.log_dir("iso", k[:16]) / "iso.log"
-        log.parent.mkdir(parents=True, exist_ok=True)
-        log.write_text("")
-        tmp = store.tmp_dir("iso")
-        work = store.tmp_dir("iso-work")
-        try:
-            for rel in ROOTFS_FILES:
-                if not (inp.rootfs / rel).is_file():
-                    raise IsoError(f"iso: the rootfs output lacks {rel} ({inp.rootfs})")
-            versions = guest_tree(inp.guest, work, log)
-            if inp.distro.iso.boot.uefi:
-                efi_image(inp, work, log)
-            lay = layout(inp, work)
-            seed = k
-            name = inp.distro.iso_filename
+    Scratch (the EFI image, unpacked guest tools) lives in tmp/.work and is removed
+    before the store renames tmp into place.
+    """
+    start = time.monotonic()
+    log.parent.mkdir(parents=True, exist_ok=True)
+    for rel in ROOTFS_FILES:
+        if not (inp.rootfs / rel).is_file():
+            raise IsoError(f"iso: the rootfs output lacks {rel} ({inp.rootfs})")
+    work = tmp / ".work"
+    work.mkdir()
+    try:
+        versions = guest_tree(inp.guest, work, log)
+        if inp.distro.iso.boot.uefi:
+            efi_image(inp, work, log)
+        lay = layout(inp, work)
+        name = inp.distro.iso_filename
+        write_iso(
+            lay,
+            tmp / name,
+            volume_id=inp.distro.iso.volume_id,
+            epoch=inp.epoch,
+            seed=seed,
+            volume_set=f"{inp.distro.name} {inp.distro.version}"[:128],
+            app=f"xenspin {inp.distro.name}"[:128],
+        )
+        if versions is not None:
+            tools = work / "guest-tools"
+            files = {str(f.relative_to(tools)): f for f in sorted(tools.rglob("*")) if f.is_file()}
             write_iso(
-                lay,
-                tmp / name,
-                volume_id=inp.distro.iso.volume_id,
+                Layout(files, None, None),
+                tmp / "guest-tools.iso",
+                volume_id="XENSPIN_TOOLS",
                 epoch=inp.epoch,
                 seed=seed,
-                volume_set=f"{inp.distro.name} {inp.distro.version}"[:128],
-                app=f"xenspin {inp.distro.name}"[:128],
             )
-            if versions is not None:
-                guest_lay = Layout(
-                    {
-                        str(f.relative_to(work / "guest-tools")): f
-                        for f in sorted((work / "guest-tools").rglob("*"))
-                        if f.is_file()
-                    },
-                    None,
-                    None,
-                )
-                write_iso(
-                    guest_lay, tmp / "guest-tools.iso", volume_id="XENSPIN_GUEST_TOOLS", epoch=inp.epoch, seed=seed
-                )
-            shutil.copy2(inp.rootfs / "packages.json", tmp / "packages.json")
-            info = {
-                "key": k,
-                "iso": name,
-                "size": (tmp / name).stat().st_size,
-                "sha256": sha256_file(tmp / name),
-                "guest_tools": versions,
-                "guest_tools_left_out": inp.guest.left_out,
-                "loaders": inp.loaders.ident(),
-                "boot": {"bios": lay.bios_boot is not None, "uefi": lay.efi_image is not None},
-                "seconds": round(time.monotonic() - start, 1),
-            }
-            (tmp / "iso.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
-            store.commit_dir(tmp, output(store, k))
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-        say(f"iso: wrote {name} ({info['size'] // (1 << 20)} MiB) in {info['seconds']} s")
-    result = made(store, k, inp.distro)
-    assert result is not None
-    return result
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    shutil.copyfile(inp.rootfs / "packages.json", tmp / "packages.json")
+    return {
+        "iso": name,
+        "size": (tmp / name).stat().st_size,
+        "sha256": sha256_file(tmp / name),
+        "guest_tools": versions,
+        "guest_tools_left_out": inp.guest.left_out,
+        "loaders": inp.loaders.ident(),
+        "boot": {"bios": lay.bios_boot is not None, "uefi": lay.efi_image is not None},
+        "seconds": round(time.monotonic() - start, 1),
+    }
+
+
+def obtain(inp: Inputs, store: Store) -> Made:
+    """The ISO for these inputs from the store, made first when missing (outside a stage graph)."""
+    k = key(inp)
+    path = store.obtain(KIND, k, lambda tmp: make(tmp, inp, store.log_dir(KIND, k[:16], "iso.log"), k))
+    info = store.meta(KIND, k)
+    assert info is not None
+    return made(path, info)
+
+
+def stage(
+    distro: Distro,
+    rootfs_id: str,
+    guest_ids: dict[str, str],
+    left_out: dict[str, str],
+    loaders: Loaders | str,
+    epoch: int,
+    store: Store,
+) -> Stage:
+    """The ISO as a node of the pipeline graph: after the rootfs and the guest tool builds.
+
+    guest_ids maps guest tool components to their build stages; left_out says why the
+    others are missing. loaders is the loaders stage's id (locked) or the host's.
+    The key takes the .debs' recorded digests, not their bytes.
+    """
+    loaders_id = loaders if isinstance(loaders, str) else None
+
+    def loaders_in(needs: Needs, *, key_only: bool) -> Loaders:
+        if not isinstance(loaders, str):
+            return loaders
+        done = needs[loaders]
+        if key_only:  # the key takes the loader set's key; its tree is made only when the ISO is
+            return Loaders(Path("/nonexistent"), {"stage": done.key}, "locked")
+        return loaders_of(done)
+
+    def inputs_of(needs: Needs, *, key_only: bool = False) -> Inputs:
+        rootfs = needs[rootfs_id]
+        if rootfs.path is None:
+            raise Pending("the ISO's key needs the rootfs")
+        debs: dict[str, list[Path]] = {}
+        for name, sid in sorted(guest_ids.items()):
+            done = needs[sid]
+            if done.path is None or done.meta is None:
+                raise Pending("the ISO's key needs the guest tool builds")
+            debs[name] = [done.path / d for d in done.meta["debs"]]
+        ld = loaders_in(needs, key_only=key_only)
+        return Inputs(distro, rootfs.path, rootfs.key, ld, GuestTools(debs, left_out), epoch)
+
+    def digest(needs: Needs) -> Callable[[Path], str]:
+        recorded = {
+            needs[sid].path / d: sha  # type: ignore[operator]
+            for sid in guest_ids.values()
+            for d, sha in (needs[sid].meta or {}).get("sha256", {}).items()
+        }
+        return lambda p: recorded.get(p) or sha256_file(p)
+
+    def inputs(needs: Needs) -> dict[str, Any]:
+        return key_inputs(inputs_of(needs, key_only=True), digest(needs))
+
+    def make_(tmp: Path, needs: Needs) -> dict[str, Any]:
+        inp = inputs_of(needs)
+        k = stage_key(FORMAT_VERSION, inputs(needs))
+        return make(tmp, inp, store.log_dir(KIND, k[:16], "iso.log"), k)
+
+    uses = (loaders_id,) if loaders_id else ()
+    return Stage(KIND, "iso", FORMAT_VERSION, inputs, make_, after=(rootfs_id, *guest_ids.values()), uses=uses)
 
 
 # --- publishing to --out --------------------------------------------------------------

@@ -126,7 +126,7 @@ def test_iso9660_names_are_level3_d_characters() -> None:
 
 def test_iso_boots_both_ways_by_its_layout_and_rebuilds_identically(distro: manifest.Distro, tmp_path: Path) -> None:
     rootfs = fake_rootfs(tmp_path / "rootfs")
-    first = iso.make(inputs(distro, rootfs), Store(tmp_path / "store1"))
+    first = iso.obtain(inputs(distro, rootfs), Store(tmp_path / "store1"))
     assert first.iso.name == "tiny-2.5-amd64.iso"
     report = xorriso_report(first.iso)
     # Two El Torito entries: ISOLINUX for BIOS, the FAT image for UEFI.
@@ -163,7 +163,7 @@ def test_iso_boots_both_ways_by_its_layout_and_rebuilds_identically(distro: mani
     os.environ["TZ"] = "America/New_York"
     time.tzset()
     try:
-        second = iso.make(inputs(distro, rootfs), Store(tmp_path / "store2"))
+        second = iso.obtain(inputs(distro, rootfs), Store(tmp_path / "store2"))
     finally:
         if env_tz is None:
             del os.environ["TZ"]
@@ -172,12 +172,12 @@ def test_iso_boots_both_ways_by_its_layout_and_rebuilds_identically(distro: mani
         time.tzset()
     assert sha256_file(second.iso) == sha256_file(first.iso)
     # Same key, same store: nothing is written again.
-    again = iso.make(inputs(distro, rootfs), Store(tmp_path / "store1"))
+    again = iso.obtain(inputs(distro, rootfs), Store(tmp_path / "store1"))
     assert again.iso == first.iso and again.info["seconds"] == first.info["seconds"]
 
 
 def test_files_are_on_the_iso_under_their_rock_ridge_names(distro: manifest.Distro, tmp_path: Path) -> None:
-    made = iso.make(inputs(distro, fake_rootfs(tmp_path / "rootfs")), Store(tmp_path / "store"))
+    made = iso.obtain(inputs(distro, fake_rootfs(tmp_path / "rootfs")), Store(tmp_path / "store"))
     listing = subprocess.run(
         ["xorriso", "-indev", str(made.iso), "-find", "/", "-type", "f"], capture_output=True, text=True, check=True
     ).stdout
@@ -197,7 +197,7 @@ def test_files_are_on_the_iso_under_their_rock_ridge_names(distro: manifest.Dist
 
 
 def test_publish_writes_outputs_and_checksums(distro: manifest.Distro, tmp_path: Path) -> None:
-    made = iso.make(inputs(distro, fake_rootfs(tmp_path / "rootfs")), Store(tmp_path / "store"))
+    made = iso.obtain(inputs(distro, fake_rootfs(tmp_path / "rootfs")), Store(tmp_path / "store"))
     out = tmp_path / "out"
     paths = iso.publish(made, out, {"lock": "abc", "left_out": {}})
     names = sorted(p.name for p in out.iterdir())
@@ -213,7 +213,7 @@ def test_missing_rootfs_file_is_one_line(distro: manifest.Distro, tmp_path: Path
     rootfs = fake_rootfs(tmp_path / "rootfs")
     (rootfs / "boot" / "xen.gz").unlink()
     with pytest.raises(iso.IsoError, match=r"^iso: the rootfs output lacks boot/xen.gz"):
-        iso.make(inputs(distro, rootfs), Store(tmp_path / "store"))
+        iso.obtain(inputs(distro, rootfs), Store(tmp_path / "store"))
 
 
 CUT = """\
@@ -223,7 +223,7 @@ from builder import iso, manifest
 from builder.store import Store
 distro = manifest.load(Path(sys.argv[1]))
 inp = iso.Inputs(distro, Path(sys.argv[2]), "k", iso.host_loaders(), iso.GuestTools(), 1700000000)
-made = iso.make(inp, Store(Path(sys.argv[3])))
+made = iso.obtain(inp, Store(Path(sys.argv[3])))
 iso.publish(made, Path(sys.argv[4]), {})
 """
 
@@ -255,3 +255,56 @@ def test_a_cut_iso_write_leaves_nothing_under_the_final_name(distro: manifest.Di
         [sys.executable, "-c", CUT, str(tmp_path / "distro.yaml"), str(rootfs), str(store), str(out)], check=True
     )
     assert (out / "tiny-2.5-amd64.iso").is_file()
+
+
+def guest_deb(tmp_path: Path, name: str, version: str, files: dict[str, bytes]) -> Path:
+    """A .deb as the win-* recipes make it: the driver tree under usr/share/xenspin/guest-tools/NAME."""
+    root = tmp_path / f"pkg-{name}"
+    for rel, data in files.items():
+        dest = root / "usr/share/xenspin/guest-tools" / name / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(data)
+    (root / "DEBIAN").mkdir()
+    (root / "DEBIAN/control").write_text(
+        f"Package: xenspin-guest-tools-{name}\nVersion: {version}\nArchitecture: all\n"
+        "Maintainer: t <t@example.org>\nDescription: t\n"
+    )
+    deb = tmp_path / f"{name}.deb"
+    subprocess.run(["dpkg-deb", "--root-owner-group", "-b", str(root), str(deb)], check=True, capture_output=True)
+    return deb
+
+
+def test_guest_tools_become_their_own_iso_and_a_directory(distro: manifest.Distro, tmp_path: Path) -> None:
+    debs = {
+        "win-xenbus": [guest_deb(tmp_path, "xenbus", "9.0.0-1", {"x64/xenbus.sys": b"bus", "xenbus.inf": b"inf"})],
+        "win-xennet": [guest_deb(tmp_path, "xennet", "9.0.1-1", {"x64/xennet.sys": b"net"})],
+    }
+    guest = iso.GuestTools(debs, {"win-xenvif": "not fetched"})
+    inp = iso.Inputs(distro, fake_rootfs(tmp_path / "rootfs"), "k", iso.host_loaders(), guest, EPOCH)
+    made = iso.obtain(inp, Store(tmp_path / "store"))
+    assert made.guest_iso is not None
+    assert made.info["guest_tools"] == {
+        "win-xenbus": {"package": "xenspin-guest-tools-xenbus", "version": "9.0.0-1"},
+        "win-xennet": {"package": "xenspin-guest-tools-xennet", "version": "9.0.1-1"},
+    }
+    assert made.info["guest_tools_left_out"] == {"win-xenvif": "not fetched"}
+    out = tmp_path / "x"
+    subprocess.run(
+        ["xorriso", "-osirrox", "on", "-indev", str(made.guest_iso), "-extract", "/", str(out)],
+        check=True,
+        capture_output=True,
+    )
+    assert (out / "xenbus/x64/xenbus.sys").read_bytes() == b"bus"
+    sums = (out / "SHA256SUMS").read_text().splitlines()
+    assert f"{sha256_file(out / 'xennet/x64/xennet.sys')}  xennet/x64/xennet.sys" in sums
+    assert json.loads((out / "versions.json").read_text())["win-xennet"]["version"] == "9.0.1-1"
+    listing = subprocess.run(
+        ["xorriso", "-indev", str(made.iso), "-find", "/guest-tools", "-type", "f"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "'/guest-tools/xenbus/x64/xenbus.sys'" in listing and "'/guest-tools/SHA256SUMS'" in listing
+    published = iso.publish(made, tmp_path / "pub", {})
+    assert "guest-tools.iso" in {p.name for p in published}
+    assert "guest-tools.iso" in (tmp_path / "pub/SHA256SUMS").read_text()

@@ -53,7 +53,7 @@ def default_iso(live_rootfs: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     shutil.copytree(REPO / "components", project / "components")
     distro = manifest.load(project / "distro.yaml")
     inp = iso.Inputs(distro, live_rootfs, "live", iso.host_loaders(), iso.GuestTools(), 1_700_000_000)
-    made = iso.make(inp, Store(tmp_path_factory.mktemp("store")))
+    made = iso.obtain(inp, Store(tmp_path_factory.mktemp("store")))
     return made.iso
 
 
