@@ -13,8 +13,10 @@ import re
 import shutil
 import stat
 import subprocess
+import sys
 import tarfile
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -22,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from builder import cli, outputs
+from builder import cli, outputs, repo
 from builder.run import sandbox
 from builder.sources import Refused, http, verified_blob
 from builder.store import Store
@@ -620,3 +622,77 @@ def test_tarball_changed_in_the_store_is_refused_not_built(project: Path, store:
     nowhere("poisoned-by-xs-test", store / "objects")
     # The next (online) run fetches the real bytes again and builds them.
     assert cli.main(["--store", str(store), *mirror, "build", "drv"]) == 0, capsys.readouterr().err
+
+
+# --- 7. smaller: publishing into one out/ at once -------------------------------------
+
+
+def test_two_publishes_into_one_out_take_turns(tmp_path: Path) -> None:
+    repos = []
+    for i in range(2):
+        r = tmp_path / f"repo{i}"
+        r.mkdir()
+        (r / "Packages").write_text(f"repo {i}\n")
+        (r / "Release").write_text(f"release {i}\n")
+        repos.append(r)
+    errors: list[BaseException] = []
+
+    def publish_many(r: Path) -> None:
+        try:
+            for _ in range(50):
+                repo.publish(r, tmp_path / "out/repo")
+        except BaseException as e:  # noqa: BLE001 - any failure is the finding
+            errors.append(e)
+
+    threads = [threading.Thread(target=publish_many, args=(r,)) for r in repos]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    packages = (tmp_path / "out/repo/Packages").read_text()
+    assert (tmp_path / "out/repo/Release").read_text() == packages.replace("repo", "release")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [".xenspin.lock", "repo"]
+
+
+def test_killed_run_leaves_no_children(tmp_path: Path) -> None:
+    """kill -9 of xenspin: what it started through run.py dies with it."""
+    code = "from builder.run import run; run(['sleep', '4171'], what='t')"
+    parent = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        deadline = time.monotonic() + 20
+        while not (child := sleeper("4171")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert child, "the child never started"
+    finally:
+        parent.kill()
+        parent.wait()
+    deadline = time.monotonic() + 5
+    while sleeper("4171") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not sleeper("4171")
+
+
+def sleeper(arg: str) -> list[int]:
+    """Pids of live `sleep ARG` processes."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if argv[:2] == [b"sleep", arg.encode()] and state != "Z":
+            pids.append(int(proc.name))
+    return pids
+
+
+@pytest.mark.parametrize("store", ["", "file"])
+def test_unusable_store_is_one_line(project: Path, store: str, capsys) -> None:
+    (project / "file").write_text("not a directory\n")
+    try:
+        code = cli.main(["--store", store, "fetch"])
+    except SystemExit as e:  # argument errors leave through argparse, as one line
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
