@@ -328,7 +328,8 @@ def cmd_validate_answerfile(args: argparse.Namespace) -> int:
 def cmd_build(args: argparse.Namespace) -> int:
     distro = manifest.load(args.file)
     if args.answerfile:
-        distro.installer.answerfile = str(args.answerfile.absolute())
+        installer = dataclasses.replace(distro.installer, answerfile=str(args.answerfile.absolute()))
+        distro = dataclasses.replace(distro, installer=installer)
     if distro.installer.answerfile:
         answerfiles.validate(Path(distro.installer.answerfile))
     manifest.require_components(distro, args.components, "build")

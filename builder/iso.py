@@ -32,6 +32,7 @@ from typing import Any
 
 import pycdlib
 
+from . import answerfiles
 from .errors import XenspinError
 from .manifest import Boot, Distro
 from .run import run
@@ -242,6 +243,7 @@ def key_inputs(inp: Inputs, digest: Callable[[Path], str] = sha256_file) -> dict
         "loaders": inp.loaders.ident(),
         "guest": {n: sorted(digest(d) for d in debs) for n, debs in sorted(inp.guest.debs.items())},
         "epoch": inp.epoch,
+        **({"answerfile": digest(Path(af))} if (af := inp.distro.installer.answerfile) else {}),
     }
 
 
@@ -408,6 +410,9 @@ def layout(inp: Inputs, work: Path) -> Layout:
         files["boot/grub/efi.img"] = work / "efi.img"
         files["boot/grub/grub.cfg"] = grub_cfg(distro, entries).encode()
         efi_image = "boot/grub/efi.img"
+    if distro.installer.answerfile:  # an unattended spin: the installer finds it under the live medium
+        answer = Path(distro.installer.answerfile)
+        files[answerfiles.iso_name(answer)] = answer
     tools = work / "guest-tools"
     for f in sorted(tools.rglob("*")) if tools.is_dir() else []:
         if f.is_file():

@@ -92,7 +92,7 @@ def test_yaml_defaults_and_plain_password(tmp_path: Path) -> None:
     a, _ = load(write(tmp_path, "a.yaml", "root:\n  password: 0123\n"))
     assert a.root.password == "0123"  # a number-looking password stays as written
     assert (a.disk, a.wipe, a.local_storage, a.hostname, a.network.mode) == ("", False, True, "xenspin", "dhcp")
-    assert (a.timezone, a.keymap, a.serial_console, a.finish) == ("UTC", "us", False, "reboot")
+    assert (a.timezone, a.keymap, a.serial_console, a.finish) == ("UTC", "us", None, "reboot")
     assert load(write(tmp_path, "b.yaml", "disk: sda\nroot: {password: x}\n"))[0].disk_path == "/dev/sda"
 
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 import io
 import json
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
 from xenspin_installer.answerfile import Answerfile, Network, Root
 from xenspin_installer.disks import Disk, DiskError, GiB, MiB, check_writable, choose, part_path, plan, sgdisk_args
 from xenspin_installer.install import decide, grub_defaults, network_config
-from xenspin_installer.main import distribution
+from xenspin_installer.main import booted_on_serial, distribution
 from xenspin_installer.probe import parse_lsblk
 from xenspin_installer.sources import cmdline_args
 from xenspin_installer.ui import Console, interview
@@ -94,6 +95,10 @@ def test_several_disks_none_named_ask_or_stop() -> None:
     assert asked.disk is None and [d.path for d in asked.ask] == ["/dev/sda", "/dev/sdb", "/dev/vda"]
     only = [d for d in disks() if d.path in ("/dev/sda", "/dev/sr0", "/dev/sdc")]
     assert choose(only, "", interactive=False).disk.path == "/dev/sda"  # the medium and a read-only disk do not count
+    answers = Disk("/dev/sdd", 16 * MiB, children=(Disk("/dev/sdd1", 15 * MiB, type="part", labels=("XSANSWER",)),))
+    assert (
+        choose([*only, answers], "", interactive=False).disk.path == "/dev/sda"
+    )  # nor the disk that brought the answers
     with pytest.raises(DiskError, match="no disk to install to"):
         choose([d for d in disks() if d.path == "/dev/sr0"], "", interactive=False)
 
@@ -154,19 +159,28 @@ def test_sgdisk_command_and_partition_names() -> None:
 
 
 def test_network_and_grub_files() -> None:
-    dhcp = network_config(Answerfile(root=Root(password="x")), "enp1s0")
-    assert "allow-hotplug enp1s0\niface enp1s0 inet dhcp\n" in dhcp
+    assert network_config(Answerfile(root=Root(password="x"))) is None  # the image's DHCP on every NIC
+    named = network_config(Answerfile(network=Network(interface="enp1s0"), root=Root(password="x")))
+    assert "[Match]\nName=enp1s0\n\n[Network]\nDHCP=yes\n" in named
     static = Answerfile(
-        network=Network(mode="static", interface="eth1", address="192.0.2.10/24", gateway="192.0.2.1"),
+        network=Network(mode="static", address="192.0.2.10/24", gateway="192.0.2.1", dns=["192.0.2.53"]),
         root=Root(password="x"),
     )
-    assert "iface eth1 inet static\n    address 192.0.2.10/24\n    gateway 192.0.2.1\n" in network_config(
-        static, "enp1s0"
+    assert "Name=en* eth*\n\n[Network]\nAddress=192.0.2.10/24\nGateway=192.0.2.1\nDNS=192.0.2.53\n" in network_config(
+        static
     )
     plain = grub_defaults(Answerfile(root=Root(password="x")))
-    assert "XEN_OVERRIDE_GRUB_DEFAULT=1" in plain and "serial" not in plain
+    assert 'GRUB_DEFAULT="xenspin GNU/Linux, with Xen hypervisor"' in plain and "serial" not in plain
     serial = grub_defaults(Answerfile(root=Root(password="x"), serial_console=True))
     assert 'GRUB_TERMINAL="serial console"' in serial and "com1=115200" in serial and "console=hvc0" in serial
+    sourced = subprocess.run(["sh", "-c", serial + 'echo "$GRUB_CMDLINE_XEN_DEFAULT"'], capture_output=True, text=True)
+    assert sourced.stdout == "dom0_mem=1024M,max:1024M console=com1,vga com1=115200\n"
+    keep = subprocess.run(
+        ["sh", "-c", "GRUB_CMDLINE_XEN_DEFAULT=dom0_mem=2G\n" + plain + 'echo "$GRUB_CMDLINE_XEN_DEFAULT"'],
+        capture_output=True,
+        text=True,
+    )
+    assert keep.stdout == "dom0_mem=2G\n"  # the image's Xen command line stays
 
 
 def test_cmdline_and_banner(tmp_path: Path) -> None:
@@ -174,6 +188,8 @@ def test_cmdline_and_banner(tmp_path: Path) -> None:
         "BOOT_IMAGE=/live/vmlinuz boot=live console=hvc0 xenspin.mode=unattended answerfile=http://h/a.yaml quiet\n"
     )
     assert (args["xenspin.mode"], args["answerfile"], args["quiet"]) == ("unattended", "http://h/a.yaml", "")
+    assert booted_on_serial(args)
+    assert not booted_on_serial(cmdline_args("boot=live console=hvc0 console=tty0 xenspin.mode=install"))
     (tmp_path / "os-release").write_text('PRETTY_NAME="xenspin 0.1"\nNAME="xenspin"\n')
     assert distribution(tmp_path / "os-release") == "xenspin 0.1"
 
@@ -259,7 +275,11 @@ def test_probe_without_udev_sees_filesystems_through_signatures() -> None:
             },
         ]
     }
-    sigs = {"/dev/loop0": ["gpt", "gpt", "PMBR"], "/dev/loop0p1": ["ext4"], "/dev/loop1": ["xfs"]}
+    sigs = {
+        "/dev/loop0": [("gpt", ""), ("gpt", ""), ("PMBR", "")],
+        "/dev/loop0p1": [("ext4", "")],
+        "/dev/loop1": [("xfs", "")],
+    }
     loop0, loop1 = parse_lsblk(json.dumps(flat), set(), sigs)
     assert [c.path for c in loop0.children] == ["/dev/loop0p1"]
     assert loop0.contents() == ["a gpt partition table", "/dev/loop0p1 (ext4, 1.0 GiB)"]

@@ -101,9 +101,9 @@ def test_a_disk_holding_a_filesystem_not_named_for_wiping_is_refused_unchanged(
         == f"xenspin installer: disk {dev}: holds an ext4 filesystem; refusing to erase it (set wipe: true)\n"
     )
     assert sha256(image) == before
-    ran = [line for line in (tmp_path / "install.log").read_text().splitlines() if line.startswith("$ ")]
-    assert ran and all(line.split()[1] in ("lsblk", "wipefs") for line in ran)
-    assert all("--no-act" in line for line in ran if line.split()[1] == "wipefs")
+    ran = [line for line in (tmp_path / "install.log").read_text().splitlines() if "] $ " in line]
+    assert ran and all(line.split("] $ ")[1].split()[0] in ("lsblk", "wipefs") for line in ran)
+    assert all("--no-act" in line for line in ran if " wipefs " in line)
 
 
 def test_a_bad_answerfile_stops_before_any_write(tmp_path, loop_disk, tiny_squashfs) -> None:
@@ -120,7 +120,7 @@ def test_a_bad_answerfile_stops_before_any_write(tmp_path, loop_disk, tiny_squas
         "answer.yaml:6: network.address: '192.0.2.1' has no prefix length (expected e.g. 192.0.2.10/24)"
     )
     assert sha256(image) == before
-    assert "$ " not in (tmp_path / "install.log").read_text()
+    assert "] $ " not in (tmp_path / "install.log").read_text()
 
 
 def test_a_named_disk_too_small_is_refused_unchanged_even_with_wipe(tmp_path, loop_disk, tiny_squashfs) -> None:

@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import ipaddress
 import re
+import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,7 +158,9 @@ class Answerfile:
     root: Root = field("root's login: password, password-hash or ssh-keys (one is needed)", factory=Root)
     timezone: str = field("time zone (a name under /usr/share/zoneinfo)", "UTC")
     keymap: str = field("console keyboard layout (XKB layout, e.g. us, de, fr)", "us")
-    serial_console: bool = field("Xen, dom0 and GRUB on the first serial port (com1, 115200)", False)
+    serial_console: bool | None = field(
+        "Xen, dom0 and GRUB on the first serial port (com1, 115200); not given: as the installer was booted", None
+    )
     hooks: list[Hook] = field("scripts run during the install", factory=list)
     finish: Literal["reboot", "poweroff"] = field("what to do when the install is done", "reboot")
 
@@ -302,6 +305,9 @@ def build(tp: Any, node: Node, path: str) -> Any:
         if check is not None:
             check(node, path)
         return obj
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        members = [a for a in get_args(tp) if a is not type(None)]
+        return None if v is None else build(members[0], node, path)
     if v is None:
         fail(node, path, "is empty")
     if tp is str:

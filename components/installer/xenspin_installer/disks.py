@@ -20,6 +20,7 @@ ROOT_MIN = 3 * GiB
 ROOT_MAX = 16 * GiB
 LOCAL_MIN = 1 * GiB
 VG_NAME = "xenspin-local"
+ANSWER_LABEL = "XSANSWER"
 
 
 @dataclass(frozen=True)
@@ -35,11 +36,17 @@ class Disk:
     readonly: bool = False
     children: tuple[Disk, ...] = ()
     mountpoints: tuple[str, ...] = ()
+    labels: tuple[str, ...] = ()
     holds_live_medium: bool = False
 
     @property
     def name(self) -> str:
         return self.path.removeprefix("/dev/")
+
+    @property
+    def holds_answerfile(self) -> bool:
+        """A small disk labelled XSANSWER brought the answers; it is never a target chosen for the user."""
+        return any(ANSWER_LABEL in d.labels for d in (self, *self.children))
 
     def in_use(self) -> list[str]:
         """Mount points on this device or any partition of it."""
@@ -77,8 +84,12 @@ class DiskError(InstallerError):
 
 
 def candidates(disks: list[Disk]) -> list[Disk]:
-    """Disks an install could go to when none is named: writable whole disks, not the install medium."""
-    return [d for d in disks if d.type == "disk" and not d.readonly and not d.holds_live_medium and d.size > 0]
+    """Disks an install could go to when none is named: writable whole disks, not the install medium or answers."""
+    return [
+        d
+        for d in disks
+        if d.type == "disk" and not d.readonly and not d.holds_live_medium and not d.holds_answerfile and d.size > 0
+    ]
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,8 @@ the install log holds the whole story and is copied into the installed system.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import glob
 import os
 import shutil
@@ -13,6 +15,7 @@ import stat
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,11 +24,14 @@ from .answerfile import Answerfile, Hook
 from .disks import VG_NAME, Disk, Part, check_writable, part_path, plan, sgdisk_args
 from .run import Runner
 
+CLONE_NEWNS = 0x00020000
 LIVE_MEDIUM = Path("/run/live/medium")
 SQUASHFS = LIVE_MEDIUM / "live" / "filesystem.squashfs"
 LIVE_PACKAGES = ("live-boot", "live-boot-initramfs-tools", "live-config", "live-config-systemd", "live-tools")
 LOG_ON_TARGET = "var/log/xenspin-install.log"
 XEN_CMDLINE = "dom0_mem=1024M,max:1024M"
+DISTRIBUTOR = "xenspin"  # GRUB's menu says "xenspin GNU/Linux, with Xen hypervisor"
+KEYGEN_UNIT = "xenspin-ssh-keygen.service"
 FIRST_BOOT_KEYS = """\
 [Unit]
 Description=Generate this host's SSH host keys (xenspin, first boot)
@@ -77,6 +83,8 @@ class Installer:
         start = time.monotonic()
         if not self.squashfs.is_file():
             raise InstallerError(f"root filesystem image {self.squashfs}: not found")
+        if not self.r.dry_run:
+            private_mounts(self.r)
         self.hooks("installation-start")
         try:
             self.partition()
@@ -141,7 +149,7 @@ class Installer:
         )
         if not self.r.dry_run:
             self.copy_boot_files()
-        self.mount(self.layout.dev("esp"), self.mnt / "boot" / "efi")
+        (self.mnt / "boot" / "efi").mkdir(parents=True, exist_ok=True)
         for fs in ("dev", "proc", "sys", "run"):
             self.mount(f"/{fs}", self.mnt / fs, "--rbind", "--make-rslave")
 
@@ -189,13 +197,15 @@ class Installer:
             "etc/fstab",
             "# written by the xenspin installer\n"
             f"UUID={root_uuid}\t/\text4\terrors=remount-ro\t0\t1\n"
-            f"UUID={esp_uuid}\t/boot/efi\tvfat\tumask=0077\t0\t1\n",
+            f"UUID={esp_uuid}\t/boot/efi\tvfat\tumask=0077,nofail\t0\t2\n",
         )
         self.write("etc/hostname", a.hostname + "\n")
         self.write(
             "etc/hosts", f"127.0.0.1\tlocalhost\n127.0.1.1\t{a.hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n"
         )
-        self.write("etc/network/interfaces", network_config(a, default_interface()))
+        networkd = network_config(a)
+        if networkd:
+            self.write("etc/systemd/network/10-xenspin-install.network", networkd)
         if a.network.dns:
             self.write("etc/resolv.conf", "".join(f"nameserver {d}\n" for d in a.network.dns))
         self.set_timezone()
@@ -235,12 +245,14 @@ class Installer:
         (self.mnt / "etc/machine-id").write_text("")
         for key in glob.glob(str(self.mnt / "etc/ssh/ssh_host_*")):
             os.unlink(key)
-        self.write("etc/systemd/system/xenspin-ssh-keygen.service", FIRST_BOOT_KEYS)
+        if (self.mnt / "etc/systemd/system" / KEYGEN_UNIT).exists():
+            return  # the image brings its own first-boot key generation
+        self.write(f"etc/systemd/system/{KEYGEN_UNIT}", FIRST_BOOT_KEYS)
         wants = self.mnt / "etc/systemd/system/ssh.service.wants"
         wants.mkdir(parents=True, exist_ok=True)
-        link = wants / "xenspin-ssh-keygen.service"
+        link = wants / KEYGEN_UNIT
         link.unlink(missing_ok=True)
-        link.symlink_to("/etc/systemd/system/xenspin-ssh-keygen.service")
+        link.symlink_to(f"/etc/systemd/system/{KEYGEN_UNIT}")
 
     # --- boot -----------------------------------------------------------------------
 
@@ -253,21 +265,55 @@ class Installer:
                 ["dpkg-query", "-W", "-f", "${Status}", p], f"look for {p}", capture=True, check=False, writes=False
             ).endswith(" installed")
         ]
-        if installed:
+        if installed:  # dpkg's initramfs trigger remakes the existing initrds without live-boot
             self.chroot(["dpkg", "--purge", *installed], "remove live-boot")
         for modules in sorted(glob.glob(str(self.mnt / "lib/modules/*"))):
             version = Path(modules).name
             exists = (self.mnt / "boot" / f"initrd.img-{version}").exists()
-            self.chroot(
-                ["update-initramfs", "-u" if exists else "-c", "-k", version], f"make the initramfs for {version}"
-            )
-        self.write("etc/default/grub.d/xenspin.cfg", grub_defaults(self.a))
-        self.chroot(["update-grub"], "write grub.cfg")
+            if not (exists and installed):
+                self.chroot(
+                    ["update-initramfs", "-u" if exists else "-c", "-k", version], f"make the initramfs for {version}"
+                )
+        # zz-: read after Debian's xen.cfg, whose GRUB_DEFAULT names a "Debian GNU/Linux" entry
+        self.write("etc/default/grub.d/zz-xenspin.cfg", grub_defaults(self.a))
+        if not self.r.dry_run:
+            (self.mnt / "boot/grub").mkdir(parents=True, exist_ok=True)
+        with uuid_links([self.layout.dev("root"), self.layout.dev("esp")], self.r):
+            self.chroot(["update-grub"], "write grub.cfg")
         disk = self.layout.disk.path
         self.chroot(["grub-install", "--target=i386-pc", disk], "install GRUB for BIOS")
-        efi = ["grub-install", "--target=x86_64-efi", "--efi-directory=/boot/efi", "--no-nvram"]
-        self.chroot([*efi, "--bootloader-id=xenspin"], "install GRUB for UEFI")
-        self.chroot([*efi, "--removable"], "install GRUB for UEFI (removable path)")
+        self.install_efi_grub()
+
+    def install_efi_grub(self) -> None:
+        """GRUB for UEFI at EFI/BOOT/BOOTX64.EFI (the removable path) and EFI/xenspin/grubx64.efi.
+
+        What `grub-install --target=x86_64-efi` does, without mounting the ESP: the image
+        is made in the target and copied onto the FAT filesystem with mtools, so no vfat
+        driver is needed where the installer runs. It finds root by UUID and reads the
+        grub.cfg update-grub wrote, loading modules from /boot/grub/x86_64-efi.
+        """
+        root_uuid = self.uuid(self.layout.dev("root"))
+        self.write("boot/grub/xenspin-efi-early.cfg", efi_early_config(root_uuid))
+        if not self.r.dry_run:
+            modules = self.mnt / "boot/grub/x86_64-efi"
+            shutil.rmtree(modules, ignore_errors=True)
+            shutil.copytree(self.mnt / "usr/lib/grub/x86_64-efi", modules)
+        image = "/boot/grub/xenspin-bootx64.efi"
+        self.chroot(
+            [
+                "grub-mkimage",
+                "--format=x86_64-efi",
+                f"--output={image}",
+                "--config=/boot/grub/xenspin-efi-early.cfg",
+                "--prefix=",
+                *EFI_CORE_MODULES,
+            ],
+            "make GRUB's UEFI image",
+        )
+        esp, src = self.layout.dev("esp"), str(self.mnt / image.lstrip("/"))
+        self.r.run(["mmd", "-i", esp, "::/EFI", "::/EFI/BOOT", "::/EFI/xenspin"], "make directories on the ESP")
+        for dest in ("::/EFI/BOOT/BOOTX64.EFI", "::/EFI/xenspin/grubx64.efi"):
+            self.r.run(["mcopy", "-o", "-i", esp, src, dest], f"copy GRUB to {dest[2:]} on the ESP")
 
     def copy_log(self) -> None:
         if self.r.dry_run:
@@ -310,6 +356,57 @@ def fetch_hook(hook: Hook, medium: Path) -> Path:
     return Path(name)
 
 
+EFI_CORE_MODULES = ["part_gpt", "part_msdos", "ext2", "search", "search_fs_uuid"]
+
+
+def efi_early_config(root_uuid: str) -> str:
+    """The config built into GRUB's UEFI image: find root by UUID and set the prefix.
+
+    GRUB then loads normal.mod from the prefix, which reads the module lists and
+    grub.cfg there (as the image grub-install makes does).
+    """
+    return f"search --no-floppy --fs-uuid --set=root {root_uuid}\nset prefix=($root)/boot/grub\n"
+
+
+def private_mounts(runner: Runner) -> None:
+    """Mount the target in a mount namespace of our own.
+
+    Mounts made in the shared namespace are copied into every namespace created while
+    they exist (a sandbox, a container), which then keeps the target's filesystems busy
+    after we unmount them; in our own namespace nobody else ever sees them.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(CLONE_NEWNS) != 0:
+        raise InstallerError(f"cannot make a mount namespace: {os.strerror(ctypes.get_errno())}")
+    runner.run(["mount", "--make-rprivate", "/"], "keep the installer's mounts to itself")
+
+
+@contextlib.contextmanager
+def uuid_links(devices: list[str], runner: Runner) -> Iterator[None]:
+    """/dev/disk/by-uuid links for devices while GRUB's scripts run, where no udev made them.
+
+    grub-mkconfig writes root=UUID=... only when that link exists; otherwise it names the
+    device the installer sees (/dev/loop0p3), which the installed system will not have.
+    """
+    made = []
+    by_uuid = Path("/dev/disk/by-uuid")
+    for dev in devices:
+        uuid = runner.run(
+            ["blkid", "-s", "UUID", "-o", "value", dev], f"read the UUID of {dev}", capture=True, writes=False
+        ).strip()
+        link = by_uuid / uuid
+        if uuid and not link.exists() and not runner.dry_run:
+            by_uuid.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(dev)
+            made.append(link)
+            runner.log(f"made {link} -> {dev} (no udev here)")
+    try:
+        yield
+    finally:
+        for link in made:
+            link.unlink(missing_ok=True)
+
+
 def wait_for(dev: Path, seconds: float = 20) -> None:
     deadline = time.monotonic() + seconds
     while not dev.exists():
@@ -318,34 +415,44 @@ def wait_for(dev: Path, seconds: float = 20) -> None:
         time.sleep(0.2)
 
 
-def default_interface(sys_net: Path = Path("/sys/class/net")) -> str:
-    """The first wired interface (one backed by a device, not a bridge or a vif)."""
-    names = sorted(p.name for p in sys_net.glob("*") if (p / "device").exists() and not (p / "wireless").exists())
-    return names[0] if names else "eth0"
+def network_config(a: Answerfile) -> str | None:
+    """A systemd-networkd file for the management interface; None when the image's DHCP on every NIC will do.
 
-
-def network_config(a: Answerfile, fallback: str) -> str:
-    """/etc/network/interfaces for ifupdown."""
+    Named 10-: networkd takes the first file (in name order) that matches an interface,
+    so it wins over the image's catch-all DHCP file.
+    """
     n = a.network
-    iface = n.interface or fallback
-    lines = ["# written by the xenspin installer", "auto lo", "iface lo inet loopback", "", f"allow-hotplug {iface}"]
+    if n.mode == "dhcp" and not n.interface:
+        return None
+    lines = ["# written by the xenspin installer", "[Match]", f"Name={n.interface or 'en* eth*'}", "", "[Network]"]
     if n.mode == "dhcp":
-        lines.append(f"iface {iface} inet dhcp")
+        lines.append("DHCP=yes")
     else:
-        lines += [f"iface {iface} inet static", f"    address {n.address}"]
+        lines.append(f"Address={n.address}")
         if n.gateway:
-            lines.append(f"    gateway {n.gateway}")
+            lines.append(f"Gateway={n.gateway}")
+    lines += [f"DNS={d}" for d in n.dns]
     return "\n".join(lines) + "\n"
 
 
 def grub_defaults(a: Answerfile) -> str:
-    """GRUB settings: Xen the default entry (Debian's 20_linux_xen), serial console when asked."""
-    xen = XEN_CMDLINE
-    linux = "console=tty0"
-    lines = ["# written by the xenspin installer", "XEN_OVERRIDE_GRUB_DEFAULT=1", "GRUB_TIMEOUT=3"]
+    """GRUB settings read after the image's (zz-): Xen the default entry, the serial console when asked.
+
+    The image's /etc/default/grub.d/xen.cfg carries the distribution's Xen and dom0
+    command lines; this keeps them and adds the serial console to them.
+    """
+    lines = [
+        "# written by the xenspin installer",
+        f'GRUB_DISTRIBUTOR="{DISTRIBUTOR}"',
+        f'GRUB_DEFAULT="{DISTRIBUTOR} GNU/Linux, with Xen hypervisor"',
+        "GRUB_TIMEOUT=3",
+        f'GRUB_CMDLINE_XEN_DEFAULT="${{GRUB_CMDLINE_XEN_DEFAULT:-{XEN_CMDLINE}}}"',
+    ]
     if a.serial_console:
-        xen += " console=com1,vga com1=115200"
-        linux = "console=tty0 console=hvc0"
-        lines += ['GRUB_TERMINAL="serial console"', 'GRUB_SERIAL_COMMAND="serial --unit=0 --speed=115200"']
-    lines += [f'GRUB_CMDLINE_XEN_DEFAULT="{xen}"', f'GRUB_CMDLINE_LINUX_XEN_REPLACE_DEFAULT="{linux}"']
+        lines += [
+            'GRUB_CMDLINE_XEN_DEFAULT="$GRUB_CMDLINE_XEN_DEFAULT console=com1,vga com1=115200"',
+            'GRUB_CMDLINE_LINUX_XEN_REPLACE_DEFAULT="console=tty0 console=hvc0"',
+            'GRUB_TERMINAL="serial console"',
+            'GRUB_SERIAL_COMMAND="serial --unit=0 --speed=115200"',
+        ]
     return "\n".join(lines) + "\n"

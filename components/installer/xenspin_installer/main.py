@@ -37,6 +37,14 @@ def distribution(os_release: Path = Path("/etc/os-release")) -> str:
     return info.get("PRETTY_NAME") or " ".join(x for x in (info.get("NAME"), info.get("VERSION")) if x) or "xenspin"
 
 
+def booted_on_serial(cmdline: dict[str, str]) -> bool:
+    """Whether dom0's main console (the last console=) is a serial one: the ISO's serial menu entries.
+
+    An install with no serial-console answer (XML answerfiles have none) is set up the way it was booted.
+    """
+    return cmdline.get("console", "").startswith(("hvc", "ttyS"))
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="xenspin-installer", description="Install a xenspin Xen host onto a disk.")
     p.add_argument(
@@ -59,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
         return run(args)
     except InstallerError as e:
         print(f"xenspin installer: {e}", file=sys.stderr, flush=True)
+        if args.console:  # on the live system's console: say so plainly, then leave a shell to look around
+            print(f"xenspin install failed; the log is {args.log}; here is a shell", flush=True)
+            os.execv("/bin/bash", ["/bin/bash", "--login"])
         return e.exit_code
     except KeyboardInterrupt:
         print("xenspin installer: interrupted", file=sys.stderr)
@@ -90,6 +101,8 @@ def run(args: argparse.Namespace) -> int:
             return 1
     if args.disk:
         answer.disk = args.disk
+    if answer.serial_console is None:
+        answer.serial_console = booted_on_serial(cmdline)
     chosen = choose(disks, answer.disk, interactive=interactive, resolve=os.path.realpath).disk
     assert chosen is not None  # an interview always names the disk
     layout = decide(answer, chosen)

@@ -16,7 +16,7 @@ from typing import Any
 from .disks import Disk
 from .run import Runner
 
-COLUMNS = "PATH,KNAME,PKNAME,SIZE,TYPE,MODEL,PTTYPE,FSTYPE,RO,MOUNTPOINTS"
+COLUMNS = "PATH,KNAME,PKNAME,SIZE,TYPE,MODEL,PTTYPE,FSTYPE,LABEL,RO,MOUNTPOINTS"
 TABLES = {"gpt", "PMBR", "dos", "atari", "sun", "sgi", "bsd", "mac"}
 
 
@@ -32,12 +32,12 @@ def _flatten(devs: list[dict[str, Any]], parent: str | None = None) -> list[dict
 
 
 def parse_lsblk(
-    text: str, live_sources: set[str] = frozenset(), signatures: dict[str, list[str]] | None = None
+    text: str, live_sources: set[str] = frozenset(), signatures: dict[str, list[tuple[str, str]]] | None = None
 ) -> list[Disk]:
     """Whole devices with every device stacked on them as children.
 
     live_sources: devices backing the live medium. signatures: device path -> the
-    signature types wipefs found on it (partition tables and filesystems).
+    (type, label) of the signatures wipefs found on it (partition tables, filesystems).
     """
     signatures = signatures or {}
     entries = _flatten(json.loads(text).get("blockdevices", []))
@@ -65,9 +65,12 @@ def parse_lsblk(
     return disks
 
 
-def _device(d: dict[str, Any], live: set[str], sigs: dict[str, list[str]], children: tuple[Disk, ...] = ()) -> Disk:
+def _device(
+    d: dict[str, Any], live: set[str], sigs: dict[str, list[tuple[str, str]]], children: tuple[Disk, ...] = ()
+) -> Disk:
     path = d["path"]
-    found = sigs.get(path, [])
+    found = [t for t, _ in sigs.get(path, [])]
+    labels = tuple(lb for _, lb in sigs.get(path, []) if lb) + ((d["label"],) if d.get("label") else ())
     pttype = (
         d.get("pttype")
         or next((s for s in found if s in TABLES and s != "PMBR"), "")
@@ -85,12 +88,14 @@ def _device(d: dict[str, Any], live: set[str], sigs: dict[str, list[str]], child
         readonly=d.get("ro") in (True, "1", 1),
         children=children,
         mountpoints=mounts,
+        labels=labels,
         holds_live_medium=path in live or any(c.holds_live_medium for c in children),
     )
 
 
-def parse_wipefs(text: str) -> list[str]:
-    return [s.get("type", "") for s in json.loads(text or "{}").get("signatures", [])]
+def parse_wipefs(text: str) -> list[tuple[str, str]]:
+    """(type, label) of each signature `wipefs --no-act --json` found."""
+    return [(s.get("type") or "", s.get("label") or "") for s in json.loads(text or "{}").get("signatures", [])]
 
 
 def live_medium_devices(mounts: Path = Path("/proc/self/mounts")) -> set[str]:

@@ -55,7 +55,7 @@ class Runner:
     ) -> str:
         """Run cmd; returns its stdout when capture. writes=False marks a read-only probe that runs in dry runs too."""
         argv = [str(c) for c in cmd]
-        self.log("$ " + " ".join(shlex.quote(a) for a in argv))
+        self.log(f"[{time.monotonic() - self.started:7.1f}s] $ " + " ".join(shlex.quote(a) for a in argv))
         self.commands.append(argv)
         if self.dry_run and writes:
             return ""

@@ -10,9 +10,9 @@ from pathlib import Path
 
 from . import InstallerError
 from .answerfile import ISO_DIR
+from .disks import ANSWER_LABEL as LABEL
 from .run import Runner
 
-LABEL = "XSANSWER"
 NAMES = ("answerfile.yaml", "answerfile.yml", "answerfile.xml")
 
 
