@@ -51,6 +51,7 @@ def default_iso(live_rootfs: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     project = tmp_path_factory.mktemp("project")
     shutil.copyfile(REPO / "distro.yaml", project / "distro.yaml")
     shutil.copytree(REPO / "components", project / "components")
+    shutil.copytree(REPO / "overlays", project / "overlays")  # validate checks that overlays exist
     distro = manifest.load(project / "distro.yaml")
     inp = iso.Inputs(distro, live_rootfs, "live", iso.host_loaders(), iso.GuestTools(), 1_700_000_000)
     made = iso.obtain(inp, Store(tmp_path_factory.mktemp("store")))
