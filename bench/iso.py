@@ -63,6 +63,11 @@ def main() -> int:
         if proc.returncode != 0:
             sys.exit(f"bench: cold build failed:\n{proc.stderr}")
         print(f"cold build to the ISO: {cold:.1f} s (goal < 128 s)")
+        info = out / "build-info.json"
+        if info.is_file():
+            stages = json.loads(info.read_text()).get("stages", {})
+            slow = sorted(stages.items(), key=lambda kv: -kv[1].get("seconds", 0))[:5]
+            print("slowest stages (cold):", ", ".join(f"{k} {v.get('seconds', 0)} s" for k, v in slow))
         warm, proc = xenspin(*common, "build")
         if proc.returncode != 0:
             sys.exit(f"bench: warm build failed:\n{proc.stderr}")
@@ -72,11 +77,6 @@ def main() -> int:
             sys.exit(f"bench: no ISO in {out}")
         size = images[0].stat().st_size
         print(f"ISO size:              {size / 1e6:.0f} MB ({images[0].name}; goal < 300 MB, aim 250)")
-        info = out / "build-info.json"
-        if info.is_file():
-            stages = json.loads(info.read_text()).get("stages", {})
-            slow = sorted(stages.items(), key=lambda kv: -kv[1].get("seconds", 0))[:5]
-            print("slowest stages (cold):", ", ".join(f"{k} {v.get('seconds', 0)} s" for k, v in slow))
         if not args.no_boot:
             _, proc = xenspin("--out", str(out), "--json", "test", "boot", str(images[0]), "--firmware", args.firmware)
             for v in json.loads(proc.stdout or "[]"):

@@ -56,10 +56,13 @@ class Job:
 
 
 def component_inputs(
-    comp: Component, entry: dict, root: str | None, deps: dict[str, str], tree: str, base: Path, epoch: int
+    comp: Component, entry: dict, root: str | None, deps: dict[str, str], tree: str, project: Path, epoch: int
 ) -> dict[str, Any]:
-    """The canonical inputs of a component's key: everything that can change what the build produces."""
-    recipe = typed.to_data(comp, relative_to=base)
+    """The canonical inputs of a component's key: everything that can change what the build produces.
+
+    Paths are relative to project (the manifest's directory), so moving a checkout changes no key.
+    """
+    recipe = typed.to_data(comp, relative_to=project)
     for volatile in ("description", "recipe", "optional"):
         recipe.pop(volatile, None)
     source = {k: v for k, v in entry.items() if k != "recipe"}
@@ -67,9 +70,9 @@ def component_inputs(
 
 
 def component_key(
-    comp: Component, entry: dict, root: str | None, deps: dict[str, str], tree: str, base: Path, epoch: int
+    comp: Component, entry: dict, root: str | None, deps: dict[str, str], tree: str, project: Path, epoch: int
 ) -> str:
-    return stage_key(FORMAT, component_inputs(comp, entry, root, deps, tree, base, epoch))
+    return stage_key(FORMAT, component_inputs(comp, entry, root, deps, tree, project, epoch))
 
 
 def plan(
@@ -88,8 +91,10 @@ def plan(
         entry = lock.components.get(name)
         if name not in wanted or entry is None or name in left_out:
             continue
-        tree = path_source.digest(Path(comp.source.path)) if comp.source.kind == "path" else ""
-        if comp.source.kind == "archive":
+        kind = module(comp.source.kind)
+        here = kind.in_tree(comp.source)
+        tree = path_source.digest(here) if here is not None else ""
+        if kind.debs(entry) is not None:
             action, root = "archive", None
         elif comp.steps:
             action, root = "build", buildroot.spec(distro.base, lock.archive, comp.build_depends)
@@ -113,14 +118,7 @@ def closure(distro: Distro, names: list[str]) -> list[str]:
 
 def package_version(entry: dict, key: str) -> str:
     """A Debian version that says where the bytes came from and changes with the key."""
-    kind = entry.get("kind")
-    if kind == "debian":
-        upstream = entry["version"].split(":")[-1].rsplit("-", 1)[0]
-    elif kind == "git":
-        upstream = "0~git" + entry["commit"][:12]
-    else:
-        upstream = "0"
-    return f"{upstream}+xs{key[:10]}"
+    return f"{module(entry['kind']).upstream_version(entry)}+xs{key[:10]}"
 
 
 def control_file(comp: Component, version: str, arch: str, maintainer: str) -> str:
@@ -160,7 +158,6 @@ def stages(
     """The stages that build jobs: one per component, plus the build roots and source trees they use."""
     say = say or ctx.say
     epoch = ctx.source_date_epoch(lock.archive)
-    base = ctx.project
     out: list[Stage] = []
     roots: dict[str, Stage] = {}
     for name, job in jobs.items():
@@ -171,14 +168,14 @@ def stages(
             if rid not in roots:
                 roots[rid] = buildroot.stage(ctx, job.root, say)
             uses.append(rid)
-            if comp.source.kind != "path":
+            if module(comp.source.kind).in_tree(comp.source) is None:
                 uses.append(src_id(name))
                 out.append(_src_stage(ctx, name, comp, entry))
 
         def inputs(needs: Needs, comp=comp, entry=entry, job=job) -> dict[str, Any]:
             root = needs[buildroot.stage_id(job.root)].key if job.root is not None else None
             deps = {d: needs[build_id(d)].key for d in job.after}
-            return component_inputs(comp, entry, root, deps, job.tree, base, epoch)
+            return component_inputs(comp, entry, root, deps, job.tree, ctx.project, epoch)
 
         def make(tmp: Path, needs: Needs, comp=comp, entry=entry, job=job, inputs=inputs) -> dict:
             key = stage_key(FORMAT, inputs(needs))
@@ -200,9 +197,7 @@ def stages(
 
 def _src_stage(ctx: Context, name: str, comp: Component, entry: dict) -> Stage:
     def make(tmp: Path, _needs: Needs) -> dict:
-        kind = comp.source.kind
-        mod = module(kind)
-        tree = mod.export(entry, ctx, tmp) if kind == "git" else mod.unpack(entry, ctx, tmp)
+        tree = module(comp.source.kind).tree(entry, ctx, tmp)
         top = os.path.relpath(tree, tmp)
         return {"top": "" if top == "." else top}
 
@@ -235,10 +230,9 @@ def _make_build(
         say(f"build {job.name} ({short})")
     debs: dict[str, str] = {}  # file name -> sha256, in order
     if job.action == "archive":
-        for info in sorted(entry["packages"].values(), key=lambda i: i["filename"]):
-            name = Path(info["filename"]).name
-            os.link(verified_blob(ctx.store, info["sha256"], f"build {job.name}: {name}"), tmp / name)
-            debs[name] = info["sha256"]
+        for name, sha in sorted((module(comp.source.kind).debs(entry) or {}).items()):
+            os.link(verified_blob(ctx.store, sha, f"build {job.name}: {name}"), tmp / name)
+            debs[name] = sha
     elif job.action == "build":
         logs = ctx.store.log_dir("build", job.name, short)
         staged = _steps(ctx, job, comp, entry, needs, tmp, epoch, logs)
@@ -260,7 +254,7 @@ def _steps(
 ) -> Path:
     assert job.root is not None
     root = needs[buildroot.stage_id(job.root)].path
-    src = needs[src_id(job.name)].path if src_id(job.name) in needs else Path(comp.source.path)
+    src = needs[src_id(job.name)].path if src_id(job.name) in needs else module(comp.source.kind).in_tree(comp.source)
     assert root is not None and src is not None
     out, debs = tmp / "staged", tmp / "debs"
     scratch = ctx.store.tmp_dir("scratch-" + job.name)
@@ -277,12 +271,12 @@ def _steps(
         "LC_ALL": "C.UTF-8",
         "SOURCE_DATE_EPOCH": str(epoch),
     }
-    if comp.source.kind == "debian":
+    if files := module(comp.source.kind).srcpkg(entry):
         # The whole source package too (.dsc, orig and debian tarballs), for dpkg-source/dpkg-buildpackage.
         srcpkg = tmp / "srcpkg"
         srcpkg.mkdir()
-        for filename, info in entry["files"].items():
-            os.link(verified_blob(ctx.store, info["sha256"], f"build {job.name}: {filename}"), srcpkg / filename)
+        for filename, sha in files.items():
+            os.link(verified_blob(ctx.store, sha, f"build {job.name}: {filename}"), srcpkg / filename)
         ro["/srcpkg"] = srcpkg
         env["SRCPKG"] = "/srcpkg"
     prefix = sandbox(root, ro=ro, rw={"/out": out, "/debs": debs, "/build": scratch}, env=env, cwd="/build")

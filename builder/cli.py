@@ -6,7 +6,6 @@ import argparse
 import dataclasses
 import json
 import logging
-import os
 import subprocess
 import sys
 import traceback
@@ -14,18 +13,28 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import yaml
-from git import GitCommandError
 
-from . import __version__, answerfiles, config, errors, fetch, host, iso, lock, manifest, pipeline, plan, typed, vmtest
-from .context import Context, epoch_from_env
+from . import (
+    __version__,
+    answerfiles,
+    config,
+    errors,
+    fetch,
+    host,
+    installtest,
+    iso,
+    lock,
+    manifest,
+    packagesets,
+    pipeline,
+    plan,
+    typed,
+    vmtest,
+)
+from .context import Context
 from .errors import XenspinError
 from .progress import Reporter
 from .store import Store
-
-
-def default_store() -> Path:
-    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(cache) / "xenspin" / "store"
 
 
 def _path(text: str) -> Path:
@@ -116,6 +125,20 @@ def make_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--timeout", type=float, default=vmtest.DEFAULT_TIMEOUT, help="seconds per boot (default 600)")
     t.add_argument("--kvm", action="store_true", help="use KVM instead of TCG (where /dev/kvm works)")
+    t = tests.add_parser(
+        "install",
+        help="install from an ISO onto a fresh disk (unattended), boot the disk alone, check Domain-0 and a PV guest",
+    )
+    _globals(t, suppress=True)
+    t.add_argument("image", type=Path, metavar="ISO", help="the installer ISO")
+    t.add_argument("--firmware", choices=["bios", "uefi", "both"], default="both", help="firmware (default both)")
+    t.add_argument(
+        "--answerfile",
+        type=Path,
+        metavar="FILE",
+        help="answerfile (YAML or XML; root needs a plain password) instead of the test's own",
+    )
+    t.add_argument("--kvm", action="store_true", help="use KVM instead of TCG (where /dev/kvm works)")
     p = add("store", "look after the store")
     p.add_argument(
         "action",
@@ -146,12 +169,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("xenspin: interrupted", file=sys.stderr)
         return 130
-    except (OSError, GitCommandError, subprocess.SubprocessError) as e:
+    except (OSError, subprocess.SubprocessError) as e:
         # Failures of the machine, not of xenspin: a store that cannot be written, a full
-        # disk, a permission, git refusing, a child that hung. One line, like any user error.
+        # disk, a permission, a child that hung. One line, like any user error.
         print(f"xenspin: {errors.describe(e)}", file=sys.stderr)
         return 2
-    except Exception:
+    except Exception as e:
+        if errors.is_git_error(e):  # git refusing (GitPython calls outside run.py)
+            print(f"xenspin: {errors.describe(e)}", file=sys.stderr)
+            return 2
         path = errors.save_traceback()
         if args.verbose > 1:
             traceback.print_exc()
@@ -223,7 +249,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
 def _context(args: argparse.Namespace, distro: manifest.Distro) -> Context:
     cfg = config.load()
     mirrors = {**cfg.mirrors, **dict(config.parse_mirror(m) for m in args.mirror)}
-    store = Store(args.store or (Path(cfg.store) if cfg.store else default_store()))
+    store = Store(args.store or (Path(cfg.store) if cfg.store else config.default_store()))
     return Context(
         store=store,
         base=distro.base,
@@ -231,7 +257,7 @@ def _context(args: argparse.Namespace, distro: manifest.Distro) -> Context:
         offline=args.offline,
         manifest=args.file.absolute(),
         progress=Reporter(quiet=args.json),
-        epoch=epoch_from_env(),
+        epoch=config.epoch_from_env(),
     )
 
 
@@ -251,7 +277,7 @@ def cmd_lock(args: argparse.Namespace) -> int:
     ctx = _context(args, distro)
     path = lock.lock_path(args.file)
     with ctx.store.session():
-        new, report = lock.resolve(
+        new, report = pipeline.resolve_lock(
             distro,
             lock.read(path),
             ctx,
@@ -272,6 +298,8 @@ def cmd_lock(args: argparse.Namespace) -> int:
         print(f"kept    {name}: {lock.summary(new.components[name])}")
     for name in report.dropped:
         print(f"dropped {name}: no longer in the manifest")
+    for name in report.sets:
+        print(f"locked  set {name}: {len(new.sets[name]['packages'])} packages")
     for name, moved in sorted(report.moved.items()):
         kept = name in report.kept
         note = (
@@ -293,6 +321,10 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     lock.require(distro, current, ctx.project, names, path)
     with ctx.store.session():
         report = fetch.fetch(distro, current, ctx, args.components or None, strict=args.strict)
+        sets = None
+        if not args.components:
+            packagesets.require(distro, current, path)
+            sets = pipeline.fetch_sets(current, ctx)
         pipeline.register(ctx, distro, current)
     if args.json:
         print(json.dumps(dataclasses.asdict(report), indent=2))
@@ -301,6 +333,8 @@ def cmd_fetch(args: argparse.Namespace) -> int:
         print("fetched: " + ", ".join(report.fetched))
     if report.present:
         print("already in the store: " + ", ".join(report.present))
+    if sets is not None:
+        print(f"package sets: {len(sets.fetched)} .debs fetched, {sets.present} already in the store")
     _left_out(report.left_out)
     return 0
 
@@ -340,13 +374,41 @@ def cmd_build(args: argparse.Namespace) -> int:
     _left_out(result.left_out)
     report = result.build
     if args.json:
-        print(json.dumps(dataclasses.asdict(report), indent=2))
+        data = dataclasses.asdict(report)
+        if result.rootfs is not None:
+            made = result.rootfs
+            data["rootfs"] = {
+                "path": str(made.done.path),
+                "key": made.done.key,
+                "made": made.made,
+                "wall": made.seconds,
+                **(made.done.meta or {}),
+            }
+        if result.iso is not None:
+            data["iso"] = {
+                "key": result.iso.done.key,
+                "made": result.iso.made,
+                "wall": result.iso.seconds,
+                "files": [str(p) for p in result.published],
+                **(result.iso.done.meta or {}),
+            }
+        print(json.dumps(data, indent=2))
         return 0
     if report.built:
         print("built: " + ", ".join(f"{n} ({report.seconds[n]} s)" for n in report.built))
     if report.cached:
         print("up to date: " + ", ".join(report.cached))
     print(f"apt repository: {result.repo} (deb [trusted=yes] file://{result.repo.absolute()} ./)")
+    if result.rootfs is not None:
+        made = result.rootfs
+        state = f"composed in {made.seconds} s" if made.made else "up to date"
+        print(f"rootfs: {made.done.path} ({state}, key {made.done.key[:12]})")
+    if result.iso is not None:
+        image = result.published[0]
+        state = f"written in {result.iso.seconds} s" if result.iso.made else "up to date"
+        size = (result.iso.done.meta or {}).get("size", 0) // (1 << 20)
+        print(f"iso: {image} ({size} MiB, {state}, key {result.iso.done.key[:12]})")
+        print(f"     {', '.join(p.name for p in result.published[1:])} beside it")
     print(f"logs: {ctx.store.log_dir('build')}")
     return 0
 
@@ -411,7 +473,20 @@ def cmd_test_boot(args: argparse.Namespace) -> int:
     return 0 if all(v.passed for v in verdicts) else 1
 
 
-TESTS = {"boot": cmd_test_boot}
+def cmd_test_install(args: argparse.Namespace) -> int:
+    firmwares: list[vmtest.Firmware] = ["bios", "uefi"] if args.firmware == "both" else [args.firmware]
+    verdicts = []
+    for fw in firmwares:
+        verdict = installtest.install(args.image, fw, args.out / "test-install", args.answerfile, kvm=args.kvm)
+        verdicts.append(verdict)
+        if not args.json:
+            print(verdict.line(), flush=True)
+    if args.json:
+        print(json.dumps([dataclasses.asdict(v) for v in verdicts], indent=2, default=str))
+    return 0 if all(v.passed for v in verdicts) else 1
+
+
+TESTS = {"boot": cmd_test_boot, "install": cmd_test_install}
 
 
 COMMANDS = {

@@ -1,4 +1,4 @@
-"""The user's settings (not the distribution's): mirrors, read from the XDG config dir."""
+"""The user's settings (not the distribution's): the config file and the environment, read here only."""
 
 from __future__ import annotations
 
@@ -17,6 +17,18 @@ class Config:
 
     mirrors: dict[str, str] = field("URL prefix -> replacement prefix, like git's url.X.insteadOf", factory=dict)
     store: str = field("store directory (default $XDG_CACHE_HOME/xenspin/store)", "")
+
+
+def default_store() -> Path:
+    """$XDG_CACHE_HOME/xenspin/store (~/.cache/xenspin/store)."""
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "xenspin" / "store"
+
+
+def epoch_from_env() -> int | None:
+    """$SOURCE_DATE_EPOCH when it is a number, else None: the one place it is read."""
+    value = os.environ.get("SOURCE_DATE_EPOCH", "")
+    return int(value) if value.isdigit() else None
 
 
 def config_path() -> Path:

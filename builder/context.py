@@ -8,7 +8,6 @@ to its directory.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -60,9 +59,3 @@ class Context:
             except (TypeError, ValueError):
                 pass
         return 0
-
-
-def epoch_from_env() -> int | None:
-    """$SOURCE_DATE_EPOCH when it is a number (read once, by the command line)."""
-    value = os.environ.get("SOURCE_DATE_EPOCH", "")
-    return int(value) if value.isdigit() else None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import sys
 import tempfile
 import time
 import traceback
@@ -91,6 +92,12 @@ def describe(e: BaseException) -> str:
     if hasattr(e, "timeout") and hasattr(e, "cmd"):  # subprocess.TimeoutExpired
         return f"{e.cmd!s:.80}: gave no answer in {e.timeout} s and was stopped"
     return str(e) or e.__class__.__name__
+
+
+def is_git_error(e: BaseException) -> bool:
+    """A GitPython GitCommandError (git is only imported by runs that use git, so look it up lazily)."""
+    git = sys.modules.get("git")
+    return git is not None and isinstance(e, git.GitCommandError)
 
 
 def save_traceback() -> Path:

@@ -8,17 +8,20 @@ The VM comes from vmtest's QEMU helpers; what is added here is a serial line bot
 from __future__ import annotations
 
 import contextlib
+import io
 import re
+import shutil
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import guest
+from . import guest, vmtest
+from .answerfiles import iso_name, validate
 from .errors import XenspinError
-from .run import spawn, stop
+from .run import run, spawn, stop
 
 INSTALL_TIMEOUT = 1200.0
 BOOT_TIMEOUT = 900.0
@@ -27,6 +30,7 @@ BANNER = "xenspin installer:"
 INSTALLED = "xenspin installed on"
 FAILED = "xenspin install failed"
 DOWN = "\x1b[B"
+MENU = "Unattended install"  # an entry title of the ISO's menus (builder/iso.py MODES)
 
 
 class Timeout(Exception):
@@ -50,7 +54,11 @@ class SerialLine:
                 self.sock.connect(str(sock_path))
                 break
             except (FileNotFoundError, ConnectionRefusedError):
-                if time.monotonic() > deadline or proc.poll() is not None:
+                if proc.poll() is not None:
+                    raise XenspinError(
+                        f"test install: QEMU exited with status {proc.returncode} at once; see {log.parent}"
+                    ) from None
+                if time.monotonic() > deadline:
                     raise XenspinError(f"test install: QEMU's serial socket {sock_path} did not open") from None
                 time.sleep(0.2)
         # QEMU also sends the output down the socket; drain it so the guest never blocks.
@@ -86,6 +94,20 @@ class SerialLine:
             self.sock.sendall(ch.encode())
             time.sleep(pace)
 
+    def keys(self, *keys: str, pace: float = 0.5) -> None:
+        """Press keys, each (an escape sequence too) sent whole: menus read a sequence only when it comes at once."""
+        for key in keys:
+            self.sock.sendall(key.encode())
+            time.sleep(pace)
+
+    def wait_exit(self, timeout: float) -> None:
+        """Wait for the VM to power off by itself (QEMU runs with -no-reboot)."""
+        deadline = time.monotonic() + timeout
+        while self.proc.poll() is None:
+            if time.monotonic() > deadline:
+                raise Timeout("power-off", f"within {timeout:.0f} s of the install's end")
+            time.sleep(0.5)
+
     def close(self) -> None:
         with contextlib.suppress(OSError):
             self.sock.close()
@@ -111,7 +133,7 @@ class Verdict:
 
 
 @contextlib.contextmanager
-def vm(argv_for: callable, logs: Path, name: str) -> Iterator[SerialLine]:
+def vm(argv_for: Callable[[Path, Path], list[str]], logs: Path, name: str) -> Iterator[SerialLine]:
     """Run QEMU with a two-way serial line; stopped (the whole process group) on the way out."""
     serial_log, sock = logs / f"{name}.serial.log", logs / f"{name}.serial.sock"
     serial_log.write_bytes(b"")
@@ -136,7 +158,7 @@ def menu_downs(iso: Path) -> int:
     iso_ = pycdlib.PyCdlib()
     try:
         iso_.open(str(iso))
-        out = __import__("io").BytesIO()
+        out = io.BytesIO()
         iso_.get_file_from_iso_fp(out, rr_path="/isolinux/isolinux.cfg")
         labels = re.findall(r"^label (\S+)", out.getvalue().decode(), re.M)
     except Exception:  # an ISO without ISOLINUX: the serial entries come first
@@ -164,3 +186,102 @@ def login_and_check(line: SerialLine, password: str, t0: float, steps: dict[str,
     )
     line.expect(guest.GUEST_MARKER, timeout=300)
     steps["guest"] = time.monotonic() - t0
+
+
+def two_way_serial(argv: list[str], log: Path, sock: Path) -> list[str]:
+    """vmtest's command line with its first serial port on a socket we type into, still logged to log."""
+    at = argv.index("-serial")
+    chardev = f"socket,id=ser0,path={sock},server=on,wait=off,logfile={log}"
+    return [*argv[:at], "-chardev", chardev, "-serial", "chardev:ser0", *argv[at + 2 :]]
+
+
+def drives(disk: Path, answers: Path, *, boot_disk: bool) -> list[str]:
+    """The target disk (virtio: /dev/vda in dom0) and the XSANSWER disk (AHCI: /dev/sda)."""
+    return [
+        "-drive",
+        f"if=none,id=target,format=qcow2,file={disk}",
+        "-device",
+        "virtio-blk-pci,drive=target" + (",bootindex=1" if boot_disk else ",bootindex=2"),
+        "-drive",
+        f"if=none,id=answers,format=raw,snapshot=on,file={answers}",
+        "-device",
+        "ide-hd,drive=answers,bus=ide.2",
+    ]
+
+
+@dataclass(frozen=True)
+class Answers:
+    """The answerfile handed to the VM, and the root password the test logs in with."""
+
+    name: str
+    data: bytes
+    password: str
+
+
+def answers_for(path: Path | None) -> Answers:
+    """The given answerfile (checked; it must give root a plain password to log in with), or the default."""
+    if path is None:
+        return Answers("answerfile.yaml", guest.default_answerfile().encode(), guest.TEST_PASSWORD)
+    answer, _ = validate(path)
+    if not answer.root.password:
+        raise XenspinError(
+            f"test install: {path}: root needs a plain password (the test logs in on the serial console)"
+        )
+    return Answers(Path(iso_name(path)).name, path.read_bytes(), answer.root.password)
+
+
+def install(
+    iso: Path, firmware: vmtest.Firmware, logs: Path, answerfile: Path | None = None, *, kvm: bool = False
+) -> Verdict:
+    """Install from iso onto a fresh qcow2, then boot the disk alone and start a guest; one Verdict."""
+    if not iso.is_file():
+        raise XenspinError(f"test install: {iso}: no such file")
+    logs.mkdir(parents=True, exist_ok=True)
+    answers = answers_for(answerfile)
+    log = logs / f"{firmware}.harness.log"
+    log.write_text("")
+    files = {answers.name: answers.data, "guest.gz": guest.guest_initrd(guest.BUSYBOX.read_bytes())}
+    image = guest.answer_disk(logs / f"{firmware}.answers.img", files, log)
+    disk = logs / f"{firmware}.disk.qcow2"
+    disk.unlink(missing_ok=True)
+    run(["qemu-img", "create", "-q", "-f", "qcow2", disk, DISK_SIZE], what="test install: make the disk", log_path=log)
+    m = vmtest.Machine(firmware, kvm=kvm)
+    ovmf = vars_copy = None
+    if firmware == "uefi":
+        ovmf = vmtest.find_ovmf()
+        if ovmf.vars is not None:
+            vars_copy = logs / f"{firmware}.OVMF_VARS.fd"
+            shutil.copyfile(ovmf.vars, vars_copy)
+
+    def from_iso(serial_log: Path, sock: Path) -> list[str]:
+        argv = vmtest.qemu_argv(iso.absolute(), m, serial_log, ovmf, vars_copy)
+        return two_way_serial(argv, serial_log, sock) + drives(disk, image, boot_disk=False)
+
+    def from_disk(serial_log: Path, sock: Path) -> list[str]:
+        argv = vmtest.qemu_argv(None, m, serial_log, ovmf, vars_copy)
+        return two_way_serial(argv, serial_log, sock) + drives(disk, image, boot_disk=True)
+
+    steps: dict[str, float] = {}
+    t0 = time.monotonic()
+    try:
+        with vm(from_iso, logs, f"{firmware}-install") as line:
+            line.expect(MENU, timeout=300)
+            time.sleep(1)
+            line.keys(*[DOWN] * menu_downs(iso), "\r")
+            line.expect(BANNER, timeout=600)
+            if line.expect(INSTALLED, FAILED, timeout=INSTALL_TIMEOUT) == FAILED:
+                raise Timeout(INSTALLED, "(the installer failed; see the serial log)")
+            steps["installed"] = time.monotonic() - t0
+            line.wait_exit(timeout=180)
+        with vm(from_disk, logs, f"{firmware}-disk") as line:
+            login_and_check(line, answers.password, t0, steps)
+    except Timeout as e:
+        return Verdict(firmware, False, round(time.monotonic() - t0, 1), _rounded(steps), e.text, e.why, logs)
+    finally:
+        if vars_copy is not None:
+            vars_copy.unlink(missing_ok=True)
+    return Verdict(firmware, True, round(time.monotonic() - t0, 1), _rounded(steps), logs=logs)
+
+
+def _rounded(steps: dict[str, float]) -> dict[str, float]:
+    return {k: round(v, 1) for k, v in steps.items()}

@@ -209,7 +209,6 @@ class GuestTools:
     """The Windows PV drivers that were built: component -> its .debs."""
 
     debs: dict[str, list[Path]] = field(default_factory=dict)
-    left_out: dict[str, str] = field(default_factory=dict)  # component -> why
 
 
 @dataclass(frozen=True)
@@ -653,6 +652,7 @@ def guest_tree(guest: GuestTools, work: Path, log: Path) -> dict[str, Any] | Non
 # --- the stage ------------------------------------------------------------------------
 
 KIND = "iso"
+STAGE_ID = f"{KIND}:iso"
 # Components whose packages carry guest tools (Windows PV drivers) rather than dom0 software.
 GUEST_PREFIX = "win-"
 
@@ -718,7 +718,6 @@ def make(tmp: Path, inp: Inputs, log: Path, seed: str) -> dict[str, Any]:
         "size": (tmp / name).stat().st_size,
         "sha256": sha256_file(tmp / name),
         "guest_tools": versions,
-        "guest_tools_left_out": inp.guest.left_out,
         "loaders": inp.loaders.ident(),
         "boot": {"bios": lay.bios_boot is not None, "uefi": lay.efi_image is not None},
         "seconds": round(time.monotonic() - start, 1),
@@ -738,15 +737,14 @@ def stage(
     distro: Distro,
     rootfs_id: str,
     guest_ids: dict[str, str],
-    left_out: dict[str, str],
     loaders: Loaders | str,
     epoch: int,
     store: Store,
 ) -> Stage:
     """The ISO as a node of the pipeline graph: after the rootfs and the guest tool builds.
 
-    guest_ids maps guest tool components to their build stages; left_out says why the
-    others are missing. loaders is the loaders stage's id (locked) or the host's.
+    guest_ids maps guest tool components to their build stages (the ones left out are
+    recorded by the driver in build-info.json). loaders is the loaders stage's id (locked) or the host's.
     The key takes the .debs' recorded digests, not their bytes.
     """
     loaders_id = loaders if isinstance(loaders, str) else None
@@ -770,7 +768,7 @@ def stage(
                 raise Pending("the ISO's key needs the guest tool builds")
             debs[name] = [done.path / d for d in done.meta["debs"]]
         ld = loaders_in(needs, key_only=key_only)
-        return Inputs(distro, rootfs.path, rootfs.key, ld, GuestTools(debs, left_out), epoch)
+        return Inputs(distro, rootfs.path, rootfs.key, ld, GuestTools(debs), epoch)
 
     def digest(needs: Needs) -> Callable[[Path], str]:
         recorded = {
@@ -793,6 +791,33 @@ def stage(
 
 
 # --- publishing to --out --------------------------------------------------------------
+
+
+def build_info(
+    distro: Distro,
+    result: Made,
+    *,
+    lock_sha256: str,
+    stages: dict[str, dict[str, Any]],
+    sizes: dict[str, int],
+    left_out: dict[str, str],
+    epoch: int,
+) -> dict[str, Any]:
+    """build-info.json: what was built from what, how big, how long each stage took, what was left out."""
+    guest_left = sorted(n for n in left_out if n.startswith(GUEST_PREFIX))
+    return {
+        "name": distro.name,
+        "version": distro.version,
+        "iso": {"file": result.iso.name, "sha256": result.info["sha256"], "size": result.info["size"]},
+        "lock_sha256": lock_sha256,
+        "source_date_epoch": epoch,
+        "stages": stages,
+        "sizes": sizes,
+        "left_out": left_out,
+        "guest_tools": result.info.get("guest_tools") or {},
+        "guest_tools_left_out": guest_left,
+        "boot_loaders": result.info.get("loaders"),
+    }
 
 
 def _place(src: Path | bytes, dest: Path) -> None:

@@ -40,6 +40,7 @@ class Lock:
 
     archive: dict[str, Any] = field(default_factory=dict)
     components: dict[str, dict[str, Any]] = field(default_factory=dict)
+    sets: dict[str, dict[str, Any]] = field(default_factory=dict)  # package sets (packagesets.py)
 
 
 @dataclass
@@ -51,6 +52,7 @@ class LockReport:
     stale: list[str] = field(default_factory=list)
     left_out: dict[str, str] = field(default_factory=dict)
     dropped: list[str] = field(default_factory=list)
+    sets: list[str] = field(default_factory=list)  # package sets resolved
     moved: dict[str, str] = field(default_factory=dict)  # name -> "tag T: OLD -> NEW"
 
 
@@ -71,12 +73,14 @@ def read(path: Path) -> Lock | None:
         ) from None
     if not isinstance(data, dict) or data.get("format") != LOCK_FORMAT:
         raise LockError(f"{path}: not a lock file of format {LOCK_FORMAT}; run `xenspin lock --update`")
-    return Lock(archive=data.get("archive") or {}, components=data.get("components") or {})
+    return Lock(archive=data.get("archive") or {}, components=data.get("components") or {}, sets=data.get("sets") or {})
 
 
 def write(path: Path, lock: Lock) -> None:
     """Write atomically: a reader sees the old lock or the new one, never half of one."""
     data = {"format": LOCK_FORMAT, "archive": lock.archive, "components": lock.components}
+    if lock.sets:
+        data["sets"] = lock.sets
     text = HEADER + yaml.safe_dump(data, sort_keys=True, default_flow_style=False, width=1000)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
@@ -125,7 +129,7 @@ def stale(distro: Distro, lock: Lock | None, root: Path) -> dict[str, str]:
             out[name] = "recipe changed since it was locked"
         elif entry.get("keys", {}) != key_digests(comp, root):
             out[name] = "verify.keys changed since it was locked"
-        elif moved and comp.source.kind in ("debian", "archive"):
+        elif moved and module(comp.source.kind).FOLLOWS_ARCHIVE:
             out[name] = "base archive (mirror, suite or updates) changed since it was locked"
     return out
 
@@ -158,14 +162,14 @@ def resolve(
     changed = stale(distro, old, root)
     require_components(distro, update or [], "lock --update")
     redo = set(distro.components) if update == [] else set(update or []) | set(changed)
-    new = Lock(archive=dict(old.archive))
+    new = Lock(archive=dict(old.archive), sets=dict(old.sets))
     for name in build_order(distro):
         comp = distro.components[name]
         if name not in redo:
             new.components[name] = old.components[name]
             report.kept.append(name)
-            if check_tags and comp.source.kind == "git":
-                now = module("git").tag_now(name, old.components[name], ctx)
+            if check_tags:
+                now = module(comp.source.kind).tag_now(name, old.components[name], ctx)
                 if now and now != old.components[name]["commit"]:
                     report.moved[name] = _moved(old.components[name], now)
             continue
@@ -199,7 +203,7 @@ def resolve(
             write_stamp(verified_stamp(ctx, entry))  # locking checked what fetch would
         new.components[name] = entry
         report.resolved.append(name)
-    if any(distro.components[n].source.kind in ("debian", "archive") for n in report.resolved):
+    if any(module(distro.components[n].source.kind).FOLLOWS_ARCHIVE for n in report.resolved):
         new.archive = module("debian").archive_state(ctx)  # the state the new entries were read from
     report.dropped = sorted(set(old.components) - set(distro.components))
     return new, report
@@ -222,15 +226,4 @@ def require(distro: Distro, lock: Lock | None, root: Path, names: list[str], pat
 
 def summary(entry: dict[str, Any]) -> str:
     """A few words on what an entry pins, for `xenspin lock` output."""
-    kind = entry.get("kind")
-    if kind == "git":
-        return f"{entry['commit'][:12]} ({entry.get('ref', '')})"
-    if kind in ("tarball", "prebuilt"):
-        return f"sha256 {entry['sha256'][:12]}, {entry.get('size', 0)} bytes"
-    if kind == "debian":
-        return f"{entry['package']} {entry['version']}"
-    if kind == "archive":
-        return ", ".join(f"{n} {p['version']}" for n, p in sorted(entry["packages"].items()))
-    if kind == "path":
-        return entry["path"]
-    return str(kind)
+    return module(entry["kind"]).summary(entry)

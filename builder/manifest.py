@@ -15,9 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
-import jinja2
-
-from . import located, typed
+from . import config, located, typed
 from .errors import Loc, ManifestError, XenspinError
 from .located import LDict, LList
 from .typed import field
@@ -231,6 +229,7 @@ class Rootfs:
     overlays: list[str] = field("directories laid over the tree (*.j2 files rendered)", factory=list, path=True)
     hooks: list[str] = field("scripts run with the tree's path as $1 after packages are in", factory=list, path=True)
     compression: Literal["zstd", "xz", "gzip"] = field("squashfs compression", "zstd")
+    compression_level: int = field("squashfs compression level (0: xenspin's default for the compression)", 0)
 
 
 @dataclass(frozen=True)
@@ -645,12 +644,14 @@ def merge(base: LDict, over: LDict, path: tuple[str, ...]) -> LDict:
 def _render_version(version: str, raw: LDict) -> str:
     if "{" not in version:
         return version
-    stamp = os.environ.get("SOURCE_DATE_EPOCH")
+    stamp = config.epoch_from_env()
     when = (
-        datetime.datetime.fromtimestamp(int(stamp), datetime.UTC)
-        if stamp and stamp.isdigit()
+        datetime.datetime.fromtimestamp(stamp, datetime.UTC)
+        if stamp is not None
         else datetime.datetime.now(datetime.UTC)
     )
+    import jinja2  # here, not at the top: only a templated version needs it, and every run loads manifests
+
     try:
         env = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False)
         return env.from_string(version).render(date=when.strftime("%Y%m%d"))

@@ -9,15 +9,15 @@ stage is a node added here, reading earlier stages' outputs through its needs.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import build, fetch, lock, repo
+from . import build, fetch, iso, lock, packagesets, repo, rootfs
 from .context import Context
 from .errors import XenspinError
 from .manifest import Distro
-from .stage import Needs, Pending, Planned, Scheduler, Stage, resolve
-from .store import GcResult, Root
+from .stage import Needs, Outcome, Pending, Planned, Scheduler, Stage, resolve
+from .store import GcResult, Root, sha256_file
 
 REPO = "repo:repo"
 
@@ -30,6 +30,9 @@ class Result:
     left_out: dict[str, str]
     build: build.BuildReport
     repo: Path
+    rootfs: Outcome | None = None  # None: a partial build (COMP named), no rootfs
+    iso: Outcome | None = None  # None: a partial build, no ISO
+    published: list[Path] = field(default_factory=list)  # the ISO and its companions in out/
 
 
 def graph(
@@ -54,7 +57,30 @@ def graph(
         return repo.make(tmp, debs, distro.name)
 
     stages.append(Stage("repo", "repo", repo.FORMAT, repo_inputs, repo_make, after=after))
+    if names is None and "rootfs" in packagesets.package_sets(distro, current):
+        stages.append(rootfs.stage(ctx, distro, current, jobs, build.build_id))
+        stages += iso_stages(ctx, distro, current, jobs)
     return stages, jobs
+
+
+def iso_stages(ctx: Context, distro: Distro, current: lock.Lock, jobs: dict[str, build.Job]) -> list[Stage]:
+    """The ISO after the rootfs and the guest tool builds, its boot loaders from the locked `iso` set.
+
+    Without a locked set (a lock from before sets) the host's boot loaders are used.
+    """
+    guest = {n: build.build_id(n) for n, j in jobs.items() if n.startswith(iso.GUEST_PREFIX) and j.action == "build"}
+    files = packagesets.files(current, "iso")
+    out: list[Stage] = []
+    loaders: iso.Loaders | str
+    if files:
+        ld = iso.loaders_stage(ctx.store, files)
+        out.append(ld)
+        loaders = ld.id
+    else:
+        loaders = iso.host_loaders()
+    epoch = ctx.source_date_epoch(current.archive)
+    out.append(iso.stage(distro, rootfs.STAGE_ID, guest, loaders, epoch, ctx.store))
+    return out
 
 
 def current_lock(distro: Distro, path: Path, ctx: Context, *, strict: bool, say: Callable[[str], None]) -> lock.Lock:
@@ -69,17 +95,36 @@ def current_lock(distro: Distro, path: Path, ctx: Context, *, strict: bool, say:
         for name, why in lock.stale(distro, old, ctx.project).items()
         if not distro.components[name].optional or why != "not locked"
     ]
-    if old is not None and not todo:
+    if old is not None and not todo and not packagesets.stale_sets(distro, old):
         return old
     if ctx.offline:
-        raise XenspinError(
-            f"{path}: {'no lock yet' if old is None else 'stale for ' + ', '.join(todo)}; --offline forbids resolving sources"
-        )
-    new, report = lock.resolve(distro, old, ctx, strict=strict)
+        what = "no lock yet" if old is None else "stale for " + ", ".join(todo or ["its package sets"])
+        raise XenspinError(f"{path}: {what}; --offline forbids resolving sources")
+    new, report = resolve_lock(distro, old, ctx, update=None, strict=strict)
     if new != old:
         lock.write(path, new)
-        say(f"lock: resolved {', '.join(report.resolved) or 'nothing'}; wrote {path}")
+        say(f"lock: resolved {', '.join(report.resolved + report.sets) or 'nothing'}; wrote {path}")
     return new
+
+
+def resolve_lock(
+    distro: Distro, old: lock.Lock | None, ctx: Context, *, update: list[str] | None, strict: bool, **options: bool
+) -> tuple[lock.Lock, lock.LockReport]:
+    """Components first (options go to lock.resolve), then the package sets that follow from them."""
+    new, report = lock.resolve(distro, old, ctx, update=update, strict=strict, **options)
+    names = list(packagesets.package_sets(distro, new)) if update == [] else packagesets.stale_sets(distro, new)
+    if names:
+        new.sets = packagesets.resolve_all(distro, new, ctx, names)
+        report.sets = names
+    return new, report
+
+
+def fetch_sets(current: lock.Lock, ctx: Context) -> packagesets.SetFetch:
+    """The locked package sets' .debs into the store, verified by sha256."""
+    report = packagesets.fetch(current, ctx)
+    if report.fetched:
+        ctx.say(f"fetch: {len(report.fetched)} locked .debs of the package sets")
+    return report
 
 
 def run_build(
@@ -97,6 +142,8 @@ def run_build(
         current = current_lock(distro, lock.lock_path(ctx.manifest), ctx, strict=strict, say=ctx.say)
         wanted = build.closure(distro, names) if names else None
         fetched = fetch.fetch(distro, current, ctx, wanted, strict=strict)
+        if names is None:
+            fetch_sets(current, ctx)
         stages, comp_jobs = graph(ctx, distro, current, names, set(fetched.left_out))
         outcomes = Scheduler(ctx.store, stages, jobs=jobs).run()
         report = build.report(outcomes, comp_jobs)
@@ -104,9 +151,46 @@ def run_build(
         assert repo_path is not None
         report.repo = str(repo_path)
         published = repo.publish(repo_path, out / "repo")
+        made = outcomes.get(rootfs.STAGE_ID)
+        image = outcomes.get(iso.STAGE_ID)
+        files: list[Path] = []
+        if image is not None:
+            files = publish_iso(distro, ctx, current, outcomes, fetched.left_out, out)
         # The whole plan's root, even when only some components were asked for.
         ctx.store.register(gc_root(ctx, distro, current, resolve(ctx.store, stages) if names is None else None))
-    return Result(sorted(current.components), fetched.left_out, report, published)
+    return Result(sorted(current.components), fetched.left_out, report, published, made, image, files)
+
+
+def publish_iso(
+    distro: Distro,
+    ctx: Context,
+    current: lock.Lock,
+    outcomes: dict[str, Outcome],
+    left_out: dict[str, str],
+    out: Path,
+) -> list[Path]:
+    """Put the ISO, guest-tools.iso, packages.json, build-info.json and SHA256SUMS in out/."""
+    assert ctx.manifest is not None
+    done = outcomes[iso.STAGE_ID].done
+    assert done.path is not None and done.meta is not None
+    made = iso.made(done.path, done.meta)
+    squashfs = outcomes[rootfs.STAGE_ID].done
+    sizes = {made.iso.name: made.info["size"]}
+    if squashfs.path is not None:
+        sizes["rootfs.squashfs"] = (squashfs.path / "rootfs.squashfs").stat().st_size
+    if made.guest_iso is not None:
+        sizes["guest-tools.iso"] = made.guest_iso.stat().st_size
+    lock_file = lock.lock_path(ctx.manifest)
+    info = iso.build_info(
+        distro,
+        made,
+        lock_sha256=sha256_file(lock_file) if lock_file.is_file() else "",
+        stages={sid: {"key": o.done.key, "made": o.made, "seconds": o.seconds} for sid, o in sorted(outcomes.items())},
+        sizes=sizes,
+        left_out=left_out,
+        epoch=ctx.source_date_epoch(current.archive),
+    )
+    return iso.publish(made, out, info)
 
 
 def planned(ctx: Context, distro: Distro, current: lock.Lock) -> list[Planned]:
@@ -121,7 +205,7 @@ def gc_root(ctx: Context, distro: Distro, current: lock.Lock, graph: list[Planne
     keep = fetch.keeps(distro, current, ctx)
     graph = planned(ctx, distro, current) if graph is None else graph
     objects = frozenset((p.stage.kind, p.key) for p in graph if p.key)
-    return Root(ctx.manifest, keep.blobs, keep.git, objects)
+    return Root(ctx.manifest, keep.blobs | packagesets.keeps(current), keep.git, objects)
 
 
 def register(ctx: Context, distro: Distro, current: lock.Lock | None) -> None:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .manifest import Distro, build_order
+from .sources import module
 from .stage import Planned
 
 
@@ -40,10 +41,11 @@ def make_plan(distro: Distro, keys: dict[str, tuple[str, bool]] | None = None) -
     comps = []
     for name in build_order(distro):
         c = distro.components[name]
+        packages = module(c.source.kind).binary_packages(c.source)
         if c.package:
             produces = f"{c.package.name}.deb"
-        elif c.source.kind == "archive":
-            produces = "archive packages " + ", ".join(c.source.archive)
+        elif packages:
+            produces = "archive packages " + ", ".join(packages)
         else:
             produces = "nothing yet"
         key, cached = keys.get(name, ("", None))

@@ -6,8 +6,10 @@ import contextlib
 import logging
 import sys
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+if TYPE_CHECKING:
+    from rich.progress import Progress
 
 log = logging.getLogger("xenspin")
 
@@ -47,6 +49,16 @@ class Reporter:
                 self.say(f"{description} ...")
             yield Task(None, None)
             return
+        # rich only for a bar on a terminal: a no-op run never pays for importing it
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
         with Progress(
             TextColumn("{task.description}"),
             BarColumn(),

@@ -188,19 +188,29 @@ class Store:
             meta = self.meta(kind, key)
             if meta is not None:
                 return self.content(kind, key, meta)
-            tmp = self.tmp_dir(kind)
-            try:
-                meta = make(tmp) or {}
-                if clamp is not None:
-                    clamp_times(tmp, clamp)
-                if dest.exists():  # a directory without its metadata: a run killed between the two renames
-                    _remove(dest)
-                self.commit_dir(tmp, dest)
-                write_json(dest.with_suffix(META), meta)
-            finally:
-                if tmp.exists():
-                    _remove(tmp)
+            if dest.exists():  # a directory without its metadata: a run killed between the two renames
+                _remove(dest)
+            meta = self.create(dest, make, hint=kind, clamp=clamp)
+            write_json(dest.with_suffix(META), meta)
         return self.content(kind, key, meta)
+
+    def create(self, dest: Path, make: Callable[[Path], dict | None], *, hint: str, clamp: int | None = None) -> dict:
+        """Make a directory at dest through tmp/ and a rename; the caller holds dest's lock.
+
+        The part of `obtain` also used for what is not a keyed object (a new git mirror):
+        make fills a fresh scratch directory, which is renamed into place only when
+        make returns; if it raises, the scratch is removed and dest is untouched.
+        """
+        tmp = self.tmp_dir(hint)
+        try:
+            meta = make(tmp) or {}
+            if clamp is not None:
+                clamp_times(tmp, clamp)
+            self.commit_dir(tmp, dest)
+        finally:
+            if tmp.exists():
+                _remove(tmp)
+        return meta
 
     def add_blob(self, path: Path, expected: str | None = None, *, what: str = "file") -> str:
         """Move the file at path into the store under its sha256; refuse it if expected differs.

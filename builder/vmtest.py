@@ -24,8 +24,8 @@ Firmware = Literal["bios", "uefi"]
 
 XEN_BANNER = "(XEN) Xen version"
 DOM0_BANNER = "Linux version"
-# What the installer prints when it is up; `login:` until the installer stage lands.
-PROMPT = "login:"
+# The installer's banner (it runs on the serial console instead of a login prompt).
+PROMPT = "xenspin installer"
 DEFAULT_TIMEOUT = 600.0
 
 OVMF_DIRS = [Path("/usr/share/OVMF"), Path("/usr/share/ovmf")]
@@ -73,8 +73,11 @@ class Machine:
         return f"{self.firmware}-{'usb' if self.usb else 'cd'}"
 
 
-def qemu_argv(image: Path, m: Machine, serial_log: Path, ovmf: Ovmf | None, vars_copy: Path | None) -> list[str]:
-    """The QEMU command line (pure): no display, the first serial port into serial_log, no reboot."""
+def qemu_argv(image: Path | None, m: Machine, serial_log: Path, ovmf: Ovmf | None, vars_copy: Path | None) -> list[str]:
+    """The QEMU command line (pure): no display, the first serial port into serial_log, no reboot.
+
+    image None: no boot medium (the caller adds the disks to boot from, as `test install` does).
+    """
     argv = [
         "qemu-system-x86_64",
         "-machine",
@@ -110,7 +113,9 @@ def qemu_argv(image: Path, m: Machine, serial_log: Path, ovmf: Ovmf | None, vars
                 "-drive",
                 f"if=pflash,format=raw,unit=1,file={vars_copy}",
             ]
-    if m.usb:
+    if image is None:
+        pass
+    elif m.usb:
         # The file as a USB stick written with dd: a raw disk on an xHCI controller.
         argv += [
             "-device",

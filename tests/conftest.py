@@ -1,10 +1,26 @@
-"""Fixtures shared by the slow tests."""
+"""Fixtures and helpers shared by the test files: git repositories, OpenPGP keys, an HTTP server, one_line."""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+
+from builder import cli
+from builder.run import run
 
 
 @pytest.fixture(scope="session")
@@ -13,9 +29,249 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("store")
 
 
-def one_line(err: str) -> str:
-    """The single line a user sees for an expected failure: no traceback, nothing else."""
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert "Traceback" not in err, err
-    assert len(lines) == 1, err
+def one_line(what: str | pytest.ExceptionInfo, prefix: str = "") -> str:
+    """The single line a user sees for an expected failure (stderr text or a raised error): no traceback."""
+    text = str(what.value) if isinstance(what, pytest.ExceptionInfo) else what
+    lines = [line for line in text.splitlines() if line.strip()]
+    assert "Traceback" not in text, text
+    assert len(lines) == 1, text
+    assert lines[0].startswith(prefix), text
     return lines[0]
+
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_EPOCH = "1767225600"  # the epoch test_xen.py builds with, so the session store shares every object
+
+
+@dataclass(frozen=True)
+class DefaultBuild:
+    """The default distribution built once per run: its project copy, store and outputs."""
+
+    project: Path  # a copy of the repository's distro.yaml, distro.lock, components/ and overlays/
+    manifest: Path
+    store: Path
+    report: dict  # `xenspin --json build`
+    rootfs: Path  # the rootfs stage's output: rootfs.squashfs, packages.json, boot/
+    tree: Path  # rootfs.squashfs unpacked (read it, do not change it)
+
+
+def copy_project(dest: Path) -> Path:
+    """The repository's default distribution copied into dest (read-only data; nothing points back)."""
+    for name in ("distro.yaml", "distro.lock"):
+        shutil.copy2(ROOT / name, dest / name)
+    for name in ("components", "overlays"):
+        shutil.copytree(ROOT / name, dest / name, symlinks=True)
+    return dest / "distro.yaml"
+
+
+@pytest.fixture(scope="session")
+def default_build(store: Path, tmp_path_factory: pytest.TempPathFactory) -> DefaultBuild:
+    """`xenspin build` of the default distribution, once per session, shared by the rootfs, ISO and installer tests.
+
+    Slow and needs the archive on a cold store: only slow/network tests may use it.
+    """
+    project = tmp_path_factory.mktemp("default-distro")
+    manifest = copy_project(project)
+    argv = ["-f", str(manifest), "--store", str(store), "--out", str(project / "out"), "--json", "build"]
+    out, err = io.StringIO(), io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        mp.setenv("SOURCE_DATE_EPOCH", DEFAULT_EPOCH)
+        code = cli.main(argv)
+    assert code == 0, err.getvalue()
+    report = json.loads(out.getvalue())
+    rootfs = Path(report["rootfs"]["path"])
+    tree = project / "tree"
+    subprocess.run(["unsquashfs", "-q", "-n", "-d", str(tree), str(rootfs / "rootfs.squashfs")], check=True)
+    return DefaultBuild(project, manifest, store, report, rootfs, tree)
+
+
+# --- git -----------------------------------------------------------------------------
+
+# Hermetic git: no user or system config, fixed identities and dates.
+BASE_ENV = {
+    "GIT_CONFIG_GLOBAL": "/dev/null",
+    "GIT_CONFIG_NOSYSTEM": "1",
+    "GIT_AUTHOR_NAME": "Test",
+    "GIT_AUTHOR_EMAIL": "t@example.invalid",
+    "GIT_COMMITTER_NAME": "Test",
+    "GIT_COMMITTER_EMAIL": "t@example.invalid",
+    "GIT_AUTHOR_DATE": "2024-01-02T03:04:05Z",
+    "GIT_COMMITTER_DATE": "2024-01-02T03:04:05Z",
+}
+
+
+def sh(*args: str | os.PathLike, cwd: Path | None = None, env: dict[str, str] | None = None) -> str:
+    """Run a command with the hermetic git environment; its stdout, stripped."""
+    return run(list(args), what="test", cwd=cwd, env={**BASE_ENV, **(env or {})}, capture=True).stdout.decode().strip()
+
+
+def git(repo: Path, *args: str) -> str:
+    return sh("git", "-C", repo, *args)
+
+
+def commit(repo: Path, text: str, name: str = "README") -> str:
+    """Write text to a file, commit it; the new commit's id."""
+    (repo / name).write_text(text)
+    git(repo, "add", name)
+    git(repo, "commit", "-q", "-m", text)
+    return git(repo, "rev-parse", "HEAD")
+
+
+def new_repo(path: Path, text: str = "one") -> Path:
+    """A git repository at path (branch main) with one commit."""
+    path.mkdir(parents=True, exist_ok=True)
+    git(path, "init", "-q", "-b", "main")
+    commit(path, text)
+    return path
+
+
+# --- OpenPGP keys ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Two generated signing keys in one throwaway GnuPG home (never ~/.gnupg)."""
+
+    home: Path
+    good: str  # fingerprints
+    bad: str
+    good_file: Path  # armored public keys
+    bad_file: Path
+
+    def gpg(self, *args: str | os.PathLike) -> str:
+        return sh("gpg", "--batch", *args, env={"GNUPGHOME": str(self.home)})
+
+
+@pytest.fixture(scope="session")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Keys]:
+    home = tmp_path_factory.mktemp("gnupg")
+    home.chmod(0o700)
+    env = {"GNUPGHOME": str(home)}
+    fprs = {}
+    for who in ("good", "bad"):
+        uid = f"Test {who} <{who}@example.invalid>"
+        sh("gpg", "--batch", "--passphrase", "", "--quick-gen-key", uid, "ed25519", "sign", "never", env=env)
+        listing = sh("gpg", "--batch", "--with-colons", "--list-keys", f"<{who}@example.invalid>", env=env)
+        fprs[who] = next(line.split(":")[9] for line in listing.splitlines() if line.startswith("fpr:"))
+        (home / f"{who}.asc").write_text(sh("gpg", "--batch", "--armor", "--export", fprs[who], env=env) + "\n")
+    yield Keys(home, fprs["good"], fprs["bad"], home / "good.asc", home / "bad.asc")
+    sh("gpgconf", "--kill", "all", env=env)
+
+
+# --- an HTTP server ------------------------------------------------------------------
+# It serves files from server.root and misbehaves on purpose by URL prefix: /cut/ drops
+# the connection half way on the first request, /cutnorange/ does that and then ignores
+# Range, /tamper/ serves altered bytes, /flaky/ answers 503 once, /slow/ waits before the
+# body, /gzenc/ labels a .gz file with Content-Encoding: gzip. Everything else is a plain
+# file server with Range and ETag support.
+
+MODES = {"cut", "cutnorange", "tamper", "flaky", "slow", "gzenc"}
+
+
+@dataclass
+class Seen:
+    path: str
+    headers: dict[str, str]
+
+
+@dataclass
+class Server:
+    root: Path
+    httpd: ThreadingHTTPServer | None = None
+    seen: list[Seen] = field(default_factory=list)
+    first: set[str] = field(default_factory=set)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def base(self) -> str:
+        assert self.httpd is not None
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/"
+
+    def url(self, path: str) -> str:
+        return self.base + path.lstrip("/")
+
+    def requests_for(self, path: str) -> list[Seen]:
+        return [s for s in self.seen if s.path == "/" + path.lstrip("/")]
+
+    def stop(self) -> None:
+        if self.httpd is not None:
+            self.httpd.shutdown()
+            self.httpd.server_close()
+            self.httpd = None
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: ThreadingHTTPServer
+
+    def log_message(self, format: str, *args: object) -> None:  # quiet
+        pass
+
+    def do_GET(self) -> None:
+        state: Server = self.server.state  # type: ignore[attr-defined]
+        with state.lock:
+            state.seen.append(Seen(self.path, dict(self.headers)))
+            first = self.path not in state.first
+            state.first.add(self.path)
+        mode, _, rest = self.path.lstrip("/").partition("/")
+        if mode not in MODES:
+            mode, rest = "plain", self.path.lstrip("/")
+        file = state.root / rest
+        if ".." in rest.split("/") or not file.is_file():
+            return self._reply(404, b"not found\n")
+        data = file.read_bytes()
+        if mode == "tamper":
+            data = data[:100] + bytes([data[100] ^ 0xFF]) + data[101:]
+        if mode == "flaky" and first:
+            return self._reply(503, b"busy\n", {"Retry-After": "0"})
+        if mode == "slow":
+            time.sleep(0.3)
+        etag = '"' + hashlib.sha256(data).hexdigest()[:16] + '"'
+        start = 0
+        want = self.headers.get("Range", "")
+        honour = mode != "cutnorange" and self.headers.get("If-Range", etag) == etag
+        m = re.fullmatch(r"bytes=(\d+)-", want)
+        if m and honour:
+            start = int(m.group(1))
+            if start >= len(data):
+                return self._reply(416, b"", {"Content-Range": f"bytes */{len(data)}"})
+        body = data[start:]
+        self.send_response(206 if start else 200)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("ETag", etag)
+        self.send_header("Accept-Ranges", "bytes")
+        if mode == "gzenc":
+            self.send_header("Content-Encoding", "gzip")
+        if start:
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        self.end_headers()
+        if mode in ("cut", "cutnorange") and first:
+            self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+            return
+        self.wfile.write(body)
+
+    def _reply(self, code: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+        self.send_response(code)
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    root = tmp_path / "www"
+    root.mkdir()
+    state = Server(root)
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.daemon_threads = True
+    httpd.state = state  # type: ignore[attr-defined]
+    state.httpd = httpd
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield state
+    state.stop()
+    thread.join(5)

@@ -14,6 +14,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import new_repo
 
 from builder import cli
 from builder.store import Store
@@ -262,19 +263,7 @@ def test_component_built_with_dpkg_buildpackage(project: Path, store: Path, caps
 
 
 def test_optional_component_whose_source_is_gone_is_left_out(project: Path, store: Path, capsys) -> None:
-    upstream = project / "upstream"
-    subprocess.run(["git", "init", "-q", str(upstream)], check=True)
-    (upstream / "f").write_text("x\n")
-    env = {
-        "GIT_AUTHOR_NAME": "T",
-        "GIT_AUTHOR_EMAIL": "t@e.invalid",
-        "GIT_COMMITTER_NAME": "T",
-        "GIT_COMMITTER_EMAIL": "t@e.invalid",
-    }
-    subprocess.run(["git", "-C", str(upstream), "add", "f"], check=True)
-    subprocess.run(
-        ["git", "-C", str(upstream), "commit", "-q", "-m", "x"], check=True, env={**env, "PATH": "/usr/bin:/bin"}
-    )
+    upstream = new_repo(project / "upstream")
     (project / "components/extra.yaml").write_text(
         "optional: true\nsource: {git: https://git.example.invalid/extra.git, ref: HEAD}\n"
         'steps:\n  - name: stage\n    run: cp -a "$SRC/." "$OUT/"\npackage: {name: extra-xs}\n'

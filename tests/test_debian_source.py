@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import http.server
 import json
 import re
 import subprocess
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
+from conftest import Server
 from debian.debian_support import Version
 
 from builder.manifest import ArchiveSource, Base, DebianSource, Update
@@ -59,36 +57,6 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(requests.Session, "request", refuse)
 
 
-@pytest.fixture
-def serve() -> Iterator[dict[str, bytes]]:
-    """A local HTTP server on 127.0.0.1; the test fills the dict path -> body and reads its base URL."""
-    files: dict[str, bytes] = {}
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            body = files.get(self.path)
-            if body is None:
-                self.send_error(404)
-                return
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    files["__base__"] = f"http://127.0.0.1:{server.server_address[1]}".encode()
-    try:
-        yield files
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
 def blobs(store: Store) -> list[Path]:
     return sorted((store.root / "blobs" / "sha256").glob("*/*"))
 
@@ -106,16 +74,12 @@ def test_archive_state_is_signed_release(ctx: Context) -> None:
     assert deb.archive_state(ctx) is state  # memoized for the run
 
 
-def test_tampered_inrelease_is_refused_and_dropped(ctx: Context, serve: dict[str, bytes], tmp_path: Path) -> None:
+def test_tampered_inrelease_is_refused_and_dropped(ctx: Context, server: Server, tmp_path: Path) -> None:
     genuine = ctx.store.blob_path(deb.archive_state(ctx)["inrelease-sha256"]).read_bytes()
     tampered = genuine.replace(b"\nLabel: Debian\n", b"\nLabel: Debiam\n", 1)
     assert tampered != genuine
-    serve["/InRelease"] = tampered
-    local = Context(
-        store=Store(tmp_path / "store"),
-        base=Base(),
-        mirrors={INRELEASE: serve["__base__"].decode() + "/InRelease"},
-    )
+    (server.root / "InRelease").write_bytes(tampered)
+    local = Context(store=Store(tmp_path / "store"), base=Base(), mirrors={INRELEASE: server.url("InRelease")})
     with pytest.raises(Refused, match=r"^archive bookworm: InRelease refused by gpgv .*BAD signature") as e:
         deb.archive_state(local)
     assert "\n" not in str(e.value)
@@ -161,15 +125,15 @@ def test_missing_keyring_is_one_line(tmp_path: Path) -> None:
         deb.archive_state(local)
 
 
-def test_mirror_without_by_hash_falls_back(ctx: Context, xen: dict, serve: dict[str, bytes], tmp_path: Path) -> None:
+def test_mirror_without_by_hash_falls_back(ctx: Context, xen: dict, server: Server, tmp_path: Path) -> None:
     """A plain local mirror (no by-hash/) still works, and every URL goes through the mirror map."""
     release, inrelease = deb._release(ctx, ctx.base.mirror, ctx.base.suite)
     sources = next(i["sha256"] for i in release["SHA256"] if i["name"] == "main/source/Sources.xz")
-    serve["/debian/dists/bookworm/InRelease"] = ctx.store.blob_path(inrelease).read_bytes()
-    serve["/debian/dists/bookworm/main/source/Sources.xz"] = ctx.store.blob_path(sources).read_bytes()
-    local = Context(
-        store=Store(tmp_path / "store"), base=Base(), mirrors={MIRROR: serve["__base__"].decode() + "/debian"}
-    )
+    dists = server.root / "debian/dists/bookworm"
+    (dists / "main/source").mkdir(parents=True)
+    (dists / "InRelease").write_bytes(ctx.store.blob_path(inrelease).read_bytes())
+    (dists / "main/source/Sources.xz").write_bytes(ctx.store.blob_path(sources).read_bytes())
+    local = Context(store=Store(tmp_path / "store"), base=Base(), mirrors={MIRROR: server.url("debian")})
     assert deb.lock("xen", DebianSource(debian="xen"), local) == xen
 
 

@@ -40,3 +40,15 @@ def test_readme_answerfile_examples_are_valid(tmp_path: Path) -> None:
         path.write_text(example)
         answer, warnings = answerfiles.validate(path)
         assert answer.hostname == "xen1" and warnings == []
+
+
+def test_readme_layout_names_every_module() -> None:
+    """The Layout section matches the package: each module of builder/ (and sources/) has its line."""
+    layout = README.split("## Layout", 1)[1].split("\n## ", 1)[0]
+    listed = set(re.findall(r"^ +(\w+)\.py\b", layout, re.M)) | set(re.findall(r"\b(\w+)\.py\b", layout))
+    modules = {p.stem for p in (ROOT / "builder").glob("*.py")} - {"__init__", "__main__"}
+    missing = sorted(modules - listed)
+    assert not missing, f"README.md's Layout section lacks: {', '.join(m + '.py' for m in missing)}"
+    sources = {p.stem for p in (ROOT / "builder/sources").glob("*.py")} - {"__init__"}
+    line = next(line for line in layout.splitlines() if line.strip().startswith("sources/"))
+    assert all(s in line for s in sources), line

@@ -5,44 +5,19 @@ from __future__ import annotations
 import os
 import shutil
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
+from conftest import Keys, one_line, sh
 
 from builder.gpg import SignatureError
 from builder.manifest import GitSource, Verify
-from builder.run import run
 from builder.sources import Context, FetchError, Keeps, Missing
 from builder.sources import git as gitsrc
 from builder.store import Store
 
 CANON = "https://xenbits.xen.org/git-http/xen.git"
-# Hermetic git: no user or system config, fixed identities and dates.
-BASE_ENV = {
-    "GIT_CONFIG_GLOBAL": "/dev/null",
-    "GIT_CONFIG_NOSYSTEM": "1",
-    "GIT_AUTHOR_NAME": "Test",
-    "GIT_AUTHOR_EMAIL": "t@example.invalid",
-    "GIT_COMMITTER_NAME": "Test",
-    "GIT_COMMITTER_EMAIL": "t@example.invalid",
-    "GIT_AUTHOR_DATE": "2024-01-02T03:04:05Z",
-    "GIT_COMMITTER_DATE": "2024-01-02T03:04:05Z",
-}
-
-
-def sh(*args: str | os.PathLike, cwd: Path | None = None, env: dict[str, str] | None = None) -> str:
-    return run(list(args), what="test", cwd=cwd, env={**BASE_ENV, **(env or {})}, capture=True).stdout.decode().strip()
-
-
-@dataclass(frozen=True)
-class Keys:
-    home: Path
-    good: str  # fingerprints
-    bad: str
-    good_file: Path  # armored public keys
-    bad_file: Path
 
 
 @dataclass(frozen=True)
@@ -69,22 +44,6 @@ def hermetic(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("GIT_CONFIG_GLOBAL", "/dev/null")
     monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
     monkeypatch.setenv("GNUPGHOME", str(tmp_path / "no-gnupg-here"))
-
-
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Keys]:
-    home = tmp_path_factory.mktemp("gnupg")
-    home.chmod(0o700)
-    env = {"GNUPGHOME": str(home)}
-    fprs = {}
-    for who in ("good", "bad"):
-        uid = f"Test {who} <{who}@example.invalid>"
-        sh("gpg", "--batch", "--passphrase", "", "--quick-gen-key", uid, "ed25519", "sign", "never", env=env)
-        listing = sh("gpg", "--batch", "--with-colons", "--list-keys", f"<{who}@example.invalid>", env=env)
-        fprs[who] = next(line.split(":")[9] for line in listing.splitlines() if line.startswith("fpr:"))
-        (home / f"{who}.asc").write_text(sh("gpg", "--batch", "--armor", "--export", fprs[who], env=env) + "\n")
-    yield Keys(home, fprs["good"], fprs["bad"], home / "good.asc", home / "bad.asc")
-    sh("gpgconf", "--kill", "all", env=env)
 
 
 @pytest.fixture(scope="module")
@@ -135,12 +94,6 @@ def make_ctx(tmp_path: Path, up: Upstream, store: str = "store", *, offline: boo
 
 def src(ref: str, verify: Verify | None = None) -> GitSource:
     return GitSource(git=CANON, ref=ref, verify=verify)
-
-
-def one_line(e: pytest.ExceptionInfo, start: str) -> str:
-    msg = str(e.value)
-    assert "\n" not in msg and msg.startswith(start), msg
-    return msg
 
 
 # --- lock ------------------------------------------------------------------------------

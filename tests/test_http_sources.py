@@ -20,131 +20,15 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from conftest import Keys, Server, one_line
 
 from builder.manifest import PrebuiltSource, TarballSource, Verify
 from builder.progress import Reporter, Task
-from builder.run import run
 from builder.sources import Context, FetchError, Missing, http, tarball
 from builder.store import Store
-
-MODES = {"cut", "cutnorange", "tamper", "flaky", "slow", "gzenc"}
-
-
-# --- the server --------------------------------------------------------------------
-
-
-@dataclass
-class Seen:
-    path: str
-    headers: dict[str, str]
-
-
-@dataclass
-class Server:
-    root: Path
-    httpd: ThreadingHTTPServer | None = None
-    seen: list[Seen] = field(default_factory=list)
-    first: set[str] = field(default_factory=set)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    @property
-    def base(self) -> str:
-        assert self.httpd is not None
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/"
-
-    def url(self, path: str) -> str:
-        return self.base + path.lstrip("/")
-
-    def requests_for(self, path: str) -> list[Seen]:
-        return [s for s in self.seen if s.path == "/" + path.lstrip("/")]
-
-    def stop(self) -> None:
-        if self.httpd is not None:
-            self.httpd.shutdown()
-            self.httpd.server_close()
-            self.httpd = None
-
-
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: ThreadingHTTPServer
-
-    def log_message(self, format: str, *args: object) -> None:  # quiet
-        pass
-
-    def do_GET(self) -> None:
-        state: Server = self.server.state  # type: ignore[attr-defined]
-        with state.lock:
-            state.seen.append(Seen(self.path, dict(self.headers)))
-            first = self.path not in state.first
-            state.first.add(self.path)
-        mode, _, rest = self.path.lstrip("/").partition("/")
-        if mode not in MODES:
-            mode, rest = "plain", self.path.lstrip("/")
-        file = state.root / rest
-        if ".." in rest.split("/") or not file.is_file():
-            return self._reply(404, b"not found\n")
-        data = file.read_bytes()
-        if mode == "tamper":
-            data = data[:100] + bytes([data[100] ^ 0xFF]) + data[101:]
-        if mode == "flaky" and first:
-            return self._reply(503, b"busy\n", {"Retry-After": "0"})
-        if mode == "slow":
-            time.sleep(0.3)
-        etag = '"' + hashlib.sha256(data).hexdigest()[:16] + '"'
-        start = 0
-        want = self.headers.get("Range", "")
-        honour = mode != "cutnorange" and self.headers.get("If-Range", etag) == etag
-        m = re.fullmatch(r"bytes=(\d+)-", want)
-        if m and honour:
-            start = int(m.group(1))
-            if start >= len(data):
-                return self._reply(416, b"", {"Content-Range": f"bytes */{len(data)}"})
-        body = data[start:]
-        self.send_response(206 if start else 200)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("ETag", etag)
-        self.send_header("Accept-Ranges", "bytes")
-        if mode == "gzenc":
-            self.send_header("Content-Encoding", "gzip")
-        if start:
-            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-        self.end_headers()
-        if mode in ("cut", "cutnorange") and first:
-            self.wfile.write(body[: len(body) // 2])
-            self.wfile.flush()
-            self.close_connection = True
-            return
-        self.wfile.write(body)
-
-    def _reply(self, code: int, body: bytes, headers: dict[str, str] | None = None) -> None:
-        self.send_response(code)
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
-    root = tmp_path / "www"
-    root.mkdir()
-    state = Server(root)
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    httpd.daemon_threads = True
-    httpd.state = state  # type: ignore[attr-defined]
-    state.httpd = httpd
-    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield state
-    state.stop()
-    thread.join(5)
 
 
 @pytest.fixture(autouse=True)
@@ -190,13 +74,6 @@ def partials(ctx: Context) -> list[Path]:
 
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def one_line(e: pytest.ExceptionInfo[BaseException], prefix: str) -> str:
-    msg = str(e.value)
-    assert "\n" not in msg, msg
-    assert msg.startswith(prefix), msg
-    return msg
 
 
 # --- lock and fetch ----------------------------------------------------------------
@@ -448,55 +325,20 @@ def test_progress_counts_the_bytes(server: Server, tmp_path: Path) -> None:
 # --- signatures --------------------------------------------------------------------
 
 
-@dataclass
-class Keys:
-    good: Path  # armored public key file
-    good_home: Path
-    good_fpr: str
-    other_home: Path
-
-
-def gpg(home: Path, *args: str | Path) -> str:
-    """gpg in a throwaway home: GNUPGHOME goes to the subprocess only, never ~/.gnupg."""
-    env = {"GNUPGHOME": str(home)}
-    return run(["gpg", "--batch", *args], what="test gpg", env=env, capture=True).stdout.decode()
-
-
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Keys]:
-    homes = []
-    for name in ("good", "other"):
-        home = tmp_path_factory.mktemp(f"gpg-{name}")
-        home.chmod(0o700)
-        gpg(home, "--passphrase", "", "--quick-gen-key", f"{name} <{name}@example.invalid>", "ed25519", "sign", "never")
-        homes.append(home)
-    good_home, other_home = homes
-    pub = good_home / "good.asc"
-    pub.write_text(gpg(good_home, "--armor", "--export"))
-    fpr = next(
-        line.split(":")[9]
-        for line in gpg(good_home, "--with-colons", "--list-keys").splitlines()
-        if line.startswith("fpr:")
-    )
-    yield Keys(pub, good_home, fpr, other_home)
-    for home in homes:
-        run(["gpgconf", "--kill", "gpg-agent"], what="test gpg", env={"GNUPGHOME": str(home)}, check=False)
-
-
-def sign(home: Path, file: Path, out: Path) -> None:
-    gpg(home, "--yes", "--armor", "--output", out, "--detach-sign", file)
+def sign(keys: Keys, signer: str, file: Path, out: Path) -> None:
+    keys.gpg("--yes", "--armor", "--local-user", signer, "--output", out, "--detach-sign", file)
 
 
 def test_good_signature_is_locked_and_checked_again(server: Server, tmp_path: Path, keys: Keys) -> None:
     data = xen_tarball(server)
-    sign(keys.good_home, server.root / "xen-4.19.0.tar.gz", server.root / "xen-4.19.0.tar.gz.asc")
+    sign(keys, keys.good, server.root / "xen-4.19.0.tar.gz", server.root / "xen-4.19.0.tar.gz.asc")
     url = server.url("xen-4.19.0.tar.gz")
-    source = TarballSource(url=url, verify=Verify(keys=[str(keys.good)], signature="xen-4.19.0.tar.gz.asc"))
+    source = TarballSource(url=url, verify=Verify(keys=[str(keys.good_file)], signature="xen-4.19.0.tar.gz.asc"))
     ctx = ctx_for(tmp_path)
     entry = tarball.lock("xen", source, ctx)
     sig = (server.root / "xen-4.19.0.tar.gz.asc").read_bytes()
     assert entry["sha256"] == sha(data)
-    assert entry["signature"] == {"url": url + ".asc", "sha256": sha(sig), "signer": keys.good_fpr}
+    assert entry["signature"] == {"url": url + ".asc", "sha256": sha(sig), "signer": keys.good}
     assert tarball.keeps(entry, ctx).blobs == {sha(data), sha(sig)}
 
     fresh = ctx_for(tmp_path, "store2")
@@ -507,9 +349,9 @@ def test_good_signature_is_locked_and_checked_again(server: Server, tmp_path: Pa
 
 def test_signature_by_another_key_refused_nothing_stored(server: Server, tmp_path: Path, keys: Keys) -> None:
     data = xen_tarball(server)
-    sign(keys.other_home, server.root / "xen-4.19.0.tar.gz", server.root / "xen-4.19.0.tar.gz.asc")
+    sign(keys, keys.bad, server.root / "xen-4.19.0.tar.gz", server.root / "xen-4.19.0.tar.gz.asc")
     url = server.url("xen-4.19.0.tar.gz")
-    source = TarballSource(url=url, verify=Verify(keys=[str(keys.good)], signature=url + ".asc"))
+    source = TarballSource(url=url, verify=Verify(keys=[str(keys.good_file)], signature=url + ".asc"))
     ctx = ctx_for(tmp_path)
     with pytest.raises(FetchError) as e:
         tarball.lock("xen", source, ctx)
@@ -527,9 +369,9 @@ def test_signature_by_another_key_refused_nothing_stored(server: Server, tmp_pat
 def test_fetch_refuses_a_swapped_signature(server: Server, tmp_path: Path, keys: Keys) -> None:
     xen_tarball(server)
     tar = server.root / "xen-4.19.0.tar.gz"
-    sign(keys.good_home, tar, server.root / "good.asc")
-    sign(keys.other_home, tar, server.root / "other.asc")
-    source = TarballSource(url=server.url(tar.name), verify=Verify(keys=[str(keys.good)], signature="good.asc"))
+    sign(keys, keys.good, tar, server.root / "good.asc")
+    sign(keys, keys.bad, tar, server.root / "other.asc")
+    source = TarballSource(url=server.url(tar.name), verify=Verify(keys=[str(keys.good_file)], signature="good.asc"))
     entry = tarball.lock("xen", source, ctx_for(tmp_path))
     other = (server.root / "other.asc").read_bytes()
     swapped = {**entry, "signature": {**entry["signature"], "url": server.url("other.asc"), "sha256": sha(other)}}

@@ -12,7 +12,7 @@ import pytest
 from xenspin_installer.answerfile import Answerfile, Network, Root
 from xenspin_installer.disks import Disk, DiskError, GiB, MiB, check_writable, choose, part_path, plan, sgdisk_args
 from xenspin_installer.install import decide, grub_defaults, network_config
-from xenspin_installer.main import booted_on_serial, distribution
+from xenspin_installer.main import booted_on_serial, distribution, main_console
 from xenspin_installer.probe import parse_lsblk
 from xenspin_installer.sources import cmdline_args
 from xenspin_installer.ui import Console, interview
@@ -188,7 +188,8 @@ def test_cmdline_and_banner(tmp_path: Path) -> None:
         "BOOT_IMAGE=/live/vmlinuz boot=live console=hvc0 xenspin.mode=unattended answerfile=http://h/a.yaml quiet\n"
     )
     assert (args["xenspin.mode"], args["answerfile"], args["quiet"]) == ("unattended", "http://h/a.yaml", "")
-    assert booted_on_serial(args)
+    assert booted_on_serial(args) and main_console(args) == "hvc0"
+    assert main_console(cmdline_args("console=ttyS0,115200n8 console=tty0")) == "tty1"
     assert not booted_on_serial(cmdline_args("boot=live console=hvc0 console=tty0 xenspin.mode=install"))
     (tmp_path / "os-release").write_text('PRETTY_NAME="xenspin 0.1"\nNAME="xenspin"\n')
     assert distribution(tmp_path / "os-release") == "xenspin 0.1"

@@ -102,7 +102,7 @@ def test_a_disk_holding_a_filesystem_not_named_for_wiping_is_refused_unchanged(
     )
     assert sha256(image) == before
     ran = [line for line in (tmp_path / "install.log").read_text().splitlines() if "] $ " in line]
-    assert ran and all(line.split("] $ ")[1].split()[0] in ("lsblk", "wipefs") for line in ran)
+    assert ran and all(line.split("] $ ")[1].split()[0] in ("udevadm", "lsblk", "wipefs") for line in ran)
     assert all("--no-act" in line for line in ran if " wipefs " in line)
 
 

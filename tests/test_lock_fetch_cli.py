@@ -10,23 +10,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import commit, git
 
 from builder import cli
 
 UPSTREAM = "https://git.example.invalid/hello.git"
-
-
-def git(repo: Path, *args: str) -> str:
-    env = {**os.environ, "GIT_CONFIG_GLOBAL": "/dev/null", "GIT_CONFIG_NOSYSTEM": "1"}
-    cmd = ["git", "-C", str(repo), "-c", "user.name=T", "-c", "user.email=t@example.invalid", *args]
-    return subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout.strip()
-
-
-def commit(repo: Path, text: str) -> str:
-    (repo / "README").write_text(text)
-    git(repo, "add", "README")
-    git(repo, "commit", "-q", "-m", text)
-    return git(repo, "rev-parse", "HEAD")
 
 
 @pytest.fixture

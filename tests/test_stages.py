@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -197,3 +199,54 @@ def test_key_is_format_and_inputs() -> None:
     assert stage_key(1, {"a": 1}) != stage_key(2, {"a": 1}) != stage_key(1, {"a": 2})
     assert stage_key(1, {"a": 1, "b": 2}) == stage_key(1, {"b": 2, "a": 1})
     assert Done("k").path is None
+
+
+def test_plan_shows_the_stage_graph(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    from builder import cli
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a/f").write_text("x\n")
+    (tmp_path / "distro.yaml").write_text(
+        'name: d\nversion: "1"\ninstaller: {component: a}\ncomponents:\n'
+        '  a:\n    source: {path: a}\n    steps: [{name: s, run: "true"}]\n'
+    )
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["--store", "st", "lock"]) == 0
+    capsys.readouterr()
+    assert cli.main(["--store", "st", "plan"]) == 0
+    graph = capsys.readouterr().out.split("stage graph: ")[1].splitlines()
+    assert graph[0] == "3 stages, 2 to run"  # the build root is lazy: made only if build:a runs
+    assert re.match(r" +buildroot:\w{16} +\[miss \w{12}\] lazy$", graph[1])
+    assert re.match(r" +build:a +\[miss \w{12}\]  needs buildroot:\w{16} \(if made\)$", graph[2])
+    assert re.match(r" +repo:repo +\[pending +\]  needs build:a$", graph[3])
+    assert cli.main(["--store", "st", "--json", "plan"]) == 0
+    nodes = json.loads(capsys.readouterr().out)["graph"]
+    assert [(n["kind"], n["hit"], n["lazy"]) for n in nodes] == [
+        ("buildroot", False, True),
+        ("build", False, False),
+        ("repo", None, False),
+    ]
+
+
+def test_gc_waits_for_a_running_build_and_keeps_live_roots(tmp_path: Path) -> None:
+    from builder.store import Root
+
+    store = Store(tmp_path / "store")
+    live, gone = tmp_path / "live.yaml", tmp_path / "gone.yaml"
+    live.write_text("")
+    store.obtain("build", "used", lambda tmp: None)
+    store.obtain("build", "old", lambda tmp: None)
+    store.register(Root(live, objects=frozenset({("build", "used")})))
+    store.register(Root(gone, objects=frozenset({("build", "old")})))
+    finished = threading.Event()
+    result = []
+    with store.session():  # a build in progress holds the store's shared lock
+        t = threading.Thread(target=lambda: (result.append(store.gc()), finished.set()))
+        t.start()
+        time.sleep(0.5)
+        assert not finished.is_set()  # gc waits for it
+    t.join(10)
+    (res,) = result
+    assert res.dropped == [f"{gone}: the manifest is gone"] and res.kept == [str(live)]
+    assert store.has("build", "used") and not store.has("build", "old")
+    assert not store.object_path("build", "old").exists()

@@ -1,15 +1,8 @@
 """Source kinds behind one protocol: each module locks a source to exact bytes and fetches them.
 
-A kind module (git, tarball, debian, archive, path) exposes:
-
-    lock(name, source, ctx) -> dict       resolve to a lock entry (plain JSON data, no
-                                          absolute paths); needs the network
-    fetch(name, source, entry, ctx)       make the store hold what entry names, verified;
-                                          in ctx.offline raise Missing instead of fetching
-    fetched(entry, ctx) -> bool           whether the store already holds it (cheap)
-    keeps(entry, ctx) -> Keeps            what in the store it needs (for `store gc`)
-
-The lock entry is the contract between lock and fetch: fetch never re-resolves a
+Every kind module (git, tarball, debian, path) implements `Kind` below; the rest of
+xenspin reaches a kind only through `module(kind)`, so adding a kind touches sources/
+alone. The lock entry is the contract between lock and fetch: fetch never re-resolves a
 ref or a version, it only fills the store with exactly what was locked.
 """
 
@@ -19,8 +12,7 @@ import importlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
-from typing import Any
+from typing import Any, Protocol, cast
 
 from ..context import Context
 from ..errors import FetchError, Missing, Refused
@@ -30,6 +22,7 @@ __all__ = [
     "Context",
     "FetchError",
     "Keeps",
+    "Kind",
     "Missing",
     "Refused",
     "module",
@@ -89,6 +82,49 @@ KINDS = {
 }
 
 
-def module(kind: str) -> ModuleType:
+class Kind(Protocol):
+    """What a source kind module provides. `source` is the manifest's source, `entry` its lock entry."""
+
+    # Locked against the base archive's state: stale when the base's suites change.
+    FOLLOWS_ARCHIVE: bool
+
+    def lock(self, name: str, source: Any, ctx: Context) -> dict[str, Any]:
+        """Resolve to a lock entry (plain JSON data, no absolute paths); needs the network."""
+
+    def fetch(self, name: str, source: Any, entry: dict[str, Any], ctx: Context) -> None:
+        """Make the store hold what entry names, verified; offline, raise Missing instead."""
+
+    def fetched(self, entry: dict[str, Any], ctx: Context) -> bool:
+        """Whether the store already holds it (cheap)."""
+
+    def keeps(self, entry: dict[str, Any], ctx: Context) -> Keeps:
+        """What in the store it needs (for gc roots)."""
+
+    def tree(self, entry: dict[str, Any], ctx: Context, dest: Path) -> Path:
+        """Put the source under dest as a directory to build from; return that directory."""
+
+    def tag_now(self, name: str, entry: dict[str, Any], ctx: Context) -> str | None:
+        """The commit a locked tag names upstream now, if the kind has tags (`lock --check-tags`)."""
+
+    def in_tree(self, source: Any) -> Path | None:
+        """The directory a source is used from where it lies (in-tree sources), else None."""
+
+    def debs(self, entry: dict[str, Any]) -> dict[str, str] | None:
+        """For a source that is packages already: .deb file name -> sha256 of its blob; else None."""
+
+    def binary_packages(self, source: Any) -> list[str]:
+        """Binary package names a source is (for `plan`), else []."""
+
+    def srcpkg(self, entry: dict[str, Any]) -> dict[str, str]:
+        """Files of a whole Debian source package (name -> sha256), mounted at $SRCPKG; else {}."""
+
+    def summary(self, entry: dict[str, Any]) -> str:
+        """A few words on what the entry pins (for `xenspin lock`)."""
+
+    def upstream_version(self, entry: dict[str, Any]) -> str:
+        """The upstream part of a Debian version for what was built from it."""
+
+
+def module(kind: str) -> Kind:
     """The module that handles a source kind."""
-    return importlib.import_module(f"{__name__}.{KINDS[kind]}")
+    return cast(Kind, importlib.import_module(f"{__name__}.{KINDS[kind]}"))

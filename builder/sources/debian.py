@@ -9,6 +9,7 @@ every file a lock entry records. fetch downloads exactly those sha256s.
 from __future__ import annotations
 
 import email.utils
+import importlib
 import lzma
 import posixpath
 import re
@@ -21,14 +22,33 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from debian import deb822
-from debian.debian_support import Version
-
 from .. import tarballs, typed
 from ..run import run
-from . import Context, FetchError, Keeps, Refused, http, verified_blob
+from . import Context, FetchError, Keeps, Refused, verified_blob
 
 T = TypeVar("T")
+
+
+class _Lazy:
+    """A module imported on first use: a no-op build checks what the store holds and never
+    parses an index or downloads, so it need not pay for importing python-debian or requests."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(importlib.import_module(self._name), attr)
+
+
+deb822 = _Lazy("debian.deb822")
+http = _Lazy("builder.sources.http")
+
+
+def Version(text: str) -> Any:  # noqa: N802 (stands in for debian_support.Version)
+    from debian.debian_support import Version as _Version
+
+    return _Version(text)
+
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _PARAGRAPHS = re.compile(r"\n[ \t]*\n")
@@ -188,6 +208,8 @@ def _memo(ctx: Context, key: str, make: Callable[[], T]) -> T:
 
 # --- lock --------------------------------------------------------------------------
 
+FOLLOWS_ARCHIVE = True  # both kinds are read from the base archive's signed indexes
+
 
 def lock(name: str, source: Any, ctx: Context) -> dict[str, Any]:
     """Resolve a DebianSource or ArchiveSource to exact files and their sha256s from the signed indexes."""
@@ -342,6 +364,46 @@ def unpack(entry: dict[str, Any], ctx: Context, dest: Path) -> Path:
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
     return tree
+
+
+def tree(entry: dict[str, Any], ctx: Context, dest: Path) -> Path:
+    if entry["kind"] != "debian":
+        raise FetchError("archive packages are used as they are, never unpacked to build from")
+    return unpack(entry, ctx, dest)
+
+
+def tag_now(name: str, entry: dict[str, Any], ctx: Context) -> str | None:
+    return None  # no tags: nothing can move under a locked entry
+
+
+def in_tree(source: Any) -> Path | None:
+    return None
+
+
+def debs(entry: dict[str, Any]) -> dict[str, str] | None:
+    if entry["kind"] != "archive":
+        return None
+    return {posixpath.basename(p["filename"]): p["sha256"] for p in entry["packages"].values()}
+
+
+def binary_packages(source: Any) -> list[str]:
+    return list(source.archive) if source.kind == "archive" else []
+
+
+def srcpkg(entry: dict[str, Any]) -> dict[str, str]:
+    return {name: info["sha256"] for name, info in entry["files"].items()} if entry["kind"] == "debian" else {}
+
+
+def summary(entry: dict[str, Any]) -> str:
+    if entry["kind"] == "archive":
+        return ", ".join(f"{n} {p['version']}" for n, p in sorted(entry["packages"].items()))
+    return f"{entry['package']} {entry['version']}"
+
+
+def upstream_version(entry: dict[str, Any]) -> str:
+    if entry["kind"] != "debian":
+        return "0"
+    return entry["version"].split(":")[-1].rsplit("-", 1)[0]
 
 
 def _extract(entry: dict[str, Any], ctx: Context, filename: str, scratch: Path) -> Path:

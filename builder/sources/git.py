@@ -47,6 +47,8 @@ FULL_SHA = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 
 # --- the protocol ---------------------------------------------------------------------
 
+FOLLOWS_ARCHIVE = False
+
 
 def lock(name: str, source: GitSource, ctx: Context) -> dict[str, Any]:
     """Resolve source.ref upstream to a commit (and tag object); check signatures when asked."""
@@ -146,6 +148,34 @@ def export(entry: dict[str, Any], ctx: Context, dest: Path) -> Path:
     return dest
 
 
+def tree(entry: dict[str, Any], ctx: Context, dest: Path) -> Path:
+    return export(entry, ctx, dest)
+
+
+def in_tree(source: Any) -> Path | None:
+    return None
+
+
+def debs(entry: dict[str, Any]) -> dict[str, str] | None:
+    return None
+
+
+def binary_packages(source: Any) -> list[str]:
+    return []
+
+
+def srcpkg(entry: dict[str, Any]) -> dict[str, str]:
+    return {}
+
+
+def summary(entry: dict[str, Any]) -> str:
+    return f"{entry['commit'][:12]} ({entry.get('ref', '')})"
+
+
+def upstream_version(entry: dict[str, Any]) -> str:
+    return "0~git" + entry["commit"][:12]
+
+
 # --- the mirror ----------------------------------------------------------------------
 
 
@@ -186,8 +216,8 @@ def _update(ctx: Context, url: str, path: Path, refspecs: tuple[str, ...], what:
     if path.is_dir():
         _fetch(ctx, url, path, refspecs, what)
         return
-    tmp = ctx.store.tmp_dir("git")
-    try:
+
+    def make(tmp: Path) -> None:
         tmp.chmod(0o755)
         repo = gitpython.Repo.init(str(tmp), bare=True)
         try:
@@ -195,10 +225,8 @@ def _update(ctx: Context, url: str, path: Path, refspecs: tuple[str, ...], what:
         finally:
             repo.close()
         _fetch(ctx, url, tmp, refspecs, what)
-        ctx.store.commit_dir(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    ctx.store.create(path, make, hint="git")
 
 
 def _configure(repo: gitpython.Repo, url: str) -> None:

@@ -23,6 +23,9 @@ from . import Context, FetchError, Keeps, http, verified_blob
 Source = TarballSource | PrebuiltSource
 
 
+FOLLOWS_ARCHIVE = False
+
+
 def lock(name: str, source: Source, ctx: Context) -> dict[str, Any]:
     """Download the file (and its signature) and pin them; a recipe sha256 must match."""
     what = f"lock {name}"
@@ -100,6 +103,40 @@ def unpack(entry: dict[str, Any], ctx: Context, dest: Path) -> Path:
         if only.is_dir() and not only.is_symlink():
             return only
     return dest
+
+
+def tree(entry: dict[str, Any], ctx: Context, dest: Path) -> Path:
+    """The unpacked tarball (its top directory), or the directory holding the prebuilt file."""
+    got = unpack(entry, ctx, dest)
+    return got if got.is_dir() else got.parent
+
+
+def tag_now(name: str, entry: dict[str, Any], ctx: Context) -> str | None:
+    return None  # no tags: nothing can move under a locked entry
+
+
+def in_tree(source: Any) -> Path | None:
+    return None
+
+
+def debs(entry: dict[str, Any]) -> dict[str, str] | None:
+    return None
+
+
+def binary_packages(source: Any) -> list[str]:
+    return []
+
+
+def srcpkg(entry: dict[str, Any]) -> dict[str, str]:
+    return {}
+
+
+def summary(entry: dict[str, Any]) -> str:
+    return f"sha256 {entry['sha256'][:12]}, {entry.get('size', 0)} bytes"
+
+
+def upstream_version(entry: dict[str, Any]) -> str:
+    return "0"
 
 
 # --- helpers -----------------------------------------------------------------------

@@ -6,11 +6,13 @@ python3 -m xenspin_installer [--mode install|unattended|rescue] [--answerfile F]
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
 import os
 import sys
 import time
 from pathlib import Path
+from typing import NoReturn
 
 from . import InstallerError
 from .answerfile import Answerfile, load, redacted
@@ -23,6 +25,7 @@ from .ui import Console, interview
 
 LOG = Path("/var/log/xenspin-install.log")
 LOCK = Path("/run/xenspin-installer.lock")
+FAILED = "xenspin install failed"
 
 
 def distribution(os_release: Path = Path("/etc/os-release")) -> str:
@@ -67,8 +70,10 @@ def main(argv: list[str] | None = None) -> int:
         return run(args)
     except InstallerError as e:
         print(f"xenspin installer: {e}", file=sys.stderr, flush=True)
-        if args.console:  # on the live system's console: say so plainly, then leave a shell to look around
-            print(f"xenspin install failed; the log is {args.log}; here is a shell", flush=True)
+        if args.console:  # on the live system's console: say so plainly (the other consoles follow the log)
+            with contextlib.suppress(OSError), open(args.log, "a") as f:
+                f.write(f"xenspin installer: {e}\n{FAILED}\n")
+            print(f"{FAILED}; the log is {args.log}; here is a shell", flush=True)
             os.execv("/bin/bash", ["/bin/bash", "--login"])
         return e.exit_code
     except KeyboardInterrupt:
@@ -89,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     if args.console:
         if interactive:  # the user picks the console by pressing Enter on it
             input(f"Press Enter to install on this console ({args.console}) ")
-        take_console(args.console, args.log)
+        take_console(args.console, args.log, None if interactive else main_console(cmdline))
     runner = Runner(args.log, dry_run=args.check)
     runner.log(f"xenspin installer started on {time.strftime('%Y-%m-%d %H:%M:%S')} in mode {mode}")
     answer = None if interactive else unattended_answers(args, cmdline, runner)
@@ -133,16 +138,32 @@ def unattended_answers(args: argparse.Namespace, cmdline: dict[str, str], runner
     return answer
 
 
-def take_console(console: str, log: Path) -> None:
-    """One installer for several consoles: the first to start takes a lock; the others follow its log."""
+def main_console(cmdline: dict[str, str]) -> str:
+    """The tty of dom0's main console (the last console=): where an unattended install reports."""
+    name = cmdline.get("console", "tty0").split(",")[0]
+    return "tty1" if name == "tty0" else name
+
+
+def take_console(console: str, log: Path, owner: str | None) -> None:
+    """One installer for several consoles; the others follow its log.
+
+    owner: the console that runs an unattended install (the main one); None (interactive,
+    or the main console has no installer on it): the first to take the lock.
+    """
+    if owner and owner != console and Path(f"/dev/{owner}").exists():
+        follow(log)
     LOCK.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(LOCK, os.O_CREAT | os.O_RDWR, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        print(f"the installer runs on another console; following its log {log}", flush=True)
-        os.execvp("tail", ["tail", "-F", "-n", "+1", str(log)])
+        follow(log)
     os.write(fd, console.encode())
+
+
+def follow(log: Path) -> NoReturn:
+    print(f"the installer runs on another console; following its log {log}", flush=True)
+    os.execvp("tail", ["tail", "-F", "-n", "+1", str(log)])
 
 
 def finish(answer: Answerfile, args: argparse.Namespace) -> None:

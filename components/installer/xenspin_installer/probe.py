@@ -112,6 +112,7 @@ def live_medium_devices(mounts: Path = Path("/proc/self/mounts")) -> set[str]:
 
 
 def probe(runner: Runner) -> list[Disk]:
+    runner.run(["udevadm", "settle", "--timeout=30"], "wait for udev to name the disks", check=False, writes=False)
     text = runner.run(["lsblk", "--json", "--bytes", "--output", COLUMNS], "list disks", capture=True, writes=False)
     sigs = {}
     for e in _flatten(json.loads(text).get("blockdevices", [])):

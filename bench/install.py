@@ -1,0 +1,52 @@
+#!/usr/bin/env python3
+"""Benchmark of an install (not a test; prints figures).
+
+    .venv/bin/python bench/install.py ISO [--firmware bios|uefi|both] [--keep DIR]
+
+Runs `xenspin test install` on ISO under QEMU TCG for each firmware, as a user does:
+the unattended install from the ISO, the power-off, the boot from the disk alone, the
+login, `xl list` showing Domain-0 and a PV guest printing its marker. Prints the time
+of each step from the VM's start and the total per firmware.
+
+Goal (issue 11): install + reboot + guest under 4 minutes per firmware (bar 6).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+GOAL, BAR = 240, 360
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("iso", type=Path, help="the installer ISO (`xenspin build` writes it)")
+    parser.add_argument("--firmware", default="both", choices=["bios", "uefi", "both"])
+    parser.add_argument("--keep", type=Path, help="keep the VM logs and disks in this directory")
+    args = parser.parse_args()
+    work = args.keep or Path(tempfile.mkdtemp(prefix="xenspin-bench-install."))
+    exe = Path(sys.executable).parent / "xenspin"
+    try:
+        cmd = [str(exe), "--out", str(work), "--json", "test", "install", str(args.iso), "--firmware", args.firmware]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if not proc.stdout.strip():
+            sys.exit(f"bench: xenspin test install failed:\n{proc.stderr}")
+        for v in json.loads(proc.stdout):
+            steps = ", ".join(f"{k} {s:.0f} s" for k, s in v["steps"].items())
+            verdict = "PASS" if v["passed"] else f"FAIL (no {v['missing']!r} {v['why']})"
+            mark = "within goal" if v["seconds"] < GOAL else "within bar" if v["seconds"] < BAR else "over the bar"
+            print(f"{v['firmware']}: {v['seconds']:.0f} s {verdict}, {mark} (goal < {GOAL} s, bar {BAR} s): {steps}")
+    finally:
+        if args.keep is None:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

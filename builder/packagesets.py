@@ -1,0 +1,290 @@
+"""Locked package sets: the exact .debs a stage installs, resolved by apt against the locked, verified indexes.
+
+A set is declared once here (`package_sets`) and lives in distro.lock under `sets:`:
+for each .deb its name, version, architecture, source package, archive (suite and
+mirror), filename and sha256. The sha256 comes from the Packages index the signed
+InRelease names, so fetching a set is verified by the archive's own chain.
+
+Resolving is apt's job, not ours: `mmdebstrap --simulate` runs apt over a flat
+repository made of the verified Packages paragraphs (offline, in seconds) and prints
+apt's `Inst NAME (VERSION ARCHIVE [ARCH])` lines. Built components take part as
+stand-in paragraphs carrying their `depends:`, so their runtime dependencies are
+locked too; they are not archive packages and stay out of the set.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import hashlib
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from debian import deb822
+from debian.debian_support import Version
+
+from .buildroot import archive_ident
+from .context import Context
+from .errors import XenspinError
+from .lock import Lock
+from .manifest import Distro
+from .run import run
+from .sources import FetchError, Missing, debian, http
+from .store import sha256_json
+
+FORMAT = 1  # how a set is resolved and recorded; bump to resolve every set again
+
+# What the ISO needs to boot the rootfs as a live system. The installer removes them
+# from the installed disk (`apt-get purge` of these names, then update-initramfs).
+LIVE_PACKAGES = ("live-boot", "live-boot-initramfs-tools")
+
+# Boot loaders the ISO stage unpacks (no closure: only these .debs, for their files).
+ISO_BOOT_PACKAGES = (
+    "isolinux",
+    "syslinux-common",
+    "grub-efi-amd64-bin",
+    "grub-pc-bin",
+    "grub-common",
+    "mtools",
+    "dosfstools",
+)
+
+STAND_IN_SHA256 = hashlib.sha256(b"\n").hexdigest()  # a built package's stand-in file: one newline
+_INST = re.compile(r"^Inst (\S+) \((\S+) \S+ \[(\S+)\]\)", re.M)
+
+
+class SetError(XenspinError):
+    pass
+
+
+@dataclass(frozen=True)
+class SetSpec:
+    """What a set asks for: apt resolves `include` (with `built` stand-ins) to a closure, or takes it as is."""
+
+    name: str
+    include: tuple[str, ...]  # NAME or NAME=VERSION
+    variant: str = "minbase"
+    closure: bool = True
+    built: tuple[tuple[str, str], ...] = ()  # (package, Depends) of built components, for their runtime deps
+    archive: str = ""  # the locked InRelease sha256s: a new archive state means a new resolution
+
+    @property
+    def inputs(self) -> str:
+        """The digest a lock entry records: it goes stale when any input changes."""
+        return sha256_json({"format": FORMAT, "spec": _data(self)})
+
+
+def _data(spec: SetSpec) -> dict[str, Any]:
+    return {
+        "name": spec.name,
+        "include": list(spec.include),
+        "variant": spec.variant,
+        "closure": spec.closure,
+        "built": [list(b) for b in spec.built],
+        "archive": spec.archive,
+    }
+
+
+def package_sets(distro: Distro, lock: Lock) -> dict[str, SetSpec]:
+    """Every package set the pipeline installs, by name: the one place a stage declares its .debs.
+
+    rootfs: the manifest's packages, the live-boot pair, the archive components at
+    their locked versions, and the built components (their depends resolved too).
+    iso: the boot loaders the ISO stage unpacks, without their dependencies.
+    A manifest with no rootfs.packages (components only, as in tests) has no sets:
+    it locks, fetches and builds without the archive's binary index.
+    """
+    if not distro.rootfs.packages:
+        return {}
+    include: list[str] = list(distro.rootfs.packages) + list(LIVE_PACKAGES)
+    built: list[tuple[str, str]] = []
+    for name, comp in sorted(distro.components.items()):
+        entry = lock.components.get(name)
+        if entry is None:
+            continue
+        if entry.get("kind") == "archive":
+            include += [f"{pkg}={info['version']}" for pkg, info in sorted(entry["packages"].items())]
+        elif comp.package is not None and comp.steps:
+            built.append((comp.package.name, ", ".join(comp.package.depends)))
+    ident = archive_ident(lock.archive)
+    return {
+        "rootfs": SetSpec("rootfs", tuple(dict.fromkeys(include)), distro.rootfs.variant, True, tuple(built), ident),
+        "iso": SetSpec("iso", ISO_BOOT_PACKAGES, "", False, (), ident),
+    }
+
+
+def stale_sets(distro: Distro, lock: Lock) -> list[str]:
+    """Sets whose lock entry is missing or was resolved from other inputs."""
+    have = lock.sets
+    return [n for n, spec in package_sets(distro, lock).items() if (have.get(n) or {}).get("inputs") != spec.inputs]
+
+
+# --- resolving (needs the verified indexes: network at lock time) -------------------------
+
+
+def resolve(spec: SetSpec, ctx: Context, scratch: Path, log_path: Path) -> dict[str, Any]:
+    """The lock entry of one set: {inputs, packages: {name: {...}}}."""
+    index = debian._index(ctx, "binary")
+    closure = _apt_closure(spec, index, ctx, scratch, log_path) if spec.closure else None
+    chosen = closure if closure is not None else [(n, "", "") for n in spec.include]
+    packages: dict[str, Any] = {}
+    for name, version, arch in chosen:
+        packages[name] = _entry(spec, index, ctx, name, version, arch)
+    return {"inputs": spec.inputs, "packages": dict(sorted(packages.items()))}
+
+
+def _entry(spec: SetSpec, index: debian.Index, ctx: Context, name: str, version: str, arch: str) -> dict[str, Any]:
+    """The verified paragraph of name (at version when given) as a lock entry."""
+    paras = [(m, deb822.Packages(p)) for m, p in index.get(name, [])]
+    fits = [
+        (m, p) for m, p in paras if (not version or p["Version"] == version) and (not arch or p["Architecture"] == arch)
+    ]
+    if not fits:
+        want = f"{name} {version}".strip()
+        raise SetError(f"lock set {spec.name}: {want} is not in the verified index of {ctx.base.suite}")
+    mirror, para = max(fits, key=lambda mp: Version(mp[1]["Version"]))
+    source = str(para.get("Source", name)).split(" ")[0]
+    suite = dict((m, s) for m, s in ctx.base.archives()).get(mirror, ctx.base.suite)
+    return {
+        "version": str(para["Version"]),
+        "architecture": str(para["Architecture"]),
+        "source": source,
+        "archive": suite,
+        "mirror": mirror,
+        "filename": str(para["Filename"]),
+        "sha256": str(para["SHA256"]),
+        "size": int(para["Size"]),
+    }
+
+
+def _apt_closure(
+    spec: SetSpec, index: debian.Index, ctx: Context, scratch: Path, log_path: Path
+) -> list[tuple[str, str, str]]:
+    """apt's own answer: (name, version, arch) of everything mmdebstrap would install."""
+    repo = scratch / "index"
+    repo.mkdir(parents=True, exist_ok=True)
+    with open(repo / "Packages", "w", encoding="utf-8") as f:
+        for _name, paras in sorted(index.items()):
+            for _mirror, para in paras:
+                f.write(para.strip() + "\n\n")
+        for pkg, depends in spec.built:
+            # A stand-in for a built package: only its relations matter to apt.
+            f.write(f"Package: {pkg}\nVersion: 0\nArchitecture: {ctx.base.architecture}\nPriority: optional\n")
+            f.write(f"Filename: {pkg}.deb\nSize: 1\nSHA256: {STAND_IN_SHA256}\n")
+            f.write((f"Depends: {depends}\n" if depends else "") + "\n")
+            (repo / f"{pkg}.deb").write_bytes(b"\n")
+    write_release(repo, ctx.base.suite, "resolve")
+    include = list(spec.include) + [pkg for pkg, _ in spec.built]
+    cmd = [
+        "mmdebstrap",
+        "--simulate",
+        "--mode=root",
+        f"--variant={spec.variant}",
+        "--include=" + ",".join(include),
+        "--verbose",
+        ctx.base.suite,
+        str(scratch / "none.tar"),
+        f"deb [trusted=yes] file://{repo} ./",
+    ]
+    log_path.unlink(missing_ok=True)
+    proc = run(cmd, what=f"lock set {spec.name}: apt resolve", capture=True, log_path=log_path)
+    out = (proc.stdout + proc.stderr).decode(errors="replace")  # apt's Inst lines come on stderr
+    built = {pkg for pkg, _ in spec.built}
+    seen: dict[str, tuple[str, str, str]] = {}
+    for m in _INST.finditer(out):
+        if m.group(1) not in built:
+            seen[m.group(1)] = (m.group(1), m.group(2), m.group(3))
+    if not seen:
+        raise SetError(f"lock set {spec.name}: apt chose no packages; log: {log_path}")
+    return sorted(seen.values())
+
+
+def write_release(repo: Path, suite: str, origin: str) -> None:
+    """A Release for a flat repository whose Suite and Codename are the base suite (mmdebstrap selects by them)."""
+    text = run(
+        [
+            "apt-ftparchive",
+            "-o",
+            f"APT::FTPArchive::Release::Origin={origin}",
+            "-o",
+            f"APT::FTPArchive::Release::Suite={suite}",
+            "-o",
+            f"APT::FTPArchive::Release::Codename={suite}",
+            "release",
+            ".",
+        ],
+        what="apt repository: Release",
+        cwd=repo,
+        capture=True,
+    ).stdout
+    (repo / "Release").write_bytes(text)
+
+
+def resolve_all(distro: Distro, lock: Lock, ctx: Context, names: list[str] | None = None) -> dict[str, Any]:
+    """Lock entries for the named sets (all stale ones when None); others kept as they are."""
+    specs = package_sets(distro, lock)
+    todo = stale_sets(distro, lock) if names is None else names
+    sets = {n: v for n, v in (lock.sets).items() if n in specs}
+    for name in todo:
+        scratch = ctx.store.tmp_dir("set-" + name)
+        try:
+            sets[name] = resolve(specs[name], ctx, scratch, ctx.store.log_dir("lock", f"set-{name}.log"))
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+    return dict(sorted(sets.items()))
+
+
+# --- fetching ----------------------------------------------------------------------------
+
+
+@dataclass
+class SetFetch:
+    fetched: list[str] = field(default_factory=list)
+    present: int = 0
+
+
+def files(lock: Lock, name: str) -> dict[str, dict[str, Any]]:
+    """The locked .debs of a set: package -> entry."""
+    return ((lock.sets).get(name) or {}).get("packages") or {}
+
+
+def fetch(lock: Lock, ctx: Context, jobs: int = 4) -> SetFetch:
+    """Put every locked .deb of every set in the store, each verified by its locked sha256."""
+    report = SetFetch()
+    todo: dict[str, tuple[str, str]] = {}
+    for set_name in sorted(lock.sets):
+        for pkg, info in files(lock, set_name).items():
+            if ctx.store.has_blob(info["sha256"]):
+                report.present += 1
+                continue
+            todo[info["sha256"]] = (pkg, f"{info['mirror']}/{info['filename']}")
+    if todo and ctx.offline:
+        names = sorted(p for p, _ in todo.values())
+        shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+        raise Missing(f"offline: {len(names)} locked .debs missing from the store: {shown}")
+    quiet = dataclasses.replace(ctx, progress=None)  # one line for the set, not a bar per .deb
+    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = {
+            pool.submit(http.download, url, quiet, sha256=sha, what=f"fetch set: {pkg}"): pkg
+            for sha, (pkg, url) in sorted(todo.items())
+        }
+        for fut in concurrent.futures.as_completed(futures):
+            fut.result()
+            report.fetched.append(futures[fut])
+    report.fetched.sort()
+    return report
+
+
+def keeps(lock: Lock) -> set[str]:
+    """Blobs the sets need (for `store gc`)."""
+    return {info["sha256"] for s in (lock.sets) for info in files(lock, s).values()}
+
+
+def require(distro: Distro, lock: Lock, path: Path) -> None:
+    """Refuse to compose from sets that do not match the manifest and the components' lock."""
+    stale = stale_sets(distro, lock)
+    if stale:
+        raise FetchError(f"{path}: package set {', '.join(stale)} is stale or missing; run `xenspin lock`")

@@ -1,0 +1,148 @@
+"""Overlays and hooks on a plain directory standing in for the rootfs (fast: no mmdebstrap)."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path, PurePosixPath
+
+import pytest
+
+from builder import overlays
+from builder.overlays import OverlayError
+
+CONTEXT = {
+    "distro": {"name": "acme-xen", "version": "1.2", "vendor": "ACME", "description": ""},
+    "components": {"xen": {"version": "4.17.5", "kind": "debian", "key": "abc"}},
+    "build": {"id": "0123456789ab", "epoch": 0, "date": "1970-01-01", "lock_digest": "ff"},
+}
+
+
+def tree(tmp_path: Path) -> Path:
+    """A tree shaped like a merged-/usr Debian root: /lib -> usr/lib, /etc/os-release -> ../usr/lib/os-release."""
+    root = tmp_path / "tree"
+    (root / "usr/lib").mkdir(parents=True)
+    (root / "etc").mkdir()
+    os.symlink("usr/lib", root / "lib")
+    (root / "usr/lib/os-release").write_text("NAME=debian\n")
+    os.symlink("../usr/lib/os-release", root / "etc/os-release")
+    return root
+
+
+def overlay(tmp_path: Path, name: str, files: dict[str, str | tuple[str, int]]) -> Path:
+    root = tmp_path / "overlays" / name
+    for rel, content in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        text, mode = content if isinstance(content, tuple) else (content, 0o644)
+        path.write_text(text)
+        path.chmod(mode)
+    return root
+
+
+def test_overlays_are_laid_in_order_rendered_root_owned_modes_kept(tmp_path: Path) -> None:
+    first = overlay(
+        tmp_path,
+        "base",
+        {
+            "etc/motd.j2": "{{ distro.name }} {{ distro.version }} xen {{ components.xen.version }}\n",
+            "usr/local/sbin/hello": ("#!/bin/sh\necho hi\n", 0o750),
+            "lib/xenspin/marker": "base\n",
+        },
+    )
+    second = overlay(tmp_path, "vendor", {"lib/xenspin/marker": "vendor\n"})
+    os.chown(first / "usr/local/sbin/hello", 1234, 1234)
+    root = tree(tmp_path)
+    overlays.lay(overlays.read([first, second], CONTEXT), root)
+
+    assert (root / "etc/motd").read_text() == "acme-xen 1.2 xen 4.17.5\n"
+    assert not (root / "etc/motd.j2").exists()
+    hello = (root / "usr/local/sbin/hello").stat()
+    assert stat.S_IMODE(hello.st_mode) == 0o750 and (hello.st_uid, hello.st_gid) == (0, 0)
+    # the later overlay wins, and /lib is followed as the image would (into usr/lib)
+    assert (root / "usr/lib/xenspin/marker").read_text() == "vendor\n"
+    assert (root / "lib").is_symlink()
+
+
+def test_a_file_replaces_a_tree_symlink_at_its_path(tmp_path: Path) -> None:
+    """What the overlay holds is what the image has at that path (as rsync lays a tree); the link's target stays."""
+    root = tree(tmp_path)
+    src = overlay(tmp_path, "brand", {"etc/os-release": "NAME=acme\n"})
+    overlays.lay(overlays.read([src], CONTEXT), root)
+    assert not (root / "etc/os-release").is_symlink()
+    assert (root / "etc/os-release").read_text() == "NAME=acme\n"
+    assert (root / "usr/lib/os-release").read_text() == "NAME=debian\n"
+
+
+def test_symlink_escaping_the_rootfs_is_refused_with_one_line(tmp_path: Path) -> None:
+    src = overlay(tmp_path, "bad", {"etc/ok": "x\n"})
+    os.symlink("../../../../etc/shadow", src / "etc/shadow-link")
+    with pytest.raises(OverlayError) as e:
+        overlays.read([src], CONTEXT)
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert msg.startswith(f"{src / 'etc/shadow-link'}: ") and "escapes the rootfs" in msg
+
+
+def test_links_inside_the_rootfs_are_kept(tmp_path: Path) -> None:
+    src = overlay(tmp_path, "ok", {"etc/a": "x\n"})
+    os.symlink("/usr/lib/os-release", src / "etc/abs")  # absolute: resolved inside the image
+    os.symlink("../usr/lib/os-release", src / "etc/rel")
+    root = tree(tmp_path)
+    overlays.lay(overlays.read([src], CONTEXT), root)
+    assert os.readlink(root / "etc/abs") == "/usr/lib/os-release"
+    assert os.readlink(root / "etc/rel") == "../usr/lib/os-release"
+
+
+def test_path_climbing_out_through_the_tree_is_refused(tmp_path: Path) -> None:
+    root = tree(tmp_path)
+    os.symlink("../../..", root / "etc/up")
+    with pytest.raises(OverlayError, match="escapes the rootfs"):
+        overlays.inside(root, PurePosixPath("etc/up/passwd"), "overlay x")
+    # an absolute link resolves from the tree's root, never the host's
+    os.symlink("/", root / "etc/top")
+    assert overlays.inside(root, PurePosixPath("etc/top/etc/passwd"), "overlay x") == root / "etc/passwd"
+
+
+def test_undefined_variable_is_refused_with_one_line_naming_file_and_line(tmp_path: Path) -> None:
+    src = overlay(tmp_path, "typo", {"etc/issue.j2": "{{ distro.name }}\n{{ distro.vendorr }}\n"})
+    with pytest.raises(OverlayError) as e:
+        overlays.read([src], CONTEXT)
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert msg.startswith(f"{src / 'etc/issue.j2'}:2: undefined variable")
+    assert "vendorr" in msg
+
+
+def test_failing_hook_is_named_with_status_and_log(tmp_path: Path) -> None:
+    root = tree(tmp_path)
+    ok = tmp_path / "hooks/10-ok.sh"
+    ok.parent.mkdir()
+    ok.write_text('#!/bin/sh\necho "$1" > "$1/etc/hooked"\n')
+    ok.chmod(0o755)
+    bad = tmp_path / "hooks/20-bad.sh"
+    bad.write_text("#!/bin/sh\necho about to fail\nexit 7\n")
+    bad.chmod(0o755)
+    never = tmp_path / "hooks/30-never.sh"
+    never.write_text('#!/bin/sh\ntouch "$1/etc/never"\n')
+    never.chmod(0o755)
+    logs = tmp_path / "logs"
+    with pytest.raises(OverlayError) as e:
+        overlays.run_hooks([ok, bad, never], root, logs, {})
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert str(bad) in msg and "exit status 7" in msg
+    log = Path(msg.rsplit("log: ", 1)[1])
+    assert "about to fail" in log.read_text()
+    assert (root / "etc/hooked").read_text().strip() == str(root)  # ran in order, with the tree as $1
+    assert not (root / "etc/never").exists()
+
+
+def test_digest_follows_content_and_modes(tmp_path: Path) -> None:
+    src = overlay(tmp_path, "o", {"etc/a": "one\n"})
+    before = overlays.digest([src], [])
+    assert overlays.digest([src], []) == before
+    (src / "etc/a").chmod(0o600)
+    changed_mode = overlays.digest([src], [])
+    (src / "etc/a").write_text("two\n")
+    assert len({before, changed_mode, overlays.digest([src], [])}) == 3
