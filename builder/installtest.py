@@ -23,8 +23,8 @@ from .answerfiles import iso_name, validate
 from .errors import XenspinError
 from .run import run, spawn, stop
 
-INSTALL_TIMEOUT = 1200.0
-BOOT_TIMEOUT = 900.0
+INSTALL_TIMEOUT = 3600.0  # an install under TCG on a busy 2-core machine took over 20 minutes
+BOOT_TIMEOUT = 1800.0
 DISK_SIZE = "8G"
 BANNER = "xenspin installer:"
 INSTALLED = "xenspin installed on"

@@ -30,14 +30,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pycdlib
-
-from . import answerfiles
+from . import answerfiles, lazy
 from .errors import XenspinError
 from .manifest import Boot, Distro
 from .run import run
 from .stage import Done, Needs, Pending, Stage, stage_key
 from .store import Store, sha256_file, sha256_json
+
+pycdlib = lazy.module("pycdlib")  # imported when an ISO is written (see builder/lazy.py)
 
 FORMAT_VERSION = 1
 

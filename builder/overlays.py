@@ -16,11 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import jinja2
-
+from . import lazy
 from .errors import XenspinError
 from .run import CommandError, run
 from .store import sha256_file, sha256_json
+
+jinja2 = lazy.module("jinja2")  # imported when an overlay has a template (see builder/lazy.py)
 
 
 class OverlayError(XenspinError):

@@ -23,17 +23,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from debian import deb822
-from debian.debian_support import Version
-
+from . import lazy
 from .buildroot import archive_ident
 from .context import Context
 from .errors import XenspinError
 from .lock import Lock
 from .manifest import Distro
 from .run import run
-from .sources import FetchError, Missing, debian, http
+from .sources import FetchError, Missing, debian
 from .store import sha256_json
+
+# Imported when a set is resolved or fetched, not on every run (see builder/lazy.py).
+deb822 = lazy.module("debian.deb822")
+http = lazy.module("builder.sources.http")
+
+
+def Version(text: str) -> Any:  # noqa: N802 (stands in for debian_support.Version)
+    from debian.debian_support import Version as _Version
+
+    return _Version(text)
+
 
 FORMAT = 1  # how a set is resolved and recorded; bump to resolve every set again
 

@@ -20,9 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from debian import deb822
-
-from . import debtree, overlays, typed
+from . import debtree, lazy, overlays, typed
 from .context import Context
 from .errors import XenspinError
 from .lock import Lock
@@ -33,7 +31,9 @@ from .run import CommandError, run
 from .stage import Needs, Pending, Stage, stage_key
 from .store import Store, sha256_file, sha256_json
 
-FORMAT = 3  # what the stage writes; bump to recompose every rootfs
+deb822 = lazy.module("debian.deb822")  # imported when the rootfs is composed (see builder/lazy.py)
+
+FORMAT = 4  # what the stage writes; bump to recompose every rootfs
 KIND = "rootfs"
 STAGE_ID = "rootfs:rootfs"
 # Default levels (rootfs.compression-level 0): zstd 3 gave ~240 MB in 3 s, 15 ~213 MB in 35 s on a

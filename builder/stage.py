@@ -59,7 +59,7 @@ class Stage:
     make: Callable[[Path, Needs], dict | None]
     after: tuple[str, ...] = ()
     uses: tuple[str, ...] = ()
-    lazy: bool = False  # made only when a stage that uses it must be made
+    lazy: bool = False  # made only when a stage that uses it must be made (or one comes after it)
     clamp: int | None = None  # clamp file times in the output to this (SOURCE_DATE_EPOCH)
 
     @property
@@ -167,8 +167,9 @@ class Scheduler:
 
     def run(self) -> dict[str, Outcome]:
         """Every eager stage obtained (found or made); the first failure stops new work and is raised."""
-        eager = [s for s in self.stages if not s.lazy]
-        pending = {s.id: s for s in eager}
+        # A lazy stage that another stage comes `after` is needed whatever happens: run it too.
+        wanted = {d for s in self.stages for d in s.after}
+        pending = {s.id: s for s in self.stages if not s.lazy or s.id in wanted}
         failed: list[BaseException] = []
         with concurrent.futures.ThreadPoolExecutor(max_workers=self.jobs) as pool:
             running: dict[concurrent.futures.Future, str] = {}

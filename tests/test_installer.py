@@ -181,6 +181,11 @@ def test_network_and_grub_files() -> None:
         text=True,
     )
     assert keep.stdout == "dom0_mem=2G\n"  # the image's Xen command line stays
+    image = "GRUB_CMDLINE_XEN_DEFAULT='console=com1 com1=9600'\n"
+    once = subprocess.run(
+        ["sh", "-c", image + serial + 'echo "$GRUB_CMDLINE_XEN_DEFAULT"'], capture_output=True, text=True
+    )
+    assert once.stdout == "console=com1 com1=9600\n"  # a serial console the image set is not added twice
 
 
 def test_cmdline_and_banner(tmp_path: Path) -> None:
@@ -287,3 +292,36 @@ def test_probe_without_udev_sees_filesystems_through_signatures() -> None:
     assert loop1.contents() == ["an xfs filesystem"]
     with pytest.raises(DiskError, match="holds an xfs filesystem; refusing"):
         check_writable(loop1, wipe=False)
+
+
+def test_answerfile_sources(tmp_path: Path) -> None:
+    import functools
+    import http.server
+    import threading
+
+    from xenspin_installer import InstallerError
+    from xenspin_installer.run import Runner
+    from xenspin_installer.sources import from_medium, from_url
+
+    runner = Runner(tmp_path / "install.log")
+    medium = tmp_path / "medium"
+    (medium / "xenspin").mkdir(parents=True)
+    (medium / "xenspin" / "answerfile.xml").write_text("<installation/>")
+    assert from_medium(medium) == medium / "xenspin" / "answerfile.xml"
+    assert from_url("file:/xenspin/answerfile.xml", medium, runner) == medium / "xenspin" / "answerfile.xml"
+    with pytest.raises(InstallerError, match=r"answerfile=file:/nope.yaml: not found on the install medium"):
+        from_url("file:/nope.yaml", medium, runner)
+    with pytest.raises(InstallerError, match=r"unsupported \(expected http://, https:// or file:/PATH\)"):
+        from_url("ftp://host/a.yaml", medium, runner)
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "a").write_text("root: {password: x}\n")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        got = from_url(f"http://127.0.0.1:{server.server_address[1]}/a", medium, runner)
+        assert got.read_text() == "root: {password: x}\n" and got.suffix == ".yaml"
+        got.unlink()
+    finally:
+        server.shutdown()

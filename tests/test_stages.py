@@ -250,3 +250,10 @@ def test_gc_waits_for_a_running_build_and_keeps_live_roots(tmp_path: Path) -> No
     assert res.dropped == [f"{gone}: the manifest is gone"] and res.kept == [str(live)]
     assert store.has("build", "used") and not store.has("build", "old")
     assert not store.object_path("build", "old").exists()
+
+
+def test_a_lazy_stage_named_in_after_is_run(tmp_path: Path) -> None:
+    store, log = Store(tmp_path / "store"), []
+    stages = [stage("tools", log, lazy=True), stage("image", log, after=["test:tools"])]
+    out = Scheduler(store, stages).run()
+    assert [n for n, _ in log] == ["tools", "image"] and out["test:image"].done.meta["needs"] == ["test:tools"]

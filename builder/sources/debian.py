@@ -9,7 +9,6 @@ every file a lock entry records. fetch downloads exactly those sha256s.
 from __future__ import annotations
 
 import email.utils
-import importlib
 import lzma
 import posixpath
 import re
@@ -22,26 +21,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .. import tarballs, typed
+from .. import lazy, tarballs, typed
 from ..run import run
 from . import Context, FetchError, Keeps, Refused, verified_blob
 
 T = TypeVar("T")
 
 
-class _Lazy:
-    """A module imported on first use: a no-op build checks what the store holds and never
-    parses an index or downloads, so it need not pay for importing python-debian or requests."""
-
-    def __init__(self, name: str) -> None:
-        self._name = name
-
-    def __getattr__(self, attr: str) -> Any:
-        return getattr(importlib.import_module(self._name), attr)
-
-
-deb822 = _Lazy("debian.deb822")
-http = _Lazy("builder.sources.http")
+# A no-op build checks what the store holds and never parses an index or downloads.
+deb822 = lazy.module("debian.deb822")
+http = lazy.module("builder.sources.http")
 
 
 def Version(text: str) -> Any:  # noqa: N802 (stands in for debian_support.Version)

@@ -450,7 +450,8 @@ def grub_defaults(a: Answerfile) -> str:
     ]
     if a.serial_console:
         lines += [
-            'GRUB_CMDLINE_XEN_DEFAULT="$GRUB_CMDLINE_XEN_DEFAULT console=com1,vga com1=115200"',
+            'case " $GRUB_CMDLINE_XEN_DEFAULT " in *" com1="*) ;; '
+            '*) GRUB_CMDLINE_XEN_DEFAULT="$GRUB_CMDLINE_XEN_DEFAULT console=com1,vga com1=115200" ;; esac',
             'GRUB_CMDLINE_LINUX_XEN_REPLACE_DEFAULT="console=tty0 console=hvc0"',
             'GRUB_TERMINAL="serial console"',
             'GRUB_SERIAL_COMMAND="serial --unit=0 --speed=115200"',
