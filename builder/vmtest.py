@@ -25,7 +25,7 @@ Firmware = Literal["bios", "uefi"]
 XEN_BANNER = "(XEN) Xen version"
 DOM0_BANNER = "Linux version"
 # The installer's banner (it runs on the serial console instead of a login prompt).
-PROMPT = "xenspin installer"
+PROMPT = "xenspin installer:"
 DEFAULT_TIMEOUT = 600.0
 
 OVMF_DIRS = [Path("/usr/share/OVMF"), Path("/usr/share/ovmf")]
