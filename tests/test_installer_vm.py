@@ -1,0 +1,97 @@
+"""The installer end to end on the default distribution: a real install onto a loop device,
+checked from outside (partitions, fstab, GRUB's Xen entry, the initramfs, the password, the log).
+
+Slow: the default build (session fixture), loop devices (root).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.network]
+
+GiB = 1024**3
+
+
+def blkid(dev: str, tag: str) -> str:
+    return subprocess.run(
+        ["blkid", "-s", tag, "-o", "value", dev], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+def test_install_onto_a_loop_device(default_build, tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("loop devices need root")
+    image = tmp_path / "disk.img"
+    with open(image, "wb") as f:
+        f.truncate(8 * GiB)
+    dev = subprocess.run(
+        ["losetup", "--find", "--show", "--partscan", str(image)], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    try:
+        answer = tmp_path / "answer.yaml"
+        answer.write_text(
+            f"disk: {dev}\nhostname: looped\nroot:\n  password: s3cret\nserial-console: true\ntimezone: Europe/Berlin\n"
+        )
+        (tmp_path / "cmdline").write_text("console=hvc0\n")
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "xenspin_installer",
+                "--answerfile",
+                str(answer),
+                "--squashfs",
+                str(default_build.rootfs / "rootfs.squashfs"),
+                "--log",
+                str(tmp_path / "install.log"),
+                "--cmdline",
+                str(tmp_path / "cmdline"),
+                "--medium",
+                str(tmp_path),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=1800,
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr + (tmp_path / "install.log").read_text()[-3000:]
+        assert f"xenspin installed on {dev}" in proc.stdout
+        subprocess.run(["partprobe", dev], check=False)
+        root, esp = f"{dev}p3", f"{dev}p2"
+        assert blkid(root, "LABEL") == "xenspin-root" and blkid(esp, "TYPE") == "vfat"
+        subprocess.run(["mount", "-o", "ro", root, str(mnt)], check=True)
+        try:
+            fstab = (mnt / "etc/fstab").read_text()
+            assert (
+                f"UUID={blkid(root, 'UUID')}\t/\text4" in fstab
+                and f"UUID={blkid(esp, 'UUID')}\t/boot/efi\tvfat" in fstab
+            )
+            assert (mnt / "etc/hostname").read_text() == "looped\n"
+            assert os.readlink(mnt / "etc/localtime") == "/usr/share/zoneinfo/Europe/Berlin"
+            shadow = next(line for line in (mnt / "etc/shadow").read_text().splitlines() if line.startswith("root:"))
+            assert shadow.split(":")[1].startswith(("$y$", "$6$")) and "s3cret" not in shadow
+            grub = (mnt / "boot/grub/grub.cfg").read_text()
+            assert (
+                'set default="xenspin GNU/Linux, with Xen hypervisor"' in grub
+                and f"root=UUID={blkid(root, 'UUID')}" in grub
+            )
+            assert "multiboot2" in grub and "com1=115200" in grub and "console=hvc0" in grub
+            assert list((mnt / "boot").glob("initrd.img-*")), "no initramfs for disk boot"
+            status = (mnt / "var/lib/dpkg/status").read_text()
+            assert "Package: live-boot\n" not in status
+            assert "xenspin installer" in (mnt / "var/log/xenspin-install.log").read_text()
+            assert not list((mnt / "etc/ssh").glob("ssh_host_*_key"))  # made on the first boot
+            assert (mnt / "etc/machine-id").read_text() == ""
+        finally:
+            subprocess.run(["umount", str(mnt)], check=False)
+        efi = subprocess.run(["mdir", "-b", "-i", esp, "::/EFI/BOOT"], capture_output=True, text=True)
+        assert "BOOTX64.EFI" in efi.stdout.upper()
+    finally:
+        subprocess.run(["losetup", "--detach", dev], check=False)
