@@ -19,14 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import buildroot, typed
+from . import buildroot, outputs, typed
 from .buildroot import RootSpec
 from .context import Context
 from .errors import XenspinError
 from .lock import Lock
 from .manifest import Component, Distro, build_order
 from .run import CommandError, run, sandbox
-from .sources import module
+from .sources import module, verified_blob
 from .sources import path as path_source
 from .stage import Needs, Outcome, Stage, stage_key
 from .store import sha256_file
@@ -231,7 +231,7 @@ def _make_build(
     debs: dict[str, str] = {}  # file name -> sha256, in order
     if job.action == "archive":
         for name, sha in sorted((module(comp.source.kind).debs(entry) or {}).items()):
-            os.link(ctx.store.blob_path(sha), tmp / name)
+            os.link(verified_blob(ctx.store, sha, f"build {job.name}: {name}"), tmp / name)
             debs[name] = sha
     elif job.action == "build":
         logs = ctx.store.log_dir("build", job.name, short)
@@ -276,7 +276,7 @@ def _steps(
         srcpkg = tmp / "srcpkg"
         srcpkg.mkdir()
         for filename, sha in files.items():
-            os.link(ctx.store.blob_path(sha), srcpkg / filename)
+            os.link(verified_blob(ctx.store, sha, f"build {job.name}: {filename}"), srcpkg / filename)
         ro["/srcpkg"] = srcpkg
         env["SRCPKG"] = "/srcpkg"
     prefix = sandbox(root, ro=ro, rw={"/out": out, "/debs": debs, "/build": scratch}, env=env, cwd="/build")
@@ -291,6 +291,15 @@ def _steps(
                 )
             except CommandError as e:
                 raise BuildError(str(e)) from None
+            outputs.check(
+                job.name,
+                step.name,
+                out,
+                debs,
+                packages=comp.debs,
+                architecture=ctx.base.architecture,
+                setuid=comp.setuid,
+            )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
         shutil.rmtree(tmp / "srcpkg", ignore_errors=True)

@@ -149,6 +149,11 @@ class Component:
     steps: list[Step] = field("build commands, in order", factory=list)
     outputs: list[str] = field("paths under $OUT that a successful build must produce", factory=list)
     package: Package | None = field("package the staged $OUT tree as this .deb", None)
+    debs: list[str] = field(
+        "packages the steps build themselves into $DEBS (e.g. with dpkg-buildpackage); nothing else may be there",
+        factory=list,
+    )
+    setuid: list[str] = field("paths under $OUT allowed to be setuid or setgid", factory=list)
     recipe: str = field("the recipe file (default components/NAME.yaml beside the file naming it)", "", path=True)
 
     def check(self, raw: LDict, path: str) -> None:
@@ -172,10 +177,16 @@ class Component:
                     loc, f"{path}.steps[{i}].name", f"{step.name!r} again (steps[{seen[step.name]}] has it)"
                 )
             seen[step.name] = i
-        for i, out in enumerate(self.outputs):
-            if out.startswith("/") or ".." in Path(out).parts:
+        for key, paths in (("outputs", self.outputs), ("setuid", self.setuid)):
+            for i, out in enumerate(paths):
+                if out.startswith("/") or ".." in Path(out).parts:
+                    raise ManifestError(
+                        raw[key].loc_of(i), f"{path}.{key}[{i}]", f"{out!r} (expected a path inside $OUT)"
+                    )
+        for i, deb in enumerate(self.debs):
+            if not DEB_NAME.fullmatch(deb):
                 raise ManifestError(
-                    raw["outputs"].loc_of(i), f"{path}.outputs[{i}]", f"{out!r} (expected a path inside $OUT)"
+                    raw["debs"].loc_of(i), f"{path}.debs[{i}]", f"{deb!r} (expected a Debian package name)"
                 )
 
 

@@ -6,8 +6,11 @@ lock for archive packages), so a no-op run hashes no .deb again.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 from .run import run
@@ -38,8 +41,27 @@ def make(tmp: Path, debs: list[Path], origin: str) -> dict:
 
 
 def publish(repo: Path, dest: Path) -> Path:
-    """Put a copy of the repository at dest (out/repo), replacing the old one only once complete."""
+    """Put a copy of the repository at dest (out/repo), replacing the old one only once complete.
+
+    Two builds publishing into one out/ take turns (a lock file in out/), so neither
+    renames the other's half-swapped tree.
+    """
     dest.parent.mkdir(parents=True, exist_ok=True)
+    with _out_lock(dest.parent):
+        return _publish(repo, dest)
+
+
+@contextlib.contextmanager
+def _out_lock(out: Path) -> Iterator[None]:
+    with open(out / ".xenspin.lock", "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _publish(repo: Path, dest: Path) -> Path:
     tmp = dest.with_name(f".{dest.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()

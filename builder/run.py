@@ -17,6 +17,13 @@ from .errors import XenspinError
 log = logging.getLogger("xenspin.run")
 
 TAIL_LINES = 20
+# The user a build step runs as inside its sandbox: no capabilities, no way back to root.
+SANDBOX_UID = 1000
+# Every child dies with the thread that started it (kill -9 of xenspin included), so a
+# killed run leaves nothing running; children stay in xenspin's process group, so Ctrl-C
+# and a kill of the group reach them too. A command prefix, not a preexec_fn: those are
+# unsafe with threads (-j runs builds in threads).
+DIE_WITH_PARENT = ["setpriv", "--pdeathsig", "KILL", "--"]
 
 
 class CommandError(XenspinError):
@@ -72,25 +79,35 @@ def run(
     log.debug("$ %s", quote(argv))
     if shutil.which(argv[0]) is None:
         raise XenspinError(f"{what}: {argv[0]} is not installed (run `xenspin setup`)")
+    shown = argv
+    argv = [*DIE_WITH_PARENT, *argv] if shutil.which(DIE_WITH_PARENT[0]) else argv
     full_env = {**os.environ, **env} if env is not None else None
     if log_path is not None and not capture:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "ab") as f:
-            f.write(f"$ {quote(argv)}\n".encode())
+            f.write(f"$ {quote(shown)}\n".encode())
             f.flush()
             proc = subprocess.run(
-                argv, cwd=cwd, env=full_env, input=input, stdout=f, stderr=subprocess.STDOUT, timeout=timeout
+                argv,
+                cwd=cwd,
+                env=full_env,
+                input=input,
+                stdout=f,
+                stderr=subprocess.STDOUT,
+                timeout=timeout,
             )
         if check and proc.returncode != 0:
-            raise CommandError(what, argv, proc.returncode, log_path, _tail(log_path))
+            raise CommandError(what, shown, proc.returncode, log_path, _tail(log_path))
         return proc
     proc = subprocess.run(argv, cwd=cwd, env=full_env, input=input, capture_output=True, timeout=timeout)
     if log_path is not None:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "ab") as f:
-            f.write(f"$ {quote(argv)}\n".encode() + proc.stdout + proc.stderr)
+            f.write(f"$ {quote(shown)}\n".encode() + proc.stdout + proc.stderr)
     if check and proc.returncode != 0:
-        raise CommandError(what, argv, proc.returncode, log_path, (proc.stderr or proc.stdout).decode(errors="replace"))
+        raise CommandError(
+            what, shown, proc.returncode, log_path, (proc.stderr or proc.stdout).decode(errors="replace")
+        )
     return proc
 
 
@@ -150,9 +167,16 @@ def sandbox(
     """The bubblewrap prefix that runs a command in `root`, read-only, with only `rw` writable.
 
     Everything is unshared (no network unless asked), /tmp is private, the process
-    dies with xenspin, and the environment is exactly `env` plus a sane PATH.
+    dies with xenspin, and the environment is exactly `env` plus a sane PATH. The
+    command runs as an unprivileged user (SANDBOX_UID) in its own user namespace with
+    every capability dropped and no further user namespaces: as root inside bwrap it
+    would keep every capability and could remount its read-only binds writable. The
+    caller's uid maps to SANDBOX_UID, so the `rw` directories the caller made are the
+    step's own to write.
     """
-    argv = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--hostname", "xenspin"]
+    argv = ["bwrap", "--unshare-all", "--unshare-user", "--disable-userns"]
+    argv += ["--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID), "--cap-drop", "ALL"]
+    argv += ["--die-with-parent", "--new-session", "--hostname", "xenspin"]
     argv += ["--ro-bind", str(root), "/"]
     if network:
         argv.append("--share-net")

@@ -227,7 +227,9 @@ def test_missing_output_is_an_error(project: Path, store: Path, capsys) -> None:
 
 
 NATIVE = {
-    "debian/control": "Source: native-xs\nMaintainer: T <t@example.invalid>\nStandards-Version: 4.6.2\n\n"
+    # Rules-Requires-Root: no: steps run unprivileged, and this package needs no (fake)root to build.
+    "debian/control": "Source: native-xs\nMaintainer: T <t@example.invalid>\nStandards-Version: 4.6.2\n"
+    "Rules-Requires-Root: no\n\n"
     "Package: native-xs\nArchitecture: all\nDescription: built by dpkg-buildpackage\n test package\n",
     "debian/changelog": "native-xs (1.0) unstable; urgency=medium\n\n  * Initial.\n\n"
     " -- T <t@example.invalid>  Thu, 01 Jan 2026 00:00:00 +0000\n",
@@ -249,6 +251,7 @@ def test_component_built_with_dpkg_buildpackage(project: Path, store: Path, caps
         "source: {path: native}\nbuild-depends: [build-essential]\nsteps:\n  - name: dpkg-buildpackage\n    run: |\n"
         '      cp -a "$SRC" "$BUILD/native"\n      cd "$BUILD/native" && dpkg-buildpackage -b -uc -us\n'
         '      mv "$BUILD"/*.deb "$DEBS/"\n'
+        "debs: [native-xs]\n"
     )
     (project / "distro.yaml").write_text(DISTRO.replace("  solo: {}\n", "  solo: {}\n  native: {}\n"))
     report = build(store, capsys, "native")

@@ -9,10 +9,14 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import re
 import shutil
+import stat
 import subprocess
+import sys
 import tarfile
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -20,8 +24,10 @@ from pathlib import Path
 
 import pytest
 
-from builder import cli
-from builder.sources import http
+from builder import cli, outputs, repo
+from builder.run import sandbox
+from builder.sources import Refused, http, verified_blob
+from builder.store import Store
 
 SECRET = "hunter2-not-for-ci-logs"
 
@@ -74,8 +80,9 @@ def refused(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
     assert code == 2, err
     assert "Traceback" not in err
     lines = [line for line in err.strip().splitlines() if not line.endswith(" ...")]
-    assert len(lines) == 1, err
-    return lines[0]
+    progress = ("lock: ", "build ", "built ", "fetch")
+    assert all(line.startswith(progress) for line in lines[:-1]), err
+    return lines[-1]
 
 
 def objects(store: Path) -> list[Path]:
@@ -441,3 +448,251 @@ def test_optional_tampered_tarball_fails_fetch_and_build(project: Path, www, tmp
     (root / "drv.tar").unlink()
     assert cli.main(["--store", str(tmp_path / "fresh"), *mirror, "fetch"]) == 0
     assert "warning: left out optional component drv: " in capsys.readouterr().err
+
+
+# --- 5. what a step leaves in $DEBS and $OUT is checked --------------------------------
+
+
+def make_deb(dest: Path, package: str, arch: str = "amd64") -> Path:
+    root = dest.parent.parent / "staging" / f"deb-{package}-{arch}"
+    (root / "DEBIAN").mkdir(parents=True)
+    (root / "DEBIAN/control").write_text(
+        f"Package: {package}\nVersion: 1.0\nArchitecture: {arch}\nMaintainer: T <t@example.invalid>\nDescription: t\n"
+    )
+    subprocess.run(["dpkg-deb", "--root-owner-group", "--build", root, dest], check=True, capture_output=True)
+    return dest
+
+
+@pytest.fixture
+def step_dirs(tmp_path: Path) -> tuple[Path, Path]:
+    out, debs = tmp_path / "out", tmp_path / "debs"
+    (out / "usr/bin").mkdir(parents=True)
+    debs.mkdir()
+    return out, debs
+
+
+def check(out: Path, debs: Path, **kw: object) -> str:
+    args = {"packages": ["good-xs"], "architecture": "amd64", **kw}
+    with pytest.raises(outputs.OutputRefused) as e:
+        outputs.check("evil", "stage", out, debs, **args)  # type: ignore[arg-type]
+    assert "\n" not in str(e.value)
+    return str(e.value)
+
+
+def test_debs_may_hold_only_declared_packages(step_dirs: tuple[Path, Path], secret: Path) -> None:
+    out, debs = step_dirs
+    make_deb(debs / "good.deb", "good-xs")
+    outputs.check("evil", "stage", out, debs, packages=["good-xs"], architecture="amd64")
+    (debs / "x.deb").symlink_to(secret)
+    assert check(out, debs) == "build evil: step stage: $DEBS/x.deb is a symlink (expected only .deb files)"
+    (debs / "x.deb").unlink()
+    (debs / "x.deb").symlink_to(secret.parent)  # a symlink to a directory once crashed every later build
+    assert "$DEBS/x.deb is a symlink" in check(out, debs)
+    (debs / "x.deb").unlink()
+    (debs / "dir.deb").mkdir()
+    assert check(out, debs) == "build evil: step stage: $DEBS/dir.deb is not a regular file (expected only .deb files)"
+    (debs / "dir.deb").rmdir()
+    shutil.copy(secret, debs / "shadow.deb")
+    assert check(out, debs) == "build evil: step stage: $DEBS/shadow.deb is not a package dpkg-deb can read"
+    (debs / "shadow.deb").unlink()
+    make_deb(debs / "other.deb", "libc6")
+    assert "$DEBS/other.deb is package 'libc6', which the recipe does not declare (debs: good-xs)" in check(out, debs)
+    (debs / "other.deb").unlink()
+    make_deb(debs / "arm.deb", "good-xs", "arm64")
+    assert "$DEBS/arm.deb is for architecture 'arm64' (expected amd64 or all)" in check(out, debs)
+
+
+def test_out_may_hold_no_devices_setuid_or_escaping_symlinks(step_dirs: tuple[Path, Path]) -> None:
+    out, debs = step_dirs
+    (out / "usr/bin/tool").write_text("#!/bin/sh\n")
+    (out / "usr/bin/alt").symlink_to("/etc/alternatives/alt")  # absolute: a path of the installed system
+    (out / "usr/bin/rel").symlink_to("../../usr/bin/tool")
+    outputs.check("evil", "stage", out, debs, packages=[], architecture="amd64")
+    (out / "usr/bin/up").symlink_to("../../../shadow")
+    assert (
+        check(out, debs) == "build evil: step stage: $OUT/usr/bin/up is a symlink to ../../../shadow, which leaves $OUT"
+    )
+    (out / "usr/bin/up").unlink()
+    (out / "usr/bin/tool").chmod(0o4755)
+    assert check(out, debs) == (
+        "build evil: step stage: $OUT/usr/bin/tool is setuid or setgid (the recipe's setuid: does not name it)"
+    )
+    outputs.check("evil", "stage", out, debs, packages=[], architecture="amd64", setuid=["usr/bin/tool"])
+    if os.geteuid() == 0:
+        os.mknod(out / "usr/bin/null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+        assert check(out, debs, setuid=["usr/bin/tool"]) == (
+            "build evil: step stage: $OUT/usr/bin/null is a device node (not allowed in $OUT)"
+        )
+
+
+# --- 1. a store blob changed behind xenspin's back is refused, not built ----------------
+
+
+def test_changed_store_blob_is_refused_and_removed(tmp_path: Path) -> None:
+    store = Store(tmp_path / "store")
+    blob = tmp_path / "f"
+    blob.write_text("real bytes\n")
+    sha = store.add_blob(blob)
+    assert verified_blob(store, sha, "build x: f") == store.blob_path(sha)
+    store.blob_path(sha).write_text("poisoned\n")
+    with pytest.raises(Refused, match=r"^build x: f: store blob [0-9a-f]{64} was changed behind xenspin's back"):
+        verified_blob(store, sha, "build x: f")
+    assert not store.blob_path(sha).exists()
+
+
+def test_sandbox_drops_root() -> None:
+    """The one place the bubblewrap command line is made: an unprivileged user, no capabilities, no new userns."""
+    argv = sandbox(Path("/nonexistent"), ro={"/src": Path("/s")}, rw={"/out": Path("/o")})
+    line = " ".join(argv)
+    assert "--unshare-all --unshare-user --disable-userns --uid 1000 --gid 1000 --cap-drop ALL" in line
+    assert "--ro-bind /nonexistent / " in line and "--ro-bind /s /src" in line and "--bind /o /out" in line
+
+
+# --- end to end: real bubblewrap builds in the session's shared build root ---------------
+
+# The marker is assembled at run time, so the script's own text (in the step log) does not hold it.
+MARK = 'M="xs-escape-$(printf %s marker-7f3a)"'
+ESCAPE = f"""\
+source: {{path: hello}}
+steps:
+  - name: escape
+    run: |
+      {MARK}
+      id -u; grep CapEff /proc/self/status
+      for d in / /src /usr; do mount -o remount,rw,bind "$d" 2>/dev/null && echo "REMOUNTED $d" || true; done
+      for f in /m /src/m /usr/m /etc/m /srcpkg/m /tmp/../m; do echo "$M" 2>/dev/null >"$f" && echo "WROTE $f" || true; done
+      unshare -r true 2>/dev/null && echo "NEW USERNS" || true
+      install -D -m 0644 "$SRC/note" "$OUT/usr/share/hello/note"
+package: {{name: hello-xs}}
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.network
+def test_step_cannot_remount_or_write_outside_its_outputs(project: Path, store: Path, capsys) -> None:
+    write(project, {"components/hello.yaml": ESCAPE})
+    assert cli.main(["--store", str(store), "build"]) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    (log,) = (store / "logs/build/hello").glob("*/01-escape.log")
+    said = log.read_text()
+    assert "\n1000\n" in said and "CapEff:\t0000000000000000" in said
+    assert not re.search(r"^(REMOUNTED|WROTE|NEW USERNS)", said, re.M), said
+    nowhere("xs-escape-marker-7f3a", store, project)
+
+
+EVIL_DEBS = """\
+source: {path: hello}
+steps:
+  - name: stage
+    run: |
+      install -D -m 0644 "$SRC/note" "$OUT/usr/share/hello/note"
+      ln -s /etc/shadow "$DEBS/x.deb"
+package: {name: hello-xs}
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.network
+def test_symlink_in_debs_is_refused_and_never_published(project: Path, store: Path, capsys) -> None:
+    write(project, {"components/hello.yaml": EVIL_DEBS})
+    before = set((store / "objects/build").glob("*")) if (store / "objects/build").is_dir() else set()
+    line = refused(capsys, "--store", str(store), "build")
+    assert line.startswith("build hello: step stage: $DEBS/x.deb is a symlink (expected only .deb files)"), line
+    assert set((store / "objects/build").glob("*")) == before
+    assert not (project / "out/repo").exists()
+    assert not [p for p in store.rglob("x.deb")]
+
+
+@pytest.mark.slow
+@pytest.mark.network
+def test_tarball_changed_in_the_store_is_refused_not_built(project: Path, store: Path, www, capsys) -> None:
+    root, base = www
+    sha = tarball(root / "drv.tar", "good\n")
+    write(project, {"distro.yaml": DISTRO.replace("  hello: {}\n", "  hello: {}\n  drv: {}\n")})
+    write(project, {"components/drv.yaml": TAR_RECIPE.replace("optional: true\n", "")})
+    mirror = ["--mirror", f"{CANON_HTTP}={base}"]
+    assert cli.main(["--store", str(store), *mirror, "lock"]) == 0
+    capsys.readouterr()
+    blob = Store(store).blob_path(sha)
+    tarball(root / "poisoned.tar", "poisoned-by-xs-test\n")
+    shutil.copy(root / "poisoned.tar", blob)  # changed behind xenspin's back (same name, other bytes)
+    line = refused(capsys, "--store", str(store), *mirror, "--offline", "build", "drv")
+    assert f"store blob {sha} was changed behind xenspin's back" in line
+    assert not blob.exists()
+    nowhere("poisoned-by-xs-test", store / "objects")
+    # The next (online) run fetches the real bytes again and builds them.
+    assert cli.main(["--store", str(store), *mirror, "build", "drv"]) == 0, capsys.readouterr().err
+
+
+# --- 7. smaller: publishing into one out/ at once -------------------------------------
+
+
+def test_two_publishes_into_one_out_take_turns(tmp_path: Path) -> None:
+    repos = []
+    for i in range(2):
+        r = tmp_path / f"repo{i}"
+        r.mkdir()
+        (r / "Packages").write_text(f"repo {i}\n")
+        (r / "Release").write_text(f"release {i}\n")
+        repos.append(r)
+    errors: list[BaseException] = []
+
+    def publish_many(r: Path) -> None:
+        try:
+            for _ in range(50):
+                repo.publish(r, tmp_path / "out/repo")
+        except BaseException as e:  # noqa: BLE001 - any failure is the finding
+            errors.append(e)
+
+    threads = [threading.Thread(target=publish_many, args=(r,)) for r in repos]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    packages = (tmp_path / "out/repo/Packages").read_text()
+    assert (tmp_path / "out/repo/Release").read_text() == packages.replace("repo", "release")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [".xenspin.lock", "repo"]
+
+
+def test_killed_run_leaves_no_children(tmp_path: Path) -> None:
+    """kill -9 of xenspin: what it started through run.py dies with it."""
+    code = "from builder.run import run; run(['sleep', '4171'], what='t')"
+    parent = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        deadline = time.monotonic() + 20
+        while not (child := sleeper("4171")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert child, "the child never started"
+    finally:
+        parent.kill()
+        parent.wait()
+    deadline = time.monotonic() + 5
+    while sleeper("4171") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not sleeper("4171")
+
+
+def sleeper(arg: str) -> list[int]:
+    """Pids of live `sleep ARG` processes."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if argv[:2] == [b"sleep", arg.encode()] and state != "Z":
+            pids.append(int(proc.name))
+    return pids
+
+
+@pytest.mark.parametrize("store", ["", "file"])
+def test_unusable_store_is_one_line(project: Path, store: str, capsys) -> None:
+    (project / "file").write_text("not a directory\n")
+    try:
+        code = cli.main(["--store", store, "fetch"])
+    except SystemExit as e:  # argument errors leave through argparse, as one line
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err

@@ -16,9 +16,20 @@ from typing import Any, Protocol, cast
 
 from ..context import Context
 from ..errors import FetchError, Missing, Refused
-from ..store import sha256_json
+from ..store import Store, sha256_file, sha256_json
 
-__all__ = ["Context", "FetchError", "Keeps", "Kind", "Missing", "Refused", "module", "verified_stamp", "write_stamp"]
+__all__ = [
+    "Context",
+    "FetchError",
+    "Keeps",
+    "Kind",
+    "Missing",
+    "Refused",
+    "module",
+    "verified_blob",
+    "verified_stamp",
+    "write_stamp",
+]
 
 
 @dataclass(frozen=True)
@@ -43,6 +54,22 @@ def write_stamp(stamp: Path) -> None:
     tmp = stamp.with_name(f".{stamp.name}.{os.getpid()}")
     tmp.write_text("verified\n")
     os.replace(tmp, stamp)
+
+
+def verified_blob(store: Store, sha256: str, what: str) -> Path:
+    """A store blob, its bytes checked against the locked sha256 again as a build takes it.
+
+    A blob changed behind xenspin's back is refused (and removed, so the next fetch
+    gets the real bytes again), never built.
+    """
+    path = store.blob_path(sha256)
+    if not path.is_file():
+        raise Missing(f"{what}: the store lacks sha256 {sha256}; fetch it first")
+    got = sha256_file(path)
+    if got != sha256:
+        path.unlink(missing_ok=True)
+        raise Refused(f"{what}: store blob {sha256} was changed behind xenspin's back (sha256 now {got}); removed it")
+    return path
 
 
 KINDS = {

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 from .. import lazy, tarballs, typed
 from ..run import run
-from . import Context, FetchError, Keeps, Refused
+from . import Context, FetchError, Keeps, Refused, verified_blob
 
 T = TypeVar("T")
 
@@ -397,9 +397,7 @@ def upstream_version(entry: dict[str, Any]) -> str:
 
 def _extract(entry: dict[str, Any], ctx: Context, filename: str, scratch: Path) -> Path:
     """Unpack one tarball blob into scratch; return its single top directory, or scratch if it has none."""
-    blob = ctx.store.blob_path(entry["files"][filename]["sha256"])
-    if not blob.is_file():
-        raise FetchError(f"unpack {entry['package']}: {filename} is not in the store (fetch first)")
+    blob = verified_blob(ctx.store, entry["files"][filename]["sha256"], f"unpack {entry['package']}: {filename}")
     try:
         with tarfile.open(blob, "r:*") as tar:
             tarballs.extract(tar, scratch)

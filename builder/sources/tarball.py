@@ -18,7 +18,7 @@ from urllib.parse import unquote, urljoin, urlsplit
 from .. import gpg, tarballs
 from ..errors import XenspinError
 from ..manifest import PrebuiltSource, TarballSource
-from . import Context, FetchError, Keeps, Missing, http
+from . import Context, FetchError, Keeps, http, verified_blob
 
 Source = TarballSource | PrebuiltSource
 
@@ -85,9 +85,7 @@ def unpack(entry: dict[str, Any], ctx: Context, dest: Path) -> Path:
     """
     url = entry["url"]
     what = f"unpack {url}"
-    blob = ctx.store.blob_path(entry["sha256"])
-    if not blob.is_file():
-        raise Missing(f"{what}: the store lacks sha256 {entry['sha256']}; fetch it first")
+    blob = verified_blob(ctx.store, entry["sha256"], what)
     dest.mkdir(parents=True, exist_ok=True)
     if entry["kind"] == "prebuilt":
         target = dest / _basename(url, what)
