@@ -150,12 +150,13 @@ def run_build(
         repo_path = outcomes[REPO].done.path
         assert repo_path is not None
         report.repo = str(repo_path)
-        published = repo.publish(repo_path, out / "repo")
         made = outcomes.get(rootfs.STAGE_ID)
         image = outcomes.get(iso.STAGE_ID)
         files: list[Path] = []
-        if image is not None:
-            files = publish_iso(distro, ctx, current, outcomes, fetched.left_out, out)
+        with repo.out_lock(out):  # one build's repo, ISO and sums together, never a mix of two
+            published = repo.publish(repo_path, out / "repo")
+            if image is not None:
+                files = publish_iso(distro, ctx, current, outcomes, fetched.left_out, out)
         # The whole plan's root, even when only some components were asked for.
         ctx.store.register(gc_root(ctx, distro, current, resolve(ctx.store, stages) if names is None else None))
     return Result(sorted(current.components), fetched.left_out, report, published, made, image, files)

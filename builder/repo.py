@@ -43,25 +43,9 @@ def make(tmp: Path, debs: list[Path], origin: str) -> dict:
 def publish(repo: Path, dest: Path) -> Path:
     """Put a copy of the repository at dest (out/repo), replacing the old one only once complete.
 
-    Two builds publishing into one out/ take turns (a lock file in out/), so neither
-    renames the other's half-swapped tree.
+    Call it under `out_lock(dest.parent)`: two builds publishing into one out/
+    take turns, so neither renames the other's half-swapped tree.
     """
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with _out_lock(dest.parent):
-        return _publish(repo, dest)
-
-
-@contextlib.contextmanager
-def _out_lock(out: Path) -> Iterator[None]:
-    with open(out / ".xenspin.lock", "a+") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def _publish(repo: Path, dest: Path) -> Path:
     tmp = dest.with_name(f".{dest.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
@@ -76,3 +60,15 @@ def _publish(repo: Path, dest: Path) -> Path:
     os.rename(tmp, dest)
     shutil.rmtree(old, ignore_errors=True)
     return dest
+
+
+@contextlib.contextmanager
+def out_lock(out: Path) -> Iterator[None]:
+    """Hold out/ for one build's publish: a lock on the directory itself, so nothing is left in it."""
+    out.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
