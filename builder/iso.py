@@ -33,13 +33,14 @@ from typing import Any
 from . import answerfiles, lazy
 from .errors import XenspinError
 from .manifest import Boot, Distro
+from .rootfs import DISK_INITRD
 from .run import run
 from .stage import Done, Needs, Pending, Stage, stage_key
 from .store import Store, sha256_file, sha256_json
 
 pycdlib = lazy.module("pycdlib")  # imported when an ISO is written (see builder/lazy.py)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the installed disk's initrd beside the squashfs
 
 # What the ISO's boot loaders are made of, as paths inside the loader tree (the host, or a
 # Debian tree composed from locked packages).
@@ -213,7 +214,8 @@ class GuestTools:
 
 @dataclass(frozen=True)
 class Inputs:
-    """All the ISO stage reads. `rootfs` holds rootfs.squashfs, packages.json, boot/{xen.gz,vmlinuz,initrd.img}."""
+    """All the ISO stage reads. `rootfs` holds rootfs.squashfs, packages.json, boot/{xen.gz,vmlinuz,initrd.img}
+    and boot/disk-initrd.img-KVER (the installed disk's initrd)."""
 
     distro: Distro
     rootfs: Path
@@ -224,6 +226,11 @@ class Inputs:
 
 
 ROOTFS_FILES = ["rootfs.squashfs", "packages.json", "boot/xen.gz", "boot/vmlinuz", "boot/initrd.img"]
+
+
+def disk_initrds(rootfs: Path) -> list[Path]:
+    """The installed disk's initrds the rootfs stage made (one per kernel)."""
+    return sorted((rootfs / "boot").glob(f"{DISK_INITRD}*"))
 
 
 def key_inputs(inp: Inputs, digest: Callable[[Path], str] = sha256_file) -> dict[str, Any]:
@@ -396,6 +403,8 @@ def layout(inp: Inputs, work: Path) -> Layout:
         "live/initrd.img": inp.rootfs / "boot/initrd.img",
         "boot/xen.gz": inp.rootfs / "boot/xen.gz",
         "packages.json": inp.rootfs / "packages.json",
+        # Beside the squashfs, where the installer looks for the installed disk's initrd.
+        **{f"live/{p.name}": p for p in disk_initrds(inp.rootfs)},
         ".disk/info": f"{distro.name} {distro.version} amd64\n".encode(),
     }
     bios_boot = efi_image = None
@@ -683,6 +692,8 @@ def make(tmp: Path, inp: Inputs, log: Path, seed: str) -> dict[str, Any]:
     for rel in ROOTFS_FILES:
         if not (inp.rootfs / rel).is_file():
             raise IsoError(f"iso: the rootfs output lacks {rel} ({inp.rootfs})")
+    if not disk_initrds(inp.rootfs):
+        raise IsoError(f"iso: the rootfs output lacks boot/{DISK_INITRD}KVER ({inp.rootfs})")
     work = tmp / ".work"
     work.mkdir()
     try:

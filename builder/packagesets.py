@@ -46,8 +46,8 @@ def Version(text: str) -> Any:  # noqa: N802 (stands in for debian_support.Versi
 
 FORMAT = 1  # how a set is resolved and recorded; bump to resolve every set again
 
-# What the ISO needs to boot the rootfs as a live system. The installer removes them
-# from the installed disk (`apt-get purge` of these names, then update-initramfs).
+# What the ISO needs to boot the rootfs as a live system. The installer purges them from
+# the installed disk, which boots with the initrd the rootfs stage made without them.
 LIVE_PACKAGES = ("live-boot", "live-boot-initramfs-tools")
 
 # Boot loaders the ISO stage unpacks (no closure: only these .debs, for their files).

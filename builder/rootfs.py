@@ -25,15 +25,15 @@ from .context import Context
 from .errors import XenspinError
 from .lock import Lock
 from .manifest import Distro
+from .packagesets import LIVE_PACKAGES, stale_sets
 from .packagesets import files as set_files
-from .packagesets import stale_sets
-from .run import CommandError, run
+from .run import CommandError, run, sandbox
 from .stage import Needs, Pending, Stage, stage_key
 from .store import Store, sha256_file, sha256_json
 
 deb822 = lazy.module("debian.deb822")  # imported when the rootfs is composed (see builder/lazy.py)
 
-FORMAT = 4  # what the stage writes; bump to recompose every rootfs
+FORMAT = 5  # what the stage writes; bump to recompose every rootfs
 KIND = "rootfs"
 STAGE_ID = "rootfs:rootfs"
 # Default levels (rootfs.compression-level 0): zstd 3 gave ~240 MB in 3 s, 15 ~213 MB in 35 s on a
@@ -184,10 +184,12 @@ def make_rootfs(
         timer.mark("hooks")
         scrub(tree)
         export_boot(tree, out / "boot")
+        disk_initrd(tree, out / "boot", inp.epoch, logs / "03-disk-initrd.log")
+        timer.mark("initrd")
         packages = installed(tree, locked, built_debs)
         (out / "packages.json").write_text(json.dumps(packages, indent=2, sort_keys=True) + "\n")
         timer.mark("scrub")
-        squash(tree, out / "rootfs.squashfs", d.rootfs, inp.epoch, logs / "03-mksquashfs.log")
+        squash(tree, out / "rootfs.squashfs", d.rootfs, inp.epoch, logs / "04-mksquashfs.log")
         timer.mark("squashfs")
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -388,8 +390,9 @@ def _remove(path: Path) -> None:
 def export_boot(tree: Path, dest: Path) -> None:
     """boot/ beside the squashfs for the ISO: xen.gz, xen.efi, vmlinuz, initrd.img (live-boot's).
 
-    The initrd leaves the tree (it is big; the installed disk makes its own with
-    update-initramfs); the kernel, its config and Xen stay for the installer.
+    The live initrd leaves the tree (it is big and only the live system boots with it;
+    `disk_initrd` makes the installed disk's); the kernel, its config and Xen stay for
+    the installer.
     """
     dest.mkdir(parents=True, exist_ok=True)
     boot = tree / "boot"
@@ -412,6 +415,55 @@ def export_boot(tree: Path, dest: Path) -> None:
         for where in (tree, boot):
             if (where / link).is_symlink():
                 (where / link).unlink()
+
+
+DISK_INITRD = "disk-initrd.img-"  # + the kernel version: the installed disk's initramfs, beside the squashfs
+
+
+def disk_initrd(tree: Path, dest: Path, epoch: int, log: Path) -> Path:
+    """dest/disk-initrd.img-KVER: the initramfs the installed disk boots with, made here at native speed.
+
+    It is what update-initramfs makes on the installed disk once live-boot is purged;
+    made by the installer inside QEMU under TCG that took many minutes, so the
+    installer copies this one instead. live-boot's initramfs hooks and scripts are
+    moved aside while it is made (and put back: the live system keeps its packages
+    whole), and mkinitramfs runs in the sandbox with the tree read-only and
+    SOURCE_DATE_EPOCH set, so the same tree gives the same bytes.
+    """
+    versions = sorted(p.name for p in (tree / "lib/modules").iterdir()) if (tree / "lib/modules").is_dir() else []
+    if len(versions) != 1:
+        raise RootfsError(f"rootfs: expected one kernel in /lib/modules, found {versions or 'none'}")
+    version = versions[0]
+    aside = tree.parent / "live-initramfs-aside"
+    moved = [rel for rel in live_initramfs_files(tree) if (tree / rel).is_file() and not (tree / rel).is_symlink()]
+    for rel in moved:
+        (aside / rel).parent.mkdir(parents=True, exist_ok=True)
+        os.rename(tree / rel, aside / rel)
+    try:
+        env = {"SOURCE_DATE_EPOCH": str(epoch), "TMPDIR": "/tmp", "LC_ALL": "C.UTF-8"}
+        argv = sandbox(tree, rw={"/tmp/out": dest}, env=env)
+        run(
+            [*argv, "mkinitramfs", "-o", f"/tmp/out/{DISK_INITRD}{version}", version],
+            what="rootfs: disk initrd",
+            log_path=log,
+        )
+    finally:
+        for rel in moved:
+            os.rename(aside / rel, tree / rel)
+        shutil.rmtree(aside, ignore_errors=True)
+    return dest / f"{DISK_INITRD}{version}"
+
+
+def live_initramfs_files(tree: Path) -> list[str]:
+    """What the live packages add to initramfs-tools (hooks, scripts, conf), by dpkg's file lists."""
+    found: list[str] = []
+    for package in LIVE_PACKAGES:
+        listing = tree / "var/lib/dpkg/info" / f"{package}.list"
+        if listing.is_file():
+            for line in listing.read_text().splitlines():
+                if line.startswith(("/usr/share/initramfs-tools/", "/etc/initramfs-tools/")) and ".." not in line:
+                    found.append(line.lstrip("/"))
+    return sorted(found)
 
 
 def installed(

@@ -125,7 +125,7 @@ def spawn(
         f.write(f"$ {quote(argv)}\n".encode())
         f.flush()
         return subprocess.Popen(
-            argv,
+            [*DIE_WITH_PARENT, *argv] if shutil.which(DIE_WITH_PARENT[0]) else argv,  # a killed xenspin ends its VM
             env={**os.environ, **env} if env is not None else None,
             stdin=subprocess.DEVNULL,
             stdout=f,

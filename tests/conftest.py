@@ -85,6 +85,14 @@ def default_build(store: Path, tmp_path_factory: pytest.TempPathFactory) -> Defa
     return DefaultBuild(project, manifest, store, report, rootfs, tree)
 
 
+@pytest.fixture(scope="session")
+def default_iso(default_build: DefaultBuild) -> Path:
+    """The default distribution's ISO in its out/, as `xenspin build` published it."""
+    images = sorted((default_build.project / "out").glob("*-amd64.iso"))
+    assert [p.name for p in images] == ["xenspin-0.1-amd64.iso"]
+    return images[0]
+
+
 # --- git -----------------------------------------------------------------------------
 
 # Hermetic git: no user or system config, fixed identities and dates.

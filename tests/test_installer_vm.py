@@ -83,7 +83,12 @@ def test_install_onto_a_loop_device(default_build, tmp_path: Path) -> None:
                 and f"root=UUID={blkid(root, 'UUID')}" in grub
             )
             assert "multiboot2" in grub and "com1=115200" in grub and "console=hvc0" in grub
-            assert list((mnt / "boot").glob("initrd.img-*")), "no initramfs for disk boot"
+            # the disk boots with the initrd the rootfs stage made without live-boot
+            [initrd] = (mnt / "boot").glob("initrd.img-*")
+            made = default_build.rootfs / "boot" / initrd.name.replace("initrd.img-", "disk-initrd.img-")
+            assert initrd.read_bytes() == made.read_bytes()
+            conf = (mnt / "etc/initramfs-tools/update-initramfs.conf").read_text()
+            assert "update_initramfs=yes" in conf and "update_initramfs=no" not in conf  # put back as it was
             status = (mnt / "var/lib/dpkg/status").read_text()
             assert "Package: live-boot\n" not in status
             assert "xenspin installer" in (mnt / "var/log/xenspin-install.log").read_text()

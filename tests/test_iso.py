@@ -51,7 +51,7 @@ def fake_rootfs(root: Path, squashfs_size: int = 64 * 1024) -> Path:
     with open(root / "rootfs.squashfs", "wb") as f:
         f.truncate(squashfs_size)
     (root / "packages.json").write_text(json.dumps({"xen-hypervisor-4.17-amd64": "4.17.5"}) + "\n")
-    for name in ("xen.gz", "vmlinuz", "initrd.img"):
+    for name in ("xen.gz", "vmlinuz", "initrd.img", "disk-initrd.img-6.1.0-1-amd64"):
         (root / "boot" / name).write_bytes(name.encode() * 100)
     return root
 
@@ -185,6 +185,7 @@ def test_files_are_on_the_iso_under_their_rock_ridge_names(distro: manifest.Dist
         "/live/filesystem.squashfs",
         "/live/vmlinuz",
         "/live/initrd.img",
+        "/live/disk-initrd.img-6.1.0-1-amd64",
         "/boot/xen.gz",
         "/packages.json",
         "/isolinux/isolinux.bin",
@@ -216,6 +217,10 @@ def test_missing_rootfs_file_is_one_line(distro: manifest.Distro, tmp_path: Path
     rootfs = fake_rootfs(tmp_path / "rootfs")
     (rootfs / "boot" / "xen.gz").unlink()
     with pytest.raises(iso.IsoError, match=r"^iso: the rootfs output lacks boot/xen.gz"):
+        iso.obtain(inputs(distro, rootfs), Store(tmp_path / "store"))
+    (rootfs / "boot" / "xen.gz").write_bytes(b"xen")
+    (rootfs / "boot" / "disk-initrd.img-6.1.0-1-amd64").unlink()
+    with pytest.raises(iso.IsoError, match=r"^iso: the rootfs output lacks boot/disk-initrd.img-KVER"):
         iso.obtain(inputs(distro, rootfs), Store(tmp_path / "store"))
 
 

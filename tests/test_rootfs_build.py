@@ -32,16 +32,27 @@ def test_dom0_has_the_built_hypervisor_the_kernel_and_xl(default_build: DefaultB
     assert (boot / "xen.gz").read_bytes() == (tree / "boot/xen-xenspin.gz").read_bytes()
     assert (boot / "xen.efi").read_bytes()[:2] == b"MZ"
     assert (boot / "vmlinuz").stat().st_size > 4_000_000
-    # the initrd carries live-boot (listed by the image's own lsinitramfs, the tree left as it is)
-    listing = subprocess.run(
-        ["bwrap", "--ro-bind", str(default_build.tree), "/", "--tmpfs", "/tmp"]
-        + ["--ro-bind", str(boot / "initrd.img"), "/tmp/initrd.img"]
+    # live-boot's initrd carries live-boot; the installed disk's, made beside it, does not
+    # (each listed by the image's own lsinitramfs, the tree left as it is)
+    [disk] = (boot).glob("disk-initrd.img-*")
+    assert disk.name == "disk-initrd.img-" + next((tree / "lib/modules").iterdir()).name
+    assert "scripts/live" in lsinitramfs(tree, boot / "initrd.img")
+    listed = lsinitramfs(tree, disk)
+    assert "scripts/local" in listed and "usr/lib/modules/" in listed
+    assert "scripts/live" not in listed and "lib/live/boot" not in listed
+    # the live packages' initramfs files went back into the tree after the disk initrd was made
+    assert (tree / "usr/share/initramfs-tools/scripts/live").is_file()
+
+
+def lsinitramfs(tree: Path, initrd: Path) -> str:
+    return subprocess.run(
+        ["bwrap", "--ro-bind", str(tree), "/", "--tmpfs", "/tmp"]
+        + ["--ro-bind", str(initrd), "/tmp/initrd.img"]
         + ["--dev", "/dev", "--proc", "/proc", "lsinitramfs", "/tmp/initrd.img"],
         capture_output=True,
         text=True,
         check=True,
-    )
-    assert "scripts/live" in listing.stdout
+    ).stdout
 
 
 def test_xen_services_ssh_network_and_serial_console_are_enabled(default_build: DefaultBuild) -> None:

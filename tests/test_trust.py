@@ -656,22 +656,31 @@ def test_two_publishes_into_one_out_take_turns(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["repo"]
 
 
-def test_killed_run_leaves_no_children(tmp_path: Path) -> None:
-    """kill -9 of xenspin: what it started through run.py dies with it."""
-    code = "from builder.run import run; run(['sleep', '4171'], what='t')"
-    parent = subprocess.Popen([sys.executable, "-c", code])
+@pytest.mark.parametrize(
+    "code",
+    [
+        "from builder.run import run; run(['sleep', '{arg}'], what='t')",
+        # spawn: a long-lived child in its own session (QEMU in `test boot` and `test install`)
+        "import time; from builder.run import spawn; spawn(['sleep', '{arg}'], what='t', log_path=__import__('pathlib').Path('{log}')); time.sleep(60)",
+    ],
+    ids=["run", "spawn"],
+)
+def test_killed_run_leaves_no_children(tmp_path: Path, code: str) -> None:
+    """kill -9 of xenspin: what it started through run.py (a build step, a VM) dies with it."""
+    arg = str(4171 + len(code))  # a sleep no other test starts
+    parent = subprocess.Popen([sys.executable, "-c", code.format(arg=arg, log=tmp_path / "log")])
     try:
         deadline = time.monotonic() + 20
-        while not (child := sleeper("4171")) and time.monotonic() < deadline:
+        while not (child := sleeper(arg)) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert child, "the child never started"
     finally:
         parent.kill()
         parent.wait()
     deadline = time.monotonic() + 5
-    while sleeper("4171") and time.monotonic() < deadline:
+    while sleeper(arg) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not sleeper("4171")
+    assert not sleeper(arg)
 
 
 def sleeper(arg: str) -> list[int]:

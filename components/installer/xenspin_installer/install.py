@@ -27,6 +27,7 @@ from .run import Runner
 CLONE_NEWNS = 0x00020000
 LIVE_MEDIUM = Path("/run/live/medium")
 SQUASHFS = LIVE_MEDIUM / "live" / "filesystem.squashfs"
+DISK_INITRD = "disk-initrd.img-"  # + kernel version: builder/rootfs.py makes it
 LIVE_PACKAGES = ("live-boot", "live-boot-initramfs-tools", "live-config", "live-config-systemd", "live-tools")
 LOG_ON_TARGET = "var/log/xenspin-install.log"
 XEN_CMDLINE = "dom0_mem=1024M,max:1024M"
@@ -265,14 +266,21 @@ class Installer:
                 ["dpkg-query", "-W", "-f", "${Status}", p], f"look for {p}", capture=True, check=False, writes=False
             ).endswith(" installed")
         ]
-        if installed:  # dpkg's initramfs trigger remakes the existing initrds without live-boot
-            self.chroot(["dpkg", "--purge", *installed], "remove live-boot")
+        if installed:
+            with self.initramfs_updates_held():  # the initrds are put in place just below
+                self.chroot(["dpkg", "--purge", *installed], "remove live-boot")
+        made = self.disk_initrds()
         for modules in sorted(glob.glob(str(self.mnt / "lib/modules/*"))):
             version = Path(modules).name
-            exists = (self.mnt / "boot" / f"initrd.img-{version}").exists()
-            if not (exists and installed):
+            target = self.mnt / "boot" / f"initrd.img-{version}"
+            if version in made:
+                self.r.log(f"initramfs for {version}: {made[version]}, made without live-boot at build time")
+                if not self.r.dry_run:
+                    shutil.copyfile(made[version], target)
+            else:  # made here (slow under emulation); any initrd the image had may hold live-boot
                 self.chroot(
-                    ["update-initramfs", "-u" if exists else "-c", "-k", version], f"make the initramfs for {version}"
+                    ["update-initramfs", "-u" if target.exists() else "-c", "-k", version],
+                    f"make the initramfs for {version}",
                 )
         # zz-: read after Debian's xen.cfg, whose GRUB_DEFAULT names a "Debian GNU/Linux" entry
         self.write("etc/default/grub.d/zz-xenspin.cfg", grub_defaults(self.a))
@@ -283,6 +291,28 @@ class Installer:
         disk = self.layout.disk.path
         self.chroot(["grub-install", "--target=i386-pc", disk], "install GRUB for BIOS")
         self.install_efi_grub()
+
+    def disk_initrds(self) -> dict[str, Path]:
+        """Kernel version -> the disk initrd xenspin's rootfs stage made, found beside the squashfs."""
+        found: dict[str, Path] = {}
+        for where in (self.squashfs.parent, self.squashfs.parent / "boot", self.squashfs.parent.parent / "boot"):
+            for path in sorted(where.glob(DISK_INITRD + "*")):
+                found.setdefault(path.name.removeprefix(DISK_INITRD), path)
+        return found
+
+    @contextlib.contextmanager
+    def initramfs_updates_held(self) -> Iterator[None]:
+        """update_initramfs=no while live-boot is purged: its trigger would remake the initrd for nothing."""
+        conf = self.mnt / "etc/initramfs-tools/update-initramfs.conf"
+        if self.r.dry_run or not conf.is_file():
+            yield
+            return
+        before = conf.read_bytes()
+        conf.write_bytes(before + b"\nupdate_initramfs=no  # xenspin installer, for the purge of live-boot\n")
+        try:
+            yield
+        finally:
+            conf.write_bytes(before)
 
     def install_efi_grub(self) -> None:
         """GRUB for UEFI at EFI/BOOT/BOOTX64.EFI (the removable path) and EFI/xenspin/grubx64.efi.
