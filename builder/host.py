@@ -16,7 +16,10 @@ HOST_PACKAGES = {
     # Boot loaders and the tools that pack them (until a locked package set supplies them),
     # and xorriso to read an ISO's boot records back.
     "iso": ["isolinux", "syslinux-common", "grub-efi-amd64-bin", "grub-common", "mtools", "dosfstools", "xorriso"],
-    "test": ["qemu-system-x86", "ovmf"],
+    # The installer's disk tools (its tests install onto loop devices from this host).
+    "installer": ["gdisk", "parted", "lvm2", "dosfstools", "mtools", "e2fsprogs", "util-linux", "udev"],
+    # QEMU for test boot/install; busybox for the tiny guest initrd test install starts.
+    "test": ["qemu-system-x86", "qemu-utils", "ovmf", "busybox-static"],
 }
 
 
