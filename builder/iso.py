@@ -30,10 +30,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from xenspin_installer import DISK_INITRD
+
 from . import answerfiles, lazy
 from .errors import XenspinError
 from .manifest import Boot, Distro
-from .rootfs import DISK_INITRD
 from .run import run
 from .stage import Done, Needs, Pending, Stage, stage_key
 from .store import Store, sha256_file, sha256_json

@@ -20,6 +20,8 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from xenspin_installer import DISK_INITRD
+
 from . import debtree, lazy, overlays, typed
 from .context import Context
 from .errors import XenspinError
@@ -415,9 +417,6 @@ def export_boot(tree: Path, dest: Path) -> None:
         for where in (tree, boot):
             if (where / link).is_symlink():
                 (where / link).unlink()
-
-
-DISK_INITRD = "disk-initrd.img-"  # + the kernel version: the installed disk's initramfs, beside the squashfs
 
 
 def disk_initrd(tree: Path, dest: Path, epoch: int, log: Path) -> Path:

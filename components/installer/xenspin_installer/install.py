@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import InstallerError
+from . import DISK_INITRD, InstallerError
 from .answerfile import Answerfile, Hook
 from .disks import VG_NAME, Disk, Part, check_writable, part_path, plan, sgdisk_args
 from .run import Runner
@@ -27,7 +27,6 @@ from .run import Runner
 CLONE_NEWNS = 0x00020000
 LIVE_MEDIUM = Path("/run/live/medium")
 SQUASHFS = LIVE_MEDIUM / "live" / "filesystem.squashfs"
-DISK_INITRD = "disk-initrd.img-"  # + kernel version: builder/rootfs.py makes it
 LIVE_PACKAGES = ("live-boot", "live-boot-initramfs-tools", "live-config", "live-config-systemd", "live-tools")
 LOG_ON_TARGET = "var/log/xenspin-install.log"
 XEN_CMDLINE = "dom0_mem=1024M,max:1024M"
