@@ -15,6 +15,7 @@ import io
 import json
 import os
 import re
+import socket
 import tarfile
 import threading
 import time
@@ -439,3 +440,50 @@ def test_prebuilt_url_without_a_file_name_refused(tmp_path: Path) -> None:
     with pytest.raises(FetchError) as e:
         tarball.lock("fw", PrebuiltSource(prebuilt="http://127.0.0.1:1/dir/"), ctx_for(tmp_path))
     one_line(e, "lock fw: ")
+
+
+# What glibc says for each (gai_strerror), as Python's socket module passes it on.
+GAI_MESSAGES = {
+    socket.EAI_AGAIN: "Temporary failure in name resolution",
+    socket.EAI_NONAME: "Name or service not known",
+}
+
+
+def flaky_dns(monkeypatch: pytest.MonkeyPatch, host: str, failures: list[int]) -> list[str]:
+    """Resolve host to the local server, after failing with each of failures (gaierror codes) in turn.
+
+    A resolver that times out or fails under load cannot be made here for real; this stands in for it.
+    """
+    real = socket.getaddrinfo
+    lookups: list[str] = []
+
+    def getaddrinfo(name, port, *args, **kw):
+        if name != host:
+            return real(name, port, *args, **kw)
+        lookups.append(name)
+        if failures:
+            code = failures.pop(0)
+            raise socket.gaierror(code, GAI_MESSAGES[code])
+        return real("127.0.0.1", port, *args, **kw)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    return lookups
+
+
+def test_a_failed_dns_lookup_is_retried_a_missing_host_is_not(
+    server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = xen_tarball(server)
+    url = server.url("xen-4.19.0.tar.gz").replace("127.0.0.1", "archive.test")
+    lookups = flaky_dns(monkeypatch, "archive.test", [socket.EAI_AGAIN, socket.EAI_AGAIN])
+    entry = tarball.lock("xen", TarballSource(url=url), ctx_for(tmp_path))
+    assert entry["sha256"] == sha(data) and len(lookups) == 3  # two failed lookups, then the file
+    # "no such host" is an answer, not a flaky link: one lookup, and the run remembers it
+    lookups = flaky_dns(monkeypatch, "archive.test", [socket.EAI_NONAME])
+    ctx = ctx_for(tmp_path, "store2")
+    with pytest.raises(FetchError) as e:
+        tarball.lock("xen", TarballSource(url=url), ctx)
+    assert "host archive.test does not resolve" in one_line(e, "lock xen: ") and len(lookups) == 1
+    with pytest.raises(FetchError, match="seen earlier in this run"):
+        tarball.lock("xen", TarballSource(url=url), ctx)
+    assert len(lookups) == 1

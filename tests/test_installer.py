@@ -5,13 +5,22 @@ from __future__ import annotations
 import io
 import json
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 from xenspin_installer.answerfile import Answerfile, Network, Root
+from xenspin_installer.bootloader import (
+    BootFiles,
+    boot_files,
+    grub_cfg,
+    grub_defaults,
+    parse_settings,
+    read_settings_script,
+)
 from xenspin_installer.disks import Disk, DiskError, GiB, MiB, check_writable, choose, part_path, plan, sgdisk_args
-from xenspin_installer.install import decide, grub_defaults, network_config
+from xenspin_installer.install import decide, network_config
 from xenspin_installer.main import booted_on_serial, distribution, main_console
 from xenspin_installer.probe import parse_lsblk
 from xenspin_installer.sources import cmdline_args
@@ -169,9 +178,9 @@ def test_network_and_grub_files() -> None:
     assert "Name=en* eth*\n\n[Network]\nAddress=192.0.2.10/24\nGateway=192.0.2.1\nDNS=192.0.2.53\n" in network_config(
         static
     )
-    plain = grub_defaults(Answerfile(root=Root(password="x")))
+    plain = grub_defaults(serial_console=False)
     assert 'GRUB_DEFAULT="xenspin GNU/Linux, with Xen hypervisor"' in plain and "serial" not in plain
-    serial = grub_defaults(Answerfile(root=Root(password="x"), serial_console=True))
+    serial = grub_defaults(serial_console=True)
     assert 'GRUB_TERMINAL="serial console"' in serial and "com1=115200" in serial and "console=hvc0" in serial
     sourced = subprocess.run(["sh", "-c", serial + 'echo "$GRUB_CMDLINE_XEN_DEFAULT"'], capture_output=True, text=True)
     assert sourced.stdout == "dom0_mem=1024M,max:1024M console=com1,vga com1=115200\n"
@@ -186,6 +195,77 @@ def test_network_and_grub_files() -> None:
         ["sh", "-c", image + serial + 'echo "$GRUB_CMDLINE_XEN_DEFAULT"'], capture_output=True, text=True
     )
     assert once.stdout == "console=com1 com1=9600\n"  # a serial console the image set is not added twice
+
+
+def settings_of(tmp_path: Path, **files: str) -> dict[str, str]:
+    """What the installer reads from a tree holding these /etc/default/grub.d files (name: text)."""
+    d = tmp_path / "etc/default/grub.d"
+    shutil.rmtree(d, ignore_errors=True)
+    d.mkdir(parents=True)
+    for name, text in files.items():
+        (d / f"{name}.cfg").write_text(text)
+    script = read_settings_script(str(tmp_path))
+    return parse_settings(subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True).stdout)
+
+
+# The image's /etc/default/grub.d/xen.cfg (the rootfs overlay writes it from the manifest).
+IMAGE_XEN_CFG = """GRUB_CMDLINE_XEN_DEFAULT="console=com1,vga com1=115200 dom0_mem=1024M,max:1024M"
+GRUB_CMDLINE_LINUX_XEN_REPLACE_DEFAULT="console=hvc0"
+GRUB_SERIAL_COMMAND="serial --unit=0 --speed=115200"
+GRUB_TERMINAL="console serial"
+"""
+
+
+def test_grub_cfg_entries_carry_the_command_lines_update_grub_would(tmp_path: Path) -> None:
+    files = BootFiles("/boot/vmlinuz-6.1.0-50-amd64", "/boot/initrd.img-6.1.0-50-amd64", "/boot/xen-xenspin.gz")
+    cfg = grub_cfg(
+        settings_of(tmp_path, xen=IMAGE_XEN_CFG, **{"zz-xenspin": grub_defaults(serial_console=True)}), "u-u-i-d", files
+    )
+    assert "set default='xenspin GNU/Linux, with Xen hypervisor'\nset timeout=3\n" in cfg
+    assert "serial --unit=0 --speed=115200\nterminal_input serial console\nterminal_output serial console\n" in cfg
+    xen, linux = cfg.split("menuentry ")[1:]
+    assert xen.startswith("'xenspin GNU/Linux, with Xen hypervisor'")  # the title GRUB_DEFAULT names
+    assert "search --no-floppy --fs-uuid --set=root u-u-i-d\n" in xen
+    # Xen's line keeps the image's, dom0's is replaced by the serial console's (20_linux_xen's rule)
+    assert (
+        "multiboot2 /boot/xen-xenspin.gz placeholder console=com1,vga com1=115200 dom0_mem=1024M,max:1024M ${xen_rm_opts}\n"
+        in xen
+    )
+    assert "module2 /boot/vmlinuz-6.1.0-50-amd64 placeholder root=UUID=u-u-i-d ro console=tty0 console=hvc0\n" in xen
+    assert "module2 --nounzip /boot/initrd.img-6.1.0-50-amd64\n" in xen
+    assert 'xen_rm_opts="no-real-mode edd=off"' in xen  # under UEFI, as Debian's script does
+    assert (
+        "linux /boot/vmlinuz-6.1.0-50-amd64 root=UUID=u-u-i-d ro\n\tinitrd /boot/initrd.img-6.1.0-50-amd64\n" in linux
+    )
+    # without the serial console: the image's own terminal and consoles, and no Xen file means no Xen entry
+    plain = grub_cfg(
+        settings_of(tmp_path, xen=IMAGE_XEN_CFG, **{"zz-xenspin": grub_defaults(serial_console=False)}), "u", files
+    )
+    assert "terminal_input console serial\n" in plain and "placeholder root=UUID=u ro console=hvc0\n" in plain
+    assert (
+        "Xen"
+        not in grub_cfg(settings_of(tmp_path, xen=IMAGE_XEN_CFG), "u", BootFiles("/boot/vmlinuz-1", None, None)).split(
+            "set timeout"
+        )[1]
+    )
+    saved = grub_cfg(settings_of(tmp_path, a="GRUB_DEFAULT=saved"), "u", files)
+    assert 'load_env\nset default="${saved_entry}"\n' in saved and "set timeout=5\n" in saved
+
+
+def test_boot_files_pick_the_newest_kernel_and_xen(tmp_path: Path) -> None:
+    boot = tmp_path / "boot"
+    boot.mkdir()
+    for name in ("vmlinuz-6.1.0-9-amd64", "vmlinuz-6.1.0-10-amd64", "initrd.img-6.1.0-10-amd64", "xen-4.17-amd64.gz"):
+        (boot / name).write_bytes(b"")
+    assert boot_files(tmp_path) == BootFiles(
+        "/boot/vmlinuz-6.1.0-10-amd64", "/boot/initrd.img-6.1.0-10-amd64", "/boot/xen-4.17-amd64.gz"
+    )
+    (boot / "initrd.img-6.1.0-10-amd64").unlink()
+    assert boot_files(tmp_path).initrd is None
+    for p in boot.glob("vmlinuz-*"):
+        p.unlink()
+    with pytest.raises(FileNotFoundError):
+        boot_files(tmp_path)
 
 
 def test_cmdline_and_banner(tmp_path: Path) -> None:

@@ -24,6 +24,43 @@ def blkid(dev: str, tag: str) -> str:
     ).stdout.strip()
 
 
+def boot_lines(cfg: str) -> dict[str, list[str]]:
+    """The load lines (multiboot2, module2, linux, initrd) of the first Xen entry and the first Linux entry."""
+    entries: dict[str, list[str]] = {}
+    for entry in cfg.split("menuentry ")[1:]:
+        kind = "xen" if "multiboot2" in entry else "linux"
+        loads = [
+            " ".join(line.split())
+            for line in entry.splitlines()
+            if line.split()[:1] in (["multiboot2"], ["module2"], ["linux"], ["initrd"])
+        ]
+        entries.setdefault(kind, [line.replace("${xen_rm_opts}", "").strip() for line in loads])
+    return entries
+
+
+def update_grub(root: str, mnt: Path) -> str:
+    """What Debian's grub-mkconfig writes for the installed tree (root mounted on mnt, read-write)."""
+    subprocess.run(["mount", "-o", "remount,rw", str(mnt)], check=True)
+    uuid = blkid(root, "UUID")
+    link = Path("/dev/disk/by-uuid") / uuid  # no udev here: grub-mkconfig writes root=UUID= only with the link
+    made = not link.exists()
+    mounts = []
+    try:
+        if made:
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(root)
+        for fs in ("dev", "proc", "sys"):
+            subprocess.run(["mount", "--rbind", "--make-rslave", f"/{fs}", str(mnt / fs)], check=True)
+            mounts.append(mnt / fs)
+        subprocess.run(["chroot", str(mnt), "grub-mkconfig", "-o", "/tmp/grub.cfg"], check=True, capture_output=True)
+        return (mnt / "tmp/grub.cfg").read_text()
+    finally:
+        for m in reversed(mounts):
+            subprocess.run(["umount", "--lazy", str(m)], check=False)
+        if made:
+            link.unlink(missing_ok=True)
+
+
 def test_install_onto_a_loop_device(default_build, tmp_path: Path) -> None:
     if os.geteuid() != 0:
         pytest.skip("loop devices need root")
@@ -79,7 +116,7 @@ def test_install_onto_a_loop_device(default_build, tmp_path: Path) -> None:
             assert shadow.split(":")[1].startswith(("$y$", "$6$")) and "s3cret" not in shadow
             grub = (mnt / "boot/grub/grub.cfg").read_text()
             assert (
-                'set default="xenspin GNU/Linux, with Xen hypervisor"' in grub
+                "set default='xenspin GNU/Linux, with Xen hypervisor'" in grub
                 and f"root=UUID={blkid(root, 'UUID')}" in grub
             )
             assert "multiboot2" in grub and "com1=115200" in grub and "console=hvc0" in grub
@@ -94,6 +131,8 @@ def test_install_onto_a_loop_device(default_build, tmp_path: Path) -> None:
             assert "xenspin installer" in (mnt / "var/log/xenspin-install.log").read_text()
             assert not list((mnt / "etc/ssh").glob("ssh_host_*_key"))  # made on the first boot
             assert (mnt / "etc/machine-id").read_text() == ""
+            # The installer writes grub.cfg itself: its entries load what update-grub's would, with the same arguments.
+            assert boot_lines(grub) == boot_lines(update_grub(root, mnt))
         finally:
             subprocess.run(["umount", str(mnt)], check=False)
         efi = subprocess.run(["mdir", "-b", "-i", esp, "::/EFI/BOOT"], capture_output=True, text=True)

@@ -144,13 +144,13 @@ def _fetch_to(url: str, partial: Path, ctx: Context, what: str) -> bool:
 
 
 def _unresolvable(e: BaseException) -> bool:
-    """Whether a connection error came from name resolution."""
+    """Whether DNS answered that the host has no address (EAI_NONAME): final, unlike a failed lookup.
+
+    "Temporary failure in name resolution" (EAI_AGAIN: the resolver timed out or failed) is a
+    flaky link and is retried like one: a busy resolver once failed a whole build here.
+    """
     text = repr(e)
-    return (
-        "NameResolutionError" in text
-        or "Name or service not known" in text
-        or "Temporary failure in name resolution" in text
-    )
+    return "Name or service not known" in text or "No address associated with hostname" in text
 
 
 def _reason(e: BaseException) -> str:

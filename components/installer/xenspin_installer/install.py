@@ -21,6 +21,15 @@ from pathlib import Path
 
 from . import DISK_INITRD, InstallerError
 from .answerfile import Answerfile, Hook
+from .bootloader import (
+    EFI_CORE_MODULES,
+    boot_files,
+    efi_early_config,
+    grub_cfg,
+    grub_defaults,
+    parse_settings,
+    read_settings_script,
+)
 from .disks import VG_NAME, Disk, Part, check_writable, part_path, plan, sgdisk_args
 from .run import Runner
 
@@ -29,8 +38,6 @@ LIVE_MEDIUM = Path("/run/live/medium")
 SQUASHFS = LIVE_MEDIUM / "live" / "filesystem.squashfs"
 LIVE_PACKAGES = ("live-boot", "live-boot-initramfs-tools", "live-config", "live-config-systemd", "live-tools")
 LOG_ON_TARGET = "var/log/xenspin-install.log"
-XEN_CMDLINE = "dom0_mem=1024M,max:1024M"
-DISTRIBUTOR = "xenspin"  # GRUB's menu says "xenspin GNU/Linux, with Xen hypervisor"
 KEYGEN_UNIT = "xenspin-ssh-keygen.service"
 FIRST_BOOT_KEYS = """\
 [Unit]
@@ -282,14 +289,24 @@ class Installer:
                     f"make the initramfs for {version}",
                 )
         # zz-: read after Debian's xen.cfg, whose GRUB_DEFAULT names a "Debian GNU/Linux" entry
-        self.write("etc/default/grub.d/zz-xenspin.cfg", grub_defaults(self.a))
-        if not self.r.dry_run:
-            (self.mnt / "boot/grub").mkdir(parents=True, exist_ok=True)
-        with uuid_links([self.layout.dev("root"), self.layout.dev("esp")], self.r):
-            self.chroot(["update-grub"], "write grub.cfg")
+        self.write("etc/default/grub.d/zz-xenspin.cfg", grub_defaults(bool(self.a.serial_console)))
+        self.write_grub_cfg()
         disk = self.layout.disk.path
         self.chroot(["grub-install", "--target=i386-pc", disk], "install GRUB for BIOS")
         self.install_efi_grub()
+
+    def write_grub_cfg(self) -> None:
+        """/boot/grub/grub.cfg from the target's GRUB settings (bootloader.py: why not update-grub)."""
+        out = self.chroot(["sh", "-c", read_settings_script()], "read GRUB's settings", capture=True, writes=False)
+        if self.r.dry_run:
+            return
+        try:
+            files = boot_files(self.mnt)
+        except FileNotFoundError as e:
+            raise InstallerError(f"no kernel to boot: {e}") from None
+        if files.xen is None:
+            self.r.say("warning: no Xen in /boot of the root filesystem image; GRUB boots Linux alone")
+        self.write("boot/grub/grub.cfg", grub_cfg(parse_settings(out), self.uuid(self.layout.dev("root")), files))
 
     def disk_initrds(self) -> dict[str, Path]:
         """Kernel version -> the disk initrd xenspin's rootfs stage made, found beside the squashfs."""
@@ -319,7 +336,7 @@ class Installer:
         What `grub-install --target=x86_64-efi` does, without mounting the ESP: the image
         is made in the target and copied onto the FAT filesystem with mtools, so no vfat
         driver is needed where the installer runs. It finds root by UUID and reads the
-        grub.cfg update-grub wrote, loading modules from /boot/grub/x86_64-efi.
+        grub.cfg written before it, loading modules from /boot/grub/x86_64-efi.
         """
         root_uuid = self.uuid(self.layout.dev("root"))
         self.write("boot/grub/xenspin-efi-early.cfg", efi_early_config(root_uuid))
@@ -385,18 +402,6 @@ def fetch_hook(hook: Hook, medium: Path) -> Path:
     return Path(name)
 
 
-EFI_CORE_MODULES = ["part_gpt", "part_msdos", "ext2", "search", "search_fs_uuid"]
-
-
-def efi_early_config(root_uuid: str) -> str:
-    """The config built into GRUB's UEFI image: find root by UUID and set the prefix.
-
-    GRUB then loads normal.mod from the prefix, which reads the module lists and
-    grub.cfg there (as the image grub-install makes does).
-    """
-    return f"search --no-floppy --fs-uuid --set=root {root_uuid}\nset prefix=($root)/boot/grub\n"
-
-
 def private_mounts(runner: Runner) -> None:
     """Mount the target in a mount namespace of our own.
 
@@ -408,32 +413,6 @@ def private_mounts(runner: Runner) -> None:
     if libc.unshare(CLONE_NEWNS) != 0:
         raise InstallerError(f"cannot make a mount namespace: {os.strerror(ctypes.get_errno())}")
     runner.run(["mount", "--make-rprivate", "/"], "keep the installer's mounts to itself")
-
-
-@contextlib.contextmanager
-def uuid_links(devices: list[str], runner: Runner) -> Iterator[None]:
-    """/dev/disk/by-uuid links for devices while GRUB's scripts run, where no udev made them.
-
-    grub-mkconfig writes root=UUID=... only when that link exists; otherwise it names the
-    device the installer sees (/dev/loop0p3), which the installed system will not have.
-    """
-    made = []
-    by_uuid = Path("/dev/disk/by-uuid")
-    for dev in devices:
-        uuid = runner.run(
-            ["blkid", "-s", "UUID", "-o", "value", dev], f"read the UUID of {dev}", capture=True, writes=False
-        ).strip()
-        link = by_uuid / uuid
-        if uuid and not link.exists() and not runner.dry_run:
-            by_uuid.mkdir(parents=True, exist_ok=True)
-            link.symlink_to(dev)
-            made.append(link)
-            runner.log(f"made {link} -> {dev} (no udev here)")
-    try:
-        yield
-    finally:
-        for link in made:
-            link.unlink(missing_ok=True)
 
 
 def wait_for(dev: Path, seconds: float = 20) -> None:
@@ -461,28 +440,4 @@ def network_config(a: Answerfile) -> str | None:
         if n.gateway:
             lines.append(f"Gateway={n.gateway}")
     lines += [f"DNS={d}" for d in n.dns]
-    return "\n".join(lines) + "\n"
-
-
-def grub_defaults(a: Answerfile) -> str:
-    """GRUB settings read after the image's (zz-): Xen the default entry, the serial console when asked.
-
-    The image's /etc/default/grub.d/xen.cfg carries the distribution's Xen and dom0
-    command lines; this keeps them and adds the serial console to them.
-    """
-    lines = [
-        "# written by the xenspin installer",
-        f'GRUB_DISTRIBUTOR="{DISTRIBUTOR}"',
-        f'GRUB_DEFAULT="{DISTRIBUTOR} GNU/Linux, with Xen hypervisor"',
-        "GRUB_TIMEOUT=3",
-        f'GRUB_CMDLINE_XEN_DEFAULT="${{GRUB_CMDLINE_XEN_DEFAULT:-{XEN_CMDLINE}}}"',
-    ]
-    if a.serial_console:
-        lines += [
-            'case " $GRUB_CMDLINE_XEN_DEFAULT " in *" com1="*) ;; '
-            '*) GRUB_CMDLINE_XEN_DEFAULT="$GRUB_CMDLINE_XEN_DEFAULT console=com1,vga com1=115200" ;; esac',
-            'GRUB_CMDLINE_LINUX_XEN_REPLACE_DEFAULT="console=tty0 console=hvc0"',
-            'GRUB_TERMINAL="serial console"',
-            'GRUB_SERIAL_COMMAND="serial --unit=0 --speed=115200"',
-        ]
     return "\n".join(lines) + "\n"
