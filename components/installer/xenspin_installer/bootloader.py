@@ -46,7 +46,9 @@ def read_settings_script(root: str = "") -> str:
     """
     values = " ".join(f'"${{{name}}}"' for name in SETTINGS)
     files = '"$R"/etc/default/grub "$R"/etc/default/grub.d/*.cfg'
-    return f'R={shlex.quote(root)}; for f in {files}; do if [ -e "$f" ]; then . "$f"; fi; done; printf \'%s\\0\' {values}'
+    return (
+        f'R={shlex.quote(root)}; for f in {files}; do if [ -e "$f" ]; then . "$f"; fi; done; printf \'%s\\0\' {values}'
+    )
 
 
 def grub_defaults(serial_console: bool) -> str:
