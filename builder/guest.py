@@ -11,11 +11,12 @@ import io
 from dataclasses import dataclass
 from pathlib import Path
 
+from xenspin_installer.disks import ANSWER_LABEL  # the label the installer looks for
+
 from .run import run
 
 GUEST_MARKER = "xenspin-guest: hello from a PV guest"
 BUSYBOX = Path("/bin/busybox")  # busybox-static: the guest has no libraries
-ANSWER_LABEL = "XSANSWER"  # what the installer looks for (xenspin_installer.disks.ANSWER_LABEL)
 TEST_PASSWORD = "xenspin-test"
 
 INIT = f"""#!/bin/busybox sh
