@@ -2,9 +2,9 @@
 harness `xenspin test install` drives too.
 
 QEMU runs under TCG by default (KVM here fails with "KVM internal error"; `kvm=True` asks for
-it where it works) on a q35 machine with TCG_CPU, a CPU model a PV dom0 survives under TCG. The serial line goes to a log file
-that is polled for the markers, in order; the VM's process group is stopped when the last
-marker shows up or the time runs out.
+it where it works) on a q35 machine with TCG_CPU, a CPU model a PV dom0 survives under TCG.
+The serial line goes to a log file that is polled for the markers, in order; the VM's
+process group is stopped when the last marker shows up or the time runs out.
 """
 
 from __future__ import annotations

@@ -111,10 +111,6 @@ def boot_files(root: Path) -> BootFiles:
     )
 
 
-def _quote(title: str) -> str:
-    return "'" + title.replace("'", "'\\''") + "'"
-
-
 def _args(*parts: str) -> str:
     return " ".join(p for p in (" ".join(x.split()) for x in parts) if p)
 
@@ -144,7 +140,7 @@ def grub_cfg(settings: dict[str, str], root_uuid: str, files: BootFiles) -> str:
     if default == "saved":  # GRUB_SAVEDEFAULT's companion: the entry grub-reboot or savedefault stored
         lines += ["load_env", 'set default="${saved_entry}"']
     else:
-        lines.append(f"set default={_quote(default)}")
+        lines.append(f"set default={shlex.quote(default)}")
     lines += [f"set timeout={timeout}", ""]
     find_root = [
         "\tinsmod part_gpt",
@@ -161,7 +157,7 @@ def grub_cfg(settings: dict[str, str], root_uuid: str, files: BootFiles) -> str:
         )
         xen_args = _args(s["GRUB_CMDLINE_XEN"], s["GRUB_CMDLINE_XEN_DEFAULT"])
         lines += [
-            f"menuentry {_quote(xen_title)} --class xen --id xen-gnulinux-simple-{root_uuid} {{",
+            f"menuentry {shlex.quote(xen_title)} --class xen --id xen-gnulinux-simple-{root_uuid} {{",
             *find_root,
             '\tif [ "$grub_platform" = "pc" -o "$grub_platform" = "" ]; then',
             "\t\txen_rm_opts=",
@@ -175,7 +171,7 @@ def grub_cfg(settings: dict[str, str], root_uuid: str, files: BootFiles) -> str:
             "",
         ]
     lines += [
-        f"menuentry {_quote(linux_title)} --id gnulinux-simple-{root_uuid} {{",
+        f"menuentry {shlex.quote(linux_title)} --id gnulinux-simple-{root_uuid} {{",
         *find_root,
         f"\tlinux {files.kernel} {_args(root, linux_args)}",
         *([f"\tinitrd {files.initrd}"] if files.initrd else []),

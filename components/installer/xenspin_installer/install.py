@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import glob
 import os
 import shutil
@@ -196,10 +197,15 @@ class Installer:
     def uuid(self, dev: str) -> str:
         return self.r.run(["blkid", "-s", "UUID", "-o", "value", dev], f"read the UUID of {dev}", capture=True).strip()
 
+    @functools.cached_property
+    def root_uuid(self) -> str:
+        """The root filesystem's UUID, read once after mkfs: fstab, grub.cfg and the UEFI image name it."""
+        return self.uuid(self.layout.dev("root"))
+
     def configure(self) -> None:
         a = self.a
         self.r.say("configuring the system")
-        root_uuid, esp_uuid = self.uuid(self.layout.dev("root")), self.uuid(self.layout.dev("esp"))
+        root_uuid, esp_uuid = self.root_uuid, self.uuid(self.layout.dev("esp"))
         self.write(
             "etc/fstab",
             "# written by the xenspin installer\n"
@@ -306,7 +312,7 @@ class Installer:
             raise InstallerError(f"no kernel to boot: {e}") from None
         if files.xen is None:
             self.r.say("warning: no Xen in /boot of the root filesystem image; GRUB boots Linux alone")
-        self.write("boot/grub/grub.cfg", grub_cfg(parse_settings(out), self.uuid(self.layout.dev("root")), files))
+        self.write("boot/grub/grub.cfg", grub_cfg(parse_settings(out), self.root_uuid, files))
 
     def disk_initrds(self) -> dict[str, Path]:
         """Kernel version -> the disk initrd xenspin's rootfs stage made, found beside the squashfs."""
@@ -338,8 +344,7 @@ class Installer:
         driver is needed where the installer runs. It finds root by UUID and reads the
         grub.cfg written before it, loading modules from /boot/grub/x86_64-efi.
         """
-        root_uuid = self.uuid(self.layout.dev("root"))
-        self.write("boot/grub/xenspin-efi-early.cfg", efi_early_config(root_uuid))
+        self.write("boot/grub/xenspin-efi-early.cfg", efi_early_config(self.root_uuid))
         if not self.r.dry_run:
             modules = self.mnt / "boot/grub/x86_64-efi"
             shutil.rmtree(modules, ignore_errors=True)
