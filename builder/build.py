@@ -25,11 +25,11 @@ from .context import Context
 from .errors import XenspinError
 from .lock import Lock
 from .manifest import Component, Distro, build_order
-from .run import CommandError, run, sandbox
+from .run import CommandError, as_builder, builder, give, run, sandbox, take_back
 from .sources import module, verified_blob
 from .sources import path as path_source
 from .stage import Needs, Outcome, Stage, stage_key
-from .store import sha256_file
+from .store import remove_tree, sha256_file
 
 log = logging.getLogger("xenspin.build")
 
@@ -280,12 +280,20 @@ def _steps(
         ro["/srcpkg"] = srcpkg
         env["SRCPKG"] = "/srcpkg"
     prefix = sandbox(root, ro=ro, rw={"/out": out, "/debs": debs, "/build": scratch}, env=env, cwd="/build")
+    who = builder()
+    for d in (out, debs, scratch):
+        give(d, who)
     try:
         for i, step in enumerate(comp.steps, 1):
             log_path = logs / f"{i:02d}-{step.name}.log"
             try:
                 run(
-                    [*prefix, "/bin/sh", "-e", "-c", step.run],
+                    as_builder(
+                        [*prefix, "/bin/sh", "-e", "-c", step.run],
+                        who,
+                        reach=[root, *ro.values(), out, debs, scratch],
+                        hide=[ctx.store.root],
+                    ),
                     what=f"build {job.name}: step {step.name}",
                     log_path=log_path,
                 )
@@ -301,8 +309,11 @@ def _steps(
                 setuid=comp.setuid,
             )
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        remove_tree(scratch)
         shutil.rmtree(tmp / "srcpkg", ignore_errors=True)
+        if who.switches:  # what the build account wrote becomes root's before the host packs it
+            take_back(out)
+            take_back(debs)
     for rel in comp.outputs:
         if not (out / rel).exists():
             raise BuildError(f"build {job.name}: the steps did not produce {rel} (listed in outputs); logs: {logs}")

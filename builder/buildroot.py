@@ -15,11 +15,11 @@ from typing import Any
 
 from .context import Context
 from .errors import XenspinError
-from .run import run
+from .run import as_builder, builder, give, run
 from .sources import FetchError, module
 from .stage import Stage, stage_key
 
-FORMAT = 1  # bump when what a root holds changes (e.g. the mount points below)
+FORMAT = 2  # bump when what a root holds changes (2: made in the build account's user namespace)
 MOUNTS = ("/src", "/srcpkg", "/out", "/debs", "/build")
 
 
@@ -98,18 +98,27 @@ def make(ctx: Context, root: RootSpec, tmp: Path, say: Callable[[str], None]) ->
     suites = "+".join(suite for _, suite in root.archives)
     say(f"build root {short}: mmdebstrap {suites} {' '.join(root.packages)}")
     _check_archive(ctx, root, say)
-    target = tmp / "root"
-    cmd = ["mmdebstrap", "--mode=root", f"--variant={root.variant}", "--quiet"]
+    # Unshare mode: the packages' maintainer scripts run as root only in a user namespace
+    # of the build account, whose root is the account's first subordinate id: that id
+    # owns the tree (read-only in the sandbox; `store gc` removes it in such a namespace).
+    give(tmp, who := builder())
+    cmd = ["mmdebstrap", "--mode=unshare", f"--variant={root.variant}", "--quiet"]
     if root.packages:
         cmd.append("--include=" + ",".join(root.packages))
     cmd += [
         "--customize-hook=mkdir -p " + " ".join(f'"$1{m}"' for m in MOUNTS),
         '--customize-hook=rm -rf "$1/var/cache/apt"/*.bin "$1/var/lib/apt/lists"/*_*',
         root.archives[0][1],
-        target,
+        tmp / "root",
         *root.sources(ctx.url),
     ]
-    run(cmd, what=f"build root {short}", log_path=ctx.store.log_dir("buildroot", short + ".log"))
+    run(
+        as_builder(cmd, who, reach=[tmp], hide=[ctx.store.root]),
+        what=f"build root {short}",
+        log_path=ctx.store.log_dir("buildroot", short + ".log"),
+        env={"LC_ALL": "C.UTF-8", "TMPDIR": str(tmp), "HOME": str(tmp)},
+        inherit_env=False,
+    )
     return {"top": "root", "packages": list(root.packages)}
 
 

@@ -96,7 +96,14 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--answerfile", action="store_true", help="the schema of YAML answerfiles instead")
     p = add("validate-answerfile", "check an installer answerfile (YAML or XenServer XML) without installing")
     p.add_argument("answerfile", type=Path, metavar="FILE")
-    add("setup", "install the Debian packages xenspin runs (apt-get; needs root)")
+    p = add("setup", "install the Debian packages xenspin runs and arrange unprivileged builds (needs root)")
+    p.add_argument(
+        "--user",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="an ordinary account that will run xenspin: give it subordinate ids (repeatable)",
+    )
     p = add("lock", "resolve every source to exact revisions and digests and write the lock (distro.lock)")
     p.add_argument("--update", nargs="*", metavar="COMP", help="re-resolve these components (none named: all)")
     p.add_argument(
@@ -447,8 +454,12 @@ def _human(n: int) -> str:
 
 
 def cmd_setup(args: argparse.Namespace) -> int:
-    installed = host.setup()
-    print(f"installed: {' '.join(installed)}" if installed else "host packages: all present")
+    changes = host.setup(args.user)
+    print(
+        "\n".join(changes)
+        if changes
+        else "setup: nothing to change (host packages, the xenspin account and its ids are in place)"
+    )
     return 0
 
 

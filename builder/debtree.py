@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .errors import XenspinError
 from .packagesets import write_release
-from .run import CommandError, run
+from .run import CommandError, as_builder, builder, give, run
 
 AUTOMOUNT = Path("/usr/share/mmdebstrap/hooks/file-mirror-automount")
 
@@ -45,7 +45,6 @@ class TreeSpec:
     suite: str
     variant: str
     packages: tuple[str, ...]
-    sources: tuple[str, ...]  # sources.list lines the finished image keeps
     epoch: int
 
 
@@ -66,14 +65,22 @@ def local_repo(debs: Sequence[tuple[str, Path]], dest: Path, suite: str, origin:
     return dest
 
 
-def compose(spec: TreeSpec, repo: Path, tree: Path, log_path: Path) -> None:
-    """mmdebstrap spec into the directory tree from repo alone; the repo's traces removed after."""
+def compose(spec: TreeSpec, repo: Path, work: Path, log_path: Path, hide: Sequence[Path]) -> Path:
+    """mmdebstrap spec from repo alone into work/tree, in a user namespace; the tree's path.
+
+    mmdebstrap's unshare mode: dpkg and every maintainer script run as root only inside
+    a user namespace of the build account (the caller, or `xenspin` when xenspin runs
+    as root), never as the host's root. The tree belongs to that namespace (its files
+    are owned by the account's subordinate ids): work on it with `in_namespace`.
+    """
     if not AUTOMOUNT.is_dir():
         raise TreeError(f"compose: {AUTOMOUNT} is missing (mmdebstrap >= 1.3 needed; run `xenspin setup`)")
-    sources = "\n".join(spec.sources) + "\n"
+    who = builder()
+    give(work, who)
+    tree = work / "tree"
     cmd = [
         "mmdebstrap",
-        "--mode=root",
+        "--mode=unshare",
         f"--variant={spec.variant}",
         "--format=directory",
         "--include=" + ",".join(spec.packages),
@@ -81,36 +88,34 @@ def compose(spec: TreeSpec, repo: Path, tree: Path, log_path: Path) -> None:
         *(f"--dpkgopt={o}" for o in DPKG_OPTIONS),
         f"--dpkgopt={BUILD_ONLY}",
         f"--hook-dir={AUTOMOUNT}",
-        # The image names the real archive, never the build's file:// repository.
-        f'--customize-hook=printf %s {_sh_quote(sources)} > "$1/etc/apt/sources.list"',
         spec.suite,
-        str(tree),
+        tree,
         f"deb [trusted=yes] file://{repo} ./",
     ]
-    env = {"SOURCE_DATE_EPOCH": str(spec.epoch), "LC_ALL": "C.UTF-8"}
+    env = {"SOURCE_DATE_EPOCH": str(spec.epoch), "LC_ALL": "C.UTF-8", "TMPDIR": str(work), "HOME": str(work)}
     try:
-        run(cmd, what="rootfs: mmdebstrap", log_path=log_path, env=env)
+        run(
+            as_builder(cmd, who, reach=[work], hide=hide),
+            what="rootfs: mmdebstrap",
+            log_path=log_path,
+            env=env,
+            inherit_env=False,
+        )
     except CommandError as e:
         raise TreeError(str(e)) from None
-    _drop_mountpoint(tree, repo)
-    _drop_build_only(tree)
+    return tree
 
 
-def _drop_build_only(tree: Path) -> None:
-    """The image keeps the path excludes mmdebstrap wrote to dpkg.cfg.d, but not the build's unsafe io."""
-    cfg = tree / "etc/dpkg/dpkg.cfg.d/99mmdebstrap"
-    if cfg.is_file():
-        kept = [line for line in cfg.read_text().splitlines() if line.strip() != BUILD_ONLY]
-        cfg.write_text("".join(line + "\n" for line in kept))
-
-
-def _drop_mountpoint(tree: Path, repo: Path) -> None:
-    """The automount hook leaves the repository's (now empty) mount point directories in the tree."""
-    inside = tree / str(repo).lstrip("/")
-    while inside != tree and inside.is_dir() and not inside.is_symlink() and not any(inside.iterdir()):
-        inside.rmdir()
-        inside = inside.parent
-
-
-def _sh_quote(text: str) -> str:
-    return "'" + text.replace("'", "'\\''") + "'"
+def in_namespace(cmd: Sequence[str], work: Path, log_path: Path, hide: Sequence[Path], what: str) -> None:
+    """cmd as root of the build account's user namespace (the mapping mmdebstrap made the tree with)."""
+    who = builder()
+    try:
+        run(
+            as_builder(["mmdebstrap", "--unshare-helper", *cmd], who, reach=[work], hide=hide),
+            what=what,
+            log_path=log_path,
+            env={"LC_ALL": "C.UTF-8", "TMPDIR": str(work), "HOME": str(work)},
+            inherit_env=False,
+        )
+    except CommandError as e:
+        raise TreeError(str(e)) from None

@@ -3,16 +3,23 @@
 The stage is keyed by its inputs (the locked set, the built components' keys, the
 overlays' and hooks' content, the manifest's rootfs, branding and boot sections, the
 epoch and the format), so a spin that only changes an overlay recomposes the rootfs
-without rebuilding a component. Composition runs offline from the store; the steps
-after mmdebstrap (dom0 setup, branding, overlays, hooks, scrubbing) are plain Python
-over the tree, and the squashfs is written with mtimes clamped, sorted, reproducible.
+without rebuilding a component. Composition runs offline from the store and as the
+build account, never as the host's root: mmdebstrap's unshare mode installs the
+packages in a user namespace, and in that namespace builder/intree.sh lays xenspin's
+files and the overlays (one tar computed here), runs the spin's hooks, scrubs, exports
+boot/ and writes the squashfs (mtimes clamped, sorted, reproducible). The host only
+prepares data and takes plain files back.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import shlex
 import shutil
+import stat
+import tarfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,15 +34,15 @@ from .context import Context
 from .errors import XenspinError
 from .lock import Lock
 from .manifest import Distro
-from .packagesets import LIVE_PACKAGES, stale_sets
 from .packagesets import files as set_files
-from .run import CommandError, run, sandbox
+from .packagesets import stale_sets
+from .run import builder, give, grant
 from .stage import Needs, Pending, Stage, stage_key
-from .store import Store, sha256_file, sha256_json
+from .store import Store, remove_tree, sha256_file, sha256_json
 
 deb822 = lazy.module("debian.deb822")  # imported when the rootfs is composed (see builder/lazy.py)
 
-FORMAT = 5  # what the stage writes; bump to recompose every rootfs
+FORMAT = 7  # what the stage writes; bump to recompose every rootfs
 KIND = "rootfs"
 STAGE_ID = "rootfs:rootfs"
 # Default levels (rootfs.compression-level 0): zstd 3 gave ~240 MB in 3 s, 15 ~213 MB in 35 s on a
@@ -150,6 +157,9 @@ def make_rootfs(
     """Compose into out/: rootfs.squashfs, packages.json, boot/; return what the store records beside it.
 
     debs: the built .debs with their recorded sha256s. Each step logs under logs/rootfs/KEY/.
+    The host only prepares data (the local repository, one tar of xenspin's files and
+    the overlays, the hooks) and takes the results back as plain files; everything that
+    runs on the tree runs in mmdebstrap's user namespace (see builder/intree.sh).
     """
     d = inp.distro
     logs = store.log_dir("rootfs", key[:12])
@@ -160,41 +170,47 @@ def make_rootfs(
     say(f"rootfs {key[:12]}: compose ({len(set_files(inp.lock, 'rootfs'))} locked packages)")
     # Templates first: a bad overlay fails in a second, before any tree exists.
     entries = overlays.read([Path(p) for p in d.rootfs.overlays], template_context(inp, key))
+    layer = dom0_entries(d) + brand_entries(inp, key) + entries
     locked = set_files(inp.lock, "rootfs")
     repo_debs, names, built_debs = _repo_contents(store, locked, debs)
     work = store.tmp_dir("rootfs-work")
     try:
         repo = debtree.local_repo(repo_debs, work / "repo", d.base.suite, d.name)
-        tree = work / "tree"
-        spec = debtree.TreeSpec(
-            suite=d.base.suite,
-            variant=d.rootfs.variant,
-            packages=tuple(names),
-            sources=tuple(f"deb {m} {s} {' '.join(d.base.areas)}" for m, s in d.base.archives()),
-            epoch=inp.epoch,
-        )
+        _prepare(inp, work, repo, layer)
+        spec = debtree.TreeSpec(suite=d.base.suite, variant=d.rootfs.variant, packages=tuple(names), epoch=inp.epoch)
         timer.mark("repo")
-        debtree.compose(spec, repo, tree, logs / "01-mmdebstrap.log")
+        tree = debtree.compose(spec, repo, work, logs / "01-mmdebstrap.log", hide=[store.root])
         timer.mark("mmdebstrap")
-        setup_dom0(d, tree, logs / "02-dom0.log")
-        brand(inp, key, tree)
-        overlays.lay(entries, tree)
-        timer.mark("configure")
-        overlays.run_hooks(
-            [Path(h) for h in d.rootfs.hooks], tree, logs, {"SOURCE_DATE_EPOCH": str(inp.epoch), "LC_ALL": "C.UTF-8"}
-        )
-        timer.mark("hooks")
-        scrub(tree)
-        export_boot(tree, out / "boot")
-        disk_initrd(tree, out / "boot", inp.epoch, logs / "03-disk-initrd.log")
-        timer.mark("initrd")
-        packages = installed(tree, locked, built_debs)
+        try:
+            debtree.in_namespace(
+                ["sh", str(work / "intree.sh"), str(tree), str(work)],
+                work,
+                logs / "02-intree.log",
+                hide=[store.root],
+                what="rootfs: configure, hooks, boot files, squashfs",
+            )
+        except debtree.TreeError as e:
+            failed = work / "failed-hook"
+            if failed.is_file() and not failed.is_symlink():
+                name = failed.read_text().strip()
+                raise overlays.OverlayError(
+                    f"rootfs hook {name[3:]} failed; log: {logs / f'hook-{name}.log'}"
+                ) from None
+            raise RootfsError(str(e)) from None
+        finally:
+            _take_logs(work / "logs", logs)
+        timer.mark("in-tree")
+        made = _take(work / "out", out)
+        packages = installed(made["dpkg-status"], locked, built_debs)
+        setuid = setuid_files(made["setuid"], made["owners"])
+        _check_setuid(setuid, getattr(d.rootfs, "setuid", []))
+        for p in packages:
+            if p["name"] in setuid:
+                p["setuid"] = setuid[p["name"]]
         (out / "packages.json").write_text(json.dumps(packages, indent=2, sort_keys=True) + "\n")
-        timer.mark("scrub")
-        squash(tree, out / "rootfs.squashfs", d.rootfs, inp.epoch, logs / "04-mksquashfs.log")
-        timer.mark("squashfs")
+        timer.mark("facts")
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        remove_tree(work)
     say(f"rootfs {key[:12]}: done ({', '.join(f'{k} {v} s' for k, v in timer.steps.items())})")
     return {
         "squashfs": "rootfs.squashfs",
@@ -205,6 +221,123 @@ def make_rootfs(
         "seconds": timer.steps,
         "logs": str(logs),
     }
+
+
+INTREE = Path(__file__).with_name("intree.sh")
+
+
+def _prepare(inp: Inputs, work: Path, repo: Path, layer: list[overlays.Entry]) -> None:
+    """Everything the in-namespace steps read, as data in work/, and the directories they write, the build account's."""
+    d = inp.distro
+    (work / "layer.tar").write_bytes(layer_tar(layer, inp.epoch))
+    hooks = work / "hooks"
+    hooks.mkdir()
+    for i, hook in enumerate([Path(h) for h in d.rootfs.hooks], 1):
+        data, executable = _read_hook(hook)
+        dest = hooks / f"{i:02d}-{hook.name}"
+        dest.write_bytes(data)
+        dest.chmod(0o755 if executable else 0o644)
+    shutil.copyfile(INTREE, work / "intree.sh")
+    level = d.rootfs.compression_level or DEFAULT_LEVEL.get(d.rootfs.compression)
+    params = {
+        "epoch": str(inp.epoch),
+        "repo": str(repo),
+        "hooknet": "--share-net" if getattr(d.rootfs, "hooks_network", False) else "",
+        "compression": d.rootfs.compression,
+        "level": f"-Xcompression-level {level}" if level else "",
+        "scrub": SCRUB,
+        "export_boot": EXPORT_BOOT.replace("@DISK_INITRD@", DISK_INITRD),
+    }
+    (work / "params").write_text("".join(f"{k}={shlex.quote(v)}\n" for k, v in params.items()))
+    # What the in-namespace steps write: directories the namespace's root may write in.
+    who = builder()
+    for sub in ("out", "out/boot", "logs"):
+        (work / sub).mkdir()
+        grant(give(work / sub, who), who)
+
+
+def _take(src: Path, dest: Path) -> dict[str, str]:
+    """The in-namespace steps' results into dest (squashfs, boot/), checked to be plain files; the facts files' text."""
+    facts = {}
+    for name in ("dpkg-status", "setuid", "owners"):
+        facts[name] = _regular(src / name).read_text(encoding="utf-8", errors="replace")
+    (dest / "boot").mkdir(parents=True, exist_ok=True)
+    for f in [src / "rootfs.squashfs", *sorted((src / "boot").iterdir())]:
+        rel = f.relative_to(src)
+        shutil.copyfile(_regular(f), dest / rel)  # a copy: the namespace's root owns the original
+    return facts
+
+
+def _regular(path: Path) -> Path:
+    st = path.lstat()
+    if not stat.S_ISREG(st.st_mode):
+        raise RootfsError(f"rootfs: {path.name} from the tree is not a regular file (refused)")
+    return path
+
+
+def _take_logs(src: Path, dest: Path) -> None:
+    if not src.is_dir():
+        return
+    for f in sorted(src.iterdir()):
+        if f.is_file() and not f.is_symlink():
+            shutil.copyfile(f, dest / f.name)
+
+
+# What leaves every image: the build host's and this build's traces. Run in the tree (box).
+SCRUB = r"""set -eu
+cd /
+for p in etc/ssh/ssh_host_* var/lib/apt/lists/* var/cache/apt/*.bin var/cache/apt/archives/*.deb \
+         var/cache/ldconfig/aux-cache var/cache/debconf/*-old var/lib/dpkg/*-old var/lib/dbus/machine-id \
+         var/lib/systemd/random-seed etc/*- var/tmp/* var/tmp/.[!.]* run/*; do
+    case "$p" in */partial) continue ;; esac
+    if [ -e "$p" ] || [ -L "$p" ]; then rm -rf -- "$p"; fi
+done
+if [ -d var/log ] && [ ! -L var/log ]; then find var/log -xdev ! -type d -delete; fi
+find usr/lib -maxdepth 1 -name 'python3*' -type d | while read -r d; do
+    find "$d" -xdev -name __pycache__ -type d -prune -exec rm -rf {} +
+done
+if [ -f etc/dpkg/dpkg.cfg.d/99mmdebstrap ]; then sed -i '/^force-unsafe-io$/d' etc/dpkg/dpkg.cfg.d/99mmdebstrap; fi
+rm -f etc/machine-id
+: >etc/machine-id
+"""
+
+# boot/ for the ISO (xen.gz, xen.efi, vmlinuz, initrd.img: live-boot's) and the installed
+# disk's initramfs, made here at native speed (under TCG in the installer it took minutes)
+# with live-boot's initramfs parts set aside and put back. Run in the tree, /tmp/out bound.
+EXPORT_BOOT = r"""set -eu
+first() { ls -1d -- "$@" 2>/dev/null | LC_ALL=C sort | head -n 1; }
+last() { ls -1d -- "$@" 2>/dev/null | LC_ALL=C sort | tail -n 1; }
+cd /boot
+xen=$(first xen-xenspin*.gz)
+[ -n "$xen" ] || xen=$(first xen*.gz)
+if [ -z "$xen" ]; then echo "no Xen hypervisor (/boot/xen*.gz) in the tree (is the xen component built?)"; exit 3; fi
+cp -L -- "$xen" /tmp/out/xen.gz
+efi=$(first "${xen%.gz}.efi")
+[ -n "$efi" ] || efi=$(first xen*.efi)
+if [ -n "$efi" ]; then cp -L -- "$efi" /tmp/out/xen.efi; fi
+kernel=$(last vmlinuz-*)
+initrd=$(last initrd.img-*)
+if [ -z "$kernel" ] || [ -z "$initrd" ]; then echo "no kernel and initrd in /boot (is linux-image-amd64 in the set?)"; exit 4; fi
+cp -L -- "$kernel" /tmp/out/vmlinuz
+cp -L -- "$initrd" /tmp/out/initrd.img
+rm -f -- /boot/initrd.img-*
+for l in /initrd.img /initrd.img.old /boot/initrd.img /boot/initrd.img.old; do
+    if [ -L "$l" ]; then rm -f -- "$l"; fi
+done
+set -- /lib/modules/*
+if [ "$#" -ne 1 ] || [ ! -d "$1" ]; then echo "expected one kernel in /lib/modules, found: $*"; exit 5; fi
+version=${1##*/}
+aside=/.xenspin-aside
+mkdir "$aside"
+cat /var/lib/dpkg/info/live-boot.list /var/lib/dpkg/info/live-boot-initramfs-tools.list 2>/dev/null \
+    | grep -E '^/(usr/share|etc)/initramfs-tools/' | grep -v '/\.\./' | LC_ALL=C sort -u >/tmp/live || true
+while read -r f; do
+    if [ -f "$f" ] && [ ! -L "$f" ]; then mkdir -p "$aside${f%/*}"; mv -- "$f" "$aside$f"; echo "$f"; fi
+done </tmp/live >/tmp/moved
+mkinitramfs -o "/tmp/out/@DISK_INITRD@$version" "$version"
+while read -r f; do mv -- "$aside$f" "$f"; done </tmp/moved
+rm -rf -- "$aside"
+"""
 
 
 class _Timer:
@@ -246,79 +379,67 @@ def _repo_contents(
     return out, sorted(set(locked) | set(built)), built
 
 
-# --- inside the tree -----------------------------------------------------------------------
+# --- what goes into the tree (pure: computed before any tree exists) -----------------------
 
 
-def _write(tree: Path, rel: str, text: str, mode: int = 0o644) -> Path:
-    """Write /rel in the tree, following the tree's own symlinks as the image would (/etc/os-release)."""
-    path = overlays.inside(tree, PurePosixPath(rel), "xenspin")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.xenspin-tmp")
-    tmp.write_text(text)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
-    return path
+def _file(path: str, text: str, mode: int = 0o644) -> overlays.Entry:
+    return overlays.Entry(PurePosixPath(path.lstrip("/")), "file", mode, data=text.encode(), origin="xenspin")
 
 
-def _link(tree: Path, rel: str, target: str) -> None:
-    path = tree / rel.lstrip("/")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.is_symlink() or path.exists():
-        path.unlink()
-    os.symlink(target, path)
+def _symlink(path: str, target: str) -> overlays.Entry:
+    return overlays.Entry(PurePosixPath(path.lstrip("/")), "symlink", 0o777, target=target, origin="xenspin")
 
 
-def setup_dom0(d: Distro, tree: Path, log_path: Path) -> None:
-    """Networking, ssh host keys on first boot, a serial getty on hvc0, Xen's GRUB defaults, services."""
-    # DHCP on the NICs (en*, eth*) with systemd-networkd; ifupdown keeps only lo.
-    _write(
-        tree,
-        "/etc/systemd/network/50-xenspin-dhcp.network",
-        "# Written by xenspin: DHCP on the wired NICs.\n[Match]\nName=en* eth*\n\n[Network]\nDHCP=yes\n",
-    )
-    _link(
-        tree,
-        "/etc/systemd/system/multi-user.target.wants/systemd-networkd.service",
-        "/lib/systemd/system/systemd-networkd.service",
-    )
-    _link(
-        tree,
-        "/etc/systemd/system/sockets.target.wants/systemd-networkd.socket",
-        "/lib/systemd/system/systemd-networkd.socket",
-    )
-    # ssh host keys: none in the image; this one unit makes them on first boot, before sshd.
-    _write(
-        tree,
-        f"/etc/systemd/system/{SSH_KEYGEN_UNIT}",
-        "[Unit]\nDescription=Generate SSH host keys on first boot (xenspin)\n"
-        "ConditionPathExistsGlob=!/etc/ssh/ssh_host_*_key\nBefore=ssh.service\n\n"
-        "[Service]\nType=oneshot\nExecStart=/usr/bin/ssh-keygen -A\nRemainAfterExit=yes\n\n"
-        "[Install]\nWantedBy=multi-user.target\n",
-    )
-    _link(
-        tree, f"/etc/systemd/system/multi-user.target.wants/{SSH_KEYGEN_UNIT}", f"/etc/systemd/system/{SSH_KEYGEN_UNIT}"
-    )
-    _link(
-        tree,
-        "/etc/systemd/system/getty.target.wants/serial-getty@hvc0.service",
-        "/lib/systemd/system/serial-getty@.service",
-    )
+def dom0_entries(d: Distro) -> list[overlays.Entry]:
+    """Networking, ssh host keys on first boot, a serial getty on hvc0, Xen's GRUB defaults, apt's sources, DNS."""
     boot = d.iso.boot
-    lines = [
+    grub = [
         "# Written by xenspin from the manifest's iso.boot: Xen's defaults for GRUB's Xen entries.",
         f'GRUB_CMDLINE_XEN_DEFAULT="{boot.xen_cmdline}"',
         f'GRUB_CMDLINE_LINUX_XEN_REPLACE_DEFAULT="{boot.dom0_cmdline}"',
     ]
     if boot.serial:
-        lines += ['GRUB_SERIAL_COMMAND="serial --unit=0 --speed=115200"', 'GRUB_TERMINAL="console serial"']
-    _write(tree, "/etc/default/grub.d/xen.cfg", "\n".join(lines) + "\n")
-    # Debian's Xen tools start from /etc/init.d/xen (xenstored, xenconsoled, xen-init-dom0); make sure it is on.
-    if (tree / "etc/init.d/xen").exists():
-        run(["chroot", tree, "update-rc.d", "xen", "defaults"], what="rootfs: enable xen", log_path=log_path)
+        grub += ['GRUB_SERIAL_COMMAND="serial --unit=0 --speed=115200"', 'GRUB_TERMINAL="console serial"']
+    sources = "".join(f"deb {m} {s} {' '.join(d.base.areas)}\n" for m, s in d.base.archives())
+    return [
+        # DHCP on the NICs (en*, eth*) with systemd-networkd; ifupdown keeps only lo.
+        _file(
+            "/etc/systemd/network/50-xenspin-dhcp.network",
+            "# Written by xenspin: DHCP on the wired NICs.\n[Match]\nName=en* eth*\n\n[Network]\nDHCP=yes\n",
+        ),
+        _symlink(
+            "/etc/systemd/system/multi-user.target.wants/systemd-networkd.service",
+            "/lib/systemd/system/systemd-networkd.service",
+        ),
+        _symlink(
+            "/etc/systemd/system/sockets.target.wants/systemd-networkd.socket",
+            "/lib/systemd/system/systemd-networkd.socket",
+        ),
+        # ssh host keys: none in the image; this one unit makes them on first boot, before sshd.
+        _file(
+            f"/etc/systemd/system/{SSH_KEYGEN_UNIT}",
+            "[Unit]\nDescription=Generate SSH host keys on first boot (xenspin)\n"
+            "ConditionPathExistsGlob=!/etc/ssh/ssh_host_*_key\nBefore=ssh.service\n\n"
+            "[Service]\nType=oneshot\nExecStart=/usr/bin/ssh-keygen -A\nRemainAfterExit=yes\n\n"
+            "[Install]\nWantedBy=multi-user.target\n",
+        ),
+        _symlink(
+            f"/etc/systemd/system/multi-user.target.wants/{SSH_KEYGEN_UNIT}", f"/etc/systemd/system/{SSH_KEYGEN_UNIT}"
+        ),
+        _symlink(
+            "/etc/systemd/system/getty.target.wants/serial-getty@hvc0.service",
+            "/lib/systemd/system/serial-getty@.service",
+        ),
+        _file("/etc/default/grub.d/xen.cfg", "\n".join(grub) + "\n"),
+        # The image names the real archive, never the build's file:// repository.
+        _file("/etc/apt/sources.list", sources),
+        # Never the build host's resolver: the installer writes the answerfile's DNS, DHCP brings its own.
+        _file("/etc/resolv.conf", "# Written by xenspin: the installer or DHCP sets the name servers.\n"),
+    ]
 
 
-def brand(inp: Inputs, key: str, tree: Path) -> None:
-    """/etc/os-release, hostname, /etc/issue and /etc/xenspin/build-info.json from the manifest and the lock."""
+def brand_entries(inp: Inputs, key: str) -> list[overlays.Entry]:
+    """/etc/os-release, hostname, hosts, /etc/issue and /etc/xenspin/build-info.json from the manifest and the lock."""
     d = inp.distro
     fields = {
         "PRETTY_NAME": f"{d.name} {d.version}",
@@ -331,12 +452,6 @@ def brand(inp: Inputs, key: str, tree: Path) -> None:
     }
     if d.vendor:
         fields["VENDOR_NAME"] = d.vendor
-    _write(tree, "/etc/os-release", "".join(f'{k}="{v}"\n' for k, v in fields.items()))
-    _write(tree, "/etc/hostname", d.name + "\n")
-    _write(
-        tree, "/etc/hosts", f"127.0.0.1\tlocalhost\n127.0.1.1\t{d.name}\n::1\tlocalhost ip6-localhost ip6-loopback\n"
-    )
-    _write(tree, "/etc/issue", f"{d.name} {d.version} \\n \\l\n\n")
     info = {
         "name": d.name,
         "version": d.version,
@@ -346,164 +461,119 @@ def brand(inp: Inputs, key: str, tree: Path) -> None:
         "components": dict(sorted(inp.built.items())),
         "source-date-epoch": inp.epoch,
     }
-    _write(tree, "/etc/xenspin/build-info.json", json.dumps(info, indent=2, sort_keys=True) + "\n")
+    return [
+        _file("/etc/os-release", "".join(f'{k}="{v}"\n' for k, v in fields.items())),
+        _file("/etc/hostname", d.name + "\n"),
+        _file("/etc/hosts", f"127.0.0.1\tlocalhost\n127.0.1.1\t{d.name}\n::1\tlocalhost ip6-localhost ip6-loopback\n"),
+        _file("/etc/issue", f"{d.name} {d.version} \\n \\l\n\n"),
+        _file("/etc/xenspin/build-info.json", json.dumps(info, indent=2, sort_keys=True) + "\n"),
+    ]
 
 
-SCRUB_GLOBS = [
-    "etc/ssh/ssh_host_*",
-    "var/lib/apt/lists/*",
-    "var/cache/apt/*.bin",
-    "var/cache/apt/archives/*.deb",
-    "var/cache/ldconfig/aux-cache",
-    "var/cache/debconf/*-old",
-    "var/lib/dpkg/*-old",
-    "var/lib/dbus/machine-id",
-    "var/lib/systemd/random-seed",
-    "etc/*-",
-    "tmp/*",
-    "var/tmp/*",
-    "run/*",
-]
+def layer_tar(entries: list[overlays.Entry], epoch: int) -> bytes:
+    """The entries as one tar, owned by root, modes kept, times at the epoch, in order (later ones win).
 
-
-def scrub(tree: Path) -> None:
-    """No build-host traces: empty machine-id, no apt lists, no logs, no ssh host keys, no bytecode caches."""
-    for pattern in SCRUB_GLOBS:
-        for path in tree.glob(pattern):
-            if path.name == "partial":
-                continue
-            _remove(path)
-    for dirpath, _dirs, files in os.walk(tree / "var/log"):
-        for name in files:
-            os.unlink(os.path.join(dirpath, name))
-    for cache in sorted(tree.glob("usr/lib/python3*/**/__pycache__")):  # .pyc bytes vary between runs
-        shutil.rmtree(cache, ignore_errors=True)
-    machine_id = tree / "etc/machine-id"
-    machine_id.write_text("")  # systemd fills it on first boot
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    else:
-        path.unlink(missing_ok=True)
-
-
-def export_boot(tree: Path, dest: Path) -> None:
-    """boot/ beside the squashfs for the ISO: xen.gz, xen.efi, vmlinuz, initrd.img (live-boot's).
-
-    The live initrd leaves the tree (it is big and only the live system boots with it;
-    `disk_initrd` makes the installed disk's); the kernel, its config and Xen stay for
-    the installer.
+    Missing parent directories come first (0755), as `mkdir -p` would make them, so
+    the tree's tar never guesses them.
     """
-    dest.mkdir(parents=True, exist_ok=True)
-    boot = tree / "boot"
-    xens = sorted(boot.glob("xen-xenspin*.gz")) or sorted(boot.glob("xen*.gz"))
-    if not xens:
-        raise RootfsError("rootfs: no Xen hypervisor (/boot/xen*.gz) in the tree (is the xen component built?)")
-    shutil.copy2(xens[0], dest / "xen.gz")
-    efis = sorted(boot.glob(xens[0].name.removesuffix(".gz") + ".efi")) or sorted(boot.glob("xen*.efi"))
-    if efis:
-        shutil.copy2(efis[0], dest / "xen.efi")
-    kernels = sorted(boot.glob("vmlinuz-*"))
-    initrds = sorted(boot.glob("initrd.img-*"))
-    if not kernels or not initrds:
-        raise RootfsError("rootfs: no kernel and initrd in /boot (is linux-image-amd64 in the set?)")
-    shutil.copy2(kernels[-1], dest / "vmlinuz")
-    shutil.copy2(initrds[-1], dest / "initrd.img")
-    for initrd in initrds:
-        initrd.unlink()
-    for link in ("initrd.img", "initrd.img.old"):
-        for where in (tree, boot):
-            if (where / link).is_symlink():
-                (where / link).unlink()
+    buf = io.BytesIO()
+    seen: set[PurePosixPath] = set()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for e in entries:
+            for parent in reversed(e.path.parents[:-1]):
+                if parent not in seen:
+                    seen.add(parent)
+                    tar.addfile(_info(parent, tarfile.DIRTYPE, 0o755, epoch))
+            if e.kind == "dir":
+                seen.add(e.path)
+                tar.addfile(_info(e.path, tarfile.DIRTYPE, e.mode, epoch))
+            elif e.kind == "symlink":
+                info = _info(e.path, tarfile.SYMTYPE, 0o777, epoch)
+                info.linkname = e.target
+                tar.addfile(info)
+            else:
+                info = _info(e.path, tarfile.REGTYPE, e.mode, epoch)
+                info.size = len(e.data)
+                tar.addfile(info, io.BytesIO(e.data))
+    return buf.getvalue()
 
 
-def disk_initrd(tree: Path, dest: Path, epoch: int, log: Path) -> Path:
-    """dest/disk-initrd.img-KVER: the initramfs the installed disk boots with, made here at native speed.
+def _info(path: PurePosixPath, kind: bytes, mode: int, epoch: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(path.as_posix())
+    info.type, info.mode, info.mtime = kind, mode, epoch
+    info.uid = info.gid = 0
+    info.uname = info.gname = "root"
+    return info
 
-    It is what update-initramfs makes on the installed disk once live-boot is purged;
-    made by the installer inside QEMU under TCG that took many minutes, so the
-    installer copies this one instead. live-boot's initramfs hooks and scripts are
-    moved aside while it is made (and put back: the live system keeps its packages
-    whole), and mkinitramfs runs in the sandbox with the tree read-only and
-    SOURCE_DATE_EPOCH set, so the same tree gives the same bytes.
-    """
-    versions = sorted(p.name for p in (tree / "lib/modules").iterdir()) if (tree / "lib/modules").is_dir() else []
-    if len(versions) != 1:
-        raise RootfsError(f"rootfs: expected one kernel in /lib/modules, found {versions or 'none'}")
-    version = versions[0]
-    aside = tree.parent / "live-initramfs-aside"
-    moved = [rel for rel in live_initramfs_files(tree) if (tree / rel).is_file() and not (tree / rel).is_symlink()]
-    for rel in moved:
-        (aside / rel).parent.mkdir(parents=True, exist_ok=True)
-        os.rename(tree / rel, aside / rel)
+
+def _read_hook(hook: Path) -> tuple[bytes, bool]:
+    """A hook's bytes and whether it is executable: a regular file, read without following a symlink or blocking."""
     try:
-        env = {"SOURCE_DATE_EPOCH": str(epoch), "TMPDIR": "/tmp", "LC_ALL": "C.UTF-8"}
-        argv = sandbox(tree, rw={"/tmp/out": dest}, env=env)
-        run(
-            [*argv, "mkinitramfs", "-o", f"/tmp/out/{DISK_INITRD}{version}", version],
-            what="rootfs: disk initrd",
-            log_path=log,
+        fd = os.open(hook, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise overlays.OverlayError(f"{hook}: hook does not exist (rootfs.hooks)") from None
+    except OSError as e:
+        raise overlays.OverlayError(f"{hook}: hook cannot be read ({e.strerror}; expected a regular file)") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise overlays.OverlayError(f"{hook}: hook is not a regular file (rootfs.hooks)")
+        return f.read(), bool(st.st_mode & 0o111)
+
+
+# --- what the tree holds (read from the in-namespace steps' facts) -------------------------
+
+
+MERGED_USR = ("/bin/", "/sbin/", "/lib/", "/lib32/", "/lib64/", "/libx32/")
+
+
+def setuid_files(found: str, owners: str) -> dict[str, list[str]]:
+    """Every setuid/setgid file (`find -printf '%m %u %g %p'` lines) by the package owning it ("" for none)."""
+    owner = {}
+    for line in owners.splitlines():
+        pkg, _, path = line.partition(" ")
+        owner[path] = pkg.split(":")[0]
+        if path.startswith(MERGED_USR):  # dpkg lists /bin/mount; merged /usr finds /usr/bin/mount
+            owner.setdefault("/usr" + path, pkg.split(":")[0])
+    out: dict[str, list[str]] = {}
+    for line in found.splitlines():
+        parts = line.split(" ", 3)
+        if len(parts) == 4:
+            out.setdefault(owner.get(parts[3], ""), []).append(parts[3])
+    return {k: sorted(v) for k, v in sorted(out.items())}
+
+
+def _check_setuid(setuid: dict[str, list[str]], allowed: list[str]) -> None:
+    """A setuid/setgid file no package owns (an overlay's, a hook's) must be listed in rootfs.setuid."""
+    stray = [p for p in setuid.get("", []) if p not in allowed]
+    if stray:
+        raise RootfsError(
+            f"rootfs: {stray[0]} is setuid or setgid and no package owns it (list it in rootfs.setuid to allow it)"
         )
-    finally:
-        for rel in moved:
-            os.rename(aside / rel, tree / rel)
-        shutil.rmtree(aside, ignore_errors=True)
-    return dest / f"{DISK_INITRD}{version}"
-
-
-def live_initramfs_files(tree: Path) -> list[str]:
-    """What the live packages add to initramfs-tools (hooks, scripts, conf), by dpkg's file lists."""
-    found: list[str] = []
-    for package in LIVE_PACKAGES:
-        listing = tree / "var/lib/dpkg/info" / f"{package}.list"
-        if listing.is_file():
-            for line in listing.read_text().splitlines():
-                if line.startswith(("/usr/share/initramfs-tools/", "/etc/initramfs-tools/")) and ".." not in line:
-                    found.append(line.lstrip("/"))
-    return sorted(found)
 
 
 def installed(
-    tree: Path, locked: dict[str, dict[str, Any]], built: dict[str, tuple[Path, str]]
-) -> list[dict[str, str]]:
-    """Every package dpkg has installed in the tree, with the sha256 of the .deb it came from."""
+    status: str, locked: dict[str, dict[str, Any]], built: dict[str, tuple[Path, str]]
+) -> list[dict[str, Any]]:
+    """Every package dpkg has installed (its status file's text), with the sha256 of the .deb it came from."""
     out = []
-    with open(tree / "var/lib/dpkg/status", encoding="utf-8") as f:
-        for para in deb822.Packages.iter_paragraphs(f, use_apt_pkg=False):
-            if not para.get("Status", "").endswith(" installed"):
-                continue
-            name, version = para["Package"], para["Version"]
-            if name in built:
-                sha = built[name][1]
-            elif name in locked and locked[name]["version"] == version:
-                sha = locked[name]["sha256"]
-            else:
-                raise RootfsError(f"rootfs: {name} {version} is installed but neither locked nor built")
-            out.append(
-                {
-                    "name": name,
-                    "version": version,
-                    "architecture": para["Architecture"],
-                    "source": para.get("Source", name).split(" ")[0],
-                    "sha256": sha,
-                }
-            )
+    for para in deb822.Packages.iter_paragraphs(io.StringIO(status), use_apt_pkg=False):
+        if not para.get("Status", "").endswith(" installed"):
+            continue
+        name, version = para["Package"], para["Version"]
+        if name in built:
+            sha = built[name][1]
+        elif name in locked and locked[name]["version"] == version:
+            sha = locked[name]["sha256"]
+        else:
+            raise RootfsError(f"rootfs: {name} {version} is installed but neither locked nor built")
+        out.append(
+            {
+                "name": name,
+                "version": version,
+                "architecture": para["Architecture"],
+                "source": para.get("Source", name).split(" ")[0],
+                "sha256": sha,
+            }
+        )
     return sorted(out, key=lambda p: p["name"])
-
-
-def squash(tree: Path, dest: Path, spec: Any, epoch: int, log_path: Path) -> None:
-    """mksquashfs, reproducible: sorted entries, the creation time and every later mtime clamped to the epoch.
-
-    Through SOURCE_DATE_EPOCH, not -mkfs-time/-all-time: mksquashfs refuses both at once,
-    and a user's own SOURCE_DATE_EPOCH is in the environment.
-    """
-    cmd = ["mksquashfs", tree, dest, "-noappend", "-reproducible", "-comp", spec.compression, "-no-progress"]
-    level = spec.compression_level or DEFAULT_LEVEL.get(spec.compression)
-    if level:
-        cmd += ["-Xcompression-level", str(level)]
-    try:
-        run(cmd, what="rootfs: mksquashfs", log_path=log_path, env={"SOURCE_DATE_EPOCH": str(epoch)})
-    except CommandError as e:
-        raise RootfsError(str(e)) from None

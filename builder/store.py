@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import XenspinError
+from .run import run
 
 CHUNK = 1 << 20
 META = ".json"  # suffix of an object's metadata file, beside it
@@ -405,9 +406,25 @@ def _alive(pid: int) -> bool:
 
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
+        remove_tree(path)
     else:
         path.unlink(missing_ok=True)
+
+
+def remove_tree(path: Path) -> None:
+    """rm -rf path, also what a killed mmdebstrap left there owned by subordinate ids.
+
+    An ordinary user cannot remove those files itself; it removes them inside a user
+    namespace of the same mapping (mmdebstrap's --unshare-helper), as root there.
+    """
+    shutil.rmtree(path, ignore_errors=True)
+    if (path.exists() or path.is_symlink()) and os.geteuid() != 0 and shutil.which("mmdebstrap"):
+        run(
+            ["mmdebstrap", "--unshare-helper", "rm", "-rf", "--", str(path)],
+            what=f"remove {path}",
+            capture=True,
+            check=False,
+        )
 
 
 def _size(path: Path) -> int:
