@@ -650,15 +650,24 @@ def _render_version(version: str, raw: LDict) -> str:
         if stamp is not None
         else datetime.datetime.now(datetime.UTC)
     )
-    import jinja2  # here, not at the top: only a templated version needs it, and every run loads manifests
+    # Here, not at the top: only a templated version needs Jinja2, and every run loads manifests.
+    import jinja2
+    from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
+    # A manifest is untrusted: its template renders in Jinja2's sandbox (no attribute or call
+    # reaches Python's internals) and sees `date` and nothing else, not even Jinja2's globals.
+    env = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False)
+    env.globals.clear()
     try:
-        env = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False)
         return env.from_string(version).render(date=when.strftime("%Y%m%d"))
+    except SecurityError as e:
+        why = f"refused by the template sandbox: {e}"
+    except jinja2.TemplateSyntaxError as e:
+        why = f"bad template: {e.message}"
     except jinja2.TemplateError as e:
-        raise ManifestError(
-            raw.loc_of("version"), "version", f"bad template: {e} (expected {{{{ date }}}} only)"
-        ) from None
+        why = f"bad template: {e.message or type(e).__name__}"
+    why = " ".join(why.split()).rstrip(".")  # one line, whatever the template held
+    raise ManifestError(raw.loc_of("version"), "version", f"{why} (expected {{{{ date }}}} only)")
 
 
 def json_schema() -> dict[str, Any]:
