@@ -230,6 +230,20 @@ class Rootfs:
     hooks: list[str] = field("scripts run with the tree's path as $1 after packages are in", factory=list, path=True)
     compression: Literal["zstd", "xz", "gzip"] = field("squashfs compression", "zstd")
     compression_level: int = field("squashfs compression level (0: xenspin's default for the compression)", 0)
+    setuid: list[str] = field(
+        "absolute paths in the image (/usr/bin/x) that overlay files may make setuid or setgid", factory=list
+    )
+
+    def check(self, raw: LDict, path: str) -> None:
+        """setuid: names absolute, normalised paths of the image."""
+        for i, item in enumerate(self.setuid):
+            parts = item.split("/")
+            if parts[0] or not item.isprintable() or any(p in ("", ".", "..") for p in parts[1:]):
+                raise ManifestError(
+                    raw["setuid"].loc_of(i),
+                    f"{path}.setuid[{i}]",
+                    f"{item!r} (expected an absolute path in the image, such as /usr/bin/tool, without '..')",
+                )
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,25 @@ class OutputRefused(XenspinError):
     """A step left something in $OUT or $DEBS that is not allowed there."""
 
 
+def kind_of(mode: int) -> str:
+    """What a file of this st_mode is, for messages: "a fifo", "a device node", "a symlink"."""
+    kinds = (
+        (stat.S_ISREG, "a regular file"),
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISLNK, "a symlink"),
+        (stat.S_ISFIFO, "a fifo"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a device node"),
+        (stat.S_ISBLK, "a device node"),
+    )
+    return next((name for test, name in kinds if test(mode)), "not a regular file")
+
+
+def printable(name: str) -> str:
+    """A file name as a message shows it: as is, or quoted when it holds a newline or other control."""
+    return name if name.isprintable() else repr(name)
+
+
 def check(
     component: str,
     step: str,

@@ -8,7 +8,10 @@ directly on files made in tmp_path.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import os
+import stat
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +20,7 @@ from typing import Any
 import pytest
 from conftest import one_line
 
-from builder import cli, manifest
+from builder import cli, manifest, overlays
 from builder.overlays import OverlayError
 
 SECRET = "hunter2-not-for-the-image"
@@ -149,3 +152,191 @@ def test_version_template_errors_are_one_line_and_date_still_renders(
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "1767225600")
     write(project, {"distro.yaml": DISTRO.format(version="1.0~{{ date }}")})
     assert manifest.load(project / "distro.yaml").version == "1.0~20260101"
+
+
+# --- 2. overlay templates: the sandbox, and loads only inside their own overlay ---------------
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        "{{ cycler.__init__.__globals__.os.system('touch MARKER') }}",
+        "{{ self.__init__.__globals__.__builtins__.__import__('os').system('touch MARKER') }}",
+        "{{ distro.__class__.__mro__[1].__subclasses__() }}",
+        "{{ distro.update(name='x') }}{{ ''.__class__ }}",  # the context is immutable, too
+    ],
+)
+def test_overlay_template_runs_no_code(tmp_path: Path, payload: str) -> None:
+    marker = tmp_path / "marker"
+    src = overlay(tmp_path, {"etc/motd.j2": "hello\n" + payload.replace("MARKER", str(marker)) + "\n"})
+    ctx = context()
+    line = refusal(lambda: overlays.read([src], ctx), f"{src / 'etc/motd.j2'}:2: ")
+    assert "refused by the template sandbox" in line
+    assert not marker.exists()
+    assert ctx == CONTEXT_DATA
+
+
+@pytest.mark.parametrize(
+    "make, include, refused_at",
+    [
+        # an overlay symlink to an absolute path is fine in the image, but a template must not read it here
+        (lambda src, secret: os.symlink(secret, src / "etc/leak"), "{% include 'etc/leak' %}", "etc/leak"),
+        (
+            lambda src, secret: os.symlink(secret.parent, src / "etc/hostdir"),
+            "{% include 'etc/hostdir/shadow' %}",
+            "etc/hostdir",
+        ),
+        (lambda src, secret: os.symlink(secret, src / "etc/leak"), "{% import 'etc/leak' as m %}", "etc/leak"),
+        (lambda src, secret: os.symlink(secret, src / "etc/leak"), "{% extends 'etc/leak' %}", "etc/leak"),
+        # even a symlink that stays in the overlay: no symlink on the way, whatever it names
+        (lambda src, secret: os.symlink("motd.inc", src / "etc/alias"), "{% include 'etc/alias' %}", "etc/alias"),
+        (lambda src, secret: None, "{% include '" + "../" * 8 + "host/shadow' %}", None),
+        (lambda src, secret: None, "{% include 'SECRET' %}", None),  # the absolute path of the host file
+        (lambda src, secret: None, "{% include 'etc/./motd.inc' %}", None),
+    ],
+)
+def test_template_loads_only_regular_files_of_its_own_overlay(
+    tmp_path: Path, secret: Path, make: Callable[[Path, Path], None], include: str, refused_at: str | None
+) -> None:
+    src = overlay(tmp_path, {"etc/motd.inc": "inside\n"})
+    make(src, secret)
+    (src / "etc/issue.j2").write_text("first line\n" + include.replace("SECRET", str(secret)) + "\n")
+    before = secret.read_bytes()
+    line = refusal(lambda: overlays.read([src], context()), f"{src / 'etc/issue.j2'}:2: ")
+    if refused_at:
+        assert f": {src / refused_at}: is a symlink (templates load only regular files of their own overlay" in line
+    else:
+        assert "not a path inside the overlay (expected a name relative to" in line
+    assert SECRET not in line
+    assert secret.read_bytes() == before
+
+
+def test_template_may_include_import_and_extend_files_of_its_overlay(tmp_path: Path) -> None:
+    src = overlay(
+        tmp_path,
+        {
+            "etc/xenspin/base.tmpl": "[{% block body %}{% endblock %}]\n",
+            "etc/xenspin/macros.tmpl": "{% macro shout(s) %}{{ s | upper }}{% endmacro %}",
+            "etc/xenspin/part.inc": "{{ distro.vendor }}",
+            "etc/issue.j2": "{% extends 'etc/xenspin/base.tmpl' %}{% block body %}"
+            "{% import 'etc/xenspin/macros.tmpl' as m %}{{ m.shout(distro.name) }} "
+            "{% include 'etc/xenspin/part.inc' %}{% include 'etc/none' ignore missing %}{% endblock %}",
+        },
+    )
+    entries = {str(e.path): e for e in overlays.read([src], context())}
+    assert entries["etc/issue"].data == b"[ACME-XEN ACME]\n"
+
+
+def test_fifo_included_by_a_template_is_refused_without_blocking(tmp_path: Path) -> None:
+    """The template names a fifo of its overlay: refused by lstat before anything opens it."""
+    src = overlay(tmp_path, {"etc/issue.j2": "{% include 'etc/pipe' %}\n"})
+    os.mkfifo(src / "etc/pipe")
+    line = refusal(lambda: overlays.template_file(src, "etc/pipe"))
+    assert line.startswith(f"{src / 'etc/pipe'}: is a fifo (templates load only regular files")
+
+
+# --- 3. no fifo, device or socket in an overlay or among the hooks is ever opened ------------
+
+
+def test_fifo_in_an_overlay_does_not_hang_plan_or_read(tmp_path: Path) -> None:
+    src = overlay(tmp_path, {"etc/motd": "hi\n"})
+    os.mkfifo(src / "etc/pipe")
+    try:
+        for fn in (lambda: overlays.digest([src], []), lambda: overlays.read([src], context())):
+            line = refusal(fn)
+            assert (
+                line == f"{src / 'etc/pipe'}: is a fifo (expected a regular file, directory or symlink in an overlay)"
+            )
+    finally:  # a reader left waiting in open() (no fix) gets end of file
+        with contextlib.suppress(OSError):  # nobody waits: nothing opened it
+            os.close(os.open(src / "etc/pipe", os.O_WRONLY | os.O_NONBLOCK))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mknod needs root")
+def test_device_node_in_an_overlay_is_never_read(tmp_path: Path) -> None:
+    src = overlay(tmp_path, {"etc/motd": "hi\n"})
+    os.mknod(src / "etc/zero", 0o666 | stat.S_IFCHR, os.makedev(1, 5))  # /dev/zero: a read never ends
+    for fn in (lambda: overlays.digest([src], []), lambda: overlays.read([src], context())):
+        line = refusal(fn)
+        assert (
+            line
+            == f"{src / 'etc/zero'}: is a device node (expected a regular file, directory or symlink in an overlay)"
+        )
+
+
+def test_hook_that_is_no_regular_file_is_refused_unread(tmp_path: Path) -> None:
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    os.mkfifo(hooks / "pipe.sh")
+    os.symlink(hooks / "pipe.sh", hooks / "link.sh")  # a symlink is read at its target, which must be a file
+    ok = hooks / "ok.sh"
+    ok.write_text("#!/bin/sh\n")
+    for hook in ("pipe.sh", "link.sh"):
+        line = refusal(lambda hook=hook: overlays.digest([], [ok, hooks / hook]))
+        assert line == f"{hooks / 'pipe.sh'}: is a fifo (expected a regular file in rootfs.hooks)"
+    (hooks / "good.sh").symlink_to("ok.sh")
+    assert overlays.digest([], [hooks / "good.sh"]) != overlays.digest([], [])
+
+
+def test_overlay_file_is_opened_without_following_a_symlink(tmp_path: Path, secret: Path) -> None:
+    """lstat said regular; by the time it is opened it is a symlink (a race): O_NOFOLLOW refuses it."""
+    src = overlay(tmp_path, {"etc/motd": "hi\n"})
+    real_lstat = os.lstat
+
+    def lstat_then_swap(path: Any, *a: Any, **kw: Any) -> os.stat_result:
+        st = real_lstat(path, *a, **kw)
+        if str(path) == str(src / "etc/motd") and stat.S_ISREG(st.st_mode):
+            os.unlink(path)
+            os.symlink(secret, path)
+        return st
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(overlays.os, "lstat", lstat_then_swap)
+        with pytest.raises(OverlayError) as e, overlays.open_regular(src / "etc/motd") as f:
+            f.read()
+    assert one_line(e, f"{src / 'etc/motd'}: ") and SECRET not in str(e.value)
+
+
+# --- 4. setuid and setgid files in overlays: only those rootfs.setuid names -----------------
+
+
+def test_setuid_overlay_file_is_refused_unless_rootfs_setuid_names_it(tmp_path: Path) -> None:
+    src = overlay(tmp_path, {"usr/local/bin/tool": ("#!/bin/sh\n", 0o4755), "etc/motd": "hi\n"})
+    line = refusal(lambda: overlays.read([src], context()))
+    assert line == (
+        f"{src / 'usr/local/bin/tool'}: setuid or setgid (mode 4755; rootfs.setuid does not name /usr/local/bin/tool)"
+    )
+    entries = {str(e.path): e for e in overlays.read([src], context(), setuid=["/usr/local/bin/tool"])}
+    assert entries["usr/local/bin/tool"].mode == 0o4755
+    # a template is named by what it renders to; setgid counts too, and so do directories
+    tmpl = overlay(tmp_path, {"usr/bin/t.j2": ("#!/bin/sh\n", 0o2755)}, "tmpl")
+    assert "rootfs.setuid does not name /usr/bin/t)" in refusal(lambda: overlays.read([tmpl], context()))
+    assert overlays.read([tmpl], context(), setuid=["/usr/bin/t"])
+    (tmpl / "usr/bin/t.j2").chmod(0o755)
+    (tmpl / "var").mkdir(mode=0o755)
+    (tmpl / "var").chmod(0o2775)
+    assert "rootfs.setuid does not name /var)" in refusal(lambda: overlays.read([tmpl], context()))
+
+
+def test_setuid_overlay_refused_before_anything_is_laid(tmp_path: Path) -> None:
+    src = overlay(tmp_path, {"usr/bin/aaa": "x\n", "usr/bin/sudo-ish": ("#!/bin/sh\n", 0o6755)})
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    with pytest.raises(OverlayError):
+        overlays.lay(overlays.read([src], context()), tree)
+    assert not any(tree.iterdir())
+
+
+def test_rootfs_setuid_names_absolute_image_paths(project: Path, capsys) -> None:
+    base = DISTRO.format(version="1.0")
+    write(project, {"distro.yaml": base + "rootfs:\n  setuid: [/usr/bin/ok, usr/bin/tool]\n"})
+    line = refused(capsys, "validate")
+    assert line == (
+        "distro.yaml:8: rootfs.setuid[1]: 'usr/bin/tool' (expected an absolute path in the image,"
+        " such as /usr/bin/tool, without '..')"
+    )
+    for bad in ("/usr/../etc/shadow", "//usr/bin/x", "/usr/bin/x/", "/", '"/usr/bin/a\\nb"'):
+        write(project, {"distro.yaml": base + f"rootfs:\n  setuid: [{bad}]\n"})
+        assert refused(capsys, "validate").startswith("distro.yaml:8: rootfs.setuid[0]: "), bad
+    write(project, {"distro.yaml": base + "rootfs:\n  setuid: [/usr/bin/ok]\n"})
+    assert manifest.load(project / "distro.yaml").rootfs.setuid == ["/usr/bin/ok"]
