@@ -12,6 +12,7 @@ import contextlib
 import copy
 import os
 import stat
+import subprocess
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +21,8 @@ from typing import Any
 import pytest
 from conftest import one_line
 
-from builder import cli, manifest, overlays
+from builder import build, cli, manifest, overlays
+from builder.build import BuildError
 from builder.overlays import OverlayError
 
 SECRET = "hunter2-not-for-the-image"
@@ -340,3 +342,92 @@ def test_rootfs_setuid_names_absolute_image_paths(project: Path, capsys) -> None
         assert refused(capsys, "validate").startswith("distro.yaml:8: rootfs.setuid[0]: "), bad
     write(project, {"distro.yaml": base + "rootfs:\n  setuid: [/usr/bin/ok]\n"})
     assert manifest.load(project / "distro.yaml").rootfs.setuid == ["/usr/bin/ok"]
+
+
+# --- 5. packaging: $OUT/DEBIAN holds regular files only, control is never written through ---
+
+
+@pytest.fixture
+def packaging(project: Path, tmp_path: Path) -> dict[str, Any]:
+    """What build._package needs for the tiny component, with its staged tree ($OUT) in tmp_path."""
+    write(project, {"distro.yaml": DISTRO.format(version="1.0")})
+    distro = manifest.load(project / "distro.yaml")
+    staged = tmp_path / "obj/staged"
+    write(staged, {"usr/share/hello/note": "hello\n"})
+    return {
+        "distro": distro,
+        "job": build.Job("hello", "build", None, (), ""),
+        "comp": distro.components["hello"],
+        "entry": {"kind": "path"},
+        "staged": staged,
+        "tmp": tmp_path / "obj",
+        "key": "0" * 64,
+        "epoch": 1767225600,
+        "logs": tmp_path / "logs",
+    }
+
+
+def package(args: dict[str, Any]) -> str:
+    return build._package(**args)
+
+
+def package_refused(args: dict[str, Any]) -> str:
+    with pytest.raises(BuildError) as e:
+        package(args)
+    assert not list(args["tmp"].glob("*.deb"))
+    return one_line(e, "build hello: package: $OUT/DEBIAN")
+
+
+def test_package_is_made_and_its_time_clamp_stays_in_the_tree(packaging: dict[str, Any], tmp_path: Path) -> None:
+    host = tmp_path / "hostdir"
+    write(host, {"file": "x\n"})
+    os.utime(host / "file", (1, 1))
+    (packaging["staged"] / "usr/share/hello/link").symlink_to(host)  # absolute: a path of the installed system
+    write(packaging["staged"], {"DEBIAN/postinst": "#!/bin/sh\n"})  # allowed: it runs only in a user namespace
+    (packaging["staged"] / "DEBIAN/postinst").chmod(0o755)
+    deb = packaging["tmp"] / package(packaging)
+    fields = subprocess.run(["dpkg-deb", "-f", deb], capture_output=True, text=True, check=True).stdout
+    assert "Package: hello-xs" in fields
+    assert os.stat(host / "file").st_mtime == 1 and os.stat(host).st_mtime != packaging["epoch"]
+
+
+def test_debian_control_symlink_does_not_write_to_the_host(packaging: dict[str, Any], secret: Path) -> None:
+    before = secret.read_bytes()
+    (packaging["staged"] / "DEBIAN").mkdir()
+    (packaging["staged"] / "DEBIAN/control").symlink_to(secret)
+    line = package_refused(packaging)
+    assert line == (
+        "build hello: package: $OUT/DEBIAN/control is a symlink (expected only regular files in $OUT/DEBIAN)"
+    )
+    assert secret.read_bytes() == before
+
+
+def test_debian_directory_symlink_does_not_write_to_the_host(packaging: dict[str, Any], secret: Path) -> None:
+    (packaging["staged"] / "DEBIAN").symlink_to(secret.parent)
+    line = package_refused(packaging)
+    assert line == "build hello: package: $OUT/DEBIAN is a symlink (expected a directory of regular files)"
+    assert sorted(p.name for p in secret.parent.iterdir()) == ["shadow"]
+
+
+def test_debian_script_symlink_does_not_read_a_host_file_into_the_package(
+    packaging: dict[str, Any], secret: Path
+) -> None:
+    (packaging["staged"] / "DEBIAN").mkdir()
+    (packaging["staged"] / "DEBIAN/postinst").symlink_to(secret)
+    line = package_refused(packaging)
+    assert line == (
+        "build hello: package: $OUT/DEBIAN/postinst is a symlink (expected only regular files in $OUT/DEBIAN)"
+    )
+    (packaging["staged"] / "DEBIAN/postinst").unlink()
+    os.mkfifo(packaging["staged"] / "DEBIAN/config")
+    assert "$OUT/DEBIAN/config is a fifo (" in package_refused(packaging)
+
+
+def test_debian_control_hard_link_is_replaced_not_written_through(packaging: dict[str, Any], tmp_path: Path) -> None:
+    host = tmp_path / "host-file"
+    host.write_text("host data\n")
+    (packaging["staged"] / "DEBIAN").mkdir()
+    os.link(host, packaging["staged"] / "DEBIAN/control")
+    deb = packaging["tmp"] / package(packaging)
+    assert host.read_text() == "host data\n"
+    assert "Package: hello-xs" in subprocess.run(["dpkg-deb", "-f", deb], capture_output=True, text=True).stdout
