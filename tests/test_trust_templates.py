@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import gzip
+import io
 import os
 import stat
 import subprocess
+import tarfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +24,7 @@ from typing import Any
 import pytest
 from conftest import one_line
 
-from builder import build, cli, manifest, overlays
+from builder import build, cli, manifest, outputs, overlays
 from builder.build import BuildError
 from builder.overlays import OverlayError
 
@@ -431,3 +434,125 @@ def test_debian_control_hard_link_is_replaced_not_written_through(packaging: dic
     deb = packaging["tmp"] / package(packaging)
     assert host.read_text() == "host data\n"
     assert "Package: hello-xs" in subprocess.run(["dpkg-deb", "-f", deb], capture_output=True, text=True).stdout
+
+
+# --- 6. .debs a step makes: no device node, no unnamed setuid file, DEBIAN regular files only --
+
+
+def ar_member(name: str, data: bytes) -> bytes:
+    header = f"{name:<16}{0:<12}{0:<6}{0:<6}{100644:<8}{len(data):<10}`\n".encode()
+    return header + data + (b"\n" if len(data) % 2 else b"")
+
+
+def tar_gz(members: list[tuple[tarfile.TarInfo, bytes]]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for info, data in members:
+            info.size = len(data) if info.isreg() else 0
+            tar.addfile(info, io.BytesIO(data) if info.isreg() else None)
+    return gzip.compress(buf.getvalue(), mtime=0)
+
+
+def member(
+    name: str, kind: bytes = tarfile.REGTYPE, mode: int = 0o644, link: str = ""
+) -> tuple[tarfile.TarInfo, bytes]:
+    info = tarfile.TarInfo(name)
+    info.type, info.mode, info.linkname = kind, mode, link
+    if kind in (tarfile.CHRTYPE, tarfile.BLKTYPE):
+        info.devmajor, info.devminor = 8, 0
+    return info, b"#!/bin/sh\n" if kind == tarfile.REGTYPE else b""
+
+
+def handmade_deb(
+    dest: Path, data: list[tuple[tarfile.TarInfo, bytes]], control: list[tuple[tarfile.TarInfo, bytes]] = ()
+) -> Path:
+    """A .deb made without dpkg-deb, so it can hold what dpkg-deb --build would not make (devices, links)."""
+    fields = b"Package: good-xs\nVersion: 1.0\nArchitecture: amd64\nMaintainer: T <t@example.invalid>\nDescription: t\n"
+    ctrl = [member("./", tarfile.DIRTYPE, 0o755), (member("./control")[0], fields), *control]
+    body = ar_member("debian-binary", b"2.0\n") + ar_member("control.tar.gz", tar_gz(ctrl))
+    body += ar_member("data.tar.gz", tar_gz([member("./", tarfile.DIRTYPE, 0o755), *data]))
+    dest.write_bytes(b"!<arch>\n" + body)
+    return dest
+
+
+def dpkg_built_deb(dest: Path, files: dict[str, int]) -> Path:
+    """A .deb dpkg-deb --build makes from a staged tree whose files have the given modes."""
+    root = dest.parent.parent / "staging" / f"{dest.stem}-{len(list(dest.parent.parent.glob('staging/*')))}"
+    (root / "DEBIAN").mkdir(parents=True)
+    (root / "DEBIAN/control").write_text(
+        "Package: good-xs\nVersion: 1.0\nArchitecture: amd64\nMaintainer: T <t@example.invalid>\nDescription: t\n"
+    )
+    for rel, mode in files.items():
+        write(root, {rel: "#!/bin/sh\n"})
+        (root / rel).chmod(mode)
+    subprocess.run(["dpkg-deb", "--root-owner-group", "--build", root, dest], check=True, capture_output=True)
+    return dest
+
+
+@pytest.fixture
+def step_dirs(tmp_path: Path) -> tuple[Path, Path]:
+    out, debs = tmp_path / "out", tmp_path / "debs"
+    out.mkdir()
+    debs.mkdir()
+    return out, debs
+
+
+def check(out: Path, debs: Path, **kw: Any) -> str:
+    with pytest.raises(outputs.OutputRefused) as e:
+        outputs.check("evil", "stage", out, debs, packages=["good-xs"], architecture="amd64", **kw)
+    return one_line(e, "build evil: step stage: $DEBS/")
+
+
+def test_step_made_deb_with_unnamed_setuid_file_is_refused(step_dirs: tuple[Path, Path]) -> None:
+    out, debs = step_dirs
+    dpkg_built_deb(debs / "good.deb", {"usr/bin/tool": 0o4755, "usr/bin/plain": 0o755})
+    assert check(out, debs) == (
+        "build evil: step stage: $DEBS/good.deb: /usr/bin/tool is setuid or setgid (the recipe's setuid: does not name it)"
+    )
+    outputs.check("evil", "stage", out, debs, packages=["good-xs"], architecture="amd64", setuid=["usr/bin/tool"])
+    (debs / "good.deb").unlink()
+    dpkg_built_deb(debs / "good.deb", {"usr/lib/x/helper": 0o2755})
+    assert "$DEBS/good.deb: /usr/lib/x/helper is setuid or setgid" in check(out, debs, setuid=["usr/bin/tool"])
+
+
+def test_step_made_deb_hard_link_to_a_setuid_file_is_named_too(step_dirs: tuple[Path, Path]) -> None:
+    out, debs = step_dirs
+    handmade_deb(
+        debs / "good.deb",
+        [
+            member("./usr/", tarfile.DIRTYPE, 0o755),
+            member("./usr/bin/", tarfile.DIRTYPE, 0o755),
+            member("./usr/bin/tool", mode=0o4755),
+            member("./usr/bin/other", tarfile.LNKTYPE, 0o644, link="./usr/bin/tool"),
+        ],
+    )
+    assert check(out, debs, setuid=["usr/bin/tool"]) == (
+        "build evil: step stage: $DEBS/good.deb: /usr/bin/other is setuid or setgid (the recipe's setuid: does not name it)"
+    )
+    outputs.check(
+        "evil", "stage", out, debs, packages=["good-xs"], architecture="amd64", setuid=["usr/bin/tool", "usr/bin/other"]
+    )
+
+
+@pytest.mark.parametrize(
+    "kind, what",
+    [(tarfile.CHRTYPE, "a device node"), (tarfile.BLKTYPE, "a device node"), (tarfile.FIFOTYPE, "a fifo")],
+)
+def test_step_made_deb_with_a_device_node_is_refused(step_dirs: tuple[Path, Path], kind: bytes, what: str) -> None:
+    out, debs = step_dirs
+    handmade_deb(debs / "good.deb", [member("./dev/", tarfile.DIRTYPE, 0o755), member("./dev/sda", kind, 0o666)])
+    assert check(out, debs, setuid=["dev/sda"]) == (
+        f"build evil: step stage: $DEBS/good.deb: /dev/sda is {what} (not allowed in a package a step makes)"
+    )
+
+
+def test_step_made_deb_control_part_holds_regular_files_only(step_dirs: tuple[Path, Path], secret: Path) -> None:
+    out, debs = step_dirs
+    handmade_deb(debs / "good.deb", [], [member("./postinst", tarfile.SYMTYPE, 0o777, link=str(secret))])
+    assert check(out, debs) == (
+        f"build evil: step stage: $DEBS/good.deb: DEBIAN/postinst is a symlink to {secret}"
+        " (expected only regular files in a package's control part)"
+    )
+    (debs / "good.deb").unlink()
+    handmade_deb(debs / "good.deb", [], [member("./postinst", mode=0o755)])  # a regular script is allowed
+    outputs.check("evil", "stage", out, debs, packages=["good-xs"], architecture="amd64")
