@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -326,9 +327,10 @@ def _package(
     assert comp.package is not None
     version = package_version(entry, key)
     debian = staged / "DEBIAN"
-    debian.mkdir(exist_ok=True)
+    check_debian(job.name, debian)
     maint = f"{distro.vendor or distro.name} <builds@{distro.name}.invalid>"
-    (debian / "control").write_text(control_file(comp, version, distro.base.architecture, maint))
+    write_new(debian / "control", control_file(comp, version, distro.base.architecture, maint).encode())
+    # os.walk does not descend into symlinked directories, and utime changes a link, never its target.
     for dirpath, dirs, files in os.walk(staged):
         for name in dirs + files:
             os.utime(os.path.join(dirpath, name), (epoch, epoch), follow_symlinks=False)
@@ -341,6 +343,39 @@ def _package(
     )
     shutil.rmtree(staged)
     return deb
+
+
+def check_debian(component: str, debian: Path) -> None:
+    """$OUT/DEBIAN is a real directory holding regular files only (made if missing); else one line.
+
+    A step wrote it: a symlink there (DEBIAN/control -> /etc/passwd) would have packaging
+    write through it, or dpkg-deb read a host file into the package.
+    """
+    try:
+        mode = debian.lstat().st_mode
+    except FileNotFoundError:
+        debian.mkdir()
+        return
+    if not stat.S_ISDIR(mode):
+        raise BuildError(
+            f"build {component}: package: $OUT/DEBIAN is {outputs.kind_of(mode)} (expected a directory of regular files)"
+        )
+    for name in sorted(os.listdir(debian)):
+        mode = os.lstat(debian / name).st_mode
+        if not stat.S_ISREG(mode):
+            raise BuildError(
+                f"build {component}: package: $OUT/DEBIAN/{outputs.printable(name)} is {outputs.kind_of(mode)}"
+                " (expected only regular files in $OUT/DEBIAN)"
+            )
+
+
+def write_new(path: Path, data: bytes) -> None:
+    """Replace path by a new regular file: what was there is removed first, and the new one made
+    exclusively without following a symlink, so nothing a step left there is written through."""
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
 
 
 # --- the report --------------------------------------------------------------------

@@ -230,6 +230,20 @@ class Rootfs:
     hooks: list[str] = field("scripts run with the tree's path as $1 after packages are in", factory=list, path=True)
     compression: Literal["zstd", "xz", "gzip"] = field("squashfs compression", "zstd")
     compression_level: int = field("squashfs compression level (0: xenspin's default for the compression)", 0)
+    setuid: list[str] = field(
+        "absolute paths in the image (/usr/bin/x) that overlay files may make setuid or setgid", factory=list
+    )
+
+    def check(self, raw: LDict, path: str) -> None:
+        """setuid: names absolute, normalised paths of the image."""
+        for i, item in enumerate(self.setuid):
+            parts = item.split("/")
+            if parts[0] or not item.isprintable() or any(p in ("", ".", "..") for p in parts[1:]):
+                raise ManifestError(
+                    raw["setuid"].loc_of(i),
+                    f"{path}.setuid[{i}]",
+                    f"{item!r} (expected an absolute path in the image, such as /usr/bin/tool, without '..')",
+                )
 
 
 @dataclass(frozen=True)
@@ -650,15 +664,24 @@ def _render_version(version: str, raw: LDict) -> str:
         if stamp is not None
         else datetime.datetime.now(datetime.UTC)
     )
-    import jinja2  # here, not at the top: only a templated version needs it, and every run loads manifests
+    # Here, not at the top: only a templated version needs Jinja2, and every run loads manifests.
+    import jinja2
+    from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
+    # A manifest is untrusted: its template renders in Jinja2's sandbox (no attribute or call
+    # reaches Python's internals) and sees `date` and nothing else, not even Jinja2's globals.
+    env = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False)
+    env.globals.clear()
     try:
-        env = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False)
         return env.from_string(version).render(date=when.strftime("%Y%m%d"))
+    except SecurityError as e:
+        why = f"refused by the template sandbox: {e}"
+    except jinja2.TemplateSyntaxError as e:
+        why = f"bad template: {e.message}"
     except jinja2.TemplateError as e:
-        raise ManifestError(
-            raw.loc_of("version"), "version", f"bad template: {e} (expected {{{{ date }}}} only)"
-        ) from None
+        why = f"bad template: {e.message or type(e).__name__}"
+    why = " ".join(why.split()).rstrip(".")  # one line, whatever the template held
+    raise ManifestError(raw.loc_of("version"), "version", f"{why} (expected {{{{ date }}}} only)")
 
 
 def json_schema() -> dict[str, Any]:

@@ -9,17 +9,34 @@ with one line naming the component, the step and the file, and nothing is commit
 
 from __future__ import annotations
 
+import contextlib
 import os
+import posixpath
 import stat
-from collections.abc import Collection
+import tarfile
+from collections.abc import Collection, Iterator
 from pathlib import Path
 
 from .errors import XenspinError
-from .run import run
+from .run import CommandError, run, stream
 
 
 class OutputRefused(XenspinError):
     """A step left something in $OUT or $DEBS that is not allowed there."""
+
+
+def kind_of(mode: int) -> str:
+    """What a file of this st_mode is, for messages: "a fifo", "a device node", "a symlink"."""
+    kinds = (
+        (stat.S_ISREG, "a regular file"),
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISLNK, "a symlink"),
+        (stat.S_ISFIFO, "a fifo"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a device node"),
+        (stat.S_ISBLK, "a device node"),
+    )
+    return next((name for test, name in kinds if test(mode)), "not a regular file")
 
 
 def check(
@@ -35,7 +52,7 @@ def check(
     """Refuse what the step left in out ($OUT) and debs ($DEBS) that breaks the rules above."""
     what = f"build {component}: step {step}"
     check_out(what, out, setuid)
-    check_debs(what, debs, packages, architecture)
+    check_debs(what, debs, packages, architecture, setuid)
 
 
 def check_out(what: str, out: Path, setuid: Collection[str] = ()) -> None:
@@ -72,7 +89,9 @@ def leaves(root: Path, link: Path) -> bool:
     return resolved == ".." or resolved.startswith("../")
 
 
-def check_debs(what: str, debs: Path, packages: Collection[str], architecture: str) -> None:
+def check_debs(
+    what: str, debs: Path, packages: Collection[str], architecture: str, setuid: Collection[str] = ()
+) -> None:
     for path in sorted(debs.iterdir()):
         name = path.name
         st = path.lstat()
@@ -98,3 +117,76 @@ def check_debs(what: str, debs: Path, packages: Collection[str], architecture: s
             )
         if arch not in (architecture, "all"):
             raise OutputRefused(f"{what}: $DEBS/{name} is for architecture {arch!r} (expected {architecture} or all)")
+        check_deb_members(what, path, f"$DEBS/{name}", setuid)
+
+
+def check_deb_members(what: str, deb: Path, shown: str, setuid: Collection[str] = ()) -> None:
+    """The members of a .deb, read as tar streams from dpkg-deb and never extracted.
+
+    Its control part (DEBIAN) holds regular files only; its data no device node or fifo,
+    and no setuid or setgid file or directory the recipe's setuid: does not name (a hard
+    link to one counts as one). shown names the .deb in messages.
+    """
+    allowed = {posixpath.normpath(s.strip("/")) for s in setuid}
+    with _tar(what, deb, shown, "--ctrl-tarfile") as tar:
+        for member in tar:
+            if _rel(member.name) == "." and member.isdir():
+                continue
+            if not member.isreg():
+                raise OutputRefused(
+                    f"{what}: {shown}: DEBIAN/{printable(_rel(member.name))} is {_tar_kind(member)}"
+                    " (expected only regular files in a package's control part)"
+                )
+    modes: dict[str, int] = {}
+    with _tar(what, deb, shown, "--fsys-tarfile") as tar:
+        for member in tar:
+            rel = _rel(member.name)
+            if member.ischr() or member.isblk() or member.isfifo():
+                raise OutputRefused(
+                    f"{what}: {shown}: /{printable(rel)} is {_tar_kind(member)} (not allowed in a package a step makes)"
+                )
+            if member.issym():
+                continue
+            mode = modes.get(_rel(member.linkname), 0) if member.islnk() else member.mode
+            modes[rel] = mode
+            if mode & (stat.S_ISUID | stat.S_ISGID) and rel not in allowed:
+                raise OutputRefused(
+                    f"{what}: {shown}: /{printable(rel)} is setuid or setgid (the recipe's setuid: does not name it)"
+                )
+
+
+@contextlib.contextmanager
+def _tar(what: str, deb: Path, shown: str, part: str) -> Iterator[tarfile.TarFile]:
+    """One part of a .deb as a tar stream from dpkg-deb (never extracted); refused if it cannot be read."""
+    try:
+        with (
+            stream(["dpkg-deb", part, deb], what=f"{what}: read {shown}") as f,
+            tarfile.open(fileobj=f, mode="r|") as tar,
+        ):
+            yield tar
+    except (CommandError, tarfile.TarError):
+        raise OutputRefused(f"{what}: {shown} is not a package dpkg-deb can read") from None
+
+
+def _rel(name: str) -> str:
+    """A tar member's path relative to the package's root: './usr/bin/x' -> 'usr/bin/x', './' -> '.'."""
+    return posixpath.normpath("./" + name.lstrip("/"))
+
+
+def printable(name: str) -> str:
+    """A file name as a message shows it: as is, or quoted when it holds a newline or other control."""
+    return name if name.isprintable() else repr(name)
+
+
+def _tar_kind(member: tarfile.TarInfo) -> str:
+    if member.ischr() or member.isblk():
+        return "a device node"
+    if member.isfifo():
+        return "a fifo"
+    if member.issym():
+        return f"a symlink to {printable(member.linkname)}"
+    if member.islnk():
+        return "a hard link"
+    if member.isdir():
+        return "a directory"
+    return "not a regular file"

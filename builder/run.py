@@ -12,8 +12,10 @@ import shutil
 import signal
 import stat
 import subprocess
-from collections.abc import Mapping, Sequence
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import IO
 
 from .errors import XenspinError
 
@@ -125,6 +127,36 @@ def _environment(env: Mapping[str, str] | None, inherit: bool) -> dict[str, str]
     if not inherit:
         return {"PATH": SANDBOX_PATH, **(env or {})}
     return {**os.environ, **env} if env is not None else None
+
+
+@contextlib.contextmanager
+def stream(cmd: Sequence[str | os.PathLike], *, what: str) -> Iterator[IO[bytes]]:
+    """Run cmd with its standard output a pipe the caller reads as it comes (never held whole in memory).
+
+    What the caller leaves unread is drained; a failed command is a CommandError (its stderr as the
+    tail). An exception in the caller kills the command and goes on.
+    """
+    argv = [str(c) for c in cmd]
+    log.debug("$ %s |", quote(argv))
+    if shutil.which(argv[0]) is None:
+        raise XenspinError(f"{what}: {argv[0]} is not installed (run `xenspin setup`)")
+    full = [*DIE_WITH_PARENT, *argv] if shutil.which(DIE_WITH_PARENT[0]) else argv
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(full, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err)
+        assert proc.stdout is not None
+        try:
+            yield proc.stdout
+            while proc.stdout.read(1 << 16):
+                pass
+        except BaseException:
+            proc.kill()
+            raise
+        finally:
+            proc.stdout.close()
+            status = proc.wait()
+        if status != 0:
+            err.seek(0)
+            raise CommandError(what, argv, status, None, err.read(8192).decode(errors="replace"))
 
 
 def spawn(
