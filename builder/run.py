@@ -11,6 +11,7 @@ import signal
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import IO
 
 from .errors import XenspinError
 
@@ -64,16 +65,20 @@ def run(
     what: str,
     log_path: Path | None = None,
     cwd: Path | None = None,
-    env: Mapping[str, str] | None = None,
+    env: Mapping[str, str | None] | None = None,
     input: bytes | None = None,
     capture: bool = False,
+    stdout: IO[bytes] | None = None,
     check: bool = True,
     timeout: float | None = None,
 ) -> subprocess.CompletedProcess:
     """Run cmd; its output goes to log_path (appended) or is captured.
 
     `what` says what the command is for ("fetch xen", "build xen: compile"); it heads
-    the error message when the command fails.
+    the error message when the command fails. env is added to xenspin's environment;
+    a variable set to None is removed from it. With stdout (an open file), the
+    command's standard output goes there and its standard error is captured (and
+    appended to log_path when given): for output too big to hold in memory.
     """
     argv = [str(c) for c in cmd]
     log.debug("$ %s", quote(argv))
@@ -81,7 +86,18 @@ def run(
         raise XenspinError(f"{what}: {argv[0]} is not installed (run `xenspin setup`)")
     shown = argv
     argv = [*DIE_WITH_PARENT, *argv] if shutil.which(DIE_WITH_PARENT[0]) else argv
-    full_env = {**os.environ, **env} if env is not None else None
+    full_env = _environment(env)
+    if stdout is not None:
+        proc = subprocess.run(
+            argv, cwd=cwd, env=full_env, input=input, stdout=stdout, stderr=subprocess.PIPE, timeout=timeout
+        )
+        if log_path is not None:
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(log_path, "ab") as f:
+                f.write(f"$ {quote(shown)}\n".encode() + proc.stderr)
+        if check and proc.returncode != 0:
+            raise CommandError(what, shown, proc.returncode, log_path, proc.stderr.decode(errors="replace"))
+        return proc
     if log_path is not None and not capture:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "ab") as f:
@@ -109,6 +125,14 @@ def run(
             what, shown, proc.returncode, log_path, (proc.stderr or proc.stdout).decode(errors="replace")
         )
     return proc
+
+
+def _environment(env: Mapping[str, str | None] | None) -> dict[str, str] | None:
+    """xenspin's environment with env laid over it (None removes a variable); None when env is None."""
+    if env is None:
+        return None
+    full = {**os.environ, **env}
+    return {k: v for k, v in full.items() if v is not None}
 
 
 def spawn(
