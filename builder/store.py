@@ -6,6 +6,7 @@ Layout under the store root:
     objects/<kind>/<key>/        stage outputs (build roots, component builds) by cache key
     objects/<kind>/<key>.json    what the object's maker recorded (top directory, .deb digests);
                                  written last, so it marks the object complete
+    verified/<sha256 of entry>   stamps: every check a lock entry demands passed for what is stored
     roots/<sha256>.json          gc roots: what each manifest building into this store uses
     tmp/<hint>.<pid>.<random>    scratch; everything is written here first, then renamed
     locks/                       flock files
@@ -82,6 +83,10 @@ class Store:
 
     def git_path(self, url: str) -> Path:
         return self.root / "git" / (sha256_text(url)[:32] + ".git")
+
+    def stamp_path(self, name: str) -> Path:
+        """A verified/ stamp: name is the sha256 of the lock entry it vouches for."""
+        return self.root / "verified" / name
 
     def object_path(self, kind: str, key: str) -> Path:
         return self.root / "objects" / kind / key
@@ -241,7 +246,7 @@ class Store:
     # --- accounting ----------------------------------------------------------------
 
     def usage(self) -> list[Usage]:
-        """Entries and bytes per area: blobs, git mirrors, each object kind, logs, scratch."""
+        """Entries and bytes per area: blobs, git mirrors, each object kind, verified/ stamps, logs, scratch."""
         areas: list[tuple[str, list[Path]]] = [
             ("blobs", sorted((self.root / "blobs" / "sha256").glob("*/*"))),
             ("git", sorted((self.root / "git").glob("*.git"))),
@@ -250,6 +255,7 @@ class Store:
         if objects.is_dir():
             for kind in sorted(objects.iterdir()):
                 areas.append((f"objects/{kind.name}", sorted(p for p in kind.iterdir() if p.suffix != META)))
+        areas.append(("verified", sorted((self.root / "verified").glob("*"))))
         areas.append(("logs", sorted((self.root / "logs").glob("*"))))
         areas.append(("tmp", sorted((self.root / "tmp").glob("*"))))
         return [Usage(name, len(paths), sum(_size(p) for p in paths)) for name, paths in areas]
@@ -331,6 +337,11 @@ class Store:
                     key = obj.name.removesuffix(META)
                     if (kind.name, key) not in keep.objects:
                         drop(f"objects/{kind.name}", obj)
+        # A stamp vouches for what one lock entry names; the roots that keep the stamp keep
+        # that too, so a stamp outlives neither its objects nor the last root using it.
+        for stamp in (self.root / "verified").glob("*"):
+            if stamp.name not in keep.stamps:
+                drop("verified", stamp)
         cutoff = time.time() - 60
         for tmp in (self.root / "tmp").glob("*"):
             if tmp.lstat().st_mtime < cutoff:
@@ -346,9 +357,16 @@ class Root:
     blobs: frozenset[str] = frozenset()
     git: frozenset[str] = frozenset()  # canonical repository URLs
     objects: frozenset[tuple[str, str]] = frozenset()  # (kind, key)
+    stamps: frozenset[str] = frozenset()  # names of verified/ stamps
 
     def union(self, other: Root) -> Root:
-        return Root(self.manifest, self.blobs | other.blobs, self.git | other.git, self.objects | other.objects)
+        return Root(
+            self.manifest,
+            self.blobs | other.blobs,
+            self.git | other.git,
+            self.objects | other.objects,
+            self.stamps | other.stamps,
+        )
 
     def to_data(self) -> dict:
         return {
@@ -356,6 +374,7 @@ class Root:
             "blobs": sorted(self.blobs),
             "git": sorted(self.git),
             "objects": sorted([k, v] for k, v in self.objects),
+            "stamps": sorted(self.stamps),
         }
 
     @classmethod
@@ -365,6 +384,7 @@ class Root:
             frozenset(data["blobs"]),
             frozenset(data["git"]),
             frozenset((k, v) for k, v in data["objects"]),
+            frozenset(data.get("stamps", ())),  # roots written before stamps were kept: none
         )
 
 
