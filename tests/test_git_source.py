@@ -19,12 +19,15 @@ from pathlib import Path
 import pytest
 from conftest import Keys, one_line, sh
 
+from builder import build
 from builder.errors import GitError
 from builder.gpg import SignatureError
-from builder.manifest import GitSource, Verify
+from builder.manifest import Component, GitSource, Verify
+from builder.progress import Reporter
 from builder.run import DIE_WITH_PARENT
 from builder.sources import Context, FetchError, Keeps, Missing, Refused
 from builder.sources import git as gitsrc
+from builder.stage import Scheduler, Stage
 from builder.store import Store
 
 CANON = "https://xenbits.xen.org/git-http/xen.git"
@@ -585,3 +588,58 @@ def test_object_changed_in_the_mirror_is_refused_at_export(up: Upstream, tmp_pat
     assert not mirror.exists() and not gitsrc.fetched(entry, ctx)
     gitsrc.fetch("xen", src("stable"), entry, ctx)  # the real bytes again
     assert (gitsrc.export(entry, ctx, tmp_path / "again") / "README").read_text() == "xen\n"
+
+
+# --- the unpacked source tree --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("change", ["none", "byte", "added", "link", "mode", "removed"])
+def test_source_tree_is_checked_each_time_a_build_takes_it(up: Upstream, tmp_path: Path, capsys, change: str) -> None:
+    """objects/src/KEY changed after it was made is unpacked again, with a warning; unchanged, it is used as is."""
+    ctx = make_ctx(tmp_path, up)
+    ctx.progress = Reporter()
+    entry = gitsrc.lock("xen", src("stable"), ctx)
+    source = build._src_stage(ctx, "xen", Component(source=src("stable")), entry)
+    seen: list[dict[str, tuple[bytes | str, int]]] = []
+
+    def user(run: int) -> Stage:
+        """A build that must be made (its key changes each run), so it takes the source tree."""
+
+        def make(tmp: Path, needs) -> dict:
+            tree = needs["src:xen"].path
+            seen.append(
+                {
+                    p.name: (os.readlink(p) if p.is_symlink() else p.read_bytes(), p.lstat().st_mode)
+                    for p in sorted(tree.iterdir())
+                }
+            )
+            return {}
+
+        return Stage("build", "xen", 1, inputs=lambda _needs: {"run": run}, make=make, uses=("src:xen",))
+
+    first = Scheduler(ctx.store, [source, user(1)]).run()["src:xen"].done
+    assert first.path is not None and first.meta is not None and len(first.meta["tree"]) == 64
+    tree = first.path
+    if change == "byte":
+        (tree / "README").write_text("xen!")
+    elif change == "added":
+        (tree / "extra").write_text("")
+    elif change == "link":
+        (tree / "link").unlink()
+        (tree / "link").symlink_to("build.sh")
+    elif change == "mode":
+        (tree / "README").chmod(0o755)
+    elif change == "removed":
+        (tree / "dropped.txt").unlink()
+    capsys.readouterr()
+    second = Scheduler(ctx.store, [source, user(2)]).run()["src:xen"]
+    assert seen[1] == seen[0]
+    err = capsys.readouterr().err
+    if change == "none":
+        assert not second.made and err == ""
+        return
+    where = f"objects/src/{first.key}"
+    assert one_line(err) == (
+        f"warning: {where}: the source tree of xen changed since it was unpacked; removed it, unpacking again"
+    )
+    assert second.made and ctx.store.meta("src", first.key) == first.meta
