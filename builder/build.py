@@ -30,12 +30,12 @@ from .run import CommandError, as_builder, builder, give, run, sandbox, take_bac
 from .sources import module, verified_blob
 from .sources import path as path_source
 from .stage import Needs, Outcome, Stage, stage_key
-from .store import remove_tree, sha256_file
+from .store import remove_tree, sha256_file, tree_digest
 
 log = logging.getLogger("xenspin.build")
 
 FORMAT = 1  # the component build's output format; bump to rebuild every component
-SRC_FORMAT = 1  # the unpacked source tree's layout
+SRC_FORMAT = 2  # the unpacked source tree's layout; 2: its metadata records the tree's digest
 
 
 class BuildError(XenspinError):
@@ -197,10 +197,28 @@ def stages(
 
 
 def _src_stage(ctx: Context, name: str, comp: Component, entry: dict) -> Stage:
+    """The unpacked source tree: its digest recorded when made, checked each time a build takes it.
+
+    A tree changed in the store since (a byte of a file, a file added, a link retargeted)
+    is removed with a warning and unpacked again from the verified sources.
+    """
+
     def make(tmp: Path, _needs: Needs) -> dict:
         tree = module(comp.source.kind).tree(entry, ctx, tmp)
         top = os.path.relpath(tree, tmp)
-        return {"top": "" if top == "." else top}
+        return {"top": "" if top == "." else top, "tree": tree_digest(tmp)}
+
+    def check(path: Path, meta: dict) -> bool:
+        try:
+            if tree_digest(path) == meta.get("tree"):
+                return True
+        except OSError:  # a file made unreadable, a directory made a file: changed all the same
+            pass
+        where = path.relative_to(ctx.store.root)
+        ctx.say(
+            f"warning: {where}: the source tree of {name} changed since it was unpacked; removed it, unpacking again"
+        )
+        return False
 
     return Stage(
         kind="src",
@@ -209,6 +227,7 @@ def _src_stage(ctx: Context, name: str, comp: Component, entry: dict) -> Stage:
         inputs=lambda _needs: source_ident(entry),
         make=make,
         lazy=True,
+        check=check,
     )
 
 

@@ -181,10 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         # disk, a permission, a child that hung. One line, like any user error.
         print(f"xenspin: {errors.describe(e)}", file=sys.stderr)
         return 2
-    except Exception as e:
-        if errors.is_git_error(e):  # git refusing (GitPython calls outside run.py)
-            print(f"xenspin: {errors.describe(e)}", file=sys.stderr)
-            return 2
+    except Exception:
         path = errors.save_traceback()
         if args.verbose > 1:
             traceback.print_exc()

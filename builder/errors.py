@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import errno
 import os
-import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,8 +70,12 @@ class Missing(FetchError):
     """Offline, and the store lacks something a lock entry names."""
 
 
+class GitError(XenspinError):
+    """git failed on a mirror in the store (not reaching upstream: that is a FetchError)."""
+
+
 def describe(e: BaseException) -> str:
-    """One line for an error of the machine rather than of xenspin (OSError, git, a hung child)."""
+    """One line for an error of the machine rather than of xenspin (OSError, a hung child)."""
     if isinstance(e, OSError):
         what = {
             errno.ENOSPC: "no space left on the device",
@@ -82,22 +86,25 @@ def describe(e: BaseException) -> str:
         }.get(e.errno or 0, e.strerror or str(e))
         names = [str(n) for n in (e.filename, e.filename2) if n]
         return f"{' -> '.join(names)}: {what}" if names else what
-    command = getattr(e, "command", None)
-    if command is not None and hasattr(e, "status"):  # git.GitCommandError
-        argv = command if isinstance(command, list | tuple) else str(command).split()
-        stderr = str(getattr(e, "stderr", "") or "")
-        said = next((ln.strip() for ln in reversed(stderr.splitlines()) if ln.strip()), "no message")
-        said = said.removeprefix("stderr: ").removeprefix("'").removesuffix("'")
-        return f"git {' '.join(str(a) for a in argv[1:3])} failed (exit {e.status}): {said}"
     if hasattr(e, "timeout") and hasattr(e, "cmd"):  # subprocess.TimeoutExpired
         return f"{e.cmd!s:.80}: gave no answer in {e.timeout} s and was stopped"
     return str(e) or e.__class__.__name__
 
 
-def is_git_error(e: BaseException) -> bool:
-    """A GitPython GitCommandError (git is only imported by runs that use git, so look it up lazily)."""
-    git = sys.modules.get("git")
-    return git is not None and isinstance(e, git.GitCommandError)
+def git_said(stderr: str) -> str:
+    """The line of git's standard error that says what went wrong (fatal:/error:), else its last line."""
+    lines = [line.strip() for line in stderr.strip().splitlines() if line.strip()]
+    for line in reversed(lines):
+        if line.startswith(("fatal:", "error:")):
+            return line
+    return lines[-1] if lines else "no message"
+
+
+def git_failed(what: str, args: Sequence[str], status: int, stderr: str) -> str:
+    """One line for a git command that failed: what it was for, the subcommand, its status, git's word."""
+    words = [a for i, a in enumerate(args) if not a.startswith("-") and (i == 0 or args[i - 1] != "-c")]
+    sub = " ".join(words[:2])
+    return f"{what}: git {sub} failed (exit {status}): {git_said(stderr)}"
 
 
 def save_traceback() -> Path:

@@ -65,12 +65,14 @@ def fetch(
 
 
 def keeps(distro: Distro, lock: Lock, ctx: Context) -> Keeps:
-    """Everything in the store that the lock still needs (for `store gc`)."""
+    """Everything in the store that the lock still needs (for `store gc`), its verified/ stamps too."""
     blobs: set[str] = set()
     git: set[str] = set()
+    stamps: set[str] = set()
     for name, entry in lock.components.items():
         if name in distro.components:
             k = module(distro.components[name].source.kind).keeps(entry, ctx)
             blobs |= k.blobs
             git |= k.git
-    return Keeps(frozenset(blobs), frozenset(git))
+            stamps.add(verified_stamp(ctx, entry).name)
+    return Keeps(frozenset(blobs), frozenset(git), frozenset(stamps))

@@ -206,7 +206,7 @@ def gc_root(ctx: Context, distro: Distro, current: lock.Lock, graph: list[Planne
     keep = fetch.keeps(distro, current, ctx)
     graph = planned(ctx, distro, current) if graph is None else graph
     objects = frozenset((p.stage.kind, p.key) for p in graph if p.key)
-    return Root(ctx.manifest, keep.blobs | packagesets.keeps(current), keep.git, objects)
+    return Root(ctx.manifest, keep.blobs | packagesets.keeps(current), keep.git, objects, keep.stamps)
 
 
 def register(ctx: Context, distro: Distro, current: lock.Lock | None) -> None:

@@ -73,9 +73,10 @@ def run(
     what: str,
     log_path: Path | None = None,
     cwd: Path | None = None,
-    env: Mapping[str, str] | None = None,
+    env: Mapping[str, str | None] | None = None,
     input: bytes | None = None,
     capture: bool = False,
+    stdout: IO[bytes] | None = None,
     check: bool = True,
     timeout: float | None = None,
     inherit_env: bool = True,
@@ -83,9 +84,12 @@ def run(
     """Run cmd; its output goes to log_path (appended) or is captured.
 
     `what` says what the command is for ("fetch xen", "build xen: compile"); it heads
-    the error message when the command fails. With inherit_env=False the command sees
+    the error message when the command fails. env is added to xenspin's environment;
+    a variable set to None is removed from it. With inherit_env=False the command sees
     only `env` and a plain PATH: nothing of the user's environment (a CI secret, a
-    proxy) reaches what runs untrusted code.
+    proxy) reaches what runs untrusted code. With stdout (an open file), the
+    command's standard output goes there and its standard error is captured (and
+    appended to log_path when given): for output too big to hold in memory.
     """
     argv = [str(c) for c in cmd]
     log.debug("$ %s", quote(argv))
@@ -94,6 +98,17 @@ def run(
     shown = argv
     argv = [*DIE_WITH_PARENT, *argv] if shutil.which(DIE_WITH_PARENT[0]) else argv
     full_env = _environment(env, inherit_env)
+    if stdout is not None:
+        proc = subprocess.run(
+            argv, cwd=cwd, env=full_env, input=input, stdout=stdout, stderr=subprocess.PIPE, timeout=timeout
+        )
+        if log_path is not None:
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(log_path, "ab") as f:
+                f.write(f"$ {quote(shown)}\n".encode() + proc.stderr)
+        if check and proc.returncode != 0:
+            raise CommandError(what, shown, proc.returncode, log_path, proc.stderr.decode(errors="replace"))
+        return proc
     if log_path is not None and not capture:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "ab") as f:
@@ -123,10 +138,17 @@ def run(
     return proc
 
 
-def _environment(env: Mapping[str, str] | None, inherit: bool) -> dict[str, str] | None:
+def _environment(env: Mapping[str, str | None] | None, inherit: bool = True) -> dict[str, str] | None:
+    """xenspin's environment with env laid over it (None removes a variable); None when env is None.
+
+    Without inherit, only env and a plain PATH.
+    """
     if not inherit:
-        return {"PATH": SANDBOX_PATH, **(env or {})}
-    return {**os.environ, **env} if env is not None else None
+        return {k: v for k, v in {"PATH": SANDBOX_PATH, **(env or {})}.items() if v is not None}
+    if env is None:
+        return None
+    full = {**os.environ, **env}
+    return {k: v for k, v in full.items() if v is not None}
 
 
 @contextlib.contextmanager

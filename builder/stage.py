@@ -61,6 +61,9 @@ class Stage:
     uses: tuple[str, ...] = ()
     lazy: bool = False  # made only when a stage that uses it must be made (or one comes after it)
     clamp: int | None = None  # clamp file times in the output to this (SOURCE_DATE_EPOCH)
+    # check(object directory, metadata) each time the object is taken from the store; False:
+    # it is bad (check says why), so it is removed and made again (Store.obtain)
+    check: Callable[[Path, dict], bool] | None = None
 
     @property
     def id(self) -> str:
@@ -198,16 +201,19 @@ class Scheduler:
         done = lookup(self.store, stage, needs)
         made = False
         start = time.monotonic()
-        if done.meta is None:
-            for u in stage.uses:
-                needs[u] = self.obtain(self.by_id[u]).done
+        if done.meta is None or stage.check is not None:
+            if done.meta is None:
+                for u in stage.uses:
+                    needs[u] = self.obtain(self.by_id[u]).done
             made_flag: list[bool] = []
 
             def make(tmp: Path) -> dict | None:
                 made_flag.append(True)
+                for u in stage.uses:  # already obtained, unless a checked object failed its check
+                    needs[u] = self.obtain(self.by_id[u]).done
                 return stage.make(tmp, needs)
 
-            path = self.store.obtain(stage.kind, done.key, make, clamp=stage.clamp)
+            path = self.store.obtain(stage.kind, done.key, make, clamp=stage.clamp, check=stage.check)
             done = Done(done.key, path, self.store.meta(stage.kind, done.key))
             made = bool(made_flag)
         outcome = Outcome(stage, done, made, round(time.monotonic() - start, 1))

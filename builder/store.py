@@ -4,8 +4,9 @@ Layout under the store root:
     blobs/sha256/ab/abcd...      files by the sha256 of their bytes (tarballs, .dsc, .deb)
     git/<sha256 of url>.git      bare git mirrors, one per repository URL
     objects/<kind>/<key>/        stage outputs (build roots, component builds) by cache key
-    objects/<kind>/<key>.json    what the object's maker recorded (top directory, .deb digests);
-                                 written last, so it marks the object complete
+    objects/<kind>/<key>.json    what the object's maker recorded (top directory, .deb digests,
+                                 a tree's digest); written last, so it marks the object complete
+    verified/<sha256 of entry>   stamps: every check a lock entry demands passed for what is stored
     roots/<sha256>.json          gc roots: what each manifest building into this store uses
     tmp/<hint>.<pid>.<random>    scratch; everything is written here first, then renamed
     locks/                       flock files
@@ -26,6 +27,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -44,6 +46,39 @@ def sha256_file(path: Path) -> str:
     with open(path, "rb") as f:
         while chunk := f.read(CHUNK):
             h.update(chunk)
+    return h.hexdigest()
+
+
+def tree_digest(root: Path, *, modes: int = 0o7777, skip: frozenset[str] = frozenset()) -> str:
+    """sha256 of a tree's canonical form: every name, kind, mode, file's bytes and link target.
+
+    One record per entry below root (root itself is not one), in sorted order, NUL
+    separated (no name or link target holds a NUL). Links are not followed. modes masks
+    the permission bits recorded (0o111: only the execute bits, for a checkout whose
+    other bits follow the user's umask); names in skip are left out wherever they are.
+    """
+    h = hashlib.sha256()
+
+    def walk(directory: str, rel: bytes) -> None:
+        with os.scandir(directory) as it:
+            entries = sorted(it, key=lambda e: e.name)
+        for e in entries:
+            if e.name in skip:
+                continue
+            name = rel + os.fsencode(e.name)
+            mode = e.stat(follow_symlinks=False).st_mode
+            perm = b"%o" % (stat.S_IMODE(mode) & modes)
+            if stat.S_ISLNK(mode):
+                h.update(b"l\0" + name + b"\0" + os.fsencode(os.readlink(e.path)) + b"\0")
+            elif stat.S_ISDIR(mode):
+                h.update(b"d\0" + name + b"\0" + perm + b"\0")
+                walk(e.path, name + b"/")
+            elif stat.S_ISREG(mode):
+                h.update(b"f\0" + name + b"\0" + perm + b"\0" + sha256_file(Path(e.path)).encode() + b"\0")
+            else:  # a device, fifo or socket: its type and mode, never opened
+                h.update(b"o\0" + name + b"\0" + b"%o" % (stat.S_IFMT(mode) | stat.S_IMODE(mode) & modes) + b"\0")
+
+    walk(str(root), b"")
     return h.hexdigest()
 
 
@@ -83,6 +118,10 @@ class Store:
 
     def git_path(self, url: str) -> Path:
         return self.root / "git" / (sha256_text(url)[:32] + ".git")
+
+    def stamp_path(self, name: str) -> Path:
+        """A verified/ stamp: name is the sha256 of the lock entry it vouches for."""
+        return self.root / "verified" / name
 
     def object_path(self, kind: str, key: str) -> Path:
         return self.root / "objects" / kind / key
@@ -171,6 +210,7 @@ class Store:
         make: Callable[[Path], dict | None],
         *,
         clamp: int | None = None,
+        check: Callable[[Path, dict], bool] | None = None,
     ) -> Path:
         """The object KIND/KEY, made once: look up, lock, make under tmp/, clamp times, record, rename.
 
@@ -178,18 +218,24 @@ class Store:
         the object (e.g. {"top": "xen-4.17"} for a tree whose useful part is one
         directory, or the digests of .debs so nothing re-hashes them). The metadata
         file is written last and marks the object complete. With clamp, no time in
-        the tree is later than it (reproducible outputs). Returns the object's
-        content path (its directory, or the recorded top directory in it).
+        the tree is later than it (reproducible outputs). With check, an object found
+        in the store is checked (check(object directory, metadata), under the object's
+        lock) before it is used; one that fails (check says why) is removed and made
+        again. Returns the object's content path (its directory, or the recorded top
+        directory in it).
         """
         meta = self.meta(kind, key)
-        if meta is not None:
+        if meta is not None and check is None:
             return self.content(kind, key, meta)
         dest = self.object_path(kind, key)
         with self.locked(f"{kind}-{key[:32]}"):
             meta = self.meta(kind, key)
-            if meta is not None:
+            if meta is not None and (check is None or check(dest, meta)):
                 return self.content(kind, key, meta)
-            if dest.exists():  # a directory without its metadata: a run killed between the two renames
+            # No metadata beside a directory: a run killed between the two renames. Or one
+            # that failed its check. Either way, gone before it is made again.
+            dest.with_suffix(META).unlink(missing_ok=True)
+            if dest.exists() or dest.is_symlink():
                 _remove(dest)
             meta = self.create(dest, make, hint=kind, clamp=clamp)
             write_json(dest.with_suffix(META), meta)
@@ -242,7 +288,7 @@ class Store:
     # --- accounting ----------------------------------------------------------------
 
     def usage(self) -> list[Usage]:
-        """Entries and bytes per area: blobs, git mirrors, each object kind, logs, scratch."""
+        """Entries and bytes per area: blobs, git mirrors, each object kind, verified/ stamps, logs, scratch."""
         areas: list[tuple[str, list[Path]]] = [
             ("blobs", sorted((self.root / "blobs" / "sha256").glob("*/*"))),
             ("git", sorted((self.root / "git").glob("*.git"))),
@@ -251,6 +297,7 @@ class Store:
         if objects.is_dir():
             for kind in sorted(objects.iterdir()):
                 areas.append((f"objects/{kind.name}", sorted(p for p in kind.iterdir() if p.suffix != META)))
+        areas.append(("verified", sorted((self.root / "verified").glob("*"))))
         areas.append(("logs", sorted((self.root / "logs").glob("*"))))
         areas.append(("tmp", sorted((self.root / "tmp").glob("*"))))
         return [Usage(name, len(paths), sum(_size(p) for p in paths)) for name, paths in areas]
@@ -332,6 +379,11 @@ class Store:
                     key = obj.name.removesuffix(META)
                     if (kind.name, key) not in keep.objects:
                         drop(f"objects/{kind.name}", obj)
+        # A stamp vouches for what one lock entry names; the roots that keep the stamp keep
+        # that too, so a stamp outlives neither its objects nor the last root using it.
+        for stamp in (self.root / "verified").glob("*"):
+            if stamp.name not in keep.stamps:
+                drop("verified", stamp)
         cutoff = time.time() - 60
         for tmp in (self.root / "tmp").glob("*"):
             if tmp.lstat().st_mtime < cutoff:
@@ -347,9 +399,16 @@ class Root:
     blobs: frozenset[str] = frozenset()
     git: frozenset[str] = frozenset()  # canonical repository URLs
     objects: frozenset[tuple[str, str]] = frozenset()  # (kind, key)
+    stamps: frozenset[str] = frozenset()  # names of verified/ stamps
 
     def union(self, other: Root) -> Root:
-        return Root(self.manifest, self.blobs | other.blobs, self.git | other.git, self.objects | other.objects)
+        return Root(
+            self.manifest,
+            self.blobs | other.blobs,
+            self.git | other.git,
+            self.objects | other.objects,
+            self.stamps | other.stamps,
+        )
 
     def to_data(self) -> dict:
         return {
@@ -357,6 +416,7 @@ class Root:
             "blobs": sorted(self.blobs),
             "git": sorted(self.git),
             "objects": sorted([k, v] for k, v in self.objects),
+            "stamps": sorted(self.stamps),
         }
 
     @classmethod
@@ -366,6 +426,7 @@ class Root:
             frozenset(data["blobs"]),
             frozenset(data["git"]),
             frozenset((k, v) for k, v in data["objects"]),
+            frozenset(data.get("stamps", ())),  # roots written before stamps were kept: none
         )
 
 

@@ -6,7 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import git
 import pytest
 from conftest import one_line
 
@@ -85,17 +84,6 @@ def test_disk_full(project: Path) -> None:
     assert proc.returncode == 2, proc.stderr
     line = one_line(proc.stderr)
     assert line == f"{full}/distro.lock: cannot write: no space left on the device"
-
-
-def test_git_error_outside_run(project: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
-    """GitPython raises GitCommandError from calls outside run.py (a fault mocked: git refusing on demand)."""
-
-    def refuse(*_a, **_k):
-        raise git.GitCommandError(["git", "update-ref", "refs/x", "abc"], 128, b"fatal: cannot lock ref 'refs/x'")
-
-    monkeypatch.setattr(cli, "COMMANDS", {**cli.COMMANDS, "lock": refuse})
-    line = fails(capsys, "--store", "store", "lock")
-    assert line == "xenspin: git update-ref refs/x failed (exit 128): fatal: cannot lock ref 'refs/x'"
 
 
 def test_killed_child_is_named() -> None:

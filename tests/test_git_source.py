@@ -2,19 +2,32 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
+import signal
+import socket
+import subprocess
+import sys
 import threading
+import time
+import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
 from conftest import Keys, one_line, sh
 
+from builder import build
+from builder.errors import GitError
 from builder.gpg import SignatureError
-from builder.manifest import GitSource, Verify
-from builder.sources import Context, FetchError, Keeps, Missing
+from builder.manifest import Component, GitSource, Verify
+from builder.progress import Reporter
+from builder.run import DIE_WITH_PARENT
+from builder.sources import Context, FetchError, Keeps, Missing, Refused
 from builder.sources import git as gitsrc
+from builder.stage import Scheduler, Stage
 from builder.store import Store
 
 CANON = "https://xenbits.xen.org/git-http/xen.git"
@@ -391,3 +404,242 @@ def test_export_needs_a_fetch(up: Upstream, tmp_path: Path) -> None:
     with pytest.raises(Missing) as e:
         gitsrc.export(entry, make_ctx(tmp_path, up), tmp_path / "src")
     one_line(e, f"export {CANON}: the store lacks commit {up.c3}")
+
+
+# --- git through the process gateway -----------------------------------------------------
+
+# Every process Python starts, seen by an audit hook (a real observation, no mock): the
+# hook is installed once and records only while a test asks it to.
+STARTED: list[tuple[list[str], dict[str, str] | None]] = []
+AUDITING: list[bool] = []
+
+
+def _audit(event: str, args: tuple) -> None:
+    if event == "subprocess.Popen" and AUDITING:
+        _exe, argv, _cwd, env = args
+        STARTED.append(
+            ([os.fsdecode(a) for a in argv], {os.fsdecode(k): os.fsdecode(v) for k, v in env.items()} if env else None)
+        )
+
+
+@pytest.fixture
+def started() -> Iterator[list[tuple[list[str], dict[str, str] | None]]]:
+    if not getattr(sys, "_xenspin_audit", False):
+        sys.addaudithook(_audit)
+        sys._xenspin_audit = True  # type: ignore[attr-defined]
+    STARTED.clear()
+    AUDITING.append(True)
+    try:
+        yield STARTED
+    finally:
+        AUDITING.clear()
+
+
+def test_every_git_process_starts_through_run(up: Upstream, tmp_path: Path, started, caplog, keys: Keys) -> None:
+    """lock, fetch, tag checks, signatures and export: each git is run.run's (logged, dies with xenspin), hermetic."""
+    caplog.set_level(logging.DEBUG, logger="xenspin.run")
+    source = src("v1.0", tag_verify(keys.good_file))
+    entry = gitsrc.lock("xen", source, make_ctx(tmp_path, up, "lock-store"))
+    ctx = make_ctx(tmp_path, up)
+    gitsrc.fetch("xen", source, entry, ctx)
+    gitsrc.tag_now("xen", entry, ctx)
+    gitsrc.export(entry, ctx, tmp_path / "src")
+    gits = [(argv, env) for argv, env in started if "git" in argv[:6]]
+    subcommands = {a for argv, _ in gits for a in argv if a in ("init", "fetch", "verify-tag", "archive", "cat-file")}
+    assert subcommands == {"init", "fetch", "verify-tag", "archive", "cat-file"}
+    logged = [r.getMessage() for r in caplog.records if r.getMessage().startswith("$ git ")]
+    assert len(logged) == len(gits)
+    for argv, env in gits:
+        assert argv[: len(DIE_WITH_PARENT) + 1] == [*DIE_WITH_PARENT, "git"], argv
+        assert f"core.hooksPath={os.devnull}" in argv, argv
+        assert env is not None
+        assert env["GIT_CONFIG_GLOBAL"] == os.devnull and env["GIT_CONFIG_NOSYSTEM"] == "1", argv
+        assert env["GIT_TERMINAL_PROMPT"] == "0" and env["GIT_NO_REPLACE_OBJECTS"] == "1", argv
+
+
+def test_killed_xenspin_leaves_no_git_behind(tmp_path: Path) -> None:
+    """kill -9 of xenspin while git waits on a silent server: the git process dies with it."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()  # never accepts: git connects and waits for an answer that never comes
+    url = f"git://127.0.0.1:{server.getsockname()[1]}/xen.git"
+    code = (
+        "from pathlib import Path\n"
+        "from builder.manifest import GitSource\n"
+        "from builder.sources import Context, git\n"
+        "from builder.store import Store\n"
+        f"ctx = Context(store=Store(Path({str(tmp_path / 'store')!r})), base=None, mirrors={{{CANON!r}: {url!r}}})\n"
+        f"git.lock('xen', GitSource(git={CANON!r}, ref='main'), ctx)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        deadline = time.monotonic() + 20
+        while not (seen := _gits_fetching(url)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert seen, "git never started"
+        parent.kill()
+        parent.wait()
+        deadline = time.monotonic() + 5
+        while _gits_fetching(url) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        left = _gits_fetching(url)
+        assert not left
+    finally:
+        parent.kill()
+        parent.wait()
+        for pid in _gits_fetching(url):
+            os.kill(pid, signal.SIGKILL)
+        server.close()
+
+
+def _gits_fetching(url: str) -> list[int]:
+    """Pids of live git processes fetching url."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if argv[0].endswith(b"git") and url.encode() in argv and state != "Z":
+            pids.append(int(proc.name))
+    return pids
+
+
+def test_user_git_config_and_hooks_change_nothing(up: Upstream, tmp_path: Path, monkeypatch) -> None:
+    """The user's git config (an insteadOf, a hooksPath), GIT_CONFIG_* in the environment and hooks in a mirror."""
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    sh("git", "init", "-q", "-b", "main", cwd=evil)
+    (evil / "README").write_text("not xen\n")
+    sh("git", "add", "README", cwd=evil)
+    sh("git", "commit", "-q", "-m", "evil", cwd=evil)
+    marker = tmp_path / "hook-ran"
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    for name in ("reference-transaction", "post-checkout", "pre-auto-gc"):
+        (hooks / name).write_text(f"#!/bin/sh\necho {name} >> {marker}\n")
+        (hooks / name).chmod(0o755)
+    config = tmp_path / "gitconfig"
+    config.write_text(f'[url "{evil.as_uri()}"]\n\tinsteadOf = {up.url}\n[core]\n\thooksPath = {hooks}\n')
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(config))
+    monkeypatch.setenv("GIT_CONFIG_COUNT", "1")
+    monkeypatch.setenv("GIT_CONFIG_KEY_0", "core.hooksPath")
+    monkeypatch.setenv("GIT_CONFIG_VALUE_0", str(hooks))
+    ctx = make_ctx(tmp_path, up)
+    entry = gitsrc.lock("xen", src("main"), ctx)
+    assert entry["commit"] == up.c3
+    shutil.copytree(hooks, ctx.store.git_path(CANON) / "hooks", dirs_exist_ok=True)
+    gitsrc.fetch("xen", src("main"), entry, ctx)
+    gitsrc.lock("xen", src("stable"), ctx)
+    assert (gitsrc.export(entry, ctx, tmp_path / "src") / "README").read_text() == "xen 3\n"
+    assert not marker.exists(), marker.read_text()
+
+
+def test_git_failing_on_the_mirror_is_one_line(up: Upstream, tmp_path: Path) -> None:
+    ctx = make_ctx(tmp_path, up)
+    entry = gitsrc.lock("xen", src("stable"), ctx)
+    held = ctx.store.git_path(CANON) / f"refs/xenspin/keep/{up.c1}.lock"
+    held.write_text("")  # a git killed while it held the ref
+    with pytest.raises(GitError) as e:
+        gitsrc.fetch("xen", src("stable"), entry, ctx)
+    line = one_line(e, f"fetch xen: git update-ref refs/xenspin/keep/{up.c1} failed (exit 128): fatal: ")
+    assert "File exists" in line
+
+
+# --- objects changed in the mirror -------------------------------------------------------
+
+
+def _loose(mirror: Path, oid: str) -> Path:
+    path = mirror / "objects" / oid[:2] / oid[2:]
+    assert path.is_file(), f"{oid} is not a loose object in the mirror"
+    path.chmod(0o644)
+    return path
+
+
+@pytest.mark.parametrize("what", ["blob", "tree", "packed"])
+def test_object_changed_in_the_mirror_is_refused_at_export(up: Upstream, tmp_path: Path, what: str) -> None:
+    """A blob or tree rewritten in the mirror after the fetch (git reads it back unchecked) is never exported."""
+    ctx = make_ctx(tmp_path, up)
+    entry = gitsrc.lock("xen", src("stable"), ctx)  # c1: README is "xen\n"
+    mirror = ctx.store.git_path(CANON)
+    readme = up.git("rev-parse", f"{up.c1}:README")
+    if what == "blob":
+        _loose(mirror, readme).write_bytes(zlib.compress(b"blob 4\0own\n"))  # as long as "xen\n"
+    elif what == "tree":  # c1's tree rewritten as c2's: README "xen 2"
+        other = subprocess.run(["git", "cat-file", "tree", f"{up.c2}^{{tree}}"], cwd=up.path, capture_output=True)
+        tree = _loose(mirror, up.git("rev-parse", f"{up.c1}^{{tree}}"))
+        tree.write_bytes(zlib.compress(b"tree %d\0" % len(other.stdout) + other.stdout))
+    else:
+        sh("git", "--git-dir", mirror, "repack", "-adq")
+        pack = next((mirror / "objects/pack").glob("*.pack"))
+        index = sh("git", "verify-pack", "-v", pack.with_suffix(".idx"))
+        line = next(row.split() for row in index.splitlines() if row.startswith(readme))
+        offset, stored = int(line[4]), int(line[3])
+        data = bytearray(pack.read_bytes())
+        data[offset + stored - 2] ^= 0xFF  # inside the zlib stream's checksum
+        pack.chmod(0o644)
+        pack.write_bytes(bytes(data))
+    with pytest.raises(Refused) as e:
+        gitsrc.export(entry, ctx, tmp_path / "src")
+    line = one_line(e, f"export {CANON}: object ")
+    assert "does not match its id" in line and "`xenspin fetch` gets it again" in line
+    assert not (tmp_path / "src" / "README").exists()
+    assert not mirror.exists() and not gitsrc.fetched(entry, ctx)
+    gitsrc.fetch("xen", src("stable"), entry, ctx)  # the real bytes again
+    assert (gitsrc.export(entry, ctx, tmp_path / "again") / "README").read_text() == "xen\n"
+
+
+# --- the unpacked source tree --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("change", ["none", "byte", "added", "link", "mode", "removed"])
+def test_source_tree_is_checked_each_time_a_build_takes_it(up: Upstream, tmp_path: Path, capsys, change: str) -> None:
+    """objects/src/KEY changed after it was made is unpacked again, with a warning; unchanged, it is used as is."""
+    ctx = make_ctx(tmp_path, up)
+    ctx.progress = Reporter()
+    entry = gitsrc.lock("xen", src("stable"), ctx)
+    source = build._src_stage(ctx, "xen", Component(source=src("stable")), entry)
+    seen: list[dict[str, tuple[bytes | str, int]]] = []
+
+    def user(run: int) -> Stage:
+        """A build that must be made (its key changes each run), so it takes the source tree."""
+
+        def make(tmp: Path, needs) -> dict:
+            tree = needs["src:xen"].path
+            seen.append(
+                {
+                    p.name: (os.readlink(p) if p.is_symlink() else p.read_bytes(), p.lstat().st_mode)
+                    for p in sorted(tree.iterdir())
+                }
+            )
+            return {}
+
+        return Stage("build", "xen", 1, inputs=lambda _needs: {"run": run}, make=make, uses=("src:xen",))
+
+    first = Scheduler(ctx.store, [source, user(1)]).run()["src:xen"].done
+    assert first.path is not None and first.meta is not None and len(first.meta["tree"]) == 64
+    tree = first.path
+    if change == "byte":
+        (tree / "README").write_text("xen!")
+    elif change == "added":
+        (tree / "extra").write_text("")
+    elif change == "link":
+        (tree / "link").unlink()
+        (tree / "link").symlink_to("build.sh")
+    elif change == "mode":
+        (tree / "README").chmod(0o755)
+    elif change == "removed":
+        (tree / "dropped.txt").unlink()
+    capsys.readouterr()
+    second = Scheduler(ctx.store, [source, user(2)]).run()["src:xen"]
+    assert seen[1] == seen[0]
+    err = capsys.readouterr().err
+    if change == "none":
+        assert not second.made and err == ""
+        return
+    where = f"objects/src/{first.key}"
+    assert one_line(err) == (
+        f"warning: {where}: the source tree of xen changed since it was unpacked; removed it, unpacking again"
+    )
+    assert second.made and ctx.store.meta("src", first.key) == first.meta

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ import yaml
 from conftest import commit, git
 
 from builder import cli
+from builder.store import sha256_json
 
 UPSTREAM = "https://git.example.invalid/hello.git"
 
@@ -207,6 +209,30 @@ def test_gc_on_a_shared_store_keeps_what_other_manifests_use(project: Path, caps
     out, _ = xs(capsys, "-f", "b.yaml", "store", "gc", "--older-than", "30")
     assert f"dropped gc root {project / 'p/distro.yaml'}: not used for over 30 days" in out
     assert "removed git" in out and not list((project / "store/git").glob("*.git"))
+
+
+def test_verified_stamps_in_du_and_gc(project: Path, capsys) -> None:
+    """verified/ stamps are an area of `store du`; gc removes those no live root uses, with what they vouch for."""
+    xs(capsys, "lock")
+    xs(capsys, "fetch")
+    stamps = project / "store/verified"
+    live = {name: sha256_json(entry) for name, entry in entries().items()}
+    assert sorted(p.name for p in stamps.iterdir()) == sorted(live.values())
+    out, _ = xs(capsys, "store", "du")
+    assert re.search(r"^verified +2 entries", out, re.M), out
+    (stamps / ("0" * 64)).write_text("verified\n")  # a stamp of an entry no lock holds any more
+    out, _ = xs(capsys, "store", "gc")
+    assert re.search(r"^removed verified +1 entries", out, re.M), out
+    assert sorted(p.name for p in stamps.iterdir()) == sorted(live.values())
+    # hello leaves the manifest: its mirror is collected, and the stamp that vouched for it
+    manifest = Path("distro.yaml")
+    manifest.write_text(
+        manifest.read_text().split("  hello:")[0] + "  tree:" + manifest.read_text().split("  tree:")[1]
+    )
+    xs(capsys, "lock")
+    out, _ = xs(capsys, "store", "gc")
+    assert "removed git" in out and re.search(r"^removed verified +1 entries", out, re.M), out
+    assert [p.name for p in stamps.iterdir()] == [live["tree"]]
 
 
 def test_gc_drops_the_root_of_a_manifest_that_is_gone(project: Path, capsys) -> None:

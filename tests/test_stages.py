@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from builder.stage import Done, Pending, Scheduler, Stage, resolve, stage_key
-from builder.store import Store
+from builder.store import Store, tree_digest
 
 
 def test_obtain_makes_once_records_metadata_and_top(tmp_path: Path) -> None:
@@ -74,7 +74,7 @@ def test_directory_without_metadata_is_made_again(tmp_path: Path) -> None:
 KILLED = """
 import sys, time
 from pathlib import Path
-from builder.store import Store
+from builder.store import Store, tree_digest
 store = Store(Path(sys.argv[1]))
 def make(tmp):
     (tmp / "big").write_text("x" * 1000)
@@ -257,3 +257,38 @@ def test_a_lazy_stage_named_in_after_is_run(tmp_path: Path) -> None:
     stages = [stage("tools", log, lazy=True), stage("image", log, after=["test:tools"])]
     out = Scheduler(store, stages).run()
     assert [n for n, _ in log] == ["tools", "image"] and out["test:image"].done.meta["needs"] == ["test:tools"]
+
+
+def test_tree_digest_is_names_kinds_modes_bytes_and_link_targets(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    (tree / "dir/empty").mkdir(parents=True)
+    (tree / "dir/file").write_text("one\n")
+    (tree / "run.sh").write_text("#!/bin/sh\n")
+    (tree / "run.sh").chmod(0o755)
+    (tree / "link").symlink_to("dir/file")
+    (tree / "dirlink").symlink_to("dir")
+    os.mkfifo(tree / "fifo")  # recorded as what it is, never opened (it would block)
+    before = tree_digest(tree)
+    assert tree_digest(tree) == before and len(before) == 64
+    changes = [
+        lambda: (tree / "dir/file").write_text("onE\n"),  # a byte
+        lambda: (tree / "dir/new").write_text(""),  # a file added
+        lambda: (tree / "dir/empty2").mkdir(),  # an empty directory added
+        lambda: ((tree / "link").unlink(), (tree / "link").symlink_to("run.sh")),  # a link retargeted
+        lambda: (tree / "run.sh").chmod(0o744),  # a mode
+        lambda: ((tree / "dir/file").unlink(), (tree / "dir/file").symlink_to("../run.sh")),  # a kind
+        lambda: (tree / "dir/file").rename(tree / "dir/file2"),  # a name
+    ]
+    seen = {before}
+    for change in changes:
+        change()
+        seen.add(tree_digest(tree))
+    assert len(seen) == len(changes) + 1
+    # Only the execute bits, when asked (a checkout's other bits follow the umask); names skipped anywhere.
+    (tree / "dir/file2").chmod(0o600)
+    masked = tree_digest(tree, modes=0o111)
+    (tree / "dir/file2").chmod(0o664)
+    assert tree_digest(tree, modes=0o111) == masked != tree_digest(tree)
+    skipped = tree_digest(tree, skip=frozenset({"__pycache__"}))
+    (tree / "dir/__pycache__").mkdir()
+    assert tree_digest(tree, skip=frozenset({"__pycache__"})) == skipped != tree_digest(tree, skip=frozenset())

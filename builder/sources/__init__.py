@@ -38,6 +38,7 @@ class Keeps:
 
     blobs: frozenset[str] = frozenset()
     git: frozenset[str] = frozenset()
+    stamps: frozenset[str] = frozenset()  # verified/ stamps (of the lock entries, not of a kind)
 
 
 def verified_stamp(ctx: Context, entry: dict[str, Any]) -> Path:
@@ -46,7 +47,7 @@ def verified_stamp(ctx: Context, entry: dict[str, Any]) -> Path:
     Verification is a property of the stored object, not of one run: without this
     stamp a source in the store is checked again before it counts as fetched.
     """
-    return ctx.store.root / "verified" / sha256_json(entry)
+    return ctx.store.stamp_path(sha256_json(entry))
 
 
 def write_stamp(stamp: Path) -> None:

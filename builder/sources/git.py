@@ -8,26 +8,36 @@ half-cloned mirror never sits at its final path.
 Locked commits (and tag objects) are pinned under refs/xenspin/keep/ in the mirror:
 upstream may force-push or delete the ref they came from, and git's automatic gc
 would otherwise prune them, breaking a later offline build.
+
+Every git process starts through run.run (logged, dies with xenspin) from `_git`,
+which gives it no system or user configuration, no hooks and none of the caller's
+GIT_* variables that change what git reads (GIT_DIR, GIT_OBJECT_DIRECTORY, injected
+config, ...): a mirror answers the same for every user. Git checks object ids when
+objects arrive, never when it reads them back, so `export` hashes again every object
+it is about to write out (`_check_objects`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
+import os
 import re
 import shutil
+import subprocess
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
-
-import git as gitpython
+from typing import IO, Any
 
 from .. import gpg, tarballs
+from ..errors import GitError, git_failed, git_said
 from ..gpg import SignatureError
 from ..manifest import GitSource
 from ..progress import Reporter
 from ..run import run
+from ..store import Store
 from . import Context, FetchError, Keeps, Missing, Refused
 
 log = logging.getLogger("xenspin.git")
@@ -36,8 +46,23 @@ REFSPECS = ("+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*")
 UPSTREAM_HEAD = "refs/xenspin/HEAD"  # where upstream's HEAD is fetched when ref is "HEAD"
 KEEP = "refs/xenspin/keep/"
 # No credential prompts: a run must fail, not hang waiting for a password nobody types;
-# and a transfer slower than 1 KB/s for a minute is a dead link, not a slow one.
-GIT_ENV = {"GIT_TERMINAL_PROMPT": "0", "GIT_HTTP_LOW_SPEED_LIMIT": "1000", "GIT_HTTP_LOW_SPEED_TIME": "60"}
+# a transfer slower than 1 KB/s for a minute is a dead link, not a slow one. No system
+# or user configuration (an insteadOf, a hooksPath, an attributesFile would change what a
+# mirror holds or exports), no system gitattributes, no replace refs.
+GIT_ENV = {
+    "GIT_TERMINAL_PROMPT": "0",
+    "GIT_HTTP_LOW_SPEED_LIMIT": "1000",
+    "GIT_HTTP_LOW_SPEED_TIME": "60",
+    "GIT_CONFIG_NOSYSTEM": "1",
+    "GIT_CONFIG_GLOBAL": os.devnull,
+    "GIT_ATTR_NOSYSTEM": "1",
+    "GIT_NO_REPLACE_OBJECTS": "1",
+}
+# The caller's GIT_* variables that only say how to reach a server (ssh, TLS, proxy) or
+# trace git are kept; every other GIT_* variable is removed for git's run.
+GIT_ENV_KEPT = ("GIT_SSH", "GIT_SSL_", "GIT_PROXY_", "GIT_HTTP_", "GIT_CURL_", "GIT_TRACE")
+# No hooks run, whatever a mirror's hooks/ holds; gc in the foreground, under the mirror's lock.
+GIT_CONFIG = ("-c", f"core.hooksPath={os.devnull}", "-c", "gc.autoDetach=false")
 # $GIT_DIR/info/attributes beats in-tree .gitattributes: export the exact tree of the
 # commit, not one rewritten by export-ignore/export-subst, eol conversion or filters.
 EXACT_TREE = "* -text -eol -ident -filter -working-tree-encoding -export-subst -export-ignore\n"
@@ -68,7 +93,7 @@ def lock(name: str, source: GitSource, ctx: Context) -> dict[str, Any]:
             raise FetchError(f"{what}: {url} has no branch, tag or commit {ref!r}")
         entry = {"kind": "git", "url": url, "ref": ref, **entry}
         _verify(source, entry, path, what)
-        _keep(path, entry)
+        _keep(path, entry, what)
     return entry
 
 
@@ -95,7 +120,7 @@ def fetch(name: str, source: GitSource, entry: dict[str, Any], ctx: Context) -> 
         if not _holds(path, entry):
             raise FetchError(f"{what}: {ctx.url(url)} no longer has commit {commit} (locked from {entry['ref']!r})")
         _verify(source, entry, path, what)
-        _keep(path, entry)
+        _keep(path, entry, what)
 
 
 def tag_now(name: str, entry: dict[str, Any], ctx: Context) -> str | None:
@@ -108,8 +133,7 @@ def tag_now(name: str, entry: dict[str, Any], ctx: Context) -> str | None:
     try:
         with _mirror_lock(ctx, url):
             _update(ctx, url, path, REFSPECS, f"lock {name}")
-            with _repo(path) as repo:
-                return _rev(repo, f"refs/tags/{tag}^{{commit}}")
+            return _rev(path, f"refs/tags/{tag}^{{commit}}")
     except FetchError as e:
         log.info("lock %s: cannot look at tag %s upstream: %s", name, tag, e)
         return None
@@ -126,25 +150,33 @@ def keeps(entry: dict[str, Any], ctx: Context) -> Keeps:
 
 
 def export(entry: dict[str, Any], ctx: Context, dest: Path) -> Path:
-    """Write the tree of the locked commit into dest (created if missing); file times are the commit's."""
+    """Write the tree of the locked commit into dest (created if missing); file times are the commit's.
+
+    Every object written out is hashed again first: one changed in the mirror since it
+    was fetched is refused, and the mirror removed (the next fetch gets it again).
+    """
     url, commit = entry["url"], entry["commit"]
+    what = f"export {url}"
     path = ctx.store.git_path(url)
-    if not _holds(path, entry):
-        raise Missing(f"export {url}: the store lacks commit {commit} (fetch it first)")
-    dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    tar = ctx.store.tmp_path("export")
-    try:
-        with _repo(path) as repo, open(tar, "wb") as f:
-            status, _, err = repo.git.archive(
-                "--format=tar", commit, output_stream=f, with_extended_output=True, with_exceptions=False
-            )
-        if status != 0:
-            raise FetchError(f"export {url}: git archive {commit} failed: {_last_line(err)}")
-        with tarfile.open(tar) as t:
-            tarballs.extract(t, dest, exact_modes=True)
-    finally:
-        tar.unlink(missing_ok=True)
+    with _mirror_lock(ctx, url):
+        if not _holds(path, entry):
+            raise Missing(f"{what}: the store lacks commit {commit} (fetch it first)")
+        with _discard_refused(path):
+            _check_objects(ctx.store, path, commit, what)
+        dest = Path(dest)
+        dest.mkdir(parents=True, exist_ok=True)
+        tar = ctx.store.tmp_path("export")
+        try:
+            with open(tar, "wb") as f:
+                proc = _git(path, "archive", "--format=tar", commit, what=what, stdout=f, check=False)
+            if proc.returncode != 0:
+                raise FetchError(
+                    f"{what}: git archive {commit} failed: {git_said(proc.stderr.decode(errors='replace'))}"
+                )
+            with tarfile.open(tar) as t:
+                tarballs.extract(t, dest, exact_modes=True)
+        finally:
+            tar.unlink(missing_ok=True)
     return dest
 
 
@@ -196,19 +228,37 @@ def _discard_refused(path: Path) -> Iterator[None]:
         raise
 
 
-@contextlib.contextmanager
-def _repo(path: Path) -> Iterator[gitpython.Repo]:
-    repo = gitpython.Repo(str(path))
-    repo.git.update_environment(**GIT_ENV)
-    try:
-        yield repo
-    finally:
-        repo.close()
+def _git(
+    path: Path | None,
+    *args: str,
+    what: str,
+    check: bool = True,
+    input: bytes | None = None,
+    stdout: IO[bytes] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> subprocess.CompletedProcess:
+    """Run git on the mirror at path (or none), through run.run; its output captured, or to stdout.
+
+    With check, a failure is one GitError line naming what it was for and what git said.
+    """
+    cmd = ["git", *GIT_CONFIG, *([f"--git-dir={path}"] if path is not None else []), *args]
+    proc = run(cmd, what=what, env=_env(env), input=input, capture=stdout is None, stdout=stdout, check=False)
+    if check and proc.returncode != 0:
+        raise GitError(git_failed(what, args, proc.returncode, proc.stderr.decode(errors="replace")))
+    return proc
 
 
-def _git(repo: gitpython.Repo, cmd: str, *args: str) -> tuple[int, str, str]:
-    """Run a git subcommand in repo; (status, stdout, stderr), never raising."""
-    return getattr(repo.git, cmd.replace("-", "_"))(*args, with_extended_output=True, with_exceptions=False)
+def _env(extra: Mapping[str, str] | None = None) -> dict[str, str | None]:
+    """git's environment: the caller's GIT_* variables removed (but transport ones), GIT_ENV set."""
+    dropped: dict[str, str | None] = {
+        k: None for k in os.environ if k.startswith("GIT_") and not k.startswith(GIT_ENV_KEPT)
+    }
+    return {**dropped, **GIT_ENV, **(extra or {})}
+
+
+def _out(path: Path, *args: str, what: str) -> str:
+    """git's standard output (stripped); GitError when it fails."""
+    return _git(path, *args, what=what).stdout.decode(errors="replace").strip()
 
 
 def _update(ctx: Context, url: str, path: Path, refspecs: tuple[str, ...], what: str) -> None:
@@ -219,25 +269,23 @@ def _update(ctx: Context, url: str, path: Path, refspecs: tuple[str, ...], what:
 
     def make(tmp: Path) -> None:
         tmp.chmod(0o755)
-        repo = gitpython.Repo.init(str(tmp), bare=True)
-        try:
-            _configure(repo, url)
-        finally:
-            repo.close()
+        # No templates: a mirror holds no hooks, samples or not.
+        _git(None, "init", "--quiet", "--bare", "--template=", str(tmp), what=what)
+        _configure(tmp, url, what)
         _fetch(ctx, url, tmp, refspecs, what)
 
     ctx.store.create(path, make, hint="git")
 
 
-def _configure(repo: gitpython.Repo, url: str) -> None:
+def _configure(path: Path, url: str, what: str) -> None:
     """Record what the mirror mirrors (for people looking at the store) and how it is exported."""
-    repo.create_remote("origin", url)
-    repo.git.config("--replace-all", "remote.origin.fetch", REFSPECS[0])
-    repo.git.config("--add", "remote.origin.fetch", REFSPECS[1])
-    repo.git.config("remote.origin.prune", "true")
+    _git(path, "config", "remote.origin.url", url, what=what)
+    _git(path, "config", "--replace-all", "remote.origin.fetch", REFSPECS[0], what=what)
+    _git(path, "config", "--add", "remote.origin.fetch", REFSPECS[1], what=what)
+    _git(path, "config", "remote.origin.prune", "true", what=what)
     # gc in the foreground, while we still hold the mirror's lock.
-    repo.git.config("gc.autoDetach", "false")
-    info = Path(repo.git_dir) / "info"
+    _git(path, "config", "gc.autoDetach", "false", what=what)
+    info = path / "info"
     info.mkdir(exist_ok=True)
     (info / "attributes").write_text(EXACT_TREE)
 
@@ -246,19 +294,20 @@ def _fetch(ctx: Context, url: str, path: Path, refspecs: tuple[str, ...], what: 
     real = ctx.url(url)
     _check_inputs(what, real, "HEAD")
     log.info("%s: fetching %s", what, real)
-    with _repo(path) as repo, (ctx.progress or Reporter(quiet=True)).transfer(f"{what}: git {real}"):
-        status, _, err = _git(repo, "fetch", "--prune", "--no-write-fetch-head", "--quiet", real, *refspecs)
-    if status != 0:
-        raise FetchError(f"{what}: git fetch {real} failed: {_last_line(err)}")
+    with (ctx.progress or Reporter(quiet=True)).transfer(f"{what}: git {real}"):
+        proc = _git(
+            path, "fetch", "--prune", "--no-write-fetch-head", "--quiet", real, *refspecs, what=what, check=False
+        )
+    if proc.returncode != 0:
+        raise FetchError(f"{what}: git fetch {real} failed: {git_said(proc.stderr.decode(errors='replace'))}")
 
 
 def _fetch_commit(ctx: Context, url: str, path: Path, sha: str) -> None:
     """Ask for one commit by id: it may be reachable from no branch or tag any more."""
     real = ctx.url(url)
-    with _repo(path) as repo:
-        status, _, err = _git(repo, "fetch", "--no-write-fetch-head", "--quiet", real, sha)
-    if status != 0:
-        log.info("fetching %s from %s by id failed: %s", sha, real, _last_line(err))
+    proc = _git(path, "fetch", "--no-write-fetch-head", "--quiet", real, sha, what=f"fetch {sha}", check=False)
+    if proc.returncode != 0:
+        log.info("fetching %s from %s by id failed: %s", sha, real, git_said(proc.stderr.decode(errors="replace")))
 
 
 def _extra_refspecs(ref: str) -> tuple[str, ...]:
@@ -276,56 +325,154 @@ def _holds(path: Path, entry: dict[str, Any]) -> bool:
     wanted = [entry["commit"] + "^{commit}"]
     if entry.get("tag-object"):
         wanted.append(entry["tag-object"] + "^{tag}")
-    with _repo(path) as repo:
-        return all(_git(repo, "cat-file", "-e", w)[0] == 0 for w in wanted)
+    return all(_git(path, "cat-file", "-e", w, what="look up " + w, check=False).returncode == 0 for w in wanted)
 
 
-def _keep(path: Path, entry: dict[str, Any]) -> None:
-    with _repo(path) as repo:
-        for sha in filter(None, (entry["commit"], entry.get("tag-object"))):
-            repo.git.update_ref(KEEP + sha, sha)
+def _keep(path: Path, entry: dict[str, Any], what: str) -> None:
+    for sha in filter(None, (entry["commit"], entry.get("tag-object"))):
+        _git(path, "update-ref", KEEP + sha, sha, what=what)
+
+
+# --- checking what is exported --------------------------------------------------------
+
+TREE, GITLINK = "40000", "160000"  # tree entry modes; every other mode names a blob
+
+
+def _check_objects(store: Store, path: Path, commit: str, what: str) -> None:
+    """Hash again the commit and every tree and blob under it; Refused naming the first that does not match.
+
+    Git verifies ids when objects arrive (index-pack), not when it reads them back: an
+    object changed in the mirror afterwards would be exported as it is. The listing
+    comes from git (ls-tree), but only objects whose bytes match their ids are walked,
+    from the locked commit down, so a changed tree cannot hide a changed blob.
+    """
+    new = hashlib.sha1 if len(commit) == 40 else hashlib.sha256
+    listing = _git(path, "ls-tree", "-r", "-t", "-z", "--full-tree", commit, what=what, check=False)
+    if listing.returncode != 0:
+        raise _corrupt(what, path, commit, git_said(listing.stderr.decode(errors="replace")))
+    ids = {commit, commit + "^{tree}"}  # cat-file reads revisions: the root tree, by its id
+    for record in listing.stdout.split(b"\0"):
+        if record:
+            _mode, kind, oid = record.split(b"\t", 1)[0].split(b" ")
+            if kind != b"commit":  # a submodule's commit is not in this repository
+                ids.add(oid.decode())
+    bodies: dict[str, tuple[str, bytes]] = {}  # commits and trees: their bytes, to walk
+    hashed: dict[str, str] = {}  # every object whose bytes match its id -> its type
+    scratch = store.tmp_path("check")
+    try:
+        with open(scratch, "w+b") as out:
+            proc = _git(
+                path,
+                "cat-file",
+                "--batch",
+                what=what,
+                input="".join(i + "\n" for i in sorted(ids)).encode(),
+                stdout=out,
+                check=False,
+            )
+            if proc.returncode != 0:
+                raise _corrupt(what, path, commit, git_said(proc.stderr.decode(errors="replace")))
+            out.seek(0)
+            while header := out.readline():
+                oid, kind, size = (header.decode(errors="replace").split() + ["", ""])[:3]
+                if kind == "missing" or not size.isdigit():
+                    raise _corrupt(what, path, oid, "it is missing")
+                h = new(f"{kind} {size}\0".encode())
+                keep = kind in ("commit", "tree")
+                body = bytearray()
+                left = int(size)
+                while left:
+                    chunk = out.read(min(left, 1 << 20))
+                    if not chunk:
+                        raise _corrupt(what, path, oid, "git cut its bytes short")
+                    h.update(chunk)
+                    if keep:
+                        body += chunk
+                    left -= len(chunk)
+                out.read(1)  # the newline after each object
+                if h.hexdigest() != oid:
+                    raise _corrupt(what, path, oid, f"its bytes hash to {h.hexdigest()}")
+                hashed[oid] = kind
+                if keep:
+                    bodies[oid] = (kind, bytes(body))
+    finally:
+        scratch.unlink(missing_ok=True)
+    _walk_checked(commit, bodies, hashed, len(commit) // 2, what, path)
+
+
+def _walk_checked(
+    commit: str, bodies: dict[str, tuple[str, bytes]], hashed: dict[str, str], size: int, what: str, path: Path
+) -> None:
+    """From the commit down, every object reached must be one whose bytes were hashed, of the type its parent says."""
+    kind, body = bodies.get(commit, ("", b""))
+    first = body.split(b"\n", 1)[0].decode(errors="replace")
+    if kind != "commit" or not first.startswith("tree "):
+        raise _corrupt(what, path, commit, "it is not a commit")
+    todo = [first.removeprefix("tree ")]
+    while todo:
+        tree = todo.pop()
+        if hashed.get(tree) != "tree":
+            raise _corrupt(what, path, tree, "it is not among the trees git listed")
+        data = bodies[tree][1]
+        at = 0
+        while at < len(data):
+            space = data.index(b" ", at)
+            nul = data.index(b"\0", space)
+            mode = data[at:space].decode()
+            oid = data[nul + 1 : nul + 1 + size].hex()
+            at = nul + 1 + size
+            if mode == TREE:
+                todo.append(oid)
+            elif mode != GITLINK and hashed.get(oid) != "blob":
+                raise _corrupt(what, path, oid, "it is not among the blobs git listed")
+
+
+def _corrupt(what: str, path: Path, oid: str, why: str) -> Refused:
+    return Refused(
+        f"{what}: object {oid} in the store's mirror {path.name} does not match its id ({why}): "
+        "changed behind xenspin's back; removed the mirror, `xenspin fetch` gets it again"
+    )
 
 
 # --- resolving -----------------------------------------------------------------------
 
 
-def _rev(repo: gitpython.Repo, spec: str) -> str | None:
-    status, out, _ = _git(repo, "rev-parse", "--verify", "--quiet", spec)
-    return out.strip() if status == 0 else None
+def _rev(path: Path, spec: str) -> str | None:
+    proc = _git(path, "rev-parse", "--verify", "--quiet", spec, what="resolve " + spec, check=False)
+    return proc.stdout.decode().strip() if proc.returncode == 0 else None
 
 
 def _resolve(path: Path, ref: str, what: str) -> dict[str, str] | None:
     """The commit (and tag) ref names in the mirror: a tag, then a branch, then a commit id, as git does."""
-    with _repo(path) as repo:
-        if ref == "HEAD":
-            commit = _rev(repo, UPSTREAM_HEAD + "^{commit}")
-            return {"commit": commit} if commit else None
-        if ref.startswith("refs/tags/"):
-            tag = ref.removeprefix("refs/tags/")
-        elif not ref.startswith("refs/") and _rev(repo, f"refs/tags/{ref}"):
-            tag = ref
-        else:
-            tag = None
-        if tag is not None:
-            return _resolve_tag(repo, tag, what)
-        if ref.startswith("refs/"):
-            commit = _rev(repo, ref + "^{commit}")
-        elif _rev(repo, f"refs/heads/{ref}"):
-            commit = _rev(repo, f"refs/heads/{ref}^{{commit}}")
-        elif HEX.fullmatch(ref.lower()):
-            commit = _rev(repo, ref.lower() + "^{commit}")
-            if commit and not commit.startswith(ref.lower()):
-                commit = None
-        else:
-            commit = None
+    if ref == "HEAD":
+        commit = _rev(path, UPSTREAM_HEAD + "^{commit}")
         return {"commit": commit} if commit else None
+    if ref.startswith("refs/tags/"):
+        tag = ref.removeprefix("refs/tags/")
+    elif not ref.startswith("refs/") and _rev(path, f"refs/tags/{ref}"):
+        tag = ref
+    else:
+        tag = None
+    if tag is not None:
+        return _resolve_tag(path, tag, what)
+    if ref.startswith("refs/"):
+        commit = _rev(path, ref + "^{commit}")
+    elif _rev(path, f"refs/heads/{ref}"):
+        commit = _rev(path, f"refs/heads/{ref}^{{commit}}")
+    elif HEX.fullmatch(ref.lower()):
+        commit = _rev(path, ref.lower() + "^{commit}")
+        if commit and not commit.startswith(ref.lower()):
+            commit = None
+    else:
+        commit = None
+    return {"commit": commit} if commit else None
 
 
-def _resolve_tag(repo: gitpython.Repo, tag: str, what: str) -> dict[str, str] | None:
-    target = _rev(repo, f"refs/tags/{tag}")
+def _resolve_tag(path: Path, tag: str, what: str) -> dict[str, str] | None:
+    target = _rev(path, f"refs/tags/{tag}")
     if target is None:
         return None
-    commit = _rev(repo, target + "^{commit}")
+    commit = _rev(path, target + "^{commit}")
     if commit is None:
         raise FetchError(f"{what}: tag {tag} does not point at a commit")
     entry = {"commit": commit, "tag": tag}
@@ -340,11 +487,10 @@ def _check_tag(path: Path, entry: dict[str, Any], what: str) -> None:
     if tag is None:
         return
     locked, locked_obj = entry["commit"], entry.get("tag-object")
-    with _repo(path) as repo:
-        target = _rev(repo, f"refs/tags/{tag}")
-        if target is None:
-            raise Refused(f"{what}: tag {tag} is gone upstream: locked at {locked}")
-        now = _rev(repo, target + "^{commit}")
+    target = _rev(path, f"refs/tags/{tag}")
+    if target is None:
+        raise Refused(f"{what}: tag {tag} is gone upstream: locked at {locked}")
+    now = _rev(path, target + "^{commit}")
     if now != locked:
         raise Refused(f"{what}: tag {tag} moved: locked at {locked}, now {now or 'a non-commit ' + target}")
     now_obj = target if target != now else None
@@ -380,19 +526,24 @@ def _verify(source: GitSource, entry: dict[str, Any], path: Path, what: str) -> 
 
 def _check_tag_name(path: Path, obj: str, tag: str, what: str) -> None:
     """A signed tag object names its tag: refuse one re-published under another name (an old release as new)."""
-    with _repo(path) as repo:
-        body = repo.git.cat_file("tag", obj)
+    body = _out(path, "cat-file", "tag", obj, what=what)
     named = next((line[4:] for line in body.splitlines() if line.startswith("tag ")), None)
     if named != tag:
         raise SignatureError(f"{what}: tag {tag} is a tag object made as {named!r}, not {tag!r}")
 
 
 def _check_signature(path: Path, cmd: str, obj: str, home: Path, subject: str, option: str) -> None:
-    proc = run(
-        ["git", f"--git-dir={path}", "-c", "gpg.program=gpg", "-c", "gpg.minTrustLevel=undefined", cmd, "--raw", obj],
+    proc = _git(
+        path,
+        "-c",
+        "gpg.program=gpg",
+        "-c",
+        "gpg.minTrustLevel=undefined",
+        cmd,
+        "--raw",
+        obj,
         what=subject,
-        env={"GNUPGHOME": str(home), **GIT_ENV},
-        capture=True,
+        env={"GNUPGHOME": str(home)},
         check=False,
     )
     status = (proc.stdout + proc.stderr).decode(errors="replace")
@@ -436,12 +587,3 @@ def _check_inputs(what: str, url: str, ref: str) -> None:
         raise FetchError(f"{what}: bad git URL {url!r}")
     if ref.startswith("-") or not ref.strip() or any(c.isspace() or ord(c) < 32 for c in ref):
         raise FetchError(f"{what}: bad git ref {ref!r}")
-
-
-def _last_line(text: str) -> str:
-    """The line of git's stderr that says what went wrong (fatal:/error:), else its last line."""
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    for line in reversed(lines):
-        if line.startswith(("fatal:", "error:")):
-            return line
-    return lines[-1] if lines else "no message"

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import Any
 
-from ..store import sha256_file
+from ..store import tree_digest
 from . import Context, FetchError, Keeps
 
 FOLLOWS_ARCHIVE = False
@@ -69,19 +68,9 @@ def upstream_version(entry: dict) -> str:
 
 
 def digest(path: Path) -> str:
-    """sha256 over a tree's names, modes, link targets and contents: its identity for cache keys.
+    """The tree's identity for cache keys: store.tree_digest with only the execute bits
+    (the other permission bits of a checkout follow the user's umask).
 
     __pycache__ is left out: Python writes it when tests import an in-tree package.
     """
-    h = hashlib.sha256()
-    for dirpath, dirs, files in os.walk(path):
-        dirs[:] = sorted(d for d in dirs if d != "__pycache__")
-        for name in sorted(files + [d for d in dirs if os.path.islink(os.path.join(dirpath, d))]):
-            full = os.path.join(dirpath, name)
-            rel = os.path.relpath(full, path)
-            st = os.lstat(full)
-            if os.path.islink(full):
-                h.update(f"L {rel} {os.readlink(full)}\n".encode())
-                continue
-            h.update(f"F {rel} {st.st_mode & 0o111:o} {sha256_file(Path(full))}\n".encode())
-    return h.hexdigest()
+    return tree_digest(path, modes=0o111, skip=frozenset({"__pycache__"}))
