@@ -35,13 +35,13 @@ from xenspin_installer import DISK_INITRD
 from . import answerfiles, lazy
 from .errors import XenspinError
 from .manifest import Boot, Distro
-from .run import run
+from .run import as_builder, builder, give, run, sandbox
 from .stage import Done, Needs, Pending, Stage, stage_key
 from .store import Store, sha256_file, sha256_json
 
 pycdlib = lazy.module("pycdlib")  # imported when an ISO is written (see builder/lazy.py)
 
-FORMAT_VERSION = 2  # 2: the installed disk's initrd beside the squashfs
+FORMAT_VERSION = 3  # 2: the installed disk's initrd beside the squashfs; 3: packing tools of the host, sandboxed
 
 # What the ISO's boot loaders are made of, as paths inside the loader tree (the host, or a
 # Debian tree composed from locked packages).
@@ -433,15 +433,21 @@ def layout(inp: Inputs, work: Path) -> Layout:
 
 
 def _tool(loaders: Loaders, work: Path, argv: list[str], *, what: str, log: Path, env: dict[str, str]) -> None:
-    """Run a packing tool from the loader tree: the host's, or the locked tree's binary by its path."""
-    if loaders.origin != "host":
-        for d in ("usr/bin", "usr/sbin", "sbin", "bin"):
-            if (loaders.root / d / argv[0]).exists():
-                argv = [str(loaders.root / d / argv[0]), *argv[1:]]
-                break
-        else:
-            raise IsoError(f"{what}: {argv[0]} is not in the locked boot loader packages")
-    run(argv, what=what, log_path=log, cwd=work, env=env)
+    """Run a packing tool of the build host (grub-mkimage, mkfs.vfat, mtools) on the locked loaders' files.
+
+    Never a binary from the loader packages: a spin chooses its archive, so those are
+    its code (and a newer suite's would not even start on this host). The host's tool
+    reads the locked files as data, in the sandbox as the build account: the host's
+    system read-only, no network, only work/ writable.
+    """
+    who = builder()
+    for d in [work, *(p for p in work.rglob("*") if p.is_dir() and not p.is_symlink())]:
+        give(d, who)
+    binds = {str(work): work}
+    ro = {} if loaders.origin == "host" else {str(loaders.root): loaders.root}
+    prefix = sandbox(Path("/"), ro=ro, rw=binds, env=env, cwd=str(work))
+    reach = [work, *ro.values()]
+    run(as_builder([*prefix, *argv], who, reach=reach), what=what, log_path=log)
 
 
 def efi_image(inp: Inputs, work: Path, log: Path) -> Path:

@@ -227,11 +227,16 @@ class Rootfs:
     )
     packages: list[str] = field("archive packages installed besides the components", factory=list)
     overlays: list[str] = field("directories laid over the tree (*.j2 files rendered)", factory=list, path=True)
-    hooks: list[str] = field("scripts run with the tree's path as $1 after packages are in", factory=list, path=True)
+    hooks: list[str] = field(
+        "scripts run after the packages are in, in a sandbox with the tree as / (and $1), no network",
+        factory=list,
+        path=True,
+    )
+    hooks_network: bool = field("give the hooks the network (default: none)", False)
     compression: Literal["zstd", "xz", "gzip"] = field("squashfs compression", "zstd")
     compression_level: int = field("squashfs compression level (0: xenspin's default for the compression)", 0)
     setuid: list[str] = field(
-        "absolute paths in the image (/usr/bin/x) that overlay files may make setuid or setgid", factory=list
+        "absolute paths in the image (/usr/bin/x) that overlay files or hooks may make setuid or setgid", factory=list
     )
 
     def check(self, raw: LDict, path: str) -> None:

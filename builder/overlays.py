@@ -29,7 +29,6 @@ from typing import IO, Any
 from . import lazy
 from .errors import XenspinError
 from .outputs import kind_of
-from .run import CommandError, run
 from .store import sha256_json
 
 jinja2 = lazy.module("jinja2")  # imported when an overlay has a template (see builder/lazy.py)
@@ -110,7 +109,7 @@ def _sha256(path: Path, what: str = "an overlay") -> str:
 
 
 def _hook_sha256(hook: Path) -> str:
-    """A hook's content; "" when it is missing (run_hooks names it). A symlink is read at its
+    """A hook's content; "" when it is missing (read_hook names it). A symlink is read at its
     target (the manifest confined that to the project), which must be a regular file."""
     if not os.path.lexists(hook):
         return ""
@@ -300,76 +299,10 @@ def _template_line(e: BaseException, path: Path) -> int:
     return lines[-1] if lines and lines[-1] else 0
 
 
-# --- laying over a tree -----------------------------------------------------------------
-
-
-def lay(entries: list[Entry], tree: Path) -> None:
-    """Put entries into tree, owned by root, modes kept; paths resolve as inside the tree (chroot-like)."""
-    for entry in entries:
-        parent = inside(tree, entry.path.parent, entry.origin)
-        dest = parent / entry.path.name
-        if entry.kind == "dir":
-            if dest.is_symlink():  # the tree's /lib -> usr/lib: lay into what the link names
-                dest = inside(tree, entry.path, entry.origin)
-            dest.mkdir(exist_ok=True)
-            os.chown(dest, 0, 0)
-            os.chmod(dest, entry.mode)
-            continue
-        if dest.is_dir() and not dest.is_symlink():
-            raise OverlayError(f"{entry.origin}: the tree has a directory at /{entry.path} (expected a file there)")
-        tmp = dest.with_name(f".{dest.name}.xenspin-tmp")
-        if tmp.exists() or tmp.is_symlink():
-            tmp.unlink()
-        if entry.kind == "symlink":
-            os.symlink(entry.target, tmp)
-            os.lchown(tmp, 0, 0)
-        else:
-            tmp.write_bytes(entry.data)
-            os.chown(tmp, 0, 0)
-            os.chmod(tmp, entry.mode)
-        os.replace(tmp, dest)
-
-
-def inside(tree: Path, rel: PurePosixPath, origin: str) -> Path:
-    """tree/rel with every symlink on the way resolved as the running image would (absolute ones from tree)."""
-    current = PurePosixPath("/")
-    todo = list(rel.parts)
-    hops = 0
-    while todo:
-        part = todo.pop(0)
-        if part in ("", ".", "/"):
-            continue
-        if part == "..":
-            if current == PurePosixPath("/"):
-                raise OverlayError(f"{origin}: /{rel} escapes the rootfs through '..' (expected a path inside it)")
-            current = current.parent
-            continue
-        candidate = tree / str(current / part).lstrip("/")
-        if candidate.is_symlink():
-            hops += 1
-            if hops > 40:
-                raise OverlayError(f"{origin}: /{rel}: too many symlinks in the tree")
-            target = os.readlink(candidate)
-            if target.startswith("/"):
-                current = PurePosixPath("/")
-            todo = list(PurePosixPath(target).parts) + todo
-            continue
-        current = current / part
-    return tree / str(current).lstrip("/")
-
-
-# --- hooks ------------------------------------------------------------------------------
-
-
-def run_hooks(hooks: list[Path], tree: Path, log_dir: Path, env: dict[str, str]) -> None:
-    """Each hook in order as `HOOK TREE`; the first failure ends the stage with one line naming it."""
-    for i, hook in enumerate(hooks, 1):
-        if not hook.is_file():
-            raise OverlayError(f"{hook}: hook does not exist (rootfs.hooks)")
-        log_path = log_dir / f"hook-{i:02d}-{hook.name}.log"
-        log_path.unlink(missing_ok=True)
-        cmd = [str(hook), str(tree)] if os.access(hook, os.X_OK) else ["/bin/sh", str(hook), str(tree)]
-        try:
-            run(cmd, what=f"rootfs hook {hook}", log_path=log_path, env=env)
-        except CommandError as e:
-            raise OverlayError(f"rootfs hook {hook} failed with exit status {e.status}; log: {log_path}") from None
+def read_hook(hook: Path) -> tuple[bytes, bool]:
+    """A hook's bytes and whether it is executable, read as its digest was (a symlink at its target)."""
+    if not os.path.lexists(hook):
+        raise OverlayError(f"{hook}: hook does not exist (rootfs.hooks)")
+    real = Path(os.path.realpath(hook)) if hook.is_symlink() else hook
+    with open_regular(real, "rootfs.hooks") as f:
+        return f.read(), bool(os.fstat(f.fileno()).st_mode & 0o111)

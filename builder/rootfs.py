@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import shlex
 import shutil
 import stat
@@ -169,7 +168,7 @@ def make_rootfs(
     timer = _Timer()
     say(f"rootfs {key[:12]}: compose ({len(set_files(inp.lock, 'rootfs'))} locked packages)")
     # Templates first: a bad overlay fails in a second, before any tree exists.
-    entries = overlays.read([Path(p) for p in d.rootfs.overlays], template_context(inp, key))
+    entries = overlays.read([Path(p) for p in d.rootfs.overlays], template_context(inp, key), setuid=d.rootfs.setuid)
     layer = dom0_entries(d) + brand_entries(inp, key) + entries
     locked = set_files(inp.lock, "rootfs")
     repo_debs, names, built_debs = _repo_contents(store, locked, debs)
@@ -203,7 +202,7 @@ def make_rootfs(
         made = _take(work / "out", out)
         packages = installed(made["dpkg-status"], locked, built_debs)
         setuid = setuid_files(made["setuid"], made["owners"])
-        _check_setuid(setuid, getattr(d.rootfs, "setuid", []))
+        _check_setuid(setuid, d.rootfs.setuid)
         for p in packages:
             if p["name"] in setuid:
                 p["setuid"] = setuid[p["name"]]
@@ -233,7 +232,7 @@ def _prepare(inp: Inputs, work: Path, repo: Path, layer: list[overlays.Entry]) -
     hooks = work / "hooks"
     hooks.mkdir()
     for i, hook in enumerate([Path(h) for h in d.rootfs.hooks], 1):
-        data, executable = _read_hook(hook)
+        data, executable = overlays.read_hook(hook)
         dest = hooks / f"{i:02d}-{hook.name}"
         dest.write_bytes(data)
         dest.chmod(0o755 if executable else 0o644)
@@ -242,7 +241,7 @@ def _prepare(inp: Inputs, work: Path, repo: Path, layer: list[overlays.Entry]) -
     params = {
         "epoch": str(inp.epoch),
         "repo": str(repo),
-        "hooknet": "--share-net" if getattr(d.rootfs, "hooks_network", False) else "",
+        "hooknet": "--share-net" if d.rootfs.hooks_network else "",
         "compression": d.rootfs.compression,
         "level": f"-Xcompression-level {level}" if level else "",
         "scrub": SCRUB,
@@ -504,21 +503,6 @@ def _info(path: PurePosixPath, kind: bytes, mode: int, epoch: int) -> tarfile.Ta
     info.uid = info.gid = 0
     info.uname = info.gname = "root"
     return info
-
-
-def _read_hook(hook: Path) -> tuple[bytes, bool]:
-    """A hook's bytes and whether it is executable: a regular file, read without following a symlink or blocking."""
-    try:
-        fd = os.open(hook, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except FileNotFoundError:
-        raise overlays.OverlayError(f"{hook}: hook does not exist (rootfs.hooks)") from None
-    except OSError as e:
-        raise overlays.OverlayError(f"{hook}: hook cannot be read ({e.strerror}; expected a regular file)") from None
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise overlays.OverlayError(f"{hook}: hook is not a regular file (rootfs.hooks)")
-        return f.read(), bool(st.st_mode & 0o111)
 
 
 # --- what the tree holds (read from the in-namespace steps' facts) -------------------------

@@ -397,7 +397,9 @@ def view_script(reach: Sequence[Path], masks: Sequence[Path]) -> str:
     q = shlex.quote
     lines = ["set -eu"]
     lines += [f"exec {3 + i}< {q(str(p))}" for i, p in enumerate(reach)]
-    lines += [f"mount -t tmpfs -o mode=0755,nosuid,nodev xenspin-view {q(str(m))}" for m in masks]
+    for m in masks:
+        mode = "1777" if str(m) in SHARED_WRITABLE else "0755"
+        lines.append(f"mount -t tmpfs -o mode={mode},nosuid,nodev xenspin-view {q(str(m))}")
     for i, p in enumerate(reach):
         if any(_under(p, m) for m in masks):
             lines += [f"mkdir -p {q(str(p))}", f"mount --no-canonicalize --rbind /proc/self/fd/{3 + i} {q(str(p))}"]
@@ -424,9 +426,16 @@ def _under(path: Path, top: Path) -> bool:
     return path == top or top in path.parents
 
 
+# Directories any account may write: a maintainer script mapped to a subordinate id could
+# leave files there for the host to find, so the build account's view gets empty ones.
+SHARED_WRITABLE = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")
+
+
 def _masks(reach: Sequence[Path], hide: Sequence[Path], who: Builder) -> list[Path]:
-    """The directories to cover: `hide`, and for each reach path its topmost ancestor the account cannot enter."""
+    """The directories to cover: `hide`, the shared writable ones, and for each reach path its
+    topmost ancestor the account cannot enter."""
     masks = [Path(os.path.abspath(h)) for h in hide]
+    masks += [Path(d) for d in SHARED_WRITABLE if os.path.isdir(d) and not os.path.islink(d)]
     for p in _outermost(reach):
         for ancestor in reversed(p.parents):  # from / down
             if not _can_enter(ancestor, who):

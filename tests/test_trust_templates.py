@@ -323,15 +323,6 @@ def test_setuid_overlay_file_is_refused_unless_rootfs_setuid_names_it(tmp_path: 
     assert "rootfs.setuid does not name /var)" in refusal(lambda: overlays.read([tmpl], context()))
 
 
-def test_setuid_overlay_refused_before_anything_is_laid(tmp_path: Path) -> None:
-    src = overlay(tmp_path, {"usr/bin/aaa": "x\n", "usr/bin/sudo-ish": ("#!/bin/sh\n", 0o6755)})
-    tree = tmp_path / "tree"
-    tree.mkdir()
-    with pytest.raises(OverlayError):
-        overlays.lay(overlays.read([src], context()), tree)
-    assert not any(tree.iterdir())
-
-
 def test_rootfs_setuid_names_absolute_image_paths(project: Path, capsys) -> None:
     base = DISTRO.format(version="1.0")
     write(project, {"distro.yaml": base + "rootfs:\n  setuid: [/usr/bin/ok, usr/bin/tool]\n"})
