@@ -58,8 +58,9 @@ done
 # 4. Nothing of the build host or of this build: see rootfs.SCRUB.
 box -- sh -c "$scrub" >>"$logs/02-dom0.log" 2>&1
 
-# 5. boot/ for the ISO and the installed disk's initrd (live-boot's initramfs parts set aside).
-box --bind "$out/boot" /tmp/out -- sh -c "$export_boot" >"$logs/03-disk-initrd.log" 2>&1
+# 5. boot/ for the ISO, then the installed disk's initrd (live-boot's initramfs parts set aside).
+box --bind "$out/boot" /tmp/out -- sh -c "$export_boot" >"$logs/03-boot.log" 2>&1
+box --bind "$out/initrd" /tmp/out -- sh -c "$disk_initrd" >"$logs/04-disk-initrd.log" 2>&1
 
 # 6. What packages.json records: dpkg's status and every setuid or setgid file.
 box -- cat /var/lib/dpkg/status >"$out/dpkg-status"
@@ -69,4 +70,4 @@ box -- sh -c 'for l in /var/lib/dpkg/info/*.list; do n=${l##*/}; sed "s|^|${n%.l
 # 7. The squashfs: entries sorted, times clamped (SOURCE_DATE_EPOCH), this filesystem only
 #    (mmdebstrap's /proc, /sys and /dev mounts are not part of the image).
 SOURCE_DATE_EPOCH=$epoch mksquashfs "$tree" "$out/rootfs.squashfs" -noappend -reproducible \
-    -one-file-system -comp "$compression" $level -no-progress >"$logs/04-mksquashfs.log" 2>&1
+    -one-file-system -comp "$compression" $level -no-progress >"$logs/05-mksquashfs.log" 2>&1

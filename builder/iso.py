@@ -191,7 +191,7 @@ class Loaders:
     """Where the boot loaders and the tools that pack them come from.
 
     `root` is a Debian tree holding the packages in LOADER_PACKAGES: "/" (the build host)
-    or a tree composed from locked archive packages, in which the tools then run sandboxed.
+    or the locked packages unpacked, whose files the host's own tools read (see _tool).
     `versions` names what is in it, for the key and build-info.json.
     """
 
@@ -281,8 +281,8 @@ def loaders_stage(store: Store, packages: dict[str, dict[str, Any]]) -> Stage:
     """The boot loaders from the lock's `iso` package set: its .debs (verified blobs) unpacked
     into one tree in the store, made once per set.
 
-    The set is not a closure (no libc, no shell), so the packing tools in it run from their
-    path in the tree with the host's shared libraries, not chrooted.
+    The set is not a closure (no libc, no shell): its files are data (GRUB's modules,
+    ISOLINUX's binaries) for the host's own packing tools; nothing in it is run.
     """
     missing = [p for p in LOADER_PACKAGES if p not in packages]
     if missing:

@@ -245,12 +245,13 @@ def _prepare(inp: Inputs, work: Path, repo: Path, layer: list[overlays.Entry]) -
         "compression": d.rootfs.compression,
         "level": f"-Xcompression-level {level}" if level else "",
         "scrub": SCRUB,
-        "export_boot": EXPORT_BOOT.replace("@DISK_INITRD@", DISK_INITRD),
+        "export_boot": EXPORT_BOOT,
+        "disk_initrd": DISK_INITRD_SH.replace("@DISK_INITRD@", DISK_INITRD),
     }
     (work / "params").write_text("".join(f"{k}={shlex.quote(v)}\n" for k, v in params.items()))
     # What the in-namespace steps write: directories the namespace's root may write in.
     who = builder()
-    for sub in ("out", "out/boot", "logs"):
+    for sub in ("out", "out/boot", "out/initrd", "logs"):
         (work / sub).mkdir()
         grant(give(work / sub, who), who)
 
@@ -261,9 +262,9 @@ def _take(src: Path, dest: Path) -> dict[str, str]:
     for name in ("dpkg-status", "setuid", "owners"):
         facts[name] = _regular(src / name).read_text(encoding="utf-8", errors="replace")
     (dest / "boot").mkdir(parents=True, exist_ok=True)
-    for f in [src / "rootfs.squashfs", *sorted((src / "boot").iterdir())]:
-        rel = f.relative_to(src)
-        shutil.copyfile(_regular(f), dest / rel)  # a copy: the namespace's root owns the original
+    shutil.copyfile(_regular(src / "rootfs.squashfs"), dest / "rootfs.squashfs")  # copies: the namespace owns these
+    for f in [*sorted((src / "boot").iterdir()), *sorted((src / "initrd").iterdir())]:
+        shutil.copyfile(_regular(f), dest / "boot" / f.name)
     return facts
 
 
@@ -300,9 +301,7 @@ rm -f etc/machine-id
 : >etc/machine-id
 """
 
-# boot/ for the ISO (xen.gz, xen.efi, vmlinuz, initrd.img: live-boot's) and the installed
-# disk's initramfs, made here at native speed (under TCG in the installer it took minutes)
-# with live-boot's initramfs parts set aside and put back. Run in the tree, /tmp/out bound.
+# boot/ for the ISO: xen.gz, xen.efi, vmlinuz, initrd.img (live-boot's). Run in the tree, /tmp/out bound.
 EXPORT_BOOT = r"""set -eu
 first() { ls -1d -- "$@" 2>/dev/null | LC_ALL=C sort | head -n 1; }
 last() { ls -1d -- "$@" 2>/dev/null | LC_ALL=C sort | tail -n 1; }
@@ -323,6 +322,12 @@ rm -f -- /boot/initrd.img-*
 for l in /initrd.img /initrd.img.old /boot/initrd.img /boot/initrd.img.old; do
     if [ -L "$l" ]; then rm -f -- "$l"; fi
 done
+"""
+
+# The installed disk's initramfs, made here at native speed (under TCG in the installer it
+# took minutes) with live-boot's initramfs parts set aside and put back. Run in the tree,
+# its own output directory bound at /tmp/out: the initramfs hooks see nothing else of ours.
+DISK_INITRD_SH = r"""set -eu
 set -- /lib/modules/*
 if [ "$#" -ne 1 ] || [ ! -d "$1" ]; then echo "expected one kernel in /lib/modules, found: $*"; exit 5; fi
 version=${1##*/}
