@@ -8,8 +8,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from . import InstallerError
-from .answerfile import ISO_DIR
+from . import InstallerError, confined
+from .answerfile import ISO_DIR, MAX_BYTES
 from .disks import ANSWER_LABEL as LABEL
 from .run import Runner
 
@@ -37,9 +37,9 @@ def from_url(url: str, medium: Path, runner: Runner) -> Path:
     """http(s)://... (bringing up DHCP first if need be) or file:/PATH on the install medium."""
     if url.startswith("file:"):
         rel = url.removeprefix("file:").lstrip("/")
-        for p in (medium / rel, Path("/") / rel):
-            if p.is_file():
-                return p
+        for root in (medium, Path("/")):
+            if confined.is_file(root, rel):
+                return confined.resolve(root, rel)
         raise InstallerError(f"answerfile={url}: not found on the install medium")
     if not url.startswith(("http://", "https://")):
         raise InstallerError(f"answerfile={url}: unsupported (expected http://, https:// or file:/PATH)")
@@ -56,7 +56,11 @@ def from_url(url: str, medium: Path, runner: Runner) -> Path:
 
 
 def from_labelled_disk(runner: Runner) -> Path | None:
-    """An answerfile on a small filesystem labelled XSANSWER, copied out and the disk unmounted."""
+    """An answerfile on a small filesystem labelled XSANSWER, copied out and the disk unmounted.
+
+    Names on the disk are resolved inside it (confined.py): a symlink there never reads a
+    file of the live system.
+    """
     dev = runner.run(
         ["blkid", "-L", LABEL], "look for a disk labelled XSANSWER", capture=True, check=False, writes=False
     ).strip()
@@ -64,20 +68,20 @@ def from_labelled_disk(runner: Runner) -> Path | None:
         return None
     mnt = Path(tempfile.mkdtemp(prefix="xenspin-answer-"))
     runner.run(["mount", "-o", "ro", dev, str(mnt)], f"mount {dev}", writes=False)
+    where = f"{dev} (label {LABEL})"
     try:
         for name in NAMES:
-            if (mnt / name).is_file():
-                return _save((mnt / name).read_bytes(), name)
-        raise InstallerError(f"{dev} (label {LABEL}): holds none of {', '.join(NAMES)}")
+            if confined.is_file(mnt, name):
+                return _save(confined.read_bytes(mnt, name, limit=MAX_BYTES + 1), name)
+        raise InstallerError(f"{where}: holds none of {', '.join(NAMES)}")
     finally:
         runner.run(["umount", str(mnt)], f"unmount {dev}", check=False, writes=False)
 
 
 def from_medium(medium: Path) -> Path | None:
     for name in ("answerfile.yaml", "answerfile.xml"):
-        p = medium / ISO_DIR / name
-        if p.is_file():
-            return p
+        if confined.is_file(medium, f"{ISO_DIR}/{name}"):
+            return confined.resolve(medium, f"{ISO_DIR}/{name}")
     return None
 
 
