@@ -1,7 +1,9 @@
 """Run an install: the disk plan from disks.py made real, the rootfs unpacked and set up to boot Xen.
 
 Each step is a method named for what it does; every command goes through Runner, so
-the install log holds the whole story and is copied into the installed system.
+the install log holds the whole story and is copied into the installed system. No
+password, plain or hashed, is ever in that log: it goes to chpasswd on its input, and
+Runner masks it in what chpasswd says.
 
 The installer's own file operations in the target and on the medium (writes, the copies
 of boot files, initrds, GRUB modules and the log) name files through confined.py: a
@@ -262,11 +264,17 @@ class Installer:
             link.symlink_to(f"/usr/share/zoneinfo/{zone}")
 
     def set_root_login(self) -> None:
+        """Root's password (to chpasswd on its input, masked in what it says) and SSH keys, as the answers give them."""
         root = self.a.root
         if root.password_hash:
-            self.chroot(["chpasswd", "--encrypted"], "set root's password", input=f"root:{root.password_hash}\n")
+            self.chroot(
+                ["chpasswd", "--encrypted"],
+                "set root's password",
+                input=f"root:{root.password_hash}\n",
+                secrets=[root.password_hash],
+            )
         elif root.password:
-            self.chroot(["chpasswd"], "set root's password", input=f"root:{root.password}\n")
+            self.chroot(["chpasswd"], "set root's password", input=f"root:{root.password}\n", secrets=[root.password])
         if root.ssh_keys:
             self.write("root/.ssh/authorized_keys", "".join(k.strip() + "\n" for k in root.ssh_keys), 0o600)
             if not self.r.dry_run:
@@ -391,7 +399,7 @@ class Installer:
             self.r.run(["mcopy", "-o", "-i", esp, src, dest], f"copy GRUB to {dest[2:]} on the ESP")
 
     def copy_log(self) -> None:
-        """The install log into the target, readable by root only."""
+        """The install log (it holds no password: Runner) into the target, readable by root only."""
         if self.r.dry_run:
             return
         log = self.r.log_path.absolute()
