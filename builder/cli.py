@@ -141,7 +141,7 @@ def make_parser() -> argparse.ArgumentParser:
         "--answerfile",
         type=Path,
         metavar="FILE",
-        help="answerfile (YAML or XML; root needs a plain password) instead of the test's own",
+        help="answerfile (YAML or XML; any root login: the test logs in with a throwaway login of its own) instead of the test's own",
     )
     t.add_argument("--kvm", action="store_true", help="use KVM instead of TCG (where /dev/kvm works)")
     p = add("store", "look after the store")

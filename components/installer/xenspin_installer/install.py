@@ -45,6 +45,8 @@ LIVE_MEDIUM = Path("/run/live/medium")
 SQUASHFS = LIVE_MEDIUM / "live" / "filesystem.squashfs"
 LIVE_PACKAGES = ("live-boot", "live-boot-initramfs-tools", "live-config", "live-config-systemd", "live-tools")
 LOG_ON_TARGET = "var/log/xenspin-install.log"
+TEST_USER = "xenspin-test"  # the test login (Installer.add_test_login)
+TEST_LOGIN_ADDED = f"adding the test login {TEST_USER}"  # said on the console: the harness looks for it
 KEYGEN_UNIT = "xenspin-ssh-keygen.service"
 FIRST_BOOT_KEYS = """\
 [Unit]
@@ -83,13 +85,21 @@ def decide(answer: Answerfile, disk: Disk) -> Layout:
 
 class Installer:
     def __init__(
-        self, answer: Answerfile, layout: Layout, runner: Runner, squashfs: Path, *, medium: Path = LIVE_MEDIUM
+        self,
+        answer: Answerfile,
+        layout: Layout,
+        runner: Runner,
+        squashfs: Path,
+        *,
+        medium: Path = LIVE_MEDIUM,
+        test_login: str | None = None,
     ):
         self.a = answer
         self.layout = layout
         self.r = runner
         self.squashfs = squashfs
         self.medium = medium
+        self.test_login = test_login
         self.mnt = Path(tempfile.mkdtemp(prefix="xenspin-target-"))
         self.mounted: list[Path] = []
 
@@ -249,6 +259,8 @@ class Installer:
             f'XKBMODEL="pc105"\nXKBLAYOUT="{a.keymap}"\nXKBVARIANT=""\nXKBOPTIONS=""\nBACKSPACE="guess"\n',
         )
         self.set_root_login()
+        if self.test_login:
+            self.add_test_login(self.test_login)
         self.first_boot_identity()
 
     def set_timezone(self) -> None:
@@ -279,6 +291,50 @@ class Installer:
             self.write("root/.ssh/authorized_keys", "".join(k.strip() + "\n" for k in root.ssh_keys), 0o600)
             if not self.r.dry_run:
                 confined.resolve(self.mnt, "root/.ssh").chmod(0o700)
+
+    def add_test_login(self, password_hash: str) -> None:
+        """The login `xenspin test install` proves the installed host with: TEST_USER, uid 0, its own password.
+
+        Why an account of its own: root stays exactly as the answerfile set it up (a hashed
+        password, SSH keys only, or a plain one), so the test installs what production
+        installs, whatever the answerfile's form, and needs no password the user would have
+        to give it. A second name for uid 0 (home /root) is what `xl` needs, and logging
+        in on the serial console needs no sshd or network.
+
+        Why it is no backdoor: it only comes from the XSANSWER disk that also holds the
+        answerfile (sources.py), never from the ISO, a URL or the kernel command line, and
+        whoever can attach that disk can already give root any password or key with an
+        answerfile of their own: it adds no power the answer disk does not already have.
+        The harness makes a fresh random password for each run, hands only its hash to the
+        VM, and the disk it installs is thrown away. The hash goes to chpasswd on its
+        input, never into a command line or the install log.
+        """
+        self.r.say(f"{TEST_LOGIN_ADDED} (uid 0) that the answer disk asks for; root is as the answers set it")
+        self.chroot(
+            [
+                "useradd",
+                "--non-unique",
+                "--uid",
+                "0",
+                "--gid",
+                "0",
+                "--home-dir",
+                "/root",
+                "--no-create-home",
+                "--shell",
+                "/bin/bash",
+                "--comment",
+                "xenspin test install",
+                TEST_USER,
+            ],
+            f"add the test login {TEST_USER}",
+        )
+        self.chroot(
+            ["chpasswd", "--encrypted"],
+            f"set the password of {TEST_USER}",
+            input=f"{TEST_USER}:{password_hash}\n",
+            secrets=[password_hash],
+        )
 
     def first_boot_identity(self) -> None:
         """Each installed host gets its own machine id and SSH host keys, made on its first boot."""

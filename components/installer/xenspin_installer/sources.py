@@ -1,4 +1,8 @@
-"""Where an unattended install finds its answerfile: kernel command line, a disk labelled XSANSWER, the ISO."""
+"""Where an unattended install finds its answerfile: kernel command line, a disk labelled XSANSWER, the ISO.
+
+A disk labelled XSANSWER may also hold TEST_LOGIN, the test login `xenspin test install`
+gives the VM it installs (install.py, Installer.add_test_login says why that is no backdoor).
+"""
 
 from __future__ import annotations
 
@@ -6,14 +10,25 @@ import shlex
 import tempfile
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import InstallerError, confined
-from .answerfile import ISO_DIR, MAX_BYTES
+from .answerfile import HASH, ISO_DIR, MAX_BYTES
 from .disks import ANSWER_LABEL as LABEL
 from .run import Runner
 
 NAMES = ("answerfile.yaml", "answerfile.yml", "answerfile.xml")
+TEST_LOGIN = "xenspin-test-login"  # on the XSANSWER disk: one line, the crypt(3) hash of the test login's password
+
+
+@dataclass(frozen=True)
+class Found:
+    """An answerfile, where it came from, and the test login's password hash when its answer disk had one."""
+
+    path: Path
+    origin: str
+    test_login: str | None = None
 
 
 def cmdline_args(text: str) -> dict[str, str]:
@@ -55,7 +70,16 @@ def from_url(url: str, medium: Path, runner: Runner) -> Path:
     raise AssertionError("unreachable")
 
 
-def from_labelled_disk(runner: Runner) -> Path | None:
+def read_test_login(root: Path, rel: str, where: str) -> str:
+    """The password hash in the file rel of root (resolved inside root): one crypt(3) hash, never echoed."""
+    data = confined.read_bytes(root, rel, limit=4096)
+    text = data.decode("utf-8", errors="replace").strip()
+    if len(data) >= 4096 or "\n" in text or not HASH.match(text):
+        raise InstallerError(f"{where}: {rel}: is not one crypt(3) password hash (expected one line like $6$...)")
+    return text
+
+
+def from_labelled_disk(runner: Runner) -> Found | None:
     """An answerfile on a small filesystem labelled XSANSWER, copied out and the disk unmounted.
 
     Names on the disk are resolved inside it (confined.py): a symlink there never reads a
@@ -72,7 +96,9 @@ def from_labelled_disk(runner: Runner) -> Path | None:
     try:
         for name in NAMES:
             if confined.is_file(mnt, name):
-                return _save(confined.read_bytes(mnt, name, limit=MAX_BYTES + 1), name)
+                answers = _save(confined.read_bytes(mnt, name, limit=MAX_BYTES + 1), name)
+                login = read_test_login(mnt, TEST_LOGIN, where) if confined.is_file(mnt, TEST_LOGIN) else None
+                return Found(answers, f"the disk labelled {LABEL}", login)
         raise InstallerError(f"{where}: holds none of {', '.join(NAMES)}")
     finally:
         runner.run(["umount", str(mnt)], f"unmount {dev}", check=False, writes=False)
@@ -85,14 +111,17 @@ def from_medium(medium: Path) -> Path | None:
     return None
 
 
-def find(cmdline: dict[str, str], medium: Path, runner: Runner) -> tuple[Path, str] | None:
-    """The answerfile and where it came from: command line first, then a labelled disk, then the ISO."""
+def find(cmdline: dict[str, str], medium: Path, runner: Runner) -> Found | None:
+    """The answerfile and where it came from: command line first, then a labelled disk, then the ISO.
+
+    Only an XSANSWER disk brings a test login, and only with the answerfile it holds.
+    """
     if cmdline.get("answerfile"):
-        return from_url(cmdline["answerfile"], medium, runner), f"answerfile={cmdline['answerfile']}"
+        return Found(from_url(cmdline["answerfile"], medium, runner), f"answerfile={cmdline['answerfile']}")
     disk = from_labelled_disk(runner)
     if disk:
-        return disk, f"the disk labelled {LABEL}"
+        return disk
     baked = from_medium(medium)
     if baked:
-        return baked, "the install medium"
+        return Found(baked, "the install medium")
     return None
