@@ -28,6 +28,28 @@ def validate(path: Path) -> tuple[model.Answerfile, list[str]]:
         raise XenspinError(str(e)) from None
 
 
+HASHED_FORM = (
+    'give its hash instead (YAML `root: password-hash:`, XML `<root-password type="hash">`; '
+    "make one with `openssl passwd -6`)"
+)
+
+
+def plaintext_password(path: Path, answer: model.Answerfile) -> str | None:
+    """The warning for an answerfile that gives root a plain password (readable by whoever reads the file), or None."""
+    if not answer.root.password:
+        return None
+    return f"{path}: warning: root's password is plain text, readable by anyone who can read this file; {HASHED_FORM}"
+
+
+def refuse_plaintext_in_iso(path: Path, answer: model.Answerfile) -> None:
+    """Building a plain root password into an ISO (published, world-readable) is refused: one line naming the fix."""
+    if answer.root.password:
+        raise XenspinError(
+            f"{path}: root's password is plain text and would be readable by anyone with the ISO; "
+            f"{HASHED_FORM}, or pass --allow-plaintext-password"
+        )
+
+
 def json_schema() -> dict[str, Any]:
     defs: dict[str, Any] = {}
     top = typed.schema(model.Answerfile, defs, list_ops=False)

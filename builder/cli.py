@@ -115,6 +115,11 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("components", nargs="*", metavar="COMP", help="only these components and what they need")
     p.add_argument("-j", "--jobs", type=int, default=2, help="components built at once (default 2)")
     p.add_argument("--answerfile", type=Path, metavar="FILE", help="build this answerfile into the ISO (unattended)")
+    p.add_argument(
+        "--allow-plaintext-password",
+        action="store_true",
+        help="build an answerfile giving root a plain password into the ISO (refused otherwise: give its hash)",
+    )
     p = add("test", "test an image in QEMU")
     tests = p.add_subparsers(dest="test_command", metavar="TEST", required=True)
     t = tests.add_parser(
@@ -143,7 +148,7 @@ def make_parser() -> argparse.ArgumentParser:
         "--answerfile",
         type=Path,
         metavar="FILE",
-        help="answerfile (YAML or XML; root needs a plain password) instead of the test's own",
+        help="answerfile (YAML or XML; any root login: the test logs in with a throwaway login of its own) instead of the test's own",
     )
     t.add_argument("--kvm", action="store_true", help="use KVM instead of TCG (where /dev/kvm works)")
     p = add("store", "look after the store")
@@ -345,6 +350,8 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 
 def cmd_validate_answerfile(args: argparse.Namespace) -> int:
     answer, warnings = answerfiles.validate(args.answerfile)
+    plain = answerfiles.plaintext_password(args.answerfile, answer)
+    warnings = [*warnings, *([plain] if plain else [])]
     for w in warnings:
         print(w, file=sys.stderr)
     if args.json:
@@ -369,7 +376,12 @@ def cmd_build(args: argparse.Namespace) -> int:
         installer = dataclasses.replace(distro.installer, answerfile=str(args.answerfile.absolute()))
         distro = dataclasses.replace(distro, installer=installer)
     if distro.installer.answerfile:
-        answerfiles.validate(Path(distro.installer.answerfile))
+        path = Path(distro.installer.answerfile)
+        answer, _ = answerfiles.validate(path)
+        if not args.allow_plaintext_password:
+            answerfiles.refuse_plaintext_in_iso(path, answer)
+        elif answer.root.password:
+            print(f"{path}: warning: root's plain password is built into the ISO, as asked", file=sys.stderr)
     manifest.require_components(distro, args.components, "build")
     ctx = _context(args, distro)
     result = pipeline.run_build(

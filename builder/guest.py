@@ -1,17 +1,20 @@
-"""What `xenspin test install` brings to the VM: a tiny PV guest initrd and the XSANSWER disk.
+"""What `xenspin test install` brings to the VM: a tiny PV guest initrd, the XSANSWER disk and the test login.
 
-Pure parts (the cpio archive, the default answerfile) apart from the one that runs
-tools (the FAT image, through run.py).
+Pure parts (the cpio archive, the default answerfile) apart from the ones that run
+tools (the FAT image and the password hash, through run.py).
 """
 
 from __future__ import annotations
 
 import gzip
 import io
-from dataclasses import dataclass
+import secrets
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from xenspin_installer.disks import ANSWER_LABEL  # the label the installer looks for
+from xenspin_installer.install import TEST_USER  # the login the installer adds for the file below
+from xenspin_installer.sources import TEST_LOGIN  # the file on the answer disk the installer reads
 
 from .run import run
 
@@ -67,8 +70,46 @@ def guest_initrd(busybox: bytes) -> bytes:
     return gzip.compress(cpio_newc(entries), mtime=0)
 
 
+@dataclass(frozen=True)
+class Login:
+    """The harness's throwaway login into the installed host: a fresh random password per run.
+
+    Only its hash leaves the harness, in its own file (TEST_LOGIN) on the answer disk of
+    the test's VM, beside the user's answerfile, which stays byte for byte as given; the
+    installer adds the login TEST_USER (uid 0) with it, leaving root as the answerfile
+    set it up (xenspin_installer.install.Installer.add_test_login says why that is no
+    backdoor). The password itself is only ever typed into the VM's serial console: it
+    is in no file, log or ISO.
+    """
+
+    user: str
+    password: str = field(repr=False)
+    hash: str = field(repr=False)
+
+
+def throwaway_login() -> Login:
+    """A random password and its SHA-512 crypt(3) hash (`openssl passwd -6`, given the password on stdin)."""
+    password = secrets.token_urlsafe(24)  # letters, digits, - and _: safe to type on a serial console
+    proc = run(
+        ["openssl", "passwd", "-6", "-stdin"],
+        what="test install: hash the test login's password",
+        input=password.encode() + b"\n",
+        capture=True,  # and no log: the hash is the VM's alone
+    )
+    return Login(TEST_USER, password, proc.stdout.decode().strip())
+
+
+def login_file(login: Login) -> dict[str, bytes]:
+    """The answer disk's file that asks the installer for the test login."""
+    return {TEST_LOGIN: login.hash.encode() + b"\n"}
+
+
 def default_answerfile() -> str:
-    """The answers of an unattended test install: the only disk, root's test password, serial console."""
+    """The answers of an unattended test install: the only disk, serial console, power-off.
+
+    Root gets TEST_PASSWORD for a person who boots the test's disk afterwards; the
+    harness itself logs in with its throwaway Login, as with any answerfile.
+    """
     return (
         "# xenspin test install\n"
         f"root:\n  password: {TEST_PASSWORD}\n"

@@ -21,8 +21,9 @@ HOST_PACKAGES = {
     "iso": ["isolinux", "syslinux-common", "grub-efi-amd64-bin", "grub-common", "mtools", "dosfstools", "xorriso"],
     # The installer's disk tools (its tests install onto loop devices from this host).
     "installer": ["gdisk", "parted", "lvm2", "dosfstools", "mtools", "e2fsprogs", "util-linux", "udev"],
-    # QEMU for test boot/install; busybox for the tiny guest initrd test install starts.
-    "test": ["qemu-system-x86", "qemu-utils", "ovmf", "busybox-static"],
+    # QEMU for test boot/install; busybox for the tiny guest initrd test install starts;
+    # openssl hashes the password of test install's throwaway login.
+    "test": ["qemu-system-x86", "qemu-utils", "ovmf", "busybox-static", "openssl"],
 }
 
 

@@ -18,6 +18,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from xenspin_installer.install import TEST_LOGIN_ADDED
+
 from . import guest, vmtest
 from .answerfiles import iso_name, validate
 from .errors import XenspinError
@@ -169,12 +171,13 @@ def menu_downs(iso: Path) -> int:
     return labels.index("unattended-serial") if "unattended-serial" in labels else 1
 
 
-def login_and_check(line: SerialLine, password: str, t0: float, steps: dict[str, float]) -> None:
+def login_and_check(line: SerialLine, login: guest.Login, t0: float, steps: dict[str, float]) -> None:
+    """Log in with the test's own login (uid 0; root is as the answerfile made it), then Domain-0 and a guest."""
     line.expect("login:", timeout=BOOT_TIMEOUT)
     steps["login"] = time.monotonic() - t0
-    line.send("root\r")
+    line.send(login.user + "\r")
     line.expect("Password:", timeout=60)
-    line.send(password + "\r")
+    line.send(login.password + "\r")
     line.expect(":~# ", timeout=120)
     line.send("xl list\r")
     line.expect("Domain-0", timeout=120)
@@ -211,23 +214,35 @@ def drives(disk: Path, answers: Path, *, boot_disk: bool) -> list[str]:
 
 @dataclass(frozen=True)
 class Answers:
-    """The answerfile handed to the VM, and the root password the test logs in with."""
+    """The answerfile handed to the VM: its name on the answer disk and its bytes, as given."""
 
     name: str
     data: bytes
-    password: str
 
 
 def answers_for(path: Path | None) -> Answers:
-    """The given answerfile (checked; it must give root a plain password to log in with), or the default."""
+    """The given answerfile (checked, and passed on byte for byte), or the default.
+
+    Any root login will do (a hashed password, SSH keys only): the test logs in with a
+    login of its own (guest.Login), so it needs nothing from the answerfile.
+    """
     if path is None:
-        return Answers("answerfile.yaml", guest.default_answerfile().encode(), guest.TEST_PASSWORD)
-    answer, _ = validate(path)
-    if not answer.root.password:
-        raise XenspinError(
-            f"test install: {path}: root needs a plain password (the test logs in on the serial console)"
-        )
-    return Answers(Path(iso_name(path)).name, path.read_bytes(), answer.root.password)
+        return Answers("answerfile.yaml", guest.default_answerfile().encode())
+    data = path.read_bytes()
+    validate(path)
+    return Answers(Path(iso_name(path)).name, data)
+
+
+def answer_disk(logs: Path, firmware: str, answerfile: Path | None, log: Path) -> tuple[Path, guest.Login]:
+    """The XSANSWER disk of one run: the answerfile, the test login's hash (a fresh password) and the guest initrd."""
+    answers = answers_for(answerfile)
+    login = guest.throwaway_login()
+    files = {
+        answers.name: answers.data,
+        **guest.login_file(login),
+        "guest.gz": guest.guest_initrd(guest.BUSYBOX.read_bytes()),
+    }
+    return guest.answer_disk(logs / f"{firmware}.answers.img", files, log), login
 
 
 def install(
@@ -237,11 +252,9 @@ def install(
     if not iso.is_file():
         raise XenspinError(f"test install: {iso}: no such file")
     logs.mkdir(parents=True, exist_ok=True)
-    answers = answers_for(answerfile)
     log = logs / f"{firmware}.harness.log"
     log.write_text("")
-    files = {answers.name: answers.data, "guest.gz": guest.guest_initrd(guest.BUSYBOX.read_bytes())}
-    image = guest.answer_disk(logs / f"{firmware}.answers.img", files, log)
+    image, login = answer_disk(logs, firmware, answerfile, log)
     disk = logs / f"{firmware}.disk.qcow2"
     disk.unlink(missing_ok=True)
     run(["qemu-img", "create", "-q", "-f", "qcow2", disk, DISK_SIZE], what="test install: make the disk", log_path=log)
@@ -271,10 +284,12 @@ def install(
             line.expect(BANNER, timeout=600)
             if line.expect(INSTALLED, FAILED, timeout=INSTALL_TIMEOUT) == FAILED:
                 raise Timeout(INSTALLED, "(the installer failed; see the serial log)")
+            if TEST_LOGIN_ADDED not in line.text():
+                raise Timeout(TEST_LOGIN_ADDED, "from the installer: it predates the test's own login; rebuild the ISO")
             steps["installed"] = time.monotonic() - t0
             line.wait_exit(timeout=180)
         with vm(from_disk, logs, f"{firmware}-disk") as line:
-            login_and_check(line, answers.password, t0, steps)
+            login_and_check(line, login, t0, steps)
     except Timeout as e:
         return Verdict(firmware, False, round(time.monotonic() - t0, 1), _rounded(steps), e.text, e.why, logs)
     finally:

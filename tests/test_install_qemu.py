@@ -1,7 +1,8 @@
 """`xenspin test install` on the default ISO, as a user runs it: an unattended install in
 QEMU (TCG) onto a fresh disk, then the disk alone boots Xen, `xl list` shows Domain-0 and a
 PV guest prints its marker. BIOS with the default YAML answers, UEFI with a XenServer XML
-answerfile: both firmwares and both answerfile formats in two installs.
+answerfile whose root password is hashed: both firmwares and both answerfile formats in
+two installs, each logged into with the harness's own throwaway login.
 
 Slow: the default build (session fixture) and two full installs under TCG.
 """
@@ -48,13 +49,13 @@ def test_unattended_install_under_bios_boots_xen_and_a_guest(
 def test_an_xml_answerfile_installs_under_uefi(
     default_iso: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    answer = tmp_path / "answer.xml"
+    answer = tmp_path / "answer.xml"  # root's hash: of a random password, thrown away
     answer.write_text(
         '<?xml version="1.0"?>\n'
         '<installation mode="fresh">\n'
         "  <primary-disk>vda</primary-disk>\n"
         "  <keymap>us</keymap>\n"
-        "  <root-password>xml-s3cret</root-password>\n"
+        '  <root-password type="hash">$6$xenspinqemutest$MZg/UGw1bV.hIEoLvcHP2th1S8I.xbrOqZz1ZCGL/OsYycSzzuzd0DI2qv7iw1mdQA4lUu.qAtcAFfKHnRKIl0</root-password>\n'
         "  <timezone>Europe/Paris</timezone>\n"
         "  <hostname>from-xml</hostname>\n"
         '  <admin-interface name="eth0" proto="dhcp"/>\n'
@@ -63,4 +64,5 @@ def test_an_xml_answerfile_installs_under_uefi(
     line = install(default_iso, tmp_path / "run", "uefi", capsys, "--answerfile", str(answer))
     assert line.startswith("PASS install uefi: installed at ") and "guest at" in line
     booted = check_logs(tmp_path / "run/test-install", "uefi")
-    assert "from-xml login:" in booted  # the XML's hostname, logged into with the XML's password
+    assert "from-xml login:" in booted  # the XML's hostname; root's password is a hash the test cannot log in with
+    assert "adding the test login xenspin-test" in (tmp_path / "run/test-install/uefi-install.serial.log").read_text()

@@ -68,12 +68,3 @@ def test_build_answerfile_option_is_checked_first(tmp_path: Path, capsys) -> Non
         .err.strip()
         .endswith("other.xml:1: root: gives no way to log in (expected password, password-hash or ssh-keys)")
     )
-
-
-def test_test_install_refuses_an_answerfile_it_cannot_log_in_with(tmp_path: Path, capsys) -> None:
-    answer = tmp_path / "a.yaml"
-    answer.write_text("root:\n  ssh-keys: [ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIx me]\n")
-    image = tmp_path / "x.iso"
-    image.write_bytes(b"\0" * 2048)
-    assert cli.main(["--out", str(tmp_path), "test", "install", str(image), "--answerfile", str(answer)]) == 2
-    assert "root needs a plain password" in capsys.readouterr().err

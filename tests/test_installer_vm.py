@@ -1,5 +1,5 @@
 """The installer end to end on the default distribution: a real install onto a loop device,
-checked from outside (partitions, fstab, GRUB's Xen entry, the initramfs, the password, the log).
+checked from outside (partitions, fstab, GRUB's Xen entry, the initramfs, the password, the test login, the log).
 
 Slow: the default build (session fixture), loop devices (root).
 """
@@ -12,6 +12,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from xenspin_installer.install import TEST_USER
+from xenspin_installer.sources import TEST_LOGIN
+
+from builder import guest
 
 pytestmark = [pytest.mark.slow, pytest.mark.network]
 
@@ -78,6 +82,8 @@ def test_install_onto_a_loop_device(default_build, tmp_path: Path) -> None:
             f"disk: {dev}\nhostname: looped\nroot:\n  password: s3cret\nserial-console: true\ntimezone: Europe/Berlin\n"
         )
         (tmp_path / "cmdline").write_text("console=hvc0\n")
+        login = guest.throwaway_login()  # as `xenspin test install` puts it on the answer disk
+        (tmp_path / "login").write_bytes(guest.login_file(login)[TEST_LOGIN])
         proc = subprocess.run(
             [
                 sys.executable,
@@ -93,6 +99,8 @@ def test_install_onto_a_loop_device(default_build, tmp_path: Path) -> None:
                 str(tmp_path / "cmdline"),
                 "--medium",
                 str(tmp_path),
+                "--test-login",
+                str(tmp_path / "login"),
             ],
             capture_output=True,
             text=True,
@@ -114,6 +122,11 @@ def test_install_onto_a_loop_device(default_build, tmp_path: Path) -> None:
             assert os.readlink(mnt / "etc/localtime") == "/usr/share/zoneinfo/Europe/Berlin"
             shadow = next(line for line in (mnt / "etc/shadow").read_text().splitlines() if line.startswith("root:"))
             assert shadow.split(":")[1].startswith(("$y$", "$6$")) and "s3cret" not in shadow
+            # the test login: a second name for uid 0 with the harness's hash; root's own entry untouched by it
+            assert f"{TEST_USER}:x:0:0:xenspin test install:/root:/bin/bash" in (mnt / "etc/passwd").read_text()
+            assert f"\n{TEST_USER}:{login.hash}:" in (mnt / "etc/shadow").read_text()
+            log = (mnt / "var/log/xenspin-install.log").read_text()
+            assert "s3cret" not in log and login.hash not in log and shadow.split(":")[1] not in log
             grub = (mnt / "boot/grub/grub.cfg").read_text()
             assert (
                 "set default='xenspin GNU/Linux, with Xen hypervisor'" in grub
@@ -128,7 +141,7 @@ def test_install_onto_a_loop_device(default_build, tmp_path: Path) -> None:
             assert "update_initramfs=yes" in conf and "update_initramfs=no" not in conf  # put back as it was
             status = (mnt / "var/lib/dpkg/status").read_text()
             assert "Package: live-boot\n" not in status
-            assert "xenspin installer" in (mnt / "var/log/xenspin-install.log").read_text()
+            assert "xenspin installer" in log
             assert not list((mnt / "etc/ssh").glob("ssh_host_*_key"))  # made on the first boot
             assert (mnt / "etc/machine-id").read_text() == ""
             # The installer writes grub.cfg itself: its entries load what update-grub's would, with the same arguments.

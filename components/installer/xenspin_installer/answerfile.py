@@ -346,8 +346,9 @@ def to_data(obj: Any) -> Any:
 
 
 def redacted(answer: Answerfile) -> dict[str, Any]:
-    """to_data without the plain password, for the install log."""
+    """to_data without the password, plain or hashed, for the install log."""
     data = to_data(answer)
-    if data["root"]["password"]:
-        data["root"]["password"] = "(given)"
+    for key in ("password", "password-hash"):
+        if data["root"][key]:
+            data["root"][key] = "(given)"
     return data

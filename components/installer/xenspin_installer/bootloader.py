@@ -16,6 +16,8 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import confined
+
 DISTRIBUTOR = "xenspin"  # GRUB's menu says "xenspin GNU/Linux, with Xen hypervisor"
 XEN_TITLE = f"{DISTRIBUTOR} GNU/Linux, with Xen hypervisor"
 XEN_CMDLINE = "dom0_mem=1024M,max:1024M"
@@ -97,16 +99,16 @@ class BootFiles:
 
 def boot_files(root: Path) -> BootFiles:
     """The newest kernel (with its initrd) and the newest Xen under root/boot, as update-grub would pick them."""
-    boot = root / "boot"
+    boot = confined.resolve(root, "boot")  # names only, read inside root (a link there never leaves it)
     kernels = sorted((p.name for p in boot.glob("vmlinuz-*")), key=version_key, reverse=True)
     if not kernels:
         raise FileNotFoundError(f"{boot}: no vmlinuz-*")
     version = kernels[0].removeprefix("vmlinuz-")
-    initrd = boot / f"initrd.img-{version}"
+    initrd = f"initrd.img-{version}"
     xens = sorted((p.name for p in boot.glob("xen-*.gz")), key=version_key, reverse=True)
     return BootFiles(
         f"/boot/{kernels[0]}",
-        f"/boot/{initrd.name}" if initrd.is_file() else None,
+        f"/boot/{initrd}" if confined.is_file(root, f"boot/{initrd}") else None,
         f"/boot/{xens[0]}" if xens else None,
     )
 

@@ -1,7 +1,14 @@
 """Run an install: the disk plan from disks.py made real, the rootfs unpacked and set up to boot Xen.
 
 Each step is a method named for what it does; every command goes through Runner, so
-the install log holds the whole story and is copied into the installed system.
+the install log holds the whole story and is copied into the installed system. No
+password, plain or hashed, is ever in that log: it goes to chpasswd on its input, and
+Runner masks it in what chpasswd says.
+
+The installer's own file operations in the target and on the medium (writes, the copies
+of boot files, initrds, GRUB modules and the log) name files through confined.py: a
+symlink the root filesystem image brings is followed as in a chroot of the target,
+never out of it into the live system.
 """
 
 from __future__ import annotations
@@ -11,7 +18,6 @@ import ctypes
 import functools
 import glob
 import os
-import shutil
 import stat
 import tempfile
 import time
@@ -20,7 +26,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import DISK_INITRD, InstallerError
+from . import DISK_INITRD, InstallerError, confined
 from .answerfile import Answerfile, Hook
 from .bootloader import (
     EFI_CORE_MODULES,
@@ -39,6 +45,8 @@ LIVE_MEDIUM = Path("/run/live/medium")
 SQUASHFS = LIVE_MEDIUM / "live" / "filesystem.squashfs"
 LIVE_PACKAGES = ("live-boot", "live-boot-initramfs-tools", "live-config", "live-config-systemd", "live-tools")
 LOG_ON_TARGET = "var/log/xenspin-install.log"
+TEST_USER = "xenspin-test"  # the test login (Installer.add_test_login)
+TEST_LOGIN_ADDED = f"adding the test login {TEST_USER}"  # said on the console: the harness looks for it
 KEYGEN_UNIT = "xenspin-ssh-keygen.service"
 FIRST_BOOT_KEYS = """\
 [Unit]
@@ -77,13 +85,21 @@ def decide(answer: Answerfile, disk: Disk) -> Layout:
 
 class Installer:
     def __init__(
-        self, answer: Answerfile, layout: Layout, runner: Runner, squashfs: Path, *, medium: Path = LIVE_MEDIUM
+        self,
+        answer: Answerfile,
+        layout: Layout,
+        runner: Runner,
+        squashfs: Path,
+        *,
+        medium: Path = LIVE_MEDIUM,
+        test_login: str | None = None,
     ):
         self.a = answer
         self.layout = layout
         self.r = runner
         self.squashfs = squashfs
         self.medium = medium
+        self.test_login = test_login
         self.mnt = Path(tempfile.mkdtemp(prefix="xenspin-target-"))
         self.mounted: list[Path] = []
 
@@ -134,6 +150,8 @@ class Installer:
             self.r.run(["vgcreate", "--yes", VG_NAME, lvm], f"make the LVM group {VG_NAME}")
 
     def mount(self, what: str | Path, where: Path, *opts: str) -> None:
+        if where != self.mnt:  # a mount point in the target: resolved inside it, as in a chroot
+            where = confined.resolve(self.mnt, where.relative_to(self.mnt))
         where.mkdir(parents=True, exist_ok=True)
         self.r.run(["mount", *opts, str(what), str(where)], f"mount {where}")
         self.mounted.append(where)
@@ -157,24 +175,40 @@ class Installer:
         )
         if not self.r.dry_run:
             self.copy_boot_files()
-        (self.mnt / "boot" / "efi").mkdir(parents=True, exist_ok=True)
+            confined.mkdirs(self.mnt, "boot/efi")
         for fs in ("dev", "proc", "sys", "run"):
             self.mount(f"/{fs}", self.mnt / fs, "--rbind", "--make-rslave")
 
+    @property
+    def medium_tree(self) -> Path:
+        """The tree the squashfs sits in (the medium: live/filesystem.squashfs): boot files beside it are read inside it."""
+        return self.squashfs.parent.parent
+
     def copy_boot_files(self) -> None:
-        """Kernel and Xen into the target's /boot when the squashfs left /boot out (they sit beside it)."""
-        boot = self.mnt / "boot"
-        if glob.glob(str(boot / "vmlinuz-*")):
+        """Kernel and Xen into the target's /boot when the squashfs left /boot out (they sit beside it).
+
+        Each is copied as the regular file its name is inside its tree (the medium, or the
+        live system for /boot): a `boot/vmlinuz-zzz -> /some/host/file` there is refused,
+        never copied.
+        """
+        if glob.glob(str(confined.resolve(self.mnt, "boot") / "vmlinuz-*")):
             return
-        for src in (self.squashfs.parent.parent / "boot", self.squashfs.parent / "boot", Path("/boot")):
-            files = [
-                Path(f) for pat in ("vmlinuz-*", "config-*", "System.map-*", "xen-*") for f in glob.glob(str(src / pat))
-            ]
-            if any(f.name.startswith("vmlinuz-") for f in files):
-                boot.mkdir(exist_ok=True)
-                for f in files:
-                    shutil.copy2(f, boot / f.name)
-                self.r.log(f"copied {len(files)} boot files from {src}")
+        live = self.squashfs.parent.name
+        for tree, rel in ((self.medium_tree, "boot"), (self.medium_tree, f"{live}/boot"), (Path("/"), "boot")):
+            src = confined.resolve(tree, rel)
+            names = sorted(
+                {
+                    Path(f).name
+                    for pat in ("vmlinuz-*", "config-*", "System.map-*", "xen-*")
+                    for f in glob.glob(str(src / pat))
+                }
+            )
+            if any(n.startswith("vmlinuz-") for n in names):
+                for name in names:  # all checked before any is copied
+                    confined.regular(tree, f"{rel}/{name}")
+                for name in names:
+                    confined.copy_file(tree, f"{rel}/{name}", self.mnt, f"boot/{name}")
+                self.r.log(f"copied {len(names)} boot files from {src}")
                 return
         raise InstallerError(f"no kernel in the root filesystem image {self.squashfs} nor beside it")
 
@@ -182,17 +216,15 @@ class Installer:
         env = ["env", "DEBIAN_FRONTEND=noninteractive", "LC_ALL=C.UTF-8", "PATH=/usr/sbin:/usr/bin:/sbin:/bin"]
         return self.r.run(["chroot", str(self.mnt), *env, *cmd], what, **kw)
 
-    def write(self, rel: str, text: str, mode: int = 0o644) -> None:
-        """Write a file of the target, through a temporary name (never half-written)."""
+    def write(self, rel: str, text: str, mode: int | None = 0o644) -> None:
+        """Write a file of the target, through a temporary name (never half-written, never through a link).
+
+        mode None keeps the mode of the file replaced.
+        """
         self.r.log(f"write /{rel}")
         if self.r.dry_run:
             return
-        path = self.mnt / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".xenspin-tmp")
-        tmp.write_text(text)
-        tmp.chmod(mode)
-        os.replace(tmp, path)
+        confined.write_bytes(self.mnt, rel, text.encode(), mode)
 
     def uuid(self, dev: str) -> str:
         return self.r.run(["blkid", "-s", "UUID", "-o", "value", dev], f"read the UUID of {dev}", capture=True).strip()
@@ -227,42 +259,94 @@ class Installer:
             f'XKBMODEL="pc105"\nXKBLAYOUT="{a.keymap}"\nXKBVARIANT=""\nXKBOPTIONS=""\nBACKSPACE="guess"\n',
         )
         self.set_root_login()
+        if self.test_login:
+            self.add_test_login(self.test_login)
         self.first_boot_identity()
 
     def set_timezone(self) -> None:
         zone = self.a.timezone
-        if not self.r.dry_run and not (self.mnt / "usr/share/zoneinfo" / zone).is_file():
+        in_image = self.r.dry_run or confined.is_file(self.mnt, f"usr/share/zoneinfo/{zone}")
+        if not in_image:
             self.r.say(f"warning: time zone {zone} is not in the image (tzdata); keeping UTC")
             zone = "UTC"
         self.write("etc/timezone", zone + "\n")
-        if not self.r.dry_run and (self.mnt / "usr/share/zoneinfo" / zone).is_file():
-            link = self.mnt / "etc/localtime"
+        if not self.r.dry_run and confined.is_file(self.mnt, f"usr/share/zoneinfo/{zone}"):
+            link = confined.resolve(self.mnt, "etc/localtime", follow=False)
             link.unlink(missing_ok=True)
             link.symlink_to(f"/usr/share/zoneinfo/{zone}")
 
     def set_root_login(self) -> None:
+        """Root's password (to chpasswd on its input, masked in what it says) and SSH keys, as the answers give them."""
         root = self.a.root
         if root.password_hash:
-            self.chroot(["chpasswd", "--encrypted"], "set root's password", input=f"root:{root.password_hash}\n")
+            self.chroot(
+                ["chpasswd", "--encrypted"],
+                "set root's password",
+                input=f"root:{root.password_hash}\n",
+                secrets=[root.password_hash],
+            )
         elif root.password:
-            self.chroot(["chpasswd"], "set root's password", input=f"root:{root.password}\n")
+            self.chroot(["chpasswd"], "set root's password", input=f"root:{root.password}\n", secrets=[root.password])
         if root.ssh_keys:
             self.write("root/.ssh/authorized_keys", "".join(k.strip() + "\n" for k in root.ssh_keys), 0o600)
             if not self.r.dry_run:
-                (self.mnt / "root/.ssh").chmod(0o700)
+                confined.resolve(self.mnt, "root/.ssh").chmod(0o700)
+
+    def add_test_login(self, password_hash: str) -> None:
+        """The login `xenspin test install` proves the installed host with: TEST_USER, uid 0, its own password.
+
+        Why an account of its own: root stays exactly as the answerfile set it up (a hashed
+        password, SSH keys only, or a plain one), so the test installs what production
+        installs, whatever the answerfile's form, and needs no password the user would have
+        to give it. A second name for uid 0 (home /root) is what `xl` needs, and logging
+        in on the serial console needs no sshd or network.
+
+        Why it is no backdoor: it only comes from the XSANSWER disk that also holds the
+        answerfile (sources.py), never from the ISO, a URL or the kernel command line, and
+        whoever can attach that disk can already give root any password or key with an
+        answerfile of their own: it adds no power the answer disk does not already have.
+        The harness makes a fresh random password for each run, hands only its hash to the
+        VM, and the disk it installs is thrown away. The hash goes to chpasswd on its
+        input, never into a command line or the install log.
+        """
+        self.r.say(f"{TEST_LOGIN_ADDED} (uid 0) that the answer disk asks for; root is as the answers set it")
+        self.chroot(
+            [
+                "useradd",
+                "--non-unique",
+                "--uid",
+                "0",
+                "--gid",
+                "0",
+                "--home-dir",
+                "/root",
+                "--no-create-home",
+                "--shell",
+                "/bin/bash",
+                "--comment",
+                "xenspin test install",
+                TEST_USER,
+            ],
+            f"add the test login {TEST_USER}",
+        )
+        self.chroot(
+            ["chpasswd", "--encrypted"],
+            f"set the password of {TEST_USER}",
+            input=f"{TEST_USER}:{password_hash}\n",
+            secrets=[password_hash],
+        )
 
     def first_boot_identity(self) -> None:
         """Each installed host gets its own machine id and SSH host keys, made on its first boot."""
         if self.r.dry_run:
             return
-        (self.mnt / "etc/machine-id").write_text("")
-        for key in glob.glob(str(self.mnt / "etc/ssh/ssh_host_*")):
-            os.unlink(key)
-        if (self.mnt / "etc/systemd/system" / KEYGEN_UNIT).exists():
+        confined.write_bytes(self.mnt, "etc/machine-id", b"", mode=None)
+        for key in glob.glob(str(confined.resolve(self.mnt, "etc/ssh") / "ssh_host_*")):
+            os.unlink(key)  # the name itself, never what a link names
+        if os.path.lexists(confined.resolve(self.mnt, f"etc/systemd/system/{KEYGEN_UNIT}")):
             return  # the image brings its own first-boot key generation
         self.write(f"etc/systemd/system/{KEYGEN_UNIT}", FIRST_BOOT_KEYS)
-        wants = self.mnt / "etc/systemd/system/ssh.service.wants"
-        wants.mkdir(parents=True, exist_ok=True)
+        wants = confined.mkdirs(self.mnt, "etc/systemd/system/ssh.service.wants")
         link = wants / KEYGEN_UNIT
         link.unlink(missing_ok=True)
         link.symlink_to(f"/etc/systemd/system/{KEYGEN_UNIT}")
@@ -282,16 +366,17 @@ class Installer:
             with self.initramfs_updates_held():  # the initrds are put in place just below
                 self.chroot(["dpkg", "--purge", *installed], "remove live-boot")
         made = self.disk_initrds()
-        for modules in sorted(glob.glob(str(self.mnt / "lib/modules/*"))):
+        for modules in sorted(glob.glob(str(confined.resolve(self.mnt, "lib/modules") / "*"))):
             version = Path(modules).name
-            target = self.mnt / "boot" / f"initrd.img-{version}"
+            target = f"boot/initrd.img-{version}"
             if version in made:
                 self.r.log(f"initramfs for {version}: {made[version]}, made without live-boot at build time")
                 if not self.r.dry_run:
-                    shutil.copyfile(made[version], target)
+                    confined.copy_file(self.medium_tree, made[version], self.mnt, target, mode=0o644)
             else:  # made here (slow under emulation); any initrd the image had may hold live-boot
+                exists = os.path.lexists(confined.resolve(self.mnt, target))
                 self.chroot(
-                    ["update-initramfs", "-u" if target.exists() else "-c", "-k", version],
+                    ["update-initramfs", "-u" if exists else "-c", "-k", version],
                     f"make the initramfs for {version}",
                 )
         # zz-: read after Debian's xen.cfg, whose GRUB_DEFAULT names a "Debian GNU/Linux" entry
@@ -314,27 +399,29 @@ class Installer:
             self.r.say("warning: no Xen in /boot of the root filesystem image; GRUB boots Linux alone")
         self.write("boot/grub/grub.cfg", grub_cfg(parse_settings(out), self.root_uuid, files))
 
-    def disk_initrds(self) -> dict[str, Path]:
-        """Kernel version -> the disk initrd xenspin's rootfs stage made, found beside the squashfs."""
-        found: dict[str, Path] = {}
-        for where in (self.squashfs.parent, self.squashfs.parent / "boot", self.squashfs.parent.parent / "boot"):
-            for path in sorted(where.glob(DISK_INITRD + "*")):
-                found.setdefault(path.name.removeprefix(DISK_INITRD), path)
+    def disk_initrds(self) -> dict[str, str]:
+        """Kernel version -> the disk initrd xenspin's rootfs stage made, found beside the squashfs (a name in medium_tree)."""
+        found: dict[str, str] = {}
+        live = self.squashfs.parent.name
+        for rel in (live, f"{live}/boot", "boot"):
+            for path in sorted(confined.resolve(self.medium_tree, rel).glob(DISK_INITRD + "*")):
+                found.setdefault(path.name.removeprefix(DISK_INITRD), f"{rel}/{path.name}")
         return found
 
     @contextlib.contextmanager
     def initramfs_updates_held(self) -> Iterator[None]:
         """update_initramfs=no while live-boot is purged: its trigger would remake the initrd for nothing."""
-        conf = self.mnt / "etc/initramfs-tools/update-initramfs.conf"
-        if self.r.dry_run or not conf.is_file():
+        conf = "etc/initramfs-tools/update-initramfs.conf"
+        if self.r.dry_run or not confined.is_file(self.mnt, conf):
             yield
             return
-        before = conf.read_bytes()
-        conf.write_bytes(before + b"\nupdate_initramfs=no  # xenspin installer, for the purge of live-boot\n")
+        before = confined.read_bytes(self.mnt, conf)
+        held = before + b"\nupdate_initramfs=no  # xenspin installer, for the purge of live-boot\n"
+        confined.write_bytes(self.mnt, conf, held, mode=None)
         try:
             yield
         finally:
-            conf.write_bytes(before)
+            confined.write_bytes(self.mnt, conf, before, mode=None)
 
     def install_efi_grub(self) -> None:
         """GRUB for UEFI at EFI/BOOT/BOOTX64.EFI (the removable path) and EFI/xenspin/grubx64.efi.
@@ -346,9 +433,8 @@ class Installer:
         """
         self.write("boot/grub/xenspin-efi-early.cfg", efi_early_config(self.root_uuid))
         if not self.r.dry_run:
-            modules = self.mnt / "boot/grub/x86_64-efi"
-            shutil.rmtree(modules, ignore_errors=True)
-            shutil.copytree(self.mnt / "usr/lib/grub/x86_64-efi", modules)
+            confined.remove(self.mnt, "boot/grub/x86_64-efi")
+            confined.copy_tree(self.mnt, "usr/lib/grub/x86_64-efi", self.mnt, "boot/grub/x86_64-efi")
         image = "/boot/grub/xenspin-bootx64.efi"
         self.chroot(
             [
@@ -361,18 +447,19 @@ class Installer:
             ],
             "make GRUB's UEFI image",
         )
-        esp, src = self.layout.dev("esp"), str(self.mnt / image.lstrip("/"))
+        esp = self.layout.dev("esp")
+        # mcopy runs outside the target: it reads the image as the regular file it is inside the target
+        src = str(self.mnt / image.lstrip("/")) if self.r.dry_run else str(confined.regular(self.mnt, image))
         self.r.run(["mmd", "-i", esp, "::/EFI", "::/EFI/BOOT", "::/EFI/xenspin"], "make directories on the ESP")
         for dest in ("::/EFI/BOOT/BOOTX64.EFI", "::/EFI/xenspin/grubx64.efi"):
             self.r.run(["mcopy", "-o", "-i", esp, src, dest], f"copy GRUB to {dest[2:]} on the ESP")
 
     def copy_log(self) -> None:
+        """The install log (it holds no password: Runner) into the target, readable by root only."""
         if self.r.dry_run:
             return
-        dest = self.mnt / LOG_ON_TARGET
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(self.r.log_path, dest)
-        dest.chmod(0o600)
+        log = self.r.log_path.absolute()
+        confined.copy_file(log.parent, log.name, self.mnt, LOG_ON_TARGET, mode=0o600)
 
     # --- hooks ----------------------------------------------------------------------
 

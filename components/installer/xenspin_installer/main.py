@@ -20,7 +20,7 @@ from .disks import choose
 from .install import LIVE_MEDIUM, SQUASHFS, Installer, decide
 from .probe import probe
 from .run import Runner
-from .sources import cmdline_args, find
+from .sources import Found, cmdline_args, find, read_test_login
 from .ui import Console, interview
 
 LOG = Path("/var/log/xenspin-install.log")
@@ -61,6 +61,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--cmdline", type=Path, default=Path("/proc/cmdline"), help=argparse.SUPPRESS)
     p.add_argument("--console", help="the tty this instance runs on (from the systemd unit)")
     p.add_argument("--check", action="store_true", help="validate the answerfile and plan; write nothing")
+    p.add_argument(
+        "--test-login",
+        type=Path,
+        metavar="FILE",
+        help="with --answerfile: add the test login whose password hash FILE holds (as an XSANSWER disk's xenspin-test-login)",
+    )
     return p
 
 
@@ -97,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
         take_console(args.console, args.log, None if interactive else main_console(cmdline))
     runner = Runner(args.log, dry_run=args.check)
     runner.log(f"xenspin installer started on {time.strftime('%Y-%m-%d %H:%M:%S')} in mode {mode}")
-    answer = None if interactive else unattended_answers(args, cmdline, runner)
+    answer, login = (None, None) if interactive else unattended_answers(args, cmdline, runner)
     disks = probe(runner)
     if answer is None:
         answer = interview(Console(sys.stdin, sys.stdout), disks)
@@ -115,27 +121,32 @@ def run(args: argparse.Namespace) -> int:
     if args.check:
         runner.say(f"would install to {chosen.describe()} (nothing written)")
         return 0
-    Installer(answer, layout, runner, args.squashfs, medium=args.medium).run()
+    Installer(answer, layout, runner, args.squashfs, medium=args.medium, test_login=login).run()
     runner.say(f"xenspin installed on {chosen.path}; {answer.finish} now")
     finish(answer, args)
     return 0
 
 
-def unattended_answers(args: argparse.Namespace, cmdline: dict[str, str], runner: Runner) -> Answerfile:
+def unattended_answers(
+    args: argparse.Namespace, cmdline: dict[str, str], runner: Runner
+) -> tuple[Answerfile, str | None]:
+    """The answers, and the password hash of a test login when the answers' source brings one."""
     if args.answerfile:
-        path, origin = args.answerfile, str(args.answerfile)
+        login = None
+        if args.test_login:
+            login = read_test_login(args.test_login.parent, args.test_login.name, "--test-login")
+        found = Found(args.answerfile, str(args.answerfile), login)
     else:
         found = find(cmdline, args.medium, runner)
         if found is None:
             raise InstallerError(
                 "unattended install: no answerfile (answerfile= on the kernel command line, a disk labelled XSANSWER, or one built into the ISO)"
             )
-        path, origin = found
-    runner.say(f"answerfile from {origin}")
-    answer, warnings = load(path)
+    runner.say(f"answerfile from {found.origin}")
+    answer, warnings = load(found.path)
     for w in warnings:
         runner.say(w)
-    return answer
+    return answer, found.test_login
 
 
 def main_console(cmdline: dict[str, str]) -> str:

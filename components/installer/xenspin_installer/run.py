@@ -6,6 +6,7 @@ dom0, where the builder is not installed, and speaks to a console instead of a s
 
 from __future__ import annotations
 
+import functools
 import shlex
 import subprocess
 import sys
@@ -17,6 +18,13 @@ from typing import IO
 from . import InstallerError
 
 TAIL = 15
+
+
+def masked(text: str, secrets: Sequence[str]) -> str:
+    """text with each secret replaced by (secret)."""
+    for secret in secrets:
+        text = text.replace(secret, "(secret)")
+    return text
 
 
 class CommandFailed(InstallerError):
@@ -52,10 +60,17 @@ class Runner:
         input: str | None = None,
         check: bool = True,
         writes: bool = True,
+        secrets: Sequence[str] = (),
     ) -> str:
-        """Run cmd; returns its stdout when capture. writes=False marks a read-only probe that runs in dry runs too."""
+        """Run cmd; returns its stdout when capture. writes=False marks a read-only probe that runs in dry runs too.
+
+        input is never logged. secrets (a password, a password hash: pass them in input,
+        never in cmd) are masked wherever the command's output would show them, in the log
+        and in the error, so a failing chpasswd that echoes its input line leaks nothing.
+        """
         argv = [str(c) for c in cmd]
-        self.log(f"[{time.monotonic() - self.started:7.1f}s] $ " + " ".join(shlex.quote(a) for a in argv))
+        mask = functools.partial(masked, secrets=[s for s in secrets if s])
+        self.log(mask(f"[{time.monotonic() - self.started:7.1f}s] $ " + " ".join(shlex.quote(a) for a in argv)))
         self.commands.append(argv)
         if self.dry_run and writes:
             return ""
@@ -64,9 +79,9 @@ class Runner:
         except FileNotFoundError:
             raise CommandFailed(f"{what}: {argv[0]} is not installed") from None
         with open(self.log_path, "a") as f:
-            f.write(proc.stderr if capture else proc.stdout + proc.stderr)
+            f.write(mask(proc.stderr if capture else proc.stdout + proc.stderr))
         if check and proc.returncode != 0:
-            said = (proc.stdout + proc.stderr).strip().splitlines()[-TAIL:]
+            said = mask(proc.stdout + proc.stderr).strip().splitlines()[-TAIL:]
             tail = "".join("\n  | " + s for s in said)
             raise CommandFailed(f"{what}: failed with exit status {proc.returncode}; log: {self.log_path}{tail}")
         return proc.stdout
