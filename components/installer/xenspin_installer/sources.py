@@ -9,7 +9,7 @@ import urllib.request
 from pathlib import Path
 
 from . import InstallerError
-from .answerfile import ISO_DIR
+from .answerfile import ISO_DIR, MAX_BYTES
 from .disks import ANSWER_LABEL as LABEL
 from .run import Runner
 
@@ -46,7 +46,8 @@ def from_url(url: str, medium: Path, runner: Runner) -> Path:
     for attempt in range(3):
         try:
             with urllib.request.urlopen(url, timeout=30) as resp:
-                return _save(resp.read(), url)
+                # One byte over the limit is enough for load() to refuse it; the rest never reaches memory.
+                return _save(resp.read(MAX_BYTES + 1), url)
         except OSError as e:
             if attempt == 2:
                 raise InstallerError(f"answerfile={url}: cannot fetch: {e}") from None
