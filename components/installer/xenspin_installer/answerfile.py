@@ -2,7 +2,9 @@
 
 The dataclasses below are the one declaration: the loader here reads them, and the
 builder's `xenspin schema --answerfile` turns the same fields into JSON Schema
-(their metadata has the shape builder/typed.py reads: help and key).
+(their metadata has the shape builder/typed.py reads: help and key; each string's
+grammar is its Annotated type, see grammar.py). YAML is read through boundedyaml.py,
+so an alias bomb or deep nesting is one line before anything is built from it.
 """
 
 from __future__ import annotations
