@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from xenspin_installer.grammar import printable
+
 BUG_EXIT = 70  # EX_SOFTWARE: an unexpected error inside xenspin (a bug), not something the user did
 
 
@@ -48,6 +50,7 @@ class ManifestError(XenspinError):
     """Bad input in a manifest or recipe: names the file, line and field."""
 
     def __init__(self, loc: Loc, field: str, message: str) -> None:
+        field = printable(field)  # a key may hold a newline: the error stays one line
         self.loc = loc
         self.field = field
         self.message = message

@@ -17,6 +17,8 @@ import hashlib
 import io
 import json
 import os
+import re
+import shlex
 import shutil
 import struct
 import tarfile
@@ -31,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from xenspin_installer import DISK_INITRD
+from xenspin_installer.grammar import CONTROL
 
 from . import answerfiles, lazy
 from .errors import XenspinError
@@ -130,6 +133,30 @@ def _dom0(boot: Boot, mode: str, *, serial: bool) -> str:
     return f"boot=live {consoles} xenspin.mode={mode}".replace("  ", " ").strip()
 
 
+# --- what the menus may carry (pure) --------------------------------------------------
+# The manifest's grammars keep these strings plain; the writers check again, so that no
+# string reaching them some other way can end a config line and start a menu entry.
+
+
+def _line(what: str, value: str) -> str:
+    """value for one line of a boot loader config; IsoError when a control character would end that line."""
+    if re.search(f"[{CONTROL}]", value):
+        raise IsoError(f"iso: {what} {value!r} holds a control character (it would add lines to the boot menu)")
+    return value
+
+
+def _isolinux_args(what: str, cmdline: str) -> str:
+    """A command line for an ISOLINUX append line, which has no quoting: a '---' word would split mboot.c32's modules."""
+    if "---" in _line(what, cmdline).split():
+        raise IsoError(f"iso: {what} {cmdline!r} holds the word '---' (mboot.c32's module separator)")
+    return cmdline
+
+
+def _grub_args(what: str, cmdline: str) -> str:
+    """A command line as GRUB words, each quoted when GRUB would read a character of it (; $ ' ...)."""
+    return " ".join(shlex.quote(w) for w in _line(what, cmdline).split())
+
+
 def isolinux_cfg(distro: Distro, entries: list[Entry]) -> str:
     """ISOLINUX's menu: mboot.c32 loads Xen, then the dom0 kernel and its initrd, split by ---."""
     boot = distro.iso.boot
@@ -138,17 +165,18 @@ def isolinux_cfg(distro: Distro, entries: list[Entry]) -> str:
         lines.append("serial 0 115200")
     lines += [
         "ui menu.c32",
-        f"menu title {distro.iso.label} {distro.version}",
+        f"menu title {_line('iso.label', distro.iso.label)} {_line('version', distro.version)}",
         f"timeout {max(1, boot.timeout * 10)}",
         f"default {entries[0].id}",
         "",
     ]
     for e in entries:
+        xen, dom0 = _isolinux_args("Xen command line", e.xen), _isolinux_args("dom0 command line", e.dom0)
         lines += [
-            f"label {e.id}",
-            f"  menu label {e.title}",
+            f"label {_line('menu id', e.id)}",
+            f"  menu label {_line('menu title', e.title)}",
             "  kernel /isolinux/mboot.c32",
-            f"  append /boot/xen.gz {e.xen} --- /live/vmlinuz {e.dom0} --- /live/initrd.img",
+            f"  append /boot/xen.gz {xen} --- /live/vmlinuz {dom0} --- /live/initrd.img",
             "",
         ]
     return "\n".join(lines)
@@ -173,14 +201,22 @@ def grub_cfg(distro: Distro, entries: list[Entry]) -> str:
     for e in entries:
         # "placeholder": multiboot2 hands over the arguments only; Xen drops the first word.
         lines += [
-            f"menuentry '{e.title}' --id {e.id} {{",
-            f"  multiboot2 /boot/xen.gz placeholder {e.xen}",
-            f"  module2 /live/vmlinuz placeholder {e.dom0}",
+            f"menuentry {shlex.quote(_line('menu title', e.title))} --id {shlex.quote(e.id)} {{",
+            f"  multiboot2 /boot/xen.gz placeholder {_grub_args('Xen command line', e.xen)}",
+            f"  module2 /live/vmlinuz placeholder {_grub_args('dom0 command line', e.dom0)}",
             "  module2 /live/initrd.img",
             "}",
             "",
         ]
     return "\n".join(lines)
+
+
+def iso_file_name(distro: Distro) -> str:
+    """The ISO's file name, refused unless it is one path component (the manifest's grammar, checked again)."""
+    name = _line("iso.filename", distro.iso_filename)
+    if "/" in name or name in ("", ".", ".."):
+        raise IsoError(f"iso: iso.filename becomes {name!r} (expected one file name, no /)")
+    return name
 
 
 # --- inputs and key (pure) ------------------------------------------------------------
@@ -708,7 +744,7 @@ def make(tmp: Path, inp: Inputs, log: Path, seed: str) -> dict[str, Any]:
         if inp.distro.iso.boot.uefi:
             efi_image(inp, work, log)
         lay = layout(inp, work)
-        name = inp.distro.iso_filename
+        name = iso_file_name(inp.distro)
         write_iso(
             lay,
             tmp / name,

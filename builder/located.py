@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from xenspin_installer import boundedyaml
 
 from .errors import Loc, ManifestError
 
@@ -19,6 +20,8 @@ MAX_FILE_BYTES = 4 * 1024 * 1024
 MAX_NODES = 100_000
 # A manifest nests a handful of levels; PyYAML's composer recurses once per level.
 MAX_DEPTH = 32
+# Checked on the parser's events before anything is composed (the installer's loader, shared).
+LIMITS = boundedyaml.Limits(max_depth=MAX_DEPTH, max_nodes=MAX_NODES, what="a manifest")
 
 
 class LDict(dict):
@@ -87,8 +90,9 @@ def load(path: Path) -> LDict:
     """Load one YAML file whose top level must be a mapping."""
     text = read_text(path)
     try:
-        _check_depth(path, text)
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node = boundedyaml.compose(text, LIMITS)
+    except boundedyaml.LimitError as e:
+        raise ManifestError(Loc(path, e.line), "", e.message) from None
     except yaml.MarkedYAMLError as e:
         raise _syntax_error(path, text, e) from None
     except yaml.YAMLError as e:  # pragma: no cover - PyYAML marks all parse errors
@@ -103,22 +107,6 @@ def load(path: Path) -> LDict:
             Loc(path, node.start_mark.line + 1), "", f"top level is {kind} (expected a mapping of fields)"
         )
     return value
-
-
-def _check_depth(path: Path, text: str) -> None:
-    """Refuse nesting deeper than MAX_DEPTH from the parser's events (which do not recurse)."""
-    depth = 0
-    for event in yaml.parse(text, Loader=yaml.SafeLoader):
-        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
-            depth += 1
-            if depth > MAX_DEPTH:
-                raise ManifestError(
-                    Loc(path, event.start_mark.line + 1),
-                    "",
-                    f"nested deeper than {MAX_DEPTH} levels (expected a manifest)",
-                )
-        elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
-            depth -= 1
 
 
 def _syntax_error(path: Path, text: str, e: yaml.MarkedYAMLError) -> ManifestError:
@@ -148,51 +136,41 @@ def _tab_at(text: str, mark: yaml.Mark) -> bool:
 
 
 class _Converter:
-    """Turn composed nodes into LDict/LList/scalars, checking what YAML lets through."""
+    """Turn composed nodes into LDict/LList/scalars, checking what YAML lets through.
+
+    Recursive: boundedyaml has bounded the depth and the size as aliases expand them.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.count = 0
-        self.active: set[int] = set()
         self.constructor = yaml.SafeLoader("")
 
     def loc(self, node: yaml.Node) -> Loc:
         return Loc(self.path, node.start_mark.line + 1)
 
     def convert(self, node: yaml.Node, field: str) -> Any:
-        self.count += 1
-        if self.count > MAX_NODES:
-            raise ManifestError(self.loc(node), field, f"document expands to over {MAX_NODES} values (an alias bomb?)")
-        if id(node) in self.active:
-            raise ManifestError(self.loc(node), field, "recursive alias (a value that contains itself)")
         if isinstance(node, yaml.ScalarNode):
             return self.scalar(node, field)
-        self.active.add(id(node))
-        try:
-            if isinstance(node, yaml.SequenceNode):
-                out = LList(self.loc(node))
-                for i, item in enumerate(node.value):
-                    sub = f"{field}[{i}]"
-                    out.push(self.convert(item, sub), self.loc(item), _raw(item))
-                return out
-            out = LDict(self.loc(node))
-            for key_node, value_node in node.value:
-                if key_node.tag == "tag:yaml.org,2002:merge":
-                    raise ManifestError(
-                        self.loc(key_node), field, "YAML merge keys (<<) are not supported (use extends:)"
-                    )
-                if not isinstance(key_node, yaml.ScalarNode):
-                    raise ManifestError(self.loc(key_node), field, "a key must be a plain string")
-                key = key_node.value
-                sub = f"{field}.{key}" if field else key
-                if key in out:
-                    first = out.loc_of(key).line
-                    raise ManifestError(self.loc(key_node), sub, f"duplicate key (first given on line {first})")
-                value = self.convert(value_node, sub)
-                out.put(key, value, self.loc(key_node), _raw(value_node))
+        if isinstance(node, yaml.SequenceNode):
+            out = LList(self.loc(node))
+            for i, item in enumerate(node.value):
+                sub = f"{field}[{i}]"
+                out.push(self.convert(item, sub), self.loc(item), _raw(item))
             return out
-        finally:
-            self.active.discard(id(node))
+        out = LDict(self.loc(node))
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                raise ManifestError(self.loc(key_node), field, "YAML merge keys (<<) are not supported (use extends:)")
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise ManifestError(self.loc(key_node), field, "a key must be a plain string")
+            key = key_node.value
+            sub = f"{field}.{key}" if field else key
+            if key in out:
+                first = out.loc_of(key).line
+                raise ManifestError(self.loc(key_node), sub, f"duplicate key (first given on line {first})")
+            value = self.convert(value_node, sub)
+            out.put(key, value, self.loc(key_node), _raw(value_node))
+        return out
 
     def scalar(self, node: yaml.ScalarNode, field: str) -> Any:
         if node.tag == "tag:yaml.org,2002:timestamp":

@@ -10,10 +10,11 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Annotated, Any, Literal, get_args, get_origin
+
+from xenspin_installer.grammar import CONTROL, URL_CHAR, Grammar, optional, text_line
 
 from . import config, located, typed
 from .errors import Loc, ManifestError, XenspinError
@@ -22,20 +23,73 @@ from .typed import field
 
 # --- the model -------------------------------------------------------------------
 
-DEB_NAME = re.compile(r"[a-z0-9][a-z0-9+.-]+")
-STEP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+# --- grammars: what each string may hold, by where it ends up ------------------------------
+# Each is the loader's check and the schema's "pattern"; see xenspin_installer/grammar.py.
+
+# Goes into /etc/hostname, file names, the ISO's file name and os-release's ID.
+NAME = Grammar(r"[a-z0-9][a-z0-9.+-]{0,62}", "lowercase letters, digits, '-', '.', '+', at most 63")
+# In the ISO's file name and os-release; {{ date }} is the only template (nothing else reaches Jinja2).
+DATE = r"\{\{ *date *\}\}"
+VERSION = Grammar(
+    rf"([A-Za-z0-9]|{DATE})([A-Za-z0-9.+~_-]|{DATE}){{0,63}}",
+    "letters, digits, '.', '+', '~', '_', '-' and {{ date }}, starting with a letter or digit",
+)
+# Double-quoted os-release values (a shell file) and text overlays put into /etc/issue (whose
+# getty reads \ escapes): no ", \, $ or `. A description may hold ' ("ACME's Xen host").
+VENDOR = text_line(128, '"\\$`')
+DESCRIPTION = text_line(256, '"\\$`')
+# A boot menu title: GRUB quotes it with ', ISOLINUX takes the rest of the line.
+LABEL = text_line(64, "\"'\\$`")
+ONE_LINE = text_line(256)
+VOLUME_ID = Grammar(r"[A-Z0-9_]{1,32}", "1 to 32 of A-Z, 0-9, _")
+# One path component once {name} and {version} are put in (they hold no /): no /, not . or ..
+FILE_NAME = Grammar(r"(?![.-])[A-Za-z0-9._+~-]{1,255}", "a file name: A-Z a-z 0-9 . _ + ~ -, not starting with . or -")
+FILE_NAME_TEMPLATE = Grammar(
+    r"(?![.-])([A-Za-z0-9._+~-]|\{name\}|\{version\}){1,128}",
+    "a file name: A-Z a-z 0-9 . _ + ~ -, {name} and {version}, not starting with . or -",
+)
+# A Xen or Linux command line as GRUB (unquoted words), ISOLINUX (the rest of the line, '---'
+# splits mboot.c32's modules) and a double-quoted shell variable (/etc/default/grub.d) all read
+# it the same: no quotes, $, ;, &, |, <, >, #, {, }, globs or control characters.
+CMDLINE = Grammar(
+    r"(?!(.* )?---( |$))[A-Za-z0-9_.,:=/+@%~() -]{0,1024}",
+    "command line words of A-Z a-z 0-9 _ . , : = / + @ % ~ ( ) -, at most 1024 characters, no '---' word",
+)
+COMPONENT = Grammar(r"[a-z0-9][a-z0-9-]{0,63}", "lowercase letters, digits, '-'")
+DEB_NAME = Grammar(r"[a-z0-9][a-z0-9+.-]{1,127}", "a Debian package name: a-z 0-9 + - .")
+_ALT = r"[a-z0-9][a-z0-9+.-]{0,127}(:[a-z0-9-]{1,32})?( *\( *(<<|<=|=|>=|>>) *[A-Za-z0-9.+~:-]{1,128} *\))?"
+# One Depends: item of DEBIAN/control: "a", "a (>= 1)", "a | b".
+RELATION = Grammar(rf"{_ALT}( *\| *{_ALT}){{0,15}}", "a Debian package relation, e.g. foo (>= 1.0) | bar")
+DEB_VERSION = Grammar(r"([0-9]{1,9}:)?[A-Za-z0-9][A-Za-z0-9.+~-]{0,127}", "a Debian version, e.g. 4.17.5-1")
+STEP_NAME = Grammar(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", "letters, digits, '.', '_', '-'")
+SCRIPT = Grammar(r"[^\x00]*", "a shell script (no NUL characters)")
+# Relative, no ".." part: it names a file the step left under $OUT.
+OUT_PATH = Grammar(rf"(?!/)(?!(.*/)?\.\.(/|$))[^{CONTROL}]{{1,4096}}", "a path inside $OUT")
+# Manifest paths are confined after resolving (manifest.confine); the grammar keeps them one line.
+PATH = Grammar(f"[^{CONTROL}]{{0,4096}}", "a path without control characters")
+# A URL is a single word of sources.list, a git or curl argument: a scheme, no spaces or quotes.
+URL = Grammar(rf"(https?|file)://{URL_CHAR}{{1,2048}}", "an http://, https:// or file:// URL")
+GIT_URL = Grammar(
+    rf"(https?|git|ssh|file)://{URL_CHAR}{{1,2048}}|[A-Za-z0-9._-]{{1,64}}@[A-Za-z0-9.-]{{1,255}}:(?!-){URL_CHAR}{{1,2048}}",
+    "a git URL: http(s)://, git://, ssh://, file:// or user@host:path",
+)
+# A git argument: never an option (leading -), never a range (..).
+REF = Grammar(r"(?!-)(?!.*\.\.)[A-Za-z0-9._/+@,=%-]{1,255}", "a branch, tag or commit, not starting with -")
+SHA256 = Grammar(r"[0-9a-f]{64}", "64 lowercase hex digits")
+SUITE = Grammar(r"[A-Za-z0-9][A-Za-z0-9.+_-]{0,63}", "a suite name, e.g. bookworm-security")
+AREA = Grammar(r"[a-z0-9][a-z0-9-]{0,63}", "an archive area, e.g. main")
 
 
 @dataclass(frozen=True)
 class Verify:
     """Signatures a source must carry, checked against the named keys only."""
 
-    keys: list[str] = field(
+    keys: list[Annotated[str, PATH]] = field(
         "armored OpenPGP public key files, relative to the file naming them", factory=list, path=True
     )
     tag: bool = field("the git ref must be a tag signed by one of the keys", False)
     commit: bool = field("the locked git commit must be signed by one of the keys", False)
-    signature: str = field("URL of a detached OpenPGP signature of the tarball", "")
+    signature: Annotated[str, optional(URL)] = field("URL of a detached OpenPGP signature of the tarball", "")
 
 
 @dataclass(frozen=True)
@@ -43,8 +97,8 @@ class GitSource:
     """A git repository at a branch, tag or commit."""
 
     DISCRIMINATED = True
-    git: str = field("repository URL (mirrors may rewrite it)")
-    ref: str = field("branch, tag or commit to build", "HEAD")
+    git: Annotated[str, GIT_URL] = field("repository URL (mirrors may rewrite it)")
+    ref: Annotated[str, REF] = field("branch, tag or commit to build", "HEAD")
     verify: Verify | None = field("signatures required", None)
 
     @property
@@ -57,8 +111,8 @@ class TarballSource:
     """A source tarball fetched over HTTP and unpacked."""
 
     DISCRIMINATED = True
-    url: str = field("tarball URL (mirrors may rewrite it)")
-    sha256: str = field("expected sha256; empty means trust on first lock", "")
+    url: Annotated[str, URL] = field("tarball URL (mirrors may rewrite it)")
+    sha256: Annotated[str, optional(SHA256)] = field("expected sha256; empty means trust on first lock", "")
     verify: Verify | None = field("signatures required", None)
 
     @property
@@ -71,8 +125,8 @@ class PrebuiltSource:
     """A file fetched over HTTP and used as it is (not unpacked)."""
 
     DISCRIMINATED = True
-    prebuilt: str = field("artifact URL (mirrors may rewrite it)")
-    sha256: str = field("expected sha256; empty means trust on first lock", "")
+    prebuilt: Annotated[str, URL] = field("artifact URL (mirrors may rewrite it)")
+    sha256: Annotated[str, optional(SHA256)] = field("expected sha256; empty means trust on first lock", "")
     verify: Verify | None = field("signatures required", None)
 
     @property
@@ -85,8 +139,8 @@ class DebianSource:
     """A Debian source package from the base archive, verified through the archive's signed index."""
 
     DISCRIMINATED = True
-    debian: str = field("source package name")
-    version: str = field("exact version; empty means the suite's current one", "")
+    debian: Annotated[str, DEB_NAME] = field("source package name")
+    version: Annotated[str, optional(DEB_VERSION)] = field("exact version; empty means the suite's current one", "")
 
     @property
     def kind(self) -> str:
@@ -98,7 +152,7 @@ class ArchiveSource:
     """Binary packages taken from the base archive unchanged."""
 
     DISCRIMINATED = True
-    archive: list[str] = field("binary package names")
+    archive: list[Annotated[str, DEB_NAME]] = field("binary package names")
 
     @property
     def kind(self) -> str:
@@ -110,7 +164,7 @@ class PathSource:
     """A source tree kept in this repository."""
 
     DISCRIMINATED = True
-    path: str = field("directory, relative to the file naming it", path=True)
+    path: Annotated[str, PATH] = field("directory, relative to the file naming it", path=True)
 
     @property
     def kind(self) -> str:
@@ -124,17 +178,17 @@ Source = GitSource | TarballSource | PrebuiltSource | DebianSource | ArchiveSour
 class Step:
     """One build command, run in the build root with $SRC read-only and $OUT writable."""
 
-    name: str = field("short name, used for the log file")
-    run: str = field("shell script run by /bin/sh -e")
+    name: Annotated[str, STEP_NAME] = field("short name, used for the log file")
+    run: Annotated[str, SCRIPT] = field("shell script run by /bin/sh -e")
 
 
 @dataclass(frozen=True)
 class Package:
     """How the staged output tree becomes a Debian package."""
 
-    name: str = field("binary package name")
-    depends: list[str] = field("runtime dependencies (Debian package relations)", factory=list)
-    description: str = field("one-line package description", "")
+    name: Annotated[str, DEB_NAME] = field("binary package name")
+    depends: list[Annotated[str, RELATION]] = field("runtime dependencies (Debian package relations)", factory=list)
+    description: Annotated[str, ONE_LINE] = field("one-line package description", "")
 
 
 @dataclass(frozen=True)
@@ -142,73 +196,55 @@ class Component:
     """One part of the distribution: where its source is and how it is built."""
 
     source: Source = field("where the source comes from")
-    description: str = field("what the component is", "")
+    description: Annotated[str, ONE_LINE] = field("what the component is", "")
     optional: bool = field("a build may leave it out when its source cannot be had (--strict refuses)", False)
-    build_depends: list[str] = field("Debian packages in the build root", factory=list)
-    after: list[str] = field("components that must be built first", factory=list)
+    build_depends: list[Annotated[str, DEB_NAME]] = field("Debian packages in the build root", factory=list)
+    after: list[Annotated[str, COMPONENT]] = field("components that must be built first", factory=list)
     steps: list[Step] = field("build commands, in order", factory=list)
-    outputs: list[str] = field("paths under $OUT that a successful build must produce", factory=list)
+    outputs: list[Annotated[str, OUT_PATH]] = field(
+        "paths under $OUT that a successful build must produce", factory=list
+    )
     package: Package | None = field("package the staged $OUT tree as this .deb", None)
-    debs: list[str] = field(
+    debs: list[Annotated[str, DEB_NAME]] = field(
         "packages the steps build themselves into $DEBS (e.g. with dpkg-buildpackage); nothing else may be there",
         factory=list,
     )
-    setuid: list[str] = field("paths under $OUT allowed to be setuid or setgid", factory=list)
-    recipe: str = field("the recipe file (default components/NAME.yaml beside the file naming it)", "", path=True)
+    setuid: list[Annotated[str, OUT_PATH]] = field("paths under $OUT allowed to be setuid or setgid", factory=list)
+    recipe: Annotated[str, PATH] = field(
+        "the recipe file (default components/NAME.yaml beside the file naming it)", "", path=True
+    )
 
     def check(self, raw: LDict, path: str) -> None:
-        """What dpkg and the log files need of names, and outputs that stay inside $OUT."""
-        if self.package is not None and not DEB_NAME.fullmatch(self.package.name):
-            pkg = raw["package"]
-            raise ManifestError(
-                pkg.loc_of("name"),
-                f"{path}.package.name",
-                f"{self.package.name!r} (expected a Debian package name: a-z 0-9 + - .)",
-            )
+        """Step names name log files: each once (their grammar is checked as they are read)."""
         seen: dict[str, int] = {}
         for i, step in enumerate(self.steps):
-            loc = raw["steps"][i].loc_of("name")
-            if not STEP_NAME.fullmatch(step.name):
-                raise ManifestError(
-                    loc, f"{path}.steps[{i}].name", f"{step.name!r} (expected letters, digits, '.', '_', '-')"
-                )
             if step.name in seen:
+                loc = raw["steps"][i].loc_of("name")
                 raise ManifestError(
                     loc, f"{path}.steps[{i}].name", f"{step.name!r} again (steps[{seen[step.name]}] has it)"
                 )
             seen[step.name] = i
-        for key, paths in (("outputs", self.outputs), ("setuid", self.setuid)):
-            for i, out in enumerate(paths):
-                if out.startswith("/") or ".." in Path(out).parts:
-                    raise ManifestError(
-                        raw[key].loc_of(i), f"{path}.{key}[{i}]", f"{out!r} (expected a path inside $OUT)"
-                    )
-        for i, deb in enumerate(self.debs):
-            if not DEB_NAME.fullmatch(deb):
-                raise ManifestError(
-                    raw["debs"].loc_of(i), f"{path}.debs[{i}]", f"{deb!r} (expected a Debian package name)"
-                )
 
 
 @dataclass(frozen=True)
 class Update:
     """A suite laid over the base suite: its packages win when their version is higher."""
 
-    suite: str = field("suite name, e.g. bookworm-security")
-    mirror: str = field("its archive URL (empty: the base mirror)", "")
+    suite: Annotated[str, SUITE] = field("suite name, e.g. bookworm-security")
+    mirror: Annotated[str, optional(URL)] = field("its archive URL (empty: the base mirror)", "")
 
 
 @dataclass(frozen=True)
 class Base:
     """The Debian archive the distribution is made from."""
 
-    suite: str = field("Debian suite", "bookworm")
-    mirror: str = field("archive URL", "http://deb.debian.org/debian")
-    keyring: str = field(
+    suite: Annotated[str, SUITE] = field("Debian suite", "bookworm")
+    mirror: Annotated[str, URL] = field("archive URL", "http://deb.debian.org/debian")
+    keyring: Annotated[str, PATH] = field(
         "keyring that signs the archive's InRelease", "/usr/share/keyrings/debian-archive-keyring.gpg", path=True
     )
     architecture: Literal["amd64"] = field("Debian architecture", "amd64")
-    areas: list[str] = field("archive areas", factory=lambda: ["main"])
+    areas: list[Annotated[str, AREA]] = field("archive areas", factory=lambda: ["main"])
     updates: list[Update] = field(
         "suites over the base one (security, stable updates), same keyring and areas", factory=list
     )
@@ -225,9 +261,11 @@ class Rootfs:
     variant: Literal["essential", "apt", "required", "minbase", "important", "standard"] = field(
         "mmdebstrap variant", "minbase"
     )
-    packages: list[str] = field("archive packages installed besides the components", factory=list)
-    overlays: list[str] = field("directories laid over the tree (*.j2 files rendered)", factory=list, path=True)
-    hooks: list[str] = field(
+    packages: list[Annotated[str, DEB_NAME]] = field("archive packages installed besides the components", factory=list)
+    overlays: list[Annotated[str, PATH]] = field(
+        "directories laid over the tree (*.j2 files rendered)", factory=list, path=True
+    )
+    hooks: list[Annotated[str, PATH]] = field(
         "scripts run after the packages are in, in a sandbox with the tree as / (and $1), no network",
         factory=list,
         path=True,
@@ -235,7 +273,7 @@ class Rootfs:
     hooks_network: bool = field("give the hooks the network (default: none)", False)
     compression: Literal["zstd", "xz", "gzip"] = field("squashfs compression", "zstd")
     compression_level: int = field("squashfs compression level (0: xenspin's default for the compression)", 0)
-    setuid: list[str] = field(
+    setuid: list[Annotated[str, PATH]] = field(
         "absolute paths in the image (/usr/bin/x) that overlay files or hooks may make setuid or setgid", factory=list
     )
 
@@ -255,8 +293,8 @@ class Rootfs:
 class Installer:
     """The installer that runs in dom0 from the ISO."""
 
-    component: str = field("the component that provides the installer", "installer")
-    answerfile: str = field("answerfile built into the ISO for unattended installs", "", path=True)
+    component: Annotated[str, COMPONENT] = field("the component that provides the installer", "installer")
+    answerfile: Annotated[str, PATH] = field("answerfile built into the ISO for unattended installs", "", path=True)
 
 
 @dataclass(frozen=True)
@@ -267,17 +305,21 @@ class Boot:
     uefi: bool = field("boot on UEFI machines", True)
     timeout: int = field("seconds the boot menu waits", 5)
     serial: bool = field("menu and consoles on the first serial port too", True)
-    xen_cmdline: str = field("Xen command line", "console=com1,vga com1=115200 dom0_mem=1024M,max:1024M")
-    dom0_cmdline: str = field("dom0 kernel command line", "console=hvc0")
+    xen_cmdline: Annotated[str, CMDLINE] = field(
+        "Xen command line", "console=com1,vga com1=115200 dom0_mem=1024M,max:1024M"
+    )
+    dom0_cmdline: Annotated[str, CMDLINE] = field("dom0 kernel command line", "console=hvc0")
 
 
 @dataclass(frozen=True)
 class Iso:
     """The installer ISO."""
 
-    volume_id: str = field("ISO volume id (at most 32 of A-Z 0-9 _)", "XENSPIN")
-    label: str = field("title shown in the boot menu", "xenspin")
-    filename: str = field("output file name, {name} and {version} substituted", "{name}-{version}-amd64.iso")
+    volume_id: Annotated[str, VOLUME_ID] = field("ISO volume id (at most 32 of A-Z 0-9 _)", "XENSPIN")
+    label: Annotated[str, LABEL] = field("title shown in the boot menu", "xenspin")
+    filename: Annotated[str, FILE_NAME_TEMPLATE] = field(
+        "output file name, {name} and {version} substituted", "{name}-{version}-amd64.iso"
+    )
     boot: Boot = field("boot settings", factory=Boot)
 
 
@@ -285,29 +327,21 @@ class Iso:
 class Distro:
     """A Xen distribution: the top level of distro.yaml or a spin."""
 
-    name: str = field("distribution name (lowercase letters, digits, - and .)")
-    version: str = field("version; {{ date }} renders as the build date (YYYYMMDD)")
-    components: dict[str, Component] = field("the components by name")
-    vendor: str = field("who makes it", "")
-    description: str = field("one line about it", "")
-    extends: str = field("a manifest this one overrides (a spin)", "", path=True)
+    name: Annotated[str, NAME] = field("distribution name (lowercase letters, digits, - and .)")
+    version: Annotated[str, VERSION] = field("version; {{ date }} renders as the build date (YYYYMMDD)")
+    components: dict[Annotated[str, COMPONENT], Component] = field("the components by name")
+    vendor: Annotated[str, VENDOR] = field("who makes it", "")
+    description: Annotated[str, DESCRIPTION] = field("one line about it", "")
+    extends: Annotated[str, PATH] = field("a manifest this one overrides (a spin)", "", path=True)
     base: Base = field("the Debian archive", factory=Base)
     rootfs: Rootfs = field("the dom0 root filesystem", factory=Rootfs)
     installer: Installer = field("the installer", factory=Installer)
     iso: Iso = field("the installer ISO", factory=Iso)
 
     def check(self, raw: LDict, path: str) -> None:
-        """Checks across fields: names, references between components, cycles."""
-        if not re.fullmatch(r"[a-z0-9][a-z0-9.+-]*", self.name):
-            raise ManifestError(
-                raw.loc_of("name"), "name", f"{self.name!r} (expected lowercase letters, digits, '-', '.')"
-            )
+        """Checks across fields: references between components, cycles (each field's grammar is checked as read)."""
         comps = raw.get("components", LDict(raw.loc))
         for name, comp in self.components.items():
-            if not re.fullmatch(r"[a-z0-9][a-z0-9-]*", name):
-                raise ManifestError(
-                    comps.loc_of(name), f"components.{name}", "bad name (expected lowercase letters, digits, '-')"
-                )
             for i, dep in enumerate(comp.after):
                 if dep not in self.components:
                     after = comps[name]["after"]
@@ -336,11 +370,6 @@ class Distro:
             loc = inst.loc_of("component") if isinstance(inst, LDict) else raw.loc
             hint = typed.did_you_mean(self.installer.component, list(self.components))
             raise ManifestError(loc, "installer.component", f"names no component {self.installer.component!r}{hint}")
-        vid = self.iso.volume_id
-        if not re.fullmatch(r"[A-Z0-9_]{1,32}", vid):
-            iso = raw.get("iso")
-            loc = iso.loc_of("volume-id") if isinstance(iso, LDict) else raw.loc
-            raise ManifestError(loc, "iso.volume-id", f"{vid!r} (expected 1 to 32 of A-Z, 0-9, _)")
 
     @property
     def iso_filename(self) -> str:
@@ -402,7 +431,18 @@ def load(path: Path | str) -> Distro:
     raw, files = _load_chain(path, [], None)
     check_paths(Distro, raw, roots(files))
     distro = typed.parse_dataclass(Distro, raw, raw.loc, "")
-    return dataclasses.replace(distro, version=_render_version(distro.version, raw))
+    distro = dataclasses.replace(distro, version=_render_version(distro.version, raw))
+    check_iso_filename(distro, raw)
+    return distro
+
+
+def check_iso_filename(distro: Distro, raw: LDict) -> None:
+    """The ISO's file name as it will be written: one path component, whatever {name} and {version} hold."""
+    name = distro.iso_filename
+    if not FILE_NAME.ok(name):
+        iso = raw.get("iso")
+        loc = iso.loc_of("filename") if isinstance(iso, LDict) else raw.loc
+        raise ManifestError(loc, "iso.filename", f"becomes {FILE_NAME.refusal(name)}")
 
 
 # --- confinement -------------------------------------------------------------------
@@ -528,6 +568,8 @@ def _load_recipes(doc: LDict, base: LDict | None, path: Path, allowed: tuple[Pat
     known = base.get("components", {}) if base is not None else {}
     for name, entry in list(comps.items()):
         where = f"components.{name}"
+        if not COMPONENT.ok(name):  # before the name becomes the path of its recipe
+            raise ManifestError(comps.loc_of(name), where, COMPONENT.refusal(name))
         if entry is None:
             if base is None:
                 raise ManifestError(

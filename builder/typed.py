@@ -13,7 +13,9 @@ import os
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
+
+from xenspin_installer.grammar import bare, grammar_of, grammars
 
 from .errors import Loc, ManifestError
 from .located import LDict, LList
@@ -39,8 +41,8 @@ def yaml_key(f: dataclasses.Field) -> str:
 
 
 def fields_of(cls: type) -> list[tuple[dataclasses.Field, Any]]:
-    """The dataclass fields of cls with their resolved types."""
-    hints = typing.get_type_hints(cls)
+    """The dataclass fields of cls with their resolved types (grammars kept: Annotated[str, GRAMMAR])."""
+    hints = typing.get_type_hints(cls, include_extras=True)
     return [(f, hints[f.name]) for f in dataclasses.fields(cls) if f.init]
 
 
@@ -61,6 +63,7 @@ def discriminator(cls: type) -> str:
 
 def describe(tp: Any) -> str:
     """A short English phrase for what a value of type tp looks like."""
+    tp = bare(tp)
     if tp is str:
         return "a string"
     if tp is bool:
@@ -107,6 +110,12 @@ def parse(tp: Any, value: Any, loc: Loc, path: str, raw: str | None = None) -> A
     def fail(msg: str) -> typing.NoReturn:
         raise ManifestError(loc, path, msg)
 
+    if get_origin(tp) is Annotated:
+        parsed = parse(bare(tp), value, loc, path, raw)
+        for g in grammars(tp):
+            if not g.ok(parsed):
+                fail(g.refusal(parsed))
+        return parsed
     args = _union_args(tp)
     if args is not None:
         if value is None and type(None) in args:
@@ -145,8 +154,12 @@ def parse(tp: Any, value: Any, loc: Loc, path: str, raw: str | None = None) -> A
     if get_origin(tp) is dict:
         if not isinstance(value, LDict):
             fail(f"got {_kind(value)} (expected {describe(tp)})")
-        _, val_tp = get_args(tp)
-        return {k: parse(val_tp, v, value.loc_of(k), f"{path}.{k}", value.raw[k]) for k, v in value.items()}
+        key_tp, val_tp = get_args(tp)
+        out = {}
+        for k, v in value.items():  # keys have grammars too (component names)
+            sub = f"{path}.{k}"
+            out[parse(key_tp, k, value.loc_of(k), sub)] = parse(val_tp, v, value.loc_of(k), sub, value.raw[k])
+        return out
     if dataclasses.is_dataclass(tp):
         return parse_dataclass(tp, value, loc, path)
     raise TypeError(f"typed.parse: unsupported type {tp!r}")  # a programming error, not input
@@ -204,6 +217,11 @@ def parse_dataclass(cls: type, value: Any, loc: Loc, path: str) -> Any:
 
 def schema(tp: Any, defs: dict[str, Any], *, list_ops: bool = True) -> dict[str, Any]:
     """JSON Schema for one manifest file (a base or a spin: required fields are checked after merging)."""
+    if get_origin(tp) is Annotated:
+        out = schema(bare(tp), defs, list_ops=list_ops)
+        for g in grammars(tp):
+            out["pattern"] = g.pattern
+        return out
     if tp is str:
         return {"type": ["string", "number"]}
     if tp is bool:
@@ -216,7 +234,10 @@ def schema(tp: Any, defs: dict[str, Any], *, list_ops: bool = True) -> dict[str,
         return {"type": "array", "items": schema(get_args(tp)[0], defs, list_ops=list_ops)}
     if get_origin(tp) is dict:
         inner = schema(get_args(tp)[1], defs, list_ops=list_ops)
-        return {"type": "object", "additionalProperties": {"anyOf": [inner, {"type": "null"}]}}
+        out = {"type": "object", "additionalProperties": {"anyOf": [inner, {"type": "null"}]}}
+        for g in grammars(get_args(tp)[0]):
+            out["propertyNames"] = {"pattern": g.pattern}
+        return out
     args = _union_args(tp)
     if args is not None:
         members = [a for a in args if a is not type(None)]
@@ -230,7 +251,9 @@ def schema(tp: Any, defs: dict[str, Any], *, list_ops: bool = True) -> dict[str,
             props: dict[str, Any] = {}
             for f, ftp in fields_of(tp):
                 key = yaml_key(f)
-                props[key] = {**schema(ftp, defs, list_ops=list_ops), "description": f.metadata["help"]}
+                g = grammar_of(ftp)
+                help_ = f.metadata["help"] + (f" (expected {g.expected})" if g else "")
+                props[key] = {**schema(ftp, defs, list_ops=list_ops), "description": help_}
                 if list_ops and get_origin(ftp) is list:
                     props[key + "+"] = {**schema(ftp, defs), "description": f"append to {key} of the file extended"}
                     props[key + "-"] = {**schema(ftp, defs), "description": f"remove from {key} of the file extended"}

@@ -164,11 +164,14 @@ def test_format_by_content_and_iso_name(tmp_path: Path) -> None:
             "root: {password: x}\nnetwork:\n  mode: static\n  address: 10.0.0.300/24\n",
             "a.yaml:4: network.address: '10.0.0.300/24' is not an address (expected e.g. 192.0.2.10/24)",
         ),
-        ("root: {password: x}\nnetwork:\n  dns: [one.one]\n", "a.yaml:3: network.dns: 'one.one' is not an IP address"),
+        (
+            "root: {password: x}\nnetwork:\n  dns: [one.one]\n",
+            "a.yaml:3: network.dns[0]: 'one.one' (expected an IP address)",
+        ),
         ("hostname: h\n", "a.yaml:1: root: gives no way to log in (expected password, password-hash or ssh-keys)"),
         (
             "root: {password-hash: secret}\n",
-            "a.yaml:1: root.password-hash: is not a crypt hash (expected $6$... or $y$...)",
+            "a.yaml:1: root.password-hash: is not allowed (expected a crypt hash like $6$... or $y$...)",
         ),
         (
             "root: {password: x, password-hash: $6$a$b}\n",
@@ -176,7 +179,7 @@ def test_format_by_content_and_iso_name(tmp_path: Path) -> None:
         ),
         (
             "root: {ssh-keys: [hello]}\n",
-            "a.yaml:1: root.ssh-keys[0]: is not an SSH public key (expected e.g. ssh-ed25519 AAAA...)",
+            "a.yaml:1: root.ssh-keys[0]: 'hello' (expected an SSH public key on one line, e.g. ssh-ed25519 AAAA... comment)",
         ),
         ("root: {password: x}\nhostnme: h\n", "a.yaml:2: hostnme: unknown field; did you mean 'hostname'?"),
         (
@@ -193,7 +196,7 @@ def test_format_by_content_and_iso_name(tmp_path: Path) -> None:
         ),
         (
             "root: {password: x}\ndisk: sda; rm -rf /\n",
-            "a.yaml:2: disk: 'sda; rm -rf /' is not a disk name (expected e.g. sda or /dev/sda)",
+            "a.yaml:2: disk: 'sda; rm -rf /' (expected a disk name, e.g. sda, /dev/sda or /dev/disk/by-id/...)",
         ),
         ("root: [x\n", "a.yaml:2: not valid YAML: expected ',' or ']', but got '<stream end>'"),
         ("", "a.yaml: is empty (expected a mapping with root:)"),

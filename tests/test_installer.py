@@ -308,7 +308,7 @@ def test_interactive_bad_answers_asked_again_and_no_means_nothing() -> None:
     assert interview(Console(io.StringIO(typed), out), disks()[:2]) is None
     shown = out.getvalue()
     assert "please answer one of sda, sdb" in shown
-    assert "hostname: 'bad_name'" in shown and "root.ssh-keys[0]: is not an SSH public key" in shown
+    assert "hostname: 'bad_name'" in shown and "root.ssh-keys[0]: 'not a key' (expected an SSH public key" in shown
     assert "This ERASES /dev/sda (64.0 GiB QEMU HARDDISK) (it holds nothing)" in shown
 
 

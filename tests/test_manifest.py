@@ -277,7 +277,7 @@ def test_alias_bomb(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_recursive_alias(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
     write(project, {"distro.yaml": BASE + "vendor: &v [*v]\n"})
-    assert fails(capsys) == "distro.yaml:9: vendor[0]: recursive alias (a value that contains itself)"
+    assert fails(capsys) == "distro.yaml:9: recursive alias (a value that contains itself)"
 
 
 def test_merge_keys_refused(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -332,8 +332,9 @@ def test_installer_names_no_component(project: Path, capsys: pytest.CaptureFixtu
 
 
 def test_bad_version_template(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """{{ date }} is the only template the grammar lets through: nothing else reaches Jinja2."""
     write(project, {"distro.yaml": BASE.replace('"1.0"', '"1.0.{{ tomorrow }}"')})
-    assert fails(capsys).startswith("distro.yaml:2: version: bad template: 'tomorrow' is undefined")
+    assert fails(capsys).startswith("distro.yaml:2: version: '1.0.{{ tomorrow }}' (expected letters, digits")
 
 
 # --- spins -------------------------------------------------------------------------

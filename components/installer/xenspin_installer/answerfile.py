@@ -2,7 +2,9 @@
 
 The dataclasses below are the one declaration: the loader here reads them, and the
 builder's `xenspin schema --answerfile` turns the same fields into JSON Schema
-(their metadata has the shape builder/typed.py reads: help and key).
+(their metadata has the shape builder/typed.py reads: help and key; each string's
+grammar is its Annotated type, see grammar.py). YAML is read through boundedyaml.py,
+so an alias bomb or deep nesting is one line before anything is built from it.
 """
 
 from __future__ import annotations
@@ -10,14 +12,14 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import ipaddress
-import re
 import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Annotated, Any, Literal, get_args, get_origin
 
-from . import InstallerError
+from . import InstallerError, boundedyaml
+from .grammar import CONTROL, URL_CHAR, Grammar, bare, grammars, optional, printable
 
 MISSING = dataclasses.MISSING
 MAX_BYTES = 1024 * 1024
@@ -56,6 +58,7 @@ class AnswerfileError(InstallerError):
     """A bad answerfile: one line `FILE:LINE: FIELD: problem (expected ...)`."""
 
     def __init__(self, file: str, line: int, field: str, message: str) -> None:
+        field = printable(field)  # a key may hold a newline: the error stays one line
         self.file, self.line, self.field, self.message = file, line, field, message
         where = f"{file}:{line}" if line else file
         super().__init__(f"{where}: {field}: {message}" if field else f"{where}: {message}")
@@ -64,13 +67,45 @@ class AnswerfileError(InstallerError):
         return self.args[0]
 
 
-HOSTNAME = re.compile(r"^(?=.{1,63}$)[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?$")
-DISK = re.compile(r"^(/dev/)?[A-Za-z0-9][A-Za-z0-9/_.:+-]*$")
-TIMEZONE = re.compile(r"^[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+)*$")
-KEYMAP = re.compile(r"^[a-z][a-z0-9_-]*$")
-HASH = re.compile(r"^\$(1|5|6|y|2[aby]|gy|7)\$[./A-Za-z0-9$=,-]+$")
-SSH_KEY = re.compile(r"^(ssh-(ed25519|rsa|dss)|ecdsa-sha2-nistp\d+|sk-\S+) [A-Za-z0-9+/=]+( .*)?$")
-HOOK_URL = re.compile(r"^(https?://\S+|file:/\S+)$")
+# --- grammars: what each string may hold (the schema's "pattern", the loader's check) ---------
+
+HOSTNAME = Grammar(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?", "letters, digits and -, at most 63")
+# A name under /dev: no "." or ".." part, so it cannot climb out of /dev.
+DISK = optional(
+    Grammar(
+        r"(/dev/)?(?!(.*/)?\.\.?(/|$))[A-Za-z0-9][A-Za-z0-9/_.:+-]{0,254}",
+        "a disk name, e.g. sda, /dev/sda or /dev/disk/by-id/...",
+    )
+)
+# The kernel's rule (1 to 15 bytes, no /, :, whitespace, not . or ..) narrowed to what
+# systemd-networkd's Name= reads literally: no globs (* ? [), no ! (negation), no quotes.
+IFNAME = optional(
+    Grammar(
+        r"(?!\.\.?$)(?!-)[A-Za-z0-9_.-]{1,15}", "a Linux interface name: 1 to 15 of A-Z a-z 0-9 _ . - (not . or ..)"
+    )
+)
+# Only the characters of IPv4 and IPv6 addresses: ipaddress also takes an IPv6 zone ("%anything").
+IP = Grammar(r"[0-9A-Fa-f.:]{2,45}", "an IP address")
+ADDRESS = optional(Grammar(r"[0-9A-Fa-f.:]{2,45}(/[0-9]{1,3})?", "an address with prefix length, e.g. 192.0.2.10/24"))
+# chpasswd reads one "user:password" per line: a newline would set a second account's password.
+PASSWORD = Grammar(f"[^{CONTROL}]{{0,256}}", "a password of at most 256 characters on one line", secret=True)
+HASH = optional(
+    Grammar(r"\$(1|5|6|y|2[aby]|gy|7)\$[./A-Za-z0-9$=,-]{1,512}", "a crypt hash like $6$... or $y$...", True)
+)
+# One authorized_keys line: no options (from=..., command=...), a comment without control characters.
+SSH_KEY = Grammar(
+    rf"(ssh-(ed25519|rsa|dss)|ecdsa-sha2-nistp(256|384|521)|sk-[A-Za-z0-9@.-]+) [A-Za-z0-9+/]+={{0,3}}( [^{CONTROL}]{{0,512}})?",
+    "an SSH public key on one line, e.g. ssh-ed25519 AAAA... comment",
+)
+TIMEZONE = Grammar(
+    r"(?!.*\.\.)[A-Za-z][A-Za-z0-9_+-]{0,63}(/[A-Za-z0-9_+-]{1,64}){0,3}", "a zone name like Europe/Berlin"
+)
+KEYMAP = Grammar(r"[a-z][a-z0-9_-]{0,31}", "a layout name like us or de")
+# file:/PATH is looked up on the install medium: no ".." part climbs out of it.
+HOOK_URL = Grammar(
+    rf"https?://{URL_CHAR}{{1,2048}}|file:/(?!(.*/)?\.\.(/|$)){URL_CHAR}{{1,2048}}",
+    "http://, https:// or file:/PATH",
+)
 
 
 @dataclass
@@ -78,10 +113,10 @@ class Network:
     """How the management interface gets its address."""
 
     mode: Literal["dhcp", "static"] = field("dhcp or static", "dhcp")
-    interface: str = field("interface name; empty: the first wired interface", "")
-    address: str = field("static: address with prefix length, e.g. 192.0.2.10/24", "")
-    gateway: str = field("static: default gateway", "")
-    dns: list[str] = field("name servers (static; with dhcp they override the lease's)", factory=list)
+    interface: Annotated[str, IFNAME] = field("interface name; empty: the first wired interface", "")
+    address: Annotated[str, ADDRESS] = field("static: address with prefix length, e.g. 192.0.2.10/24", "")
+    gateway: Annotated[str, optional(IP)] = field("static: default gateway", "")
+    dns: list[Annotated[str, IP]] = field("name servers (static; with dhcp they override the lease's)", factory=list)
 
     def check(self, node: Node, path: str) -> None:
         if self.mode == "static" and not self.address:
@@ -113,22 +148,13 @@ class Network:
 class Root:
     """How root logs in: a password (plain or hashed), SSH keys, or both."""
 
-    password: str = field("plain password; stored hashed on the target", "")
-    password_hash: str = field("crypt(3) hash, e.g. from `openssl passwd -6`", "")
-    ssh_keys: list[str] = field("public keys for /root/.ssh/authorized_keys", factory=list)
+    password: Annotated[str, PASSWORD] = field("plain password; stored hashed on the target", "")
+    password_hash: Annotated[str, HASH] = field("crypt(3) hash, e.g. from `openssl passwd -6`", "")
+    ssh_keys: list[Annotated[str, SSH_KEY]] = field("public keys for /root/.ssh/authorized_keys", factory=list)
 
     def check(self, node: Node, path: str) -> None:
         if self.password and self.password_hash:
             fail(node.at("password-hash"), f"{path}.password-hash", "given with password (expected only one)")
-        if self.password_hash and not HASH.match(self.password_hash):
-            fail(node.at("password-hash"), f"{path}.password-hash", "is not a crypt hash (expected $6$... or $y$...)")
-        for i, k in enumerate(self.ssh_keys):
-            if not SSH_KEY.match(k.strip()):
-                fail(
-                    node.at("ssh-keys"),
-                    f"{path}.ssh-keys[{i}]",
-                    "is not an SSH public key (expected e.g. ssh-ed25519 AAAA...)",
-                )
 
 
 @dataclass
@@ -138,11 +164,7 @@ class Hook:
     stage: Literal["installation-start", "filesystem-populated", "installation-complete"] = field(
         "when it runs; the last two get the target's mount point as $1"
     )
-    url: str = field("http://, https:// or file:/PATH (file: on the install medium)")
-
-    def check(self, node: Node, path: str) -> None:
-        if not HOOK_URL.match(self.url):
-            fail(node.at("url"), f"{path}.url", f"{self.url!r} (expected http://, https:// or file:/PATH)")
+    url: Annotated[str, HOOK_URL] = field("http://, https:// or file:/PATH (file: on the install medium)")
 
 
 @dataclass
@@ -150,14 +172,14 @@ class Answerfile:
     """An unattended install of a xenspin host."""
 
     mode: Literal["install"] = field("what to do: install (a fresh install onto disk)", "install")
-    disk: str = field("the target disk (sda, /dev/sda, /dev/disk/by-id/...); empty: the only disk", "")
+    disk: Annotated[str, DISK] = field("the target disk (sda, /dev/sda, /dev/disk/by-id/...); empty: the only disk", "")
     wipe: bool = field("erase the disk even if it holds partitions or filesystems", False)
     local_storage: bool = field("the rest of the disk as the LVM group xenspin-local for guests", True)
-    hostname: str = field("host name", "xenspin")
+    hostname: Annotated[str, HOSTNAME] = field("host name", "xenspin")
     network: Network = field("management network", factory=Network)
     root: Root = field("root's login: password, password-hash or ssh-keys (one is needed)", factory=Root)
-    timezone: str = field("time zone (a name under /usr/share/zoneinfo)", "UTC")
-    keymap: str = field("console keyboard layout (XKB layout, e.g. us, de, fr)", "us")
+    timezone: Annotated[str, TIMEZONE] = field("time zone (a name under /usr/share/zoneinfo)", "UTC")
+    keymap: Annotated[str, KEYMAP] = field("console keyboard layout (XKB layout, e.g. us, de, fr)", "us")
     serial_console: bool | None = field(
         "Xen, dom0 and GRUB on the first serial port (com1, 115200); not given: as the installer was booted", None
     )
@@ -165,14 +187,6 @@ class Answerfile:
     finish: Literal["reboot", "poweroff"] = field("what to do when the install is done", "reboot")
 
     def check(self, node: Node, path: str) -> None:
-        if self.disk and not DISK.match(self.disk):
-            fail(node.at("disk"), "disk", f"{self.disk!r} is not a disk name (expected e.g. sda or /dev/sda)")
-        if not HOSTNAME.match(self.hostname):
-            fail(node.at("hostname"), "hostname", f"{self.hostname!r} (expected letters, digits and -, at most 63)")
-        if not TIMEZONE.match(self.timezone) or ".." in self.timezone:
-            fail(node.at("timezone"), "timezone", f"{self.timezone!r} (expected a zone name like Europe/Berlin)")
-        if not KEYMAP.match(self.keymap):
-            fail(node.at("keymap"), "keymap", f"{self.keymap!r} (expected a layout name like us or de)")
         if not (self.root.password or self.root.password_hash or self.root.ssh_keys):
             fail(node.at("root"), "root", "gives no way to log in (expected password, password-hash or ssh-keys)")
 
@@ -222,31 +236,33 @@ def load(path: Path) -> tuple[Answerfile, list[str]]:
     return parse_yaml(text, str(path)), []
 
 
+# An answerfile nests three levels (hooks, a hook, its url) and holds tens of values.
+LIMITS = boundedyaml.Limits(max_depth=10, max_nodes=10_000, what="an answerfile")
+
+
 def parse_yaml(text: str, file: str) -> Answerfile:
     import yaml
 
-    loader = yaml.SafeLoader(text)
     try:
-        root = loader.get_single_node()
+        root = boundedyaml.compose(text, LIMITS)
         if root is None:
             raise AnswerfileError(file, 0, "", "is empty (expected a mapping with root:)")
-        node = _to_node(root, loader, file)
+        node = _to_node(root, yaml.SafeLoader(""), file)
+    except boundedyaml.LimitError as e:
+        raise AnswerfileError(file, e.line, "", e.message) from None
     except yaml.MarkedYAMLError as e:
         line = e.problem_mark.line + 1 if e.problem_mark else 0
         raise AnswerfileError(file, line, "", f"not valid YAML: {e.problem}") from None
     except yaml.YAMLError as e:
         raise AnswerfileError(file, 0, "", f"not valid YAML: {e}") from None
-    finally:
-        loader.dispose()
     return build(Answerfile, node, "")
 
 
-def _to_node(n: Any, loader: Any, file: str, depth: int = 0) -> Node:
+def _to_node(n: Any, loader: Any, file: str) -> Node:
+    """Composed YAML as Nodes (recursive: boundedyaml has checked the depth and the expanded size)."""
     import yaml
 
     line = n.start_mark.line + 1
-    if depth > 20:
-        raise AnswerfileError(file, line, "", "nests too deep")
     if isinstance(n, yaml.MappingNode):
         out: dict[str, Node] = {}
         for k, v in n.value:
@@ -255,10 +271,10 @@ def _to_node(n: Any, loader: Any, file: str, depth: int = 0) -> Node:
                 raise AnswerfileError(file, k.start_mark.line + 1, "", "keys must be strings")
             if key in out:
                 raise AnswerfileError(file, k.start_mark.line + 1, key, "given twice")
-            out[key] = _to_node(v, loader, file, depth + 1)
+            out[key] = _to_node(v, loader, file)
         return Node(out, line, file)
     if isinstance(n, yaml.SequenceNode):
-        return Node([_to_node(v, loader, file, depth + 1) for v in n.value], line, file)
+        return Node([_to_node(v, loader, file) for v in n.value], line, file)
     return Node(loader.construct_object(n), line, file, n.value)
 
 
@@ -286,7 +302,7 @@ def build(tp: Any, node: Node, path: str) -> Any:
     if dataclasses.is_dataclass(tp):
         if not isinstance(v, dict):
             fail(node, path or "(top)", f"got {_kind(v)} (expected a mapping)")
-        hints = typing.get_type_hints(tp)
+        hints = typing.get_type_hints(tp, include_extras=True)
         fields = {yaml_key(f): f for f in dataclasses.fields(tp)}
         for key, sub in v.items():
             if key not in fields:
@@ -305,6 +321,12 @@ def build(tp: Any, node: Node, path: str) -> Any:
         if check is not None:
             check(node, path)
         return obj
+    if get_origin(tp) is Annotated:
+        value = build(bare(tp), node, path)
+        for g in grammars(tp):
+            if not g.ok(value):
+                fail(node, path, g.refusal(value))
+        return value
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
         members = [a for a in get_args(tp) if a is not type(None)]
         return None if v is None else build(members[0], node, path)
@@ -328,8 +350,8 @@ def build(tp: Any, node: Node, path: str) -> Any:
         hint = f"; did you mean {close[0]!r}?" if close else ""
         fail(node, path, f"got {_kind(v)} (expected one of {', '.join(choices)}){hint}")
     if get_origin(tp) is list:
-        if isinstance(v, (str, int)) and get_args(tp)[0] is str:
-            return [build(str, node, path)]  # one name server or key written without a list
+        if isinstance(v, (str, int)) and bare(get_args(tp)[0]) is str:
+            return [build(get_args(tp)[0], node, path)]  # one name server or key written without a list
         if not isinstance(v, list):
             fail(node, path, f"got {_kind(v)} (expected a list)")
         return [build(get_args(tp)[0], item, f"{path}[{i}]") for i, item in enumerate(v)]

@@ -10,7 +10,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from xml.parsers import expat
 
-from .answerfile import Answerfile, AnswerfileError, Node, build
+from .answerfile import LIMITS, Answerfile, AnswerfileError, Node, build
 
 SCRIPT_STAGES = ("installation-start", "filesystem-populated", "installation-complete")
 
@@ -27,15 +27,27 @@ class El:
 
 
 def read_tree(text: str, file: str) -> El:
+    """The document as Els, refusing a DTD (so no entity can expand) and trees deeper or larger than
+    an answerfile's LIMITS. expat does not recurse, and neither do these handlers."""
     parser = expat.ParserCreate()
     stack: list[El] = []
     top: list[El] = []
+    count = 0
 
     def refuse(*_: object) -> None:
         raise AnswerfileError(file, parser.CurrentLineNumber, "", "DTDs and entities are not accepted")
 
     def start(tag: str, attrs: dict[str, str]) -> None:
-        el = El(tag, dict(attrs), parser.CurrentLineNumber)
+        nonlocal count
+        count += 1
+        line = parser.CurrentLineNumber
+        if len(stack) >= LIMITS.max_depth:
+            raise AnswerfileError(
+                file, line, "", f"nested deeper than {LIMITS.max_depth} levels (expected {LIMITS.what})"
+            )
+        if count > LIMITS.max_nodes:
+            raise AnswerfileError(file, line, "", f"holds over {LIMITS.max_nodes} elements (expected {LIMITS.what})")
+        el = El(tag, dict(attrs), line)
         (stack[-1].children if stack else top).append(el)
         stack.append(el)
 
