@@ -55,6 +55,24 @@ class DefaultBuild:
     tree: Path  # rootfs.squashfs unpacked (read it, do not change it)
 
 
+# A one-file component the small test distributions build: an in-tree source and one step.
+TINY_RECIPE = """\
+source: {path: hello}
+steps:
+  - name: stage
+    run: install -D -m 0644 "$SRC/note" "$OUT/usr/share/hello/note"
+package: {name: hello-xs}
+"""
+
+
+def write(root: Path, files: dict[str, str]) -> None:
+    """Write each file (its parents made) under root."""
+    for name, text in files.items():
+        p = root / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text)
+
+
 def copy_project(dest: Path) -> Path:
     """The repository's default distribution copied into dest (read-only data; nothing points back)."""
     for name in ("distro.yaml", "distro.lock"):

@@ -23,6 +23,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from conftest import TINY_RECIPE, write
 
 from builder import cli, outputs, repo
 from builder.run import sandbox
@@ -40,20 +41,7 @@ installer:
   component: hello
 """
 
-RECIPE = """\
-source: {path: hello}
-steps:
-  - name: stage
-    run: install -D -m 0644 "$SRC/note" "$OUT/usr/share/hello/note"
-package: {name: hello-xs}
-"""
-
-
-def write(root: Path, files: dict[str, str]) -> None:
-    for name, text in files.items():
-        p = root / name
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(text)
+RECIPE = TINY_RECIPE
 
 
 @pytest.fixture

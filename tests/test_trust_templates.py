@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import one_line
+from conftest import TINY_RECIPE, one_line, write
 
 from builder import build, cli, located, manifest, outputs, overlays
 from builder.build import BuildError
@@ -52,20 +52,7 @@ installer:
   component: hello
 """
 
-RECIPE = """\
-source: {path: hello}
-steps:
-  - name: stage
-    run: install -D -m 0644 "$SRC/note" "$OUT/usr/share/hello/note"
-package: {name: hello-xs}
-"""
-
-
-def write(root: Path, files: dict[str, str]) -> None:
-    for name, text in files.items():
-        p = root / name
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(text)
+RECIPE = TINY_RECIPE
 
 
 @pytest.fixture
