@@ -27,7 +27,7 @@ box() {
         --dev /dev --proc /proc --tmpfs /tmp --clearenv \
         --setenv PATH /usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
         --setenv LC_ALL C.UTF-8 --setenv SOURCE_DATE_EPOCH "$epoch" --setenv HOME /root \
-        --setenv TMPDIR /tmp "$@"
+        --setenv TMPDIR /tmp --chdir / "$@"
 }
 
 # 1. The repository's mount point directories the automount hook left (never a top-level one).
