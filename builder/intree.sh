@@ -30,9 +30,11 @@ box() {
         --setenv TMPDIR /tmp --chdir / "$@"
 }
 
-# 1. The repository's mount point directories the automount hook left (never a top-level one).
+# 1. The repository's mount point directories the automount hook left: up to the first
+#    one a package owns (the store may live in /var/tmp or /tmp) or that holds anything.
 d=$repo
 while [ "${d%/*}" != "" ]; do
+    if box -- sh -c 'cat /var/lib/dpkg/info/*.list | grep -qxF -- "$1"' sh "$d"; then break; fi
     box -- rmdir "$d" 2>/dev/null || break
     d=${d%/*}
 done

@@ -253,6 +253,9 @@ class Store:
             meta = make(tmp) or {}
             if clamp is not None:
                 clamp_times(tmp, clamp)
+            # Readable like every other store file: the build account reads objects it is shown
+            # (a source tree bound as $SRC), and mkdtemp made the scratch 0700.
+            os.chmod(tmp, 0o755)
             self.commit_dir(tmp, dest)
         finally:
             if tmp.exists():
