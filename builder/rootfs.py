@@ -33,8 +33,8 @@ from .context import Context
 from .errors import XenspinError
 from .lock import Lock
 from .manifest import Distro
+from .packagesets import LIVE_PACKAGES, stale_sets
 from .packagesets import files as set_files
-from .packagesets import stale_sets
 from .run import builder, give, grant
 from .stage import Needs, Pending, Stage, stage_key
 from .store import Store, remove_tree, sha256_file, sha256_json
@@ -244,9 +244,11 @@ def _prepare(inp: Inputs, work: Path, repo: Path, layer: list[overlays.Entry]) -
         "hooknet": "--share-net" if d.rootfs.hooks_network else "",
         "compression": d.rootfs.compression,
         "level": f"-Xcompression-level {level}" if level else "",
-        "scrub": SCRUB,
+        "scrub": SCRUB.replace("@BUILD_ONLY@", debtree.BUILD_ONLY),
         "export_boot": EXPORT_BOOT,
-        "disk_initrd": DISK_INITRD_SH.replace("@DISK_INITRD@", DISK_INITRD),
+        "disk_initrd": DISK_INITRD_SH.replace("@DISK_INITRD@", DISK_INITRD).replace(
+            "@LIVE_LISTS@", " ".join(f"/var/lib/dpkg/info/{p}.list" for p in LIVE_PACKAGES)
+        ),
     }
     (work / "params").write_text("".join(f"{k}={shlex.quote(v)}\n" for k, v in params.items()))
     # What the in-namespace steps write: directories the namespace's root may write in.
@@ -296,7 +298,7 @@ if [ -d var/log ] && [ ! -L var/log ]; then find var/log -xdev ! -type d -delete
 find usr/lib -maxdepth 1 -name 'python3*' -type d | while read -r d; do
     find "$d" -xdev -name __pycache__ -type d -prune -exec rm -rf {} +
 done
-if [ -f etc/dpkg/dpkg.cfg.d/99mmdebstrap ]; then sed -i '/^force-unsafe-io$/d' etc/dpkg/dpkg.cfg.d/99mmdebstrap; fi
+if [ -f etc/dpkg/dpkg.cfg.d/99mmdebstrap ]; then sed -i '/^@BUILD_ONLY@$/d' etc/dpkg/dpkg.cfg.d/99mmdebstrap; fi
 rm -f etc/machine-id
 : >etc/machine-id
 """
@@ -333,7 +335,7 @@ if [ "$#" -ne 1 ] || [ ! -d "$1" ]; then echo "expected one kernel in /lib/modul
 version=${1##*/}
 aside=/.xenspin-aside
 mkdir "$aside"
-cat /var/lib/dpkg/info/live-boot.list /var/lib/dpkg/info/live-boot-initramfs-tools.list 2>/dev/null \
+cat @LIVE_LISTS@ 2>/dev/null \
     | grep -E '^/(usr/share|etc)/initramfs-tools/' | grep -v '/\.\./' | LC_ALL=C sort -u >/tmp/live || true
 while read -r f; do
     if [ -f "$f" ] && [ ! -L "$f" ]; then mkdir -p "$aside${f%/*}"; mv -- "$f" "$aside$f"; echo "$f"; fi
