@@ -54,6 +54,7 @@ class Job:
     root: RootSpec | None
     after: tuple[str, ...]
     tree: str  # digest of an in-tree source, else ""
+    source: str  # the component whose locked source it builds (itself, or the one `component:` names)
 
 
 def component_inputs(
@@ -89,11 +90,12 @@ def plan(
     jobs: dict[str, Job] = {}
     for name in build_order(distro):
         comp = distro.components[name]
-        entry = lock.components.get(name)
-        if name not in wanted or entry is None or name in left_out:
+        src = distro.origin(name)
+        entry = lock.components.get(src)
+        if name not in wanted or entry is None or name in left_out or src in left_out:
             continue
-        kind = module(comp.source.kind)
-        here = kind.in_tree(comp.source)
+        kind = module(distro.components[src].source.kind)
+        here = kind.in_tree(distro.components[src].source)
         tree = path_source.digest(here) if here is not None else ""
         if kind.debs(entry) is not None:
             action, root = "archive", None
@@ -101,7 +103,7 @@ def plan(
             action, root = "build", buildroot.spec(distro.base, lock.archive, comp.build_depends)
         else:
             action, root = "none", None
-        jobs[name] = Job(name, action, root, tuple(d for d in comp.after if d in jobs), tree)
+        jobs[name] = Job(name, action, root, tuple(d for d in comp.after if d in jobs), tree, src)
     return jobs
 
 
@@ -130,8 +132,14 @@ def control_file(comp: Component, version: str, arch: str, maintainer: str) -> s
         f"Architecture: {arch}",
         f"Maintainer: {maintainer}",
     ]
-    if comp.package.depends:
-        lines.append("Depends: " + ", ".join(comp.package.depends))
+    for header, relations in [
+        ("Depends", comp.package.depends),
+        ("Provides", comp.package.provides),
+        ("Conflicts", comp.package.conflicts),
+        ("Replaces", comp.package.replaces),
+    ]:
+        if relations:
+            lines.append(f"{header}: " + ", ".join(relations))
     summary = comp.package.description or comp.description or comp.package.name
     lines.append(f"Description: {summary.splitlines()[0]}")
     return "\n".join(lines) + "\n"
@@ -161,17 +169,21 @@ def stages(
     epoch = ctx.source_date_epoch(lock.archive)
     out: list[Stage] = []
     roots: dict[str, Stage] = {}
+    trees: set[str] = set()
     for name, job in jobs.items():
-        comp, entry = distro.components[name], lock.components[name]
+        comp, entry = distro.components[name], lock.components[job.source]
         uses: list[str] = []
         if job.root is not None:
             rid = buildroot.stage_id(job.root)
             if rid not in roots:
                 roots[rid] = buildroot.stage(ctx, job.root, say)
             uses.append(rid)
-            if module(comp.source.kind).in_tree(comp.source) is None:
-                uses.append(src_id(name))
-                out.append(_src_stage(ctx, name, comp, entry))
+            shared = distro.components[job.source]
+            if module(shared.source.kind).in_tree(shared.source) is None:
+                uses.append(src_id(job.source))
+                if job.source not in trees:  # one tree for every component building this source
+                    trees.add(job.source)
+                    out.append(_src_stage(ctx, job.source, shared, entry))
 
         def inputs(needs: Needs, comp=comp, entry=entry, job=job) -> dict[str, Any]:
             root = needs[buildroot.stage_id(job.root)].key if job.root is not None else None
@@ -255,7 +267,7 @@ def _make_build(
             debs[name] = sha
     elif job.action == "build":
         logs = ctx.store.log_dir("build", job.name, short)
-        staged = _steps(ctx, job, comp, entry, needs, tmp, epoch, logs)
+        staged = _steps(ctx, distro, job, comp, entry, needs, tmp, epoch, logs)
         # Packages the steps made themselves (dpkg-buildpackage) come first, then the staged tree's.
         made = sorted((tmp / "debs").glob("*.deb"))
         for deb in made:
@@ -270,11 +282,20 @@ def _make_build(
 
 
 def _steps(
-    ctx: Context, job: Job, comp: Component, entry: dict, needs: Needs, tmp: Path, epoch: int, logs: Path
+    ctx: Context,
+    distro: Distro,
+    job: Job,
+    comp: Component,
+    entry: dict,
+    needs: Needs,
+    tmp: Path,
+    epoch: int,
+    logs: Path,
 ) -> Path:
     assert job.root is not None
     root = needs[buildroot.stage_id(job.root)].path
-    src = needs[src_id(job.name)].path if src_id(job.name) in needs else module(comp.source.kind).in_tree(comp.source)
+    shared = distro.components[job.source].source
+    src = needs[src_id(job.source)].path if src_id(job.source) in needs else module(shared.kind).in_tree(shared)
     assert root is not None and src is not None
     out, debs = tmp / "staged", tmp / "debs"
     scratch = ctx.store.tmp_dir("scratch-" + job.name)

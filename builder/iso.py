@@ -856,8 +856,10 @@ def build_info(
     sizes: dict[str, int],
     left_out: dict[str, str],
     epoch: int,
+    xen: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """build-info.json: what was built from what, how big, how long each stage took, what was left out."""
+    """build-info.json: what was built from what, how big, how long each stage took, what was left out,
+    and where Xen's hypervisor and tools came from (xensource.origins)."""
     guest_left = sorted(n for n in left_out if n.startswith(GUEST_PREFIX))
     return {
         "name": distro.name,
@@ -871,6 +873,7 @@ def build_info(
         "guest_tools": result.info.get("guest_tools") or {},
         "guest_tools_left_out": guest_left,
         "boot_loaders": result.info.get("loaders"),
+        "xen": xen or {},
     }
 
 

@@ -171,7 +171,24 @@ class PathSource:
         return "path"
 
 
-Source = GitSource | TarballSource | PrebuiltSource | DebianSource | ArchiveSource | PathSource
+@dataclass(frozen=True)
+class ComponentSource:
+    """Another component's locked source, built again by this recipe: one source, locked once.
+
+    How Xen's tools come from the very tree its hypervisor is built from.
+    """
+
+    DISCRIMINATED = True
+    component: Annotated[str, COMPONENT] = field("the component whose source this one builds from")
+
+    @property
+    def kind(self) -> str:
+        return "component"
+
+
+Source = GitSource | TarballSource | PrebuiltSource | DebianSource | ArchiveSource | PathSource | ComponentSource
+# Source kinds a recipe can build from (another component may share them).
+BUILDABLE = ("git", "tarball", "debian", "path")
 
 
 @dataclass(frozen=True)
@@ -188,6 +205,11 @@ class Package:
 
     name: Annotated[str, DEB_NAME] = field("binary package name")
     depends: list[Annotated[str, RELATION]] = field("runtime dependencies (Debian package relations)", factory=list)
+    provides: list[Annotated[str, RELATION]] = field("virtual packages it stands for (Provides:)", factory=list)
+    conflicts: list[Annotated[str, RELATION]] = field(
+        "packages that cannot be installed beside it (Conflicts:)", factory=list
+    )
+    replaces: list[Annotated[str, RELATION]] = field("packages whose files it takes over (Replaces:)", factory=list)
     description: Annotated[str, ONE_LINE] = field("one-line package description", "")
 
 
@@ -324,6 +346,20 @@ class Iso:
 
 
 @dataclass(frozen=True)
+class Xen:
+    """Xen's two halves, checked to come from one Xen source: xl must speak its hypervisor's interface."""
+
+    hypervisor: Annotated[str, COMPONENT] = field("the component that ships the hypervisor", "xen")
+    tools: Annotated[str, COMPONENT] = field(
+        "the component that ships xl, libxenlight, xenstored and the hotplug scripts", "xen-tools"
+    )
+    mixed: bool = field(
+        "allow the hypervisor and the tools to come from different Xen sources or versions (xl may not start guests)",
+        False,
+    )
+
+
+@dataclass(frozen=True)
 class Distro:
     """A Xen distribution: the top level of distro.yaml or a spin."""
 
@@ -337,6 +373,7 @@ class Distro:
     rootfs: Rootfs = field("the dom0 root filesystem", factory=Rootfs)
     installer: Installer = field("the installer", factory=Installer)
     iso: Iso = field("the installer ISO", factory=Iso)
+    xen: Xen = field("which components are Xen's hypervisor and tools", factory=Xen)
 
     def check(self, raw: LDict, path: str) -> None:
         """Checks across fields: references between components, cycles (each field's grammar is checked as read)."""
@@ -370,10 +407,88 @@ class Distro:
             loc = inst.loc_of("component") if isinstance(inst, LDict) else raw.loc
             hint = typed.did_you_mean(self.installer.component, list(self.components))
             raise ManifestError(loc, "installer.component", f"names no component {self.installer.component!r}{hint}")
+        for name, comp in self.components.items():
+            if isinstance(comp.source, ComponentSource):
+                self._check_shared(name, comp.source.component, comps[name])
+        self._check_xen(raw)
+
+    def _check_shared(self, name: str, other: str, raw: LDict) -> None:
+        """source: {component: X} names another component whose source is one a recipe can build."""
+        loc = raw["source"].loc_of("component")
+        where = f"components.{name}.source.component"
+        if other not in self.components or other == name:
+            hint = typed.did_you_mean(other, [n for n in self.components if n != name])
+            raise ManifestError(loc, where, f"names no other component {other!r}{hint}")
+        kind = self.components[other].source.kind
+        if kind not in BUILDABLE:
+            raise ManifestError(
+                loc,
+                where,
+                f"{other}'s source is {kind}: (expected a component whose source is one of {', '.join(BUILDABLE)})",
+            )
+
+    def _check_xen(self, raw: LDict) -> None:
+        """The hypervisor and the tools come from one Xen source, unless xen.mixed says otherwise.
+
+        Decided here when the sources say it (a shared `component:` source, or two different
+        kinds); two archive sources are compared at lock time, where their versions are known.
+        """
+        xen, comps = self.xen, raw.get("components", LDict(raw.loc))
+        given = raw.get("xen") if isinstance(raw.get("xen"), LDict) else None
+        if given is None and xen.hypervisor not in self.components:
+            return  # no Xen at all (a manifest of other components)
+        for role in ("hypervisor", "tools"):
+            name = getattr(xen, role)
+            if name not in self.components and not (role == "tools" and xen.mixed):
+                if given is not None and role in given:
+                    loc = given.loc_of(role)
+                else:  # the default names: point at the half that is there
+                    loc = comps.loc_of(xen.hypervisor) if xen.hypervisor in comps else raw.loc
+                hint = typed.did_you_mean(name, list(self.components))
+                raise ManifestError(
+                    loc,
+                    f"xen.{role}",
+                    f"names no component {name!r}{hint} (expected the component that ships the Xen {role})",
+                )
+        if xen.mixed or xen.tools not in self.components:
+            return
+        hv, tools = self.components[xen.hypervisor].source, self.components[xen.tools].source
+        if hv.kind == tools.kind == "archive":
+            return
+        if isinstance(tools, ComponentSource) and tools.component in (xen.hypervisor, getattr(hv, "component", None)):
+            return  # the tools build the hypervisor's own source, or both share a third's
+        loc = comps[xen.tools].loc_of("source")
+        raise ManifestError(
+            loc,
+            f"components.{xen.tools}.source",
+            f"the Xen tools ({source_words(tools)}) and the hypervisor {xen.hypervisor} ({source_words(hv)}) "
+            f"come from different Xen sources (expected source: {{component: {xen.hypervisor}}}, "
+            "or xen.mixed: true to allow it)",
+        )
+
+    def origin(self, name: str) -> str:
+        """The component whose lock entry pins name's source: itself, unless its source is `component: OTHER`."""
+        source = self.components[name].source
+        return source.component if isinstance(source, ComponentSource) else name
 
     @property
     def iso_filename(self) -> str:
         return self.iso.filename.format(name=self.name, version=self.version)
+
+
+def source_words(source: Source) -> str:
+    """A source in a few words, for messages."""
+    if isinstance(source, GitSource):
+        return f"git {source.git} {source.ref}"
+    if isinstance(source, TarballSource | PrebuiltSource):
+        return f"{source.kind} {getattr(source, 'url', '') or getattr(source, 'prebuilt', '')}"
+    if isinstance(source, DebianSource):
+        return f"Debian source {source.debian} {source.version}".rstrip()
+    if isinstance(source, ArchiveSource):
+        return "archive " + ", ".join(source.archive)
+    if isinstance(source, ComponentSource):
+        return f"the source of {source.component}"
+    return f"path {source.path}"
 
 
 def find_cycle(graph: dict[str, list[str]]) -> list[str]:

@@ -28,7 +28,7 @@ from .buildroot import archive_ident
 from .context import Context
 from .errors import XenspinError
 from .lock import Lock
-from .manifest import Distro
+from .manifest import Distro, Package
 from .run import run
 from .sources import FetchError, Missing, debian
 from .store import sha256_json
@@ -77,7 +77,9 @@ class SetSpec:
     include: tuple[str, ...]  # NAME or NAME=VERSION
     variant: str = "minbase"
     closure: bool = True
-    built: tuple[tuple[str, str], ...] = ()  # (package, Depends) of built components, for their runtime deps
+    # (package, relations) of built components: their Depends, Provides, Conflicts and Replaces
+    # lines, so apt resolves their runtime needs and refuses what they cannot sit beside.
+    built: tuple[tuple[str, str], ...] = ()
     archive: str = ""  # the locked InRelease sha256s: a new archive state means a new resolution
 
     @property
@@ -117,12 +119,23 @@ def package_sets(distro: Distro, lock: Lock) -> dict[str, SetSpec]:
         if entry.get("kind") == "archive":
             include += [f"{pkg}={info['version']}" for pkg, info in sorted(entry["packages"].items())]
         elif comp.package is not None and comp.steps:
-            built.append((comp.package.name, ", ".join(comp.package.depends)))
+            built.append((comp.package.name, relations(comp.package)))
     ident = archive_ident(lock.archive)
     return {
         "rootfs": SetSpec("rootfs", tuple(dict.fromkeys(include)), distro.rootfs.variant, True, tuple(built), ident),
         "iso": SetSpec("iso", ISO_BOOT_PACKAGES, "", False, (), ident),
     }
+
+
+def relations(package: Package) -> str:
+    """A built package's relation fields, as its stand-in paragraph carries them."""
+    fields = [
+        ("Depends", package.depends),
+        ("Provides", package.provides),
+        ("Conflicts", package.conflicts),
+        ("Replaces", package.replaces),
+    ]
+    return "".join(f"{name}: {', '.join(items)}\n" for name, items in fields if items)
 
 
 def stale_sets(distro: Distro, lock: Lock) -> list[str]:
@@ -179,11 +192,11 @@ def _apt_closure(
         for _name, paras in sorted(index.items()):
             for _mirror, para in paras:
                 f.write(para.strip() + "\n\n")
-        for pkg, depends in spec.built:
+        for pkg, fields in spec.built:
             # A stand-in for a built package: only its relations matter to apt.
             f.write(f"Package: {pkg}\nVersion: 0\nArchitecture: {ctx.base.architecture}\nPriority: optional\n")
             f.write(f"Filename: {pkg}.deb\nSize: 1\nSHA256: {STAND_IN_SHA256}\n")
-            f.write((f"Depends: {depends}\n" if depends else "") + "\n")
+            f.write(fields + "\n")
             (repo / f"{pkg}.deb").write_bytes(b"\n")
     write_release(repo, ctx.base.suite, "resolve")
     include = list(spec.include) + [pkg for pkg, _ in spec.built]

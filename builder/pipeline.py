@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import build, fetch, iso, lock, packagesets, repo, rootfs
+from . import build, fetch, iso, lock, packagesets, repo, rootfs, xensource
 from .context import Context
 from .errors import XenspinError
 from .manifest import Distro
@@ -116,6 +116,7 @@ def resolve_lock(
     if names:
         new.sets = packagesets.resolve_all(distro, new, ctx, names)
         report.sets = names
+    xensource.check(distro, new, str(ctx.manifest or "the manifest"))  # before the lock is written
     return new, report
 
 
@@ -140,6 +141,7 @@ def run_build(
     assert ctx.manifest is not None
     with ctx.store.session():
         current = current_lock(distro, lock.lock_path(ctx.manifest), ctx, strict=strict, say=ctx.say)
+        xensource.check(distro, current, str(ctx.manifest))  # a lock kept from before is held to it too
         wanted = build.closure(distro, names) if names else None
         fetched = fetch.fetch(distro, current, ctx, wanted, strict=strict)
         if names is None:
@@ -190,6 +192,7 @@ def publish_iso(
         sizes=sizes,
         left_out=left_out,
         epoch=ctx.source_date_epoch(current.archive),
+        xen=xensource.origins(distro, current),
     )
     return iso.publish(made, out, info)
 

@@ -169,6 +169,7 @@ def test_a_changed_base_archive_makes_archive_entries_stale(tmp_path: Path) -> N
         "  xen:\n    source: {debian: xen}\n"
         "  xl:\n    source: {archive: [xen-utils-4.17]}\n"
         "  gone:\n    optional: true\n    source: {git: https://unreachable.example.invalid/x.git}\n"
+        "xen: {tools: xl, mixed: true}\n"
     )
     distro = manifest.load(tmp_path / "distro.yaml")
     current = lock.Lock(

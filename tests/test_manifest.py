@@ -94,14 +94,14 @@ def test_schema_rejects_what_the_loader_rejects() -> None:
 def test_default_distribution_has_the_parts_of_a_xen_distribution() -> None:
     d = manifest.load(ROOT / "distro.yaml")
     kinds = {name: c.source.kind for name, c in d.components.items()}
-    assert kinds["xen"] == "debian"  # built from real upstream source in Debian's orig tarball
+    # Debian's Xen 4.20, hypervisor and tools of one source (spins build their own from source)
+    assert kinds["xen"] == kinds["xen-tools"] == "archive"
+    assert d.xen.hypervisor == "xen" and d.xen.tools == "xen-tools" and not d.xen.mixed
     assert kinds["installer"] == "path"
     assert d.components["xapi"].optional and kinds["xapi"] == "git"
     assert "github.com/xapi-project" in d.components["xapi"].source.git
     windows = [n for n in d.components if n.startswith("win-")]
     assert len(windows) == 5 and all(d.components[n].optional for n in windows)
-    order = manifest.build_order(d)
-    assert order.index("xen") < order.index("xl")
 
 
 def test_vendor_spin_overrides(capsys: pytest.CaptureFixture[str]) -> None:
@@ -111,8 +111,10 @@ def test_vendor_spin_overrides(capsys: pytest.CaptureFixture[str]) -> None:
     assert spin.rootfs.packages == base.rootfs.packages + ["htop"]
     assert spin.rootfs.overlays == base.rootfs.overlays + [str(ROOT / "overlays/acme")]
     xen = spin.components["xen"]
-    assert xen.source.kind == "git" and xen.source.ref == "RELEASE-4.17.5"
-    assert xen.steps == base.components["xen"].steps  # only the source changed
+    assert xen.source.kind == "git" and xen.source.ref == "RELEASE-4.20.4"
+    assert xen.steps and xen.package is not None and xen.package.name == "xenspin-hypervisor"
+    tools = spin.components["xen-tools"]
+    assert tools.source == manifest.ComponentSource(component="xen") and tools.steps  # xl of that same tree
     assert spin.iso.volume_id == "ACME_XEN" and spin.iso.boot == base.iso.boot
 
 
@@ -120,7 +122,8 @@ def test_nightly_version_is_dated(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "1767225600")  # 2026-01-01
     spin = manifest.load(ROOT / "spins/nightly.yaml")
     assert spin.version == "0.1.99~nightly20260101"
-    assert spin.components["xen"].source.ref == "stable-4.17"
+    assert spin.components["xen"].source.ref == "stable-4.20"
+    assert spin.origin("xen-tools") == "xen"
 
 
 def test_show_json_is_the_resolved_manifest(capsys: pytest.CaptureFixture[str]) -> None:
@@ -134,8 +137,9 @@ def test_show_json_is_the_resolved_manifest(capsys: pytest.CaptureFixture[str]) 
 def test_plan_lists_components_in_build_order(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["-f", str(ROOT / "distro.yaml"), "plan"]) == 0
     out = capsys.readouterr().out
-    assert out.index("xen ") < out.index("xl ")
-    assert "after xen" in out and "(optional)" in out
+    order = manifest.build_order(manifest.load(ROOT / "distro.yaml"))
+    assert [line.split()[0] for line in out.splitlines() if line.split()[:1] and line.split()[0] in order] == order
+    assert "(optional)" in out
 
 
 def test_console_script_reports_without_traceback(tmp_path: Path) -> None:
@@ -159,6 +163,7 @@ FIELDS = [
     "rootfs",
     "installer",
     "iso",
+    "xen",
 ]
 
 
@@ -256,7 +261,7 @@ def test_source_of_no_kind(project: Path, capsys: pytest.CaptureFixture[str]) ->
     write(project, {"components/a.yaml": "source:\n  gti: https://example.invalid/a.git\n"})
     assert fails(capsys) == (
         "components/a.yaml:2: components.a.source: says nothing of its kind "
-        "(expected one of git, url, prebuilt, debian, archive, path); did you mean 'git'?"
+        "(expected one of git, url, prebuilt, debian, archive, path, component); did you mean 'git'?"
     )
 
 

@@ -344,7 +344,7 @@ def packaging(project: Path, tmp_path: Path) -> dict[str, Any]:
     write(staged, {"usr/share/hello/note": "hello\n"})
     return {
         "distro": distro,
-        "job": build.Job("hello", "build", None, (), ""),
+        "job": build.Job("hello", "build", None, (), "", "hello"),
         "comp": distro.components["hello"],
         "entry": {"kind": "path"},
         "staged": staged,

@@ -80,6 +80,7 @@ KINDS = {
     "debian": "debian",
     "archive": "debian",
     "path": "path",
+    "component": "component",
 }
 
 

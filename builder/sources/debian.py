@@ -255,8 +255,12 @@ def _lock_binaries(name: str, source: Any, ctx: Context) -> dict[str, Any]:
             hint = typed.did_you_mean(pkg, list(index))
             raise FetchError(f"lock {name}: no binary package {pkg!r} in {where}{hint}")
         mirror, para = max(paras, key=lambda mp: Version(mp[1]["Version"]))
+        # "Source: xen" or, for a rebuilt binary, "Source: xen (4.17.5+72-1)": which source at which version.
+        source, _, version = str(para.get("Source", pkg)).partition(" (")
         packages[pkg] = {
             "mirror": mirror,
+            "source": source,
+            **({"source_version": version.rstrip(")")} if version else {}),
             "version": str(para["Version"]),
             "filename": str(para["Filename"]),
             "sha256": str(para["SHA256"]),
