@@ -120,8 +120,14 @@ def closure(distro: Distro, names: list[str]) -> list[str]:
 
 
 def package_version(entry: dict, key: str) -> str:
-    """A Debian version that says where the bytes came from and changes with the key."""
-    return f"{module(entry['kind']).upstream_version(entry)}+xs{key[:10]}"
+    """A Debian version that says where the bytes came from and changes with the key.
+
+    The upstream version is the source's (4.20.4 for Xen at tag RELEASE-4.20.4, see each
+    kind's upstream_version), so apt, an SBOM or a scanner reads the release; the build
+    key is the Debian revision (4.20.4-xs0123456789): every rebuild changes the version,
+    yet it sorts with the upstream version first.
+    """
+    return f"{module(entry['kind']).upstream_version(entry)}-xs{key[:10]}"
 
 
 def control_file(comp: Component, version: str, arch: str, maintainer: str) -> str:

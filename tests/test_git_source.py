@@ -113,18 +113,19 @@ def src(ref: str, verify: Verify | None = None) -> GitSource:
 
 
 @pytest.mark.parametrize(
-    ("ref", "commit"),
+    ("ref", "commit", "distance"),
     [
-        ("stable", "c1"),
-        ("refs/heads/other", "c2"),
-        ("main", "c3"),
-        ("HEAD", "c3"),
-        ("refs/pull/1/head", "c4"),
+        ("stable", "c1", 0),
+        ("refs/heads/other", "c2", 1),
+        ("main", "c3", 2),
+        ("HEAD", "c3", 2),
+        ("refs/pull/1/head", "c4", 3),
     ],
 )
-def test_lock_branch_and_refs(up: Upstream, tmp_path: Path, ref: str, commit: str) -> None:
+def test_lock_branch_and_refs(up: Upstream, tmp_path: Path, ref: str, commit: str, distance: int) -> None:
     entry = gitsrc.lock("xen", src(ref), make_ctx(tmp_path, up))
-    assert entry == {"kind": "git", "url": CANON, "ref": ref, "commit": getattr(up, commit)}
+    describe = {"tag": "v1.0", "distance": distance}  # the tags light, annotated and wrong hold no version
+    assert entry == {"kind": "git", "url": CANON, "ref": ref, "commit": getattr(up, commit), "describe": describe}
 
 
 @pytest.mark.parametrize("form", ["full", "short", "upper", "off-branch"])
@@ -138,7 +139,8 @@ def test_lock_commit_id(up: Upstream, tmp_path: Path, form: str) -> None:
 def test_lock_tags(up: Upstream, tmp_path: Path) -> None:
     ctx = make_ctx(tmp_path, up)
     light = gitsrc.lock("xen", src("light"), ctx)
-    assert light == {"kind": "git", "url": CANON, "ref": "light", "commit": up.c1, "tag": "light"}
+    describe = {"tag": "v1.0", "distance": 0}  # light holds no version: the release tag on its commit
+    assert light == {"kind": "git", "url": CANON, "ref": "light", "commit": up.c1, "tag": "light", "describe": describe}
     annotated = gitsrc.lock("xen", src("refs/tags/annotated"), ctx)
     assert annotated["tag"] == "annotated" and annotated["commit"] == up.c1
     assert annotated["tag-object"] == up.git("rev-parse", "annotated") != up.c1

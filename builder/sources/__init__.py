@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, cast
@@ -25,6 +26,7 @@ __all__ = [
     "Kind",
     "Missing",
     "Refused",
+    "debian_upstream",
     "module",
     "verified_blob",
     "verified_stamp",
@@ -125,6 +127,29 @@ class Kind(Protocol):
 
     def upstream_version(self, entry: dict[str, Any]) -> str:
         """The upstream part of a Debian version for what was built from it."""
+
+
+# The words that mark a pre-release (a regular expression, matched ignoring case).
+PRERELEASE_WORDS = r"(?:rc|alpha|beta|preview|pre|dev)(?![a-z])"
+# A pre-release mark right after a digit: 4.21.0-rc2, 1.0rc1, 2.0.0-beta.1, 3.0_alpha (not 1.1.1w).
+PRERELEASE = re.compile(rf"(?<=\d)[-_.~]?({PRERELEASE_WORDS})", re.I)
+
+
+def debian_upstream(text: str) -> str | None:
+    """text (a release tag, a file name's version) as a Debian upstream version; None when it holds no digit.
+
+    What comes before the first digit goes (RELEASE-4.20.4 -> 4.20.4, v1.2.0 -> 1.2.0,
+    xen-4.17.5 -> 4.17.5); a pre-release mark after a digit becomes ~, which sorts before
+    the release (4.21.0-rc2 -> 4.21.0~rc2); any other - or _ becomes . (curl-7_88_1 ->
+    7.88.1); characters Debian does not allow are dropped. The result holds no - or :, so
+    it is a valid version on its own and with any revision appended.
+    """
+    first = re.search(r"\d", text)
+    if first is None:
+        return None
+    version = PRERELEASE.sub(r"~\1", text[first.start() :])
+    version = re.sub(r"[^A-Za-z0-9.+~]", "", version.replace("-", ".").replace("_", "."))
+    return re.sub(r"\.{2,}", ".", version).rstrip(".")
 
 
 def module(kind: str) -> Kind:

@@ -5,6 +5,13 @@ map only changes where it is fetched from. Every touch of a mirror holds that mi
 lock, and a new mirror is built in the store's tmp/ and renamed into place, so a
 half-cloned mirror never sits at its final path.
 
+An upstream may be a shallow repository (a mirror made with --depth): fetches accept
+the shallow roots it sends (--update-shallow), so the store's mirror is then shallow too.
+
+Locking records, beside the commit, the release tag nearest it and how far past that tag
+it lies (`describe`), read from the mirror's tags once; the version of what is built
+from the commit comes from that record (`upstream_version`), never from the mirror again.
+
 Locked commits (and tag objects) are pinned under refs/xenspin/keep/ in the mirror:
 upstream may force-push or delete the ref they came from, and git's automatic gc
 would otherwise prune them, breaking a later offline build.
@@ -38,7 +45,7 @@ from ..manifest import GitSource
 from ..progress import Reporter
 from ..run import run
 from ..store import Store
-from . import Context, FetchError, Keeps, Missing, Refused
+from . import Context, FetchError, Keeps, Missing, Refused, debian_upstream
 
 log = logging.getLogger("xenspin.git")
 
@@ -66,8 +73,12 @@ GIT_CONFIG = ("-c", f"core.hooksPath={os.devnull}", "-c", "gc.autoDetach=false")
 # $GIT_DIR/info/attributes beats in-tree .gitattributes: export the exact tree of the
 # commit, not one rewritten by export-ignore/export-subst, eol conversion or filters.
 EXACT_TREE = "* -text -eol -ident -filter -working-tree-encoding -export-subst -export-ignore\n"
+# A shallow upstream's roots are taken (and the mirror's shallow list updated), not refused.
+FETCH_OPTIONS = ("--update-shallow", "--no-write-fetch-head", "--quiet")
 HEX = re.compile(r"[0-9a-f]{4,64}")
 FULL_SHA = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
+# `git describe --long` output: TAG-DISTANCE-gCOMMIT (the tag itself may hold dashes).
+DESCRIBED = re.compile(r"(?P<tag>.+)-(?P<distance>[0-9]+)-g(?P<commit>[0-9a-f]+)")
 
 
 # --- the protocol ---------------------------------------------------------------------
@@ -94,6 +105,8 @@ def lock(name: str, source: GitSource, ctx: Context) -> dict[str, Any]:
         entry = {"kind": "git", "url": url, "ref": ref, **entry}
         _verify(source, entry, path, what)
         _keep(path, entry, what)
+        if described := _describe(path, entry, what):
+            entry["describe"] = described
     return entry
 
 
@@ -205,7 +218,29 @@ def summary(entry: dict[str, Any]) -> str:
 
 
 def upstream_version(entry: dict[str, Any]) -> str:
-    return "0~git" + entry["commit"][:12]
+    """The Debian upstream version of the locked commit, from the entry's `describe` (see describe_version).
+
+    An entry locked before `describe` was recorded, or with no release tag behind its
+    commit, gives 0~git<commit12>.
+    """
+    described = entry.get("describe") or {}
+    return describe_version(described.get("tag"), described.get("distance", 0), entry["commit"])
+
+
+def describe_version(tag: str | None, distance: int, commit: str) -> str:
+    """A Debian upstream version for commit, distance commits past release tag tag.
+
+    - at the tag: the tag as a version, `RELEASE-4.20.4` -> `4.20.4`, `4.21.0-rc2` ->
+      `4.21.0~rc2` (the rules are sources.debian_upstream's);
+    - N commits past it: `<version>+git<N>.<commit12>`, `4.20.4+git3.9611e26eff42`:
+      after the tag's version, before the next release (4.20.4 < 4.20.4+git3.… <
+      4.20.5), later snapshots of one release after earlier ones;
+    - no tag, or one with no digit: `0~git<commit12>`, before any release.
+    """
+    version = debian_upstream(tag) if tag else None
+    if version is None:
+        return "0~git" + commit[:12]
+    return version if distance == 0 else f"{version}+git{distance}.{commit[:12]}"
 
 
 # --- the mirror ----------------------------------------------------------------------
@@ -295,9 +330,7 @@ def _fetch(ctx: Context, url: str, path: Path, refspecs: tuple[str, ...], what: 
     _check_inputs(what, real, "HEAD")
     log.info("%s: fetching %s", what, real)
     with (ctx.progress or Reporter(quiet=True)).transfer(f"{what}: git {real}"):
-        proc = _git(
-            path, "fetch", "--prune", "--no-write-fetch-head", "--quiet", real, *refspecs, what=what, check=False
-        )
+        proc = _git(path, "fetch", *FETCH_OPTIONS, "--prune", real, *refspecs, what=what, check=False)
     if proc.returncode != 0:
         raise FetchError(f"{what}: git fetch {real} failed: {git_said(proc.stderr.decode(errors='replace'))}")
 
@@ -305,7 +338,7 @@ def _fetch(ctx: Context, url: str, path: Path, refspecs: tuple[str, ...], what: 
 def _fetch_commit(ctx: Context, url: str, path: Path, sha: str) -> None:
     """Ask for one commit by id: it may be reachable from no branch or tag any more."""
     real = ctx.url(url)
-    proc = _git(path, "fetch", "--no-write-fetch-head", "--quiet", real, sha, what=f"fetch {sha}", check=False)
+    proc = _git(path, "fetch", *FETCH_OPTIONS, real, sha, what=f"fetch {sha}", check=False)
     if proc.returncode != 0:
         log.info("fetching %s from %s by id failed: %s", sha, real, git_said(proc.stderr.decode(errors="replace")))
 
@@ -435,6 +468,26 @@ def _corrupt(what: str, path: Path, oid: str, why: str) -> Refused:
 
 
 # --- resolving -----------------------------------------------------------------------
+
+
+def _describe(path: Path, entry: dict[str, Any], what: str) -> dict[str, Any] | None:
+    """The release tag the locked commit is nearest and the commits past it: {"tag": ..., "distance": N}.
+
+    A locked tag whose name holds a version is that tag, at distance 0. Otherwise `git
+    describe` picks among the mirror's tags (annotated or lightweight) that hold a digit;
+    a commit with none behind it (in a shallow mirror: none in the history it holds)
+    has no record, and the lock goes on without one.
+    """
+    commit, tag = entry["commit"], entry.get("tag")
+    if tag and debian_upstream(tag):
+        return {"tag": tag, "distance": 0}
+    args = ("describe", "--tags", "--long", "--abbrev=40", "--match=*[0-9]*", commit)
+    proc = _git(path, *args, what=what, check=False)
+    found = DESCRIBED.fullmatch(proc.stdout.decode(errors="replace").strip())
+    if proc.returncode != 0 or found is None or not commit.startswith(found["commit"]):
+        log.info("%s: no release tag behind %s: %s", what, commit, git_said(proc.stderr.decode(errors="replace")))
+        return None
+    return {"tag": found["tag"], "distance": int(found["distance"])}
 
 
 def _rev(path: Path, spec: str) -> str | None:

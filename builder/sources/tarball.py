@@ -9,6 +9,7 @@ recipe's keys on every fetch, so a bad file never becomes a blob.
 from __future__ import annotations
 
 import posixpath
+import re
 import shutil
 import tarfile
 from pathlib import Path
@@ -18,9 +19,16 @@ from urllib.parse import unquote, urljoin, urlsplit
 from .. import gpg, tarballs
 from ..errors import XenspinError
 from ..manifest import PrebuiltSource, TarballSource
-from . import Context, FetchError, Keeps, http, verified_blob
+from . import PRERELEASE_WORDS, Context, FetchError, Keeps, debian_upstream, http, verified_blob
 
 Source = TarballSource | PrebuiltSource
+
+# File name endings that are no part of a version: archive, compression, package, .orig.
+SUFFIXES = re.compile(r"(\.(tar|t?gz|t?xz|t?bz2?|t?zst|lz|lzma|Z|zip|orig|iso|img|bin|exe|msi|deb))+$")
+# The version in a file name: after a - or _ (or at the start), an optional v, a digit; then
+# more dash- or underscore-joined parts that start with a digit or a pre-release mark.
+NAME_VERSION = re.compile(rf"(?:^|[-_])v?(\d[0-9A-Za-z.+~]*(?:[-_](?:\d|{PRERELEASE_WORDS})[0-9A-Za-z.+~]*)*)", re.I)
+COMMIT_ID = re.compile(r"[0-9a-f]*[a-f][0-9a-f]*")  # a snapshot by commit id (GitHub's archive/<sha>.tar.gz)
 
 
 FOLLOWS_ARCHIVE = False
@@ -136,7 +144,20 @@ def summary(entry: dict[str, Any]) -> str:
 
 
 def upstream_version(entry: dict[str, Any]) -> str:
-    return "0"
+    """The version in the URL's file name, as a Debian upstream version; "0" when it has none.
+
+    xen-4.20.4.tar.gz -> 4.20.4, foo_1.2.orig.tar.xz -> 1.2, v1.2.0.tar.gz -> 1.2.0,
+    linux-6.1-rc3.tar.xz -> 6.1~rc3; a name that is a commit id gives "0".
+    """
+    return name_version(posixpath.basename(unquote(urlsplit(entry["url"]).path))) or "0"
+
+
+def name_version(name: str) -> str | None:
+    """The Debian upstream version a file name carries (sources.debian_upstream's rules), else None."""
+    found = NAME_VERSION.search(SUFFIXES.sub("", name))
+    if found is None or (len(found[1]) >= 7 and COMMIT_ID.fullmatch(found[1])):
+        return None
+    return debian_upstream(found[1])
 
 
 # --- helpers -----------------------------------------------------------------------
