@@ -29,6 +29,8 @@ def fetch(
     every missing thing is named in one error rather than the first alone.
     """
     report = FetchReport()
+    if names is not None:  # and the components whose source they build (`component:`)
+        names = [*names, *(distro.origin(n) for n in names)]
     wanted = build_order(distro) if names is None else [n for n in build_order(distro) if n in names]
     missing: list[str] = []
     for name in wanted:

@@ -212,9 +212,19 @@ def _apt_closure(
         f"deb [trusted=yes] file://{repo} ./",
     ]
     log_path.unlink(missing_ok=True)
-    proc = run(cmd, what=f"lock set {spec.name}: apt resolve", capture=True, log_path=log_path)
+    proc = run(cmd, what=f"lock set {spec.name}: apt resolve", capture=True, log_path=log_path, check=False)
     out = (proc.stdout + proc.stderr).decode(errors="replace")  # apt's Inst lines come on stderr
     built = {pkg for pkg, _ in spec.built}
+    if proc.returncode != 0:
+        log_path.write_text(out)
+        items = unmet(out)
+        why = "; ".join(items) or f"mmdebstrap --simulate failed with exit status {proc.returncode}"
+        hint = (
+            " (a package xenspin builds replaces what the set needs from the archive)"
+            if any(item.split()[0] in built and " conflicts with " in item for item in items)
+            else ""
+        )
+        raise SetError(f"lock set {spec.name}: apt cannot resolve it: {why}{hint}; log: {log_path}")
     seen: dict[str, tuple[str, str, str]] = {}
     for m in _INST.finditer(out):
         if m.group(1) not in built:
@@ -222,6 +232,21 @@ def _apt_closure(
     if not seen:
         raise SetError(f"lock set {spec.name}: apt chose no packages; log: {log_path}")
     return sorted(seen.values())
+
+
+_UNMET = re.compile(r"^ (?:(\S+) +: |\s+)(Depends|PreDepends|Conflicts|Breaks): (\S+)", re.M)
+
+
+def unmet(apt_output: str) -> list[str]:
+    """apt's "unmet dependencies" block, one item per package: "a conflicts with b, c", "d depends on e"."""
+    block = apt_output.partition("The following packages have unmet dependencies:")[2]
+    items: dict[str, dict[str, list[str]]] = {}
+    package = ""
+    for m in _UNMET.finditer(block.partition("\nE: ")[0]):
+        package = m.group(1) or package
+        relation = {"Conflicts": "conflicts with", "Breaks": "breaks"}.get(m.group(2), "depends on")
+        items.setdefault(package, {}).setdefault(relation, []).append(m.group(3))
+    return [f"{pkg} {rel} {', '.join(names)}" for pkg, rels in items.items() for rel, names in rels.items()]
 
 
 def write_release(repo: Path, suite: str, origin: str) -> None:

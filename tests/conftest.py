@@ -40,6 +40,9 @@ def one_line(what: str | pytest.ExceptionInfo, prefix: str = "") -> str:
 
 
 ROOT = Path(__file__).resolve().parent.parent
+# Real upstream repositories carried beside the checkout (../shared/mirror, listed in its INDEX.tsv).
+SHARED_MIRROR = ROOT.parent / "shared" / "mirror"
+XEN_GIT = "https://xenbits.xen.org/git-http/xen.git"
 DEFAULT_EPOCH = "1767225600"  # the epoch test_xen.py builds with, so the session store shares every object
 
 
@@ -301,3 +304,25 @@ def server(tmp_path: Path) -> Iterator[Server]:
     yield state
     state.stop()
     thread.join(5)
+
+
+# --- the carried upstream Xen -------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def xen_mirror(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """The mirror map to a writable copy of the carried Xen repository (shallow: RELEASE-4.20.4, stable-4.20).
+
+    The carried copy lacks the refs/ directory git needs to take it for a repository.
+    """
+    carried = SHARED_MIRROR / "xenbits.xen.org"
+    if not (carried / "git-http/xen.git").is_dir():
+        pytest.skip(f"no carried Xen repository at {carried}")
+    dest = tmp_path_factory.mktemp("mirror") / "xenbits.xen.org"
+    shutil.copytree(carried, dest, symlinks=True)
+    for root, dirs, files in os.walk(dest):
+        for name in [".", *dirs, *files]:
+            p = Path(root, name)
+            p.chmod(p.stat().st_mode | 0o200)
+    (dest / "git-http/xen.git/refs").mkdir(exist_ok=True)
+    return {"https://xenbits.xen.org/": dest.as_uri() + "/"}

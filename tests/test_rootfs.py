@@ -121,3 +121,18 @@ def test_lock_resolves_the_sets_with_apt_against_the_verified_index(tmp_path: Pa
     assert locked["htop"]["source"] == "htop" and locked["htop"]["archive"] == "trixie"
     assert locked["htop"]["filename"].startswith("pool/main/h/htop/")
     assert packagesets.stale_sets(manifest.load(path), new) == []
+
+
+def test_apts_unmet_dependencies_become_one_line() -> None:
+    out = """Reading package lists...
+The following packages have unmet dependencies:
+ xenspin-xen-tools : Conflicts: libxencall1 but 4.20.4-1 is to be installed
+                     Conflicts: libxenmisc4.20 but 4.20.4-1 is to be installed
+ htop : Depends: libnl-3-200 (>= 3.2) but it is not installable
+E: Unable to correct problems, you have held broken packages.
+"""
+    assert packagesets.unmet(out) == [
+        "xenspin-xen-tools conflicts with libxencall1, libxenmisc4.20",
+        "htop depends on libnl-3-200",
+    ]
+    assert packagesets.unmet("E: something else\n") == []

@@ -20,16 +20,27 @@ pytestmark = [pytest.mark.slow, pytest.mark.network]  # the first build fetches 
 MULTIBOOT2_MAGIC = (0xE85250D6).to_bytes(4, "little")
 
 
-def test_dom0_has_the_built_hypervisor_the_kernel_and_xl(default_build: DefaultBuild) -> None:
+def test_dom0_has_debians_xen_4_20_the_kernel_and_its_own_xl(default_build: DefaultBuild) -> None:
     tree, boot = default_build.tree, default_build.rootfs / "boot"
-    xen = gzip.decompress((tree / "boot/xen-xenspin.gz").read_bytes())
-    assert MULTIBOOT2_MAGIC in xen[:32768]  # the hypervisor xenspin built, not Debian's
-    assert not list((tree / "boot").glob("xen-4.17*"))
+    xen = gzip.decompress((tree / "boot/xen-4.20-amd64.gz").read_bytes())
+    assert MULTIBOOT2_MAGIC in xen[:32768]  # Debian's hypervisor of the 4.20 line, the only one
+    assert [p.name for p in (tree / "boot").glob("xen*.gz")] == ["xen-4.20-amd64.gz"]
     assert list((tree / "boot").glob("vmlinuz-*")) and list((tree / "boot").glob("config-*"))
     assert not list((tree / "boot").glob("initrd.img*"))  # it is in boot/ beside the squashfs
-    assert (tree / "usr/sbin/xl").is_file() and (tree / "usr/lib/xen-4.17/bin/xl").is_file()
+    assert (tree / "usr/sbin/xl").is_symlink() and (tree / "usr/lib/xen-4.20/bin/xl").is_file()
+    # the tools are of the hypervisor's own Debian source and version
+    status = (tree / "var/lib/dpkg/status").read_text().split("\n\n")
+    versions = {
+        dict(line.split(": ", 1) for line in p.splitlines() if ": " in line and not line.startswith(" "))["Package"]: p
+        for p in status
+        if p.strip()
+    }
+    hv = versions["xen-hypervisor-4.20-amd64"]
+    assert "Source: xen" in versions["xen-utils-4.20"] and "Source: xen" in hv
+    version = [line for line in hv.splitlines() if line.startswith("Version: ")][0]
+    assert version in versions["xen-utils-4.20"] and version.startswith("Version: 4.20.")
     # boot/ for the ISO: Xen (multiboot2 and EFI), the kernel and live-boot's initrd
-    assert (boot / "xen.gz").read_bytes() == (tree / "boot/xen-xenspin.gz").read_bytes()
+    assert (boot / "xen.gz").read_bytes() == (tree / "boot/xen-4.20-amd64.gz").read_bytes()
     assert (boot / "xen.efi").read_bytes()[:2] == b"MZ"
     assert (boot / "vmlinuz").stat().st_size > 4_000_000
     # live-boot's initrd carries live-boot; the installed disk's, made beside it, does not

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import os
-import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +17,6 @@ from builder.sources import git as gitsrc
 from builder.store import Store
 
 XEN = "https://xenbits.xen.org/git-http/xen.git"
-XEN_MIRROR = Path("/work/shared/mirror/xenbits.xen.org")  # shallow: only RELEASE-4.20.4 (and stable-4.20)
 XEN_4_20_4 = "9611e26eff425be128d4b9c7b48f2bc6b5d3498e"
 CANON = "https://example.invalid/up.git"
 C = "9611e26eff425be128d4b9c7b48f2bc6b5d3498e"
@@ -243,21 +240,6 @@ def test_fetch_needs_no_describe(tagged: Tagged, tmp_path: Path) -> None:
 
 
 # --- the shallow Xen mirror ---------------------------------------------------------------
-
-
-@pytest.fixture
-def xen_mirror(tmp_path: Path) -> dict[str, str]:
-    """A writable copy of the shallow Xen mirror, with the refs/ directory git needs; the mirror map to it."""
-    if not (XEN_MIRROR / "git-http/xen.git").is_dir():
-        pytest.skip(f"no Xen mirror at {XEN_MIRROR}")
-    dest = tmp_path / "mirror" / "xenbits.xen.org"
-    shutil.copytree(XEN_MIRROR, dest, symlinks=True)
-    for root, dirs, files in os.walk(dest):
-        for name in [".", *dirs, *files]:
-            p = Path(root, name)
-            p.chmod(p.stat().st_mode | 0o200)
-    (dest / "git-http/xen.git/refs").mkdir(exist_ok=True)
-    return {"https://xenbits.xen.org/": dest.as_uri() + "/"}
 
 
 def test_lock_shallow_xen_at_release_tag(xen_mirror: dict[str, str], tmp_path: Path) -> None:

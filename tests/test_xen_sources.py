@@ -5,11 +5,12 @@ Fast: manifests in tmp_path, locks written by hand in the shape `xenspin lock` w
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, one_line, write
+from conftest import ROOT, git, new_repo, one_line, write
 
 from builder import build, cli, manifest, packagesets, xensource
 from builder.lock import Lock
@@ -264,3 +265,31 @@ def test_the_tools_package_replaces_debians_and_apt_refuses_a_mix(tmp_path: Path
     )
     shown = subprocess.run(["dpkg-deb", "-f", str(tmp_path / "p.deb"), "Conflicts"], capture_output=True, text=True)
     assert "xen-utils-4.17" in shown.stdout
+
+
+def test_fetching_the_tools_alone_fetches_the_source_they_build(tmp_path: Path, capsys) -> None:
+    """`xenspin fetch xen-tools` (and so `build xen-tools`) needs the hypervisor's locked source in the store."""
+    upstream = new_repo(tmp_path / "upstream", "xen 4.20.4")
+    git(upstream, "tag", "RELEASE-4.20.4")
+    recipe = "steps:\n  - name: noop\n    run: 'true'\n"
+    write(
+        tmp_path / "p",
+        {
+            "distro.yaml": "name: t\nversion: '1'\ninstaller: {component: xen}\ncomponents:\n"
+            f"  xen:\n    source: {{git: {XEN_GIT}, ref: RELEASE-4.20.4}}\n"
+            "  xen-tools:\n    source: {component: xen}\n",
+            "components/xen.yaml": recipe,
+            "components/xen-tools.yaml": recipe,
+        },
+    )
+    args = ["-f", str(tmp_path / "p/distro.yaml"), "--store", str(tmp_path / "store")]
+    args += ["--mirror", f"{XEN_GIT}={upstream.as_uri()}"]
+    assert cli.main([*args, "lock"]) == 0
+    capsys.readouterr()
+    assert cli.main([*args, "--offline", "fetch", "xen-tools"]) == 0  # locking fetched it already
+    store = tmp_path / "store"
+    shutil.rmtree(store / "git")
+    shutil.rmtree(store / "verified")
+    assert cli.main([*args, "fetch", "xen-tools"]) == 0
+    assert list((store / "git").iterdir())  # the hypervisor's repository, for the tools' tree
+    assert "xen" in capsys.readouterr().out
