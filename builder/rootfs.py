@@ -36,6 +36,7 @@ from .manifest import Distro
 from .packagesets import LIVE_PACKAGES, stale_sets
 from .packagesets import files as set_files
 from .run import builder, give, grant
+from .sources import module
 from .stage import Needs, Pending, Stage, stage_key
 from .store import Store, remove_tree, sha256_file, sha256_json
 
@@ -110,6 +111,7 @@ def template_context(inp: Inputs, key: str) -> dict[str, Any]:
     comps = {}
     for name, entry in sorted(inp.lock.components.items()):
         if name in d.components:
+            entry = inp.lock.components.get(d.origin(name), entry)  # a shared source: the entry that pins it
             comps[name] = {
                 "version": locked_version(entry),
                 "kind": entry.get("kind", ""),
@@ -133,7 +135,7 @@ def locked_version(entry: dict[str, Any]) -> str:
     if kind == "debian":
         return str(entry["version"])
     if kind == "git":
-        return str(entry["commit"])[:12]
+        return f"{module('git').upstream_version(entry)} ({entry['commit'][:12]})"
     if kind == "archive":
         return ", ".join(f"{n} {p['version']}" for n, p in sorted(entry["packages"].items()))
     if kind in ("tarball", "prebuilt"):

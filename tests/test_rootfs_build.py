@@ -87,7 +87,7 @@ def test_no_build_host_traces(default_build: DefaultBuild) -> None:
     assert not [p for p in (tree / "var/lib/apt/lists").iterdir() if p.is_file()]
     assert not [f for _, _, files in os.walk(tree / "var/log") for f in files]
     assert "file:" not in (tree / "etc/apt/sources.list").read_text()  # the build's repository is gone
-    assert "deb http://deb.debian.org/debian bookworm main" in (tree / "etc/apt/sources.list").read_text()
+    assert "deb http://deb.debian.org/debian trixie main" in (tree / "etc/apt/sources.list").read_text()
     assert not (tree / str(default_build.store).lstrip("/")).exists()  # no mount point left behind
     dpkg_cfg = "".join(p.read_text() for p in (tree / "etc/dpkg/dpkg.cfg.d").iterdir())
     assert "path-exclude=/usr/share/man/*" in dpkg_cfg and "unsafe-io" not in dpkg_cfg
@@ -102,9 +102,11 @@ def test_branded_and_overlay_rendered(default_build: DefaultBuild) -> None:
     assert (tree / "etc/issue").read_text().startswith("xenspin 0.1 ")
     info = json.loads((tree / "etc/xenspin/build-info.json").read_text())
     assert info["rootfs-key"] == default_build.report["rootfs"]["key"]
-    assert set(info["components"]) == {"installer", "linux", "xen", "xl"} and len(info["lock-digest"]) == 64
+    assert set(info["components"]) == {"installer", "linux", "xen", "xen-tools"} and len(info["lock-digest"]) == 64
     motd = (tree / "etc/motd").read_text()  # overlays/dom0/etc/motd.j2, rendered
-    assert "xenspin 0.1 by xenspin project" in motd and "4.17.5+72-g01140da4e8-1" in motd
+    xen = yaml.safe_load((default_build.project / "distro.lock").read_text())["components"]["xen"]
+    version = xen["packages"]["xen-hypervisor-4.20-amd64"]["version"]
+    assert "xenspin 0.1 by xenspin project" in motd and f"xen-hypervisor-4.20-amd64 {version}" in motd
     assert (tree / "etc/motd").stat().st_uid == 0
 
 
@@ -113,16 +115,16 @@ def test_packages_json_matches_the_lock(default_build: DefaultBuild) -> None:
     lock = yaml.safe_load((default_build.project / "distro.lock").read_text())
     locked = lock["sets"]["rootfs"]["packages"]
     by_name = {p["name"]: p for p in packages}
-    built = {"xenspin-hypervisor", "xenspin-installer"}
+    built = {"xenspin-installer"}
     assert built <= set(by_name)
     assert set(by_name) - built == set(locked)  # exactly the locked set is installed, nothing else
     for name, info in locked.items():
         p = by_name[name]
         assert (p["version"], p["architecture"], p["sha256"]) == (info["version"], info["architecture"], info["sha256"])
         assert p["source"] == info["source"]
-    xen = by_name["xenspin-hypervisor"]
-    (deb,) = default_build.report["debs"]["xen"]
-    assert xen["sha256"] == subprocess.run(["sha256sum", deb], capture_output=True, text=True).stdout.split()[0]
+    installer = by_name["xenspin-installer"]
+    (deb,) = default_build.report["debs"]["installer"]
+    assert installer["sha256"] == subprocess.run(["sha256sum", deb], capture_output=True, text=True).stdout.split()[0]
 
 
 def test_offline_recompose_gives_the_same_squashfs(default_build: DefaultBuild, tmp_path: Path, capsys) -> None:
