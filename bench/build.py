@@ -1,65 +1,187 @@
 #!/usr/bin/env python3
-"""Benchmark of `xenspin build` on the default distribution (not a test; prints figures).
+"""Benchmark of `xenspin build` (not a test; prints figures).
 
-Scenarios, side by side: a cold build into an empty store, a no-op rebuild (as a
-user runs it: a fresh `xenspin` process), a rebuild after one component's recipe
-changed, and the peak RSS of the xenspin process itself (build steps excluded).
+Three parts, each run alone or together:
 
-    .venv/bin/python bench/build.py [--keep DIR]
+  (default)  the default distribution: a cold build into an empty store, a no-op
+             rebuild (as a user runs it: a fresh `xenspin` process), a rebuild after
+             one component's recipe changed (the installer's: a no-op step added),
+             an overlay change, and the peak RSS of the xenspin process itself.
+             Targets: no-op under 0.5 s, the recipe change rebuilding that component
+             only, an overlay change recomposing only the rootfs (under 90 s,
+             squashfs under 200 MB), peak RSS under 300 MB.
+  --xen      side by side, each from an empty store: xenspin's `build xen xen-tools`
+             of spins/bookworm.yaml (hypervisor and tools from bookworm's Debian
+             source `xen`) against Debian's own `dpkg-buildpackage -b` of the very
+             same locked source, run by xenspin in a clean bookworm build root holding
+             exactly the source's Build-Depends (a spin the bench writes). Goal: the
+             build steps of xenspin's hypervisor + tools under half of Debian's.
+  --before REV  the default distribution's cold build to its ISO at REV (default
+             5002171, the commit before the default moved to Debian 13) next to the
+             current one's, both as `python -m builder` processes into empty stores.
 
-It works on a copy of the repository's manifest, recipes and lock in a temporary
-directory, so the checkout is never touched. Targets: no-op under 0.5 s, an overlay change recomposing only the
-rootfs (under 90 s, squashfs under 200 MB), a change
-rebuilding only the component and what builds after it, peak RSS under 300 MB.
+    .venv/bin/python bench/build.py [--xen] [--before [REV]] [--default] [--all] [--keep DIR]
+
+It works on copies of the repository's manifests, recipes and locks in a temporary
+directory (and `git archive` of REV), so the checkout is never touched. Before each
+measured build it waits until the 1-minute load is under --idle (default 0.7; polled
+every 30 s for up to --idle-wait seconds, default 1200; --no-wait skips that) and
+prints the load it started at.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
+import os
+import re
 import resource
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from builder import cli  # noqa: E402
+from builder import build as build_mod  # noqa: E402
+from builder import buildroot, cli, stage  # noqa: E402
+from builder.store import Store  # noqa: E402
+
+BEFORE = "5002171"  # the last commit whose default distribution was Debian 12 with Xen built from source
+ARCH = "amd64"
+DEBIAN_SPIN = "bench-debian"
+DEBIAN_OPTIONS = "nocheck nodoc"  # besides parallel=$JOBS; said in the output
 
 
-def copy_project(dest: Path) -> Path:
+# --- waiting for an idle machine ------------------------------------------------------
+
+
+@dataclass
+class Idle:
+    limit: float
+    wait: float
+    enabled: bool = True
+    seen: list[tuple[str, float, float]] = field(default_factory=list)  # (run, load at start, seconds waited)
+
+    def before(self, what: str) -> None:
+        """Wait until the 1-minute load is under the limit (or the wait runs out); record it."""
+        start = time.monotonic()
+        load = loadavg()
+        while self.enabled and load >= self.limit and time.monotonic() - start < self.wait:
+            print(f"bench: load {load:.2f} >= {self.limit}; waiting to start {what}", file=sys.stderr, flush=True)
+            time.sleep(30)
+            load = loadavg()
+        waited = time.monotonic() - start
+        self.seen.append((what, load, waited))
+        note = "" if load < self.limit or not self.enabled else " (never got idle: measured anyway)"
+        print(f"bench: {what}: starting at load {load:.2f} after {waited:.0f} s{note}", file=sys.stderr, flush=True)
+
+
+def loadavg() -> float:
+    return float(Path("/proc/loadavg").read_text().split()[0])
+
+
+# --- timing the stages of an in-process build -----------------------------------------
+
+
+class Timings:
+    """What the stages of the last in-process build took, from hooks on xenspin's own functions."""
+
+    def __init__(self) -> None:
+        self.guard = threading.Lock()
+        self.reset()
+
+    def reset(self) -> None:
+        self.steps: dict[str, tuple[float, float]] = {}  # component -> (start, end) of its steps
+        self.roots: list[tuple[float, float, tuple[str, ...]]] = []  # build roots made: (start, end, packages)
+        self.outcomes: dict[str, stage.Outcome] = {}
+
+    def install(self) -> None:
+        steps, make_root, run = build_mod._steps, buildroot.make, stage.Scheduler.run
+
+        def timed_steps(ctx, distro, job, *args, **kwargs):
+            start = time.monotonic()
+            try:
+                return steps(ctx, distro, job, *args, **kwargs)
+            finally:
+                with self.guard:
+                    self.steps[job.name] = (start, time.monotonic())
+
+        def timed_root(ctx, root, tmp, say):
+            start = time.monotonic()
+            try:
+                return make_root(ctx, root, tmp, say)
+            finally:
+                with self.guard:
+                    self.roots.append((start, time.monotonic(), root.packages))
+
+        def recorded_run(scheduler):
+            outcomes = run(scheduler)
+            self.outcomes.update(outcomes)
+            return outcomes
+
+        build_mod._steps = timed_steps
+        buildroot.make = timed_root
+        stage.Scheduler.run = recorded_run
+
+    def steps_span(self) -> float:
+        """From the first step's start to the last one's end: the critical path of parallel builds."""
+        if not self.steps:
+            return 0.0
+        return max(e for _, e in self.steps.values()) - min(s for s, _ in self.steps.values())
+
+    def root_seconds(self) -> float:
+        return sum(e - s for s, e, _ in self.roots)
+
+    def src_seconds(self) -> float:
+        return sum(o.seconds for sid, o in self.outcomes.items() if sid.startswith("src:") and o.made)
+
+
+TIMINGS = Timings()
+
+
+# --- running xenspin --------------------------------------------------------------------
+
+
+def copy_project(dest: Path, spins: bool = False) -> Path:
+    dest.mkdir(parents=True, exist_ok=True)
     for name in ("distro.yaml", "distro.lock"):
         shutil.copy2(ROOT / name, dest / name)
-    for name in ("components", "overlays"):
+    for name in ("components", "overlays", *(["spins"] if spins else [])):
         shutil.copytree(ROOT / name, dest / name)
     return dest / "distro.yaml"
 
 
-def in_process(manifest: Path, store: Path, *args: str) -> tuple[float, dict]:
-    """Run `xenspin build` in this process (so its RSS is ours); return (seconds, report)."""
-    import contextlib
-    import io
-
-    out = io.StringIO()
+def in_process(manifest: Path, store: Path, out: Path, *args: str, command: str = "build") -> tuple[float, dict]:
+    """Run `xenspin COMMAND` in this process (so its RSS is ours, its stages timed); return (seconds, report)."""
+    buf = io.StringIO()
+    TIMINGS.reset()
     start = time.monotonic()
-    with contextlib.redirect_stdout(out):
-        code = cli.main(["-f", str(manifest), "--store", str(store), "--json", "build", *args])
+    with contextlib.redirect_stdout(buf):
+        code = cli.main(["-f", str(manifest), "--store", str(store), "--out", str(out), "--json", command, *args])
     seconds = time.monotonic() - start
     if code != 0:
-        sys.exit(f"bench: build failed (exit {code})")
-    return seconds, json.loads(out.getvalue())
+        sys.exit(f"bench: xenspin -f {manifest} {command} {' '.join(args)} failed (exit {code})")
+    return seconds, json.loads(buf.getvalue())
 
 
-def as_user(manifest: Path, store: Path) -> tuple[float, dict]:
+def as_user(manifest: Path, store: Path, out: Path) -> tuple[float, dict]:
     """Run `xenspin build` as a user does: a new process, imports and all."""
     exe = Path(sys.executable).parent / "xenspin"
     start = time.monotonic()
     proc = subprocess.run(
-        [str(exe), "-f", str(manifest), "--store", str(store), "--json", "build"], capture_output=True, text=True
+        [str(exe), "-f", str(manifest), "--store", str(store), "--out", str(out), "--json", "build"],
+        capture_output=True,
+        text=True,
     )
     seconds = time.monotonic() - start
     if proc.returncode != 0:
@@ -67,39 +189,63 @@ def as_user(manifest: Path, store: Path) -> tuple[float, dict]:
     return seconds, json.loads(proc.stdout)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--keep", type=Path, help="use (and keep) this directory instead of a temporary one")
-    args = parser.parse_args()
-    work = args.keep or Path(tempfile.mkdtemp(prefix="xenspin-bench."))
-    work.mkdir(parents=True, exist_ok=True)
-    project, store = work / "project", work / "store"
-    if project.exists():
-        shutil.rmtree(project)
-    if store.exists():
-        shutil.rmtree(store)
-    project.mkdir()
+def module_run(code_dir: Path, manifest: Path, store: Path, out: Path, *args: str) -> tuple[float, dict]:
+    """`python -m builder` with the package in code_dir (this interpreter: the same dependencies)."""
+    env = {**os.environ, "PYTHONPATH": str(code_dir)}
+    where = subprocess.run(
+        [sys.executable, "-c", "import builder; print(builder.__file__)"],
+        cwd=code_dir,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    if not Path(where).is_relative_to(code_dir):
+        sys.exit(f"bench: python -m builder in {code_dir} imports {where}")
+    cmd = [sys.executable, "-m", "builder", "-f", str(manifest), "--store", str(store), "--out", str(out)]
+    start = time.monotonic()
+    proc = subprocess.run([*cmd, "--json", "build", *args], cwd=code_dir, env=env, capture_output=True, text=True)
+    seconds = time.monotonic() - start
+    if proc.returncode != 0:
+        sys.exit(f"bench: {' '.join(cmd)} build failed (exit {proc.returncode}): {proc.stderr.strip()[-2000:]}")
+    return seconds, json.loads(proc.stdout)
+
+
+# --- the default distribution ------------------------------------------------------------
+
+
+def default_scenarios(work: Path, idle: Idle) -> list[tuple[str, bool]]:
+    project, store, out = work / "default", work / "default-store", work / "default-out"
     manifest = copy_project(project)
 
     rows = []
-    seconds, report = in_process(manifest, store, "-j", "2")
+    idle.before("default: cold build")
+    seconds, report = in_process(manifest, store, out, "-j", "2")
     rows.append(("cold build (-j 2)", seconds, report))
-    seconds, report = as_user(manifest, store)
+    cold = report
+    idle.before("default: no-op rebuild")
+    seconds, report = as_user(manifest, store, out)
     rows.append(("no-op rebuild (new process)", seconds, report))
     noop = seconds
-    recipe = project / "components/xen.yaml"
-    recipe.write_text(recipe.read_text().replace("XEN_DOMAIN=xenspin.invalid", "XEN_DOMAIN=bench.invalid"))
-    seconds, report = in_process(manifest, store, "-j", "2")
-    rows.append(("xen recipe changed", seconds, report))
+    # A no-op step: in the installer's cache key (description is not), nothing else changes.
+    recipe = project / "components/installer.yaml"
+    text = recipe.read_text()
+    assert "\noutputs:" in text
+    recipe.write_text(text.replace("\noutputs:", '\n  - name: bench\n    run: "true"\noutputs:', 1))
+    idle.before("default: installer recipe changed")
+    seconds, report = in_process(manifest, store, out, "-j", "2")
+    rows.append(("installer recipe changed", seconds, report))
     changed = report
     motd = project / "overlays/dom0/etc/motd.j2"
     motd.write_text(motd.read_text() + "bench\n")
-    seconds, report = in_process(manifest, store, "-j", "2")
+    idle.before("default: overlay changed")
+    seconds, report = in_process(manifest, store, out, "-j", "2")
     rows.append(("overlay changed", seconds, report))
     overlay = report
     rootfs = overlay["rootfs"]
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
+    print("\n== the default distribution (distro.yaml) ==")
     print(f"{'scenario':<30} {'wall':>9}  {'built':<28} up to date")
     for name, secs, rep in rows:
         print(
@@ -109,14 +255,296 @@ def main() -> int:
     steps = ", ".join(f"{k} {v} s" for k, v in rootfs["seconds"].items())
     print(f"{'rootfs stage (.debs in store)':<30} {rootfs['wall']:>8.2f}s  ({steps})")
     print(f"{'rootfs.squashfs':<30} {rootfs['size'] / 1e6:>7.0f} MB  ({rootfs['packages']} packages)")
-    checks = [
+    if "iso" in cold:
+        print(f"{'cold: the ISO':<30} {cold['iso']['wall']:>8.2f}s  ({cold['iso'].get('size', 0) / 1e6:.0f} MB)")
+    return [
         ("no-op rebuild under 0.5 s", noop < 0.5),
-        ("change rebuilds xen and what builds after it only", sorted(changed["built"]) == ["xen", "xl"]),
+        ("installer recipe change rebuilds the installer only", sorted(changed["built"]) == ["installer"]),
         ("peak RSS under 300 MB", rss_mb < 300),
         ("overlay change rebuilds no component, recomposes the rootfs", overlay["built"] == [] and rootfs["made"]),
         ("rootfs stage under 90 s with its .debs in the store", rootfs["wall"] < 90),
         ("rootfs.squashfs under 200 MB", rootfs["size"] < 200e6),
     ]
+
+
+# --- xenspin against dpkg-buildpackage ------------------------------------------------------
+
+
+def build_depends(dsc: dict) -> list[str]:
+    """The .dsc's Build-Depends(-Arch, -Indep) as plain names for amd64: no versions or arch
+    qualifiers, alternatives resolved to the first, entries for other architectures or for
+    build profiles that are off dropped; debhelper-compat is debhelper's virtual package."""
+    from debian.deb822 import PkgRelation
+
+    names: list[str] = []
+    for fname in ("Build-Depends", "Build-Depends-Arch", "Build-Depends-Indep"):
+        text = dsc.get(fname, "").strip()
+        for alternatives in PkgRelation.parse_relations(text) if text else []:
+            for rel in alternatives:
+                if _for_amd64(rel) and _no_profile(rel):
+                    name = "debhelper" if rel["name"] == "debhelper-compat" else rel["name"]
+                    names.append(name)
+                    break
+    return list(dict.fromkeys(names))
+
+
+def _for_amd64(rel: dict) -> bool:
+    arches = rel.get("arch")
+    if not arches:
+        return True
+    if any(a.enabled for a in arches):
+        return any(a.enabled and a.arch in (ARCH, "any", "linux-any") for a in arches)
+    return all(a.arch != ARCH for a in arches)
+
+
+def _no_profile(rel: dict) -> bool:
+    """Needed with no build profile active: some formula holds whose terms are all negated (<!nocheck>)."""
+    formulas = rel.get("restrictions")
+    return not formulas or any(all(not term.enabled for term in formula) for formula in formulas)
+
+
+def binary_packages(dsc: dict) -> list[str]:
+    """The binary packages the .dsc's Package-List builds on amd64 (and arch: all), with their -dbgsym."""
+    out: list[str] = []
+    for line in dsc.get("Package-List", "").strip().splitlines():
+        parts = line.split()
+        arches = next((p[5:].split(",") for p in parts if p.startswith("arch=")), ["any"])
+        if any(a in (ARCH, "any", "all", "linux-any") for a in arches):
+            out += [parts[0], parts[0] + "-dbgsym"]
+    return out
+
+
+def debian_recipe(version: str, depends: list[str], debs: list[str]) -> dict:
+    return {
+        "description": "bench: Debian's own dpkg-buildpackage -b of its xen source",
+        "source": {"debian": "xen", "version": version},
+        "build-depends": sorted({"build-essential", "fakeroot", *depends}),
+        "steps": [
+            {
+                "name": "dpkg-buildpackage",
+                "run": (
+                    'dpkg-source -x "$SRCPKG"/*.dsc "$BUILD/src"\n'
+                    'cd "$BUILD/src"\n'
+                    f'DEB_BUILD_OPTIONS="parallel=$JOBS {DEBIAN_OPTIONS}" dpkg-buildpackage -b -uc -us -j"$JOBS"\n'
+                    'ls -l "$BUILD"/*.deb\n'
+                    'mv "$BUILD"/*.deb "$DEBS/"\n'
+                ),
+            }
+        ],
+        "debs": debs,
+    }
+
+
+@dataclass
+class Side:
+    name: str
+    wall: float
+    steps: float
+    steps_each: dict[str, float]
+    root: float
+    root_packages: int
+    src: float
+    debs: list[Path]
+
+
+def summarize_side(name: str, wall: float, report: dict) -> Side:
+    each = {k: round(e - s, 1) for k, (s, e) in sorted(TIMINGS.steps.items())}
+    packages = max((len(p) for _, _, p in TIMINGS.roots), default=0)
+    debs = [Path(p) for ps in report["debs"].values() for p in ps]
+    return Side(name, wall, TIMINGS.steps_span(), each, TIMINGS.root_seconds(), packages, TIMINGS.src_seconds(), debs)
+
+
+# What a .deb holds, read from its file list: (label, pattern on ./paths).
+FEATURES = [
+    ("hypervisor", r"^\./boot/xen[^/]*\.gz$"),
+    ("xen.efi", r"xen[^/]*\.efi$"),
+    ("xl", r"/sbin/xl$"),
+    ("xenstored (C)", r"/(sbin|bin)/xenstored$|/xenstored$"),
+    ("oxenstored (OCaml)", r"oxenstored$"),
+    ("OCaml libraries", r"/ocaml/"),
+    ("hvmloader", r"/hvmloader$"),
+    ("PV shim", r"xen-shim"),
+    ("pygrub", r"pygrub"),
+    ("Python bindings", r"/python[0-9.]*/(?:(?:dist|site)-packages/)?xen/lowlevel/"),
+    ("stub domains", r"/boot/[^/]*stubdom[^/]*\.gz$|/xenstorepvh"),
+    ("headers", r"^\./usr/include/"),
+    ("static libraries", r"\.a$"),
+    ("HTML docs", r"/share/doc/[^/]+/html/"),
+    ("man pages", r"^\./usr/share/man/"),
+    ("debug symbols", r"^\./usr/lib/debug/"),
+]
+
+
+def produced(debs: list[Path]) -> tuple[list[str], list[str], int, int]:
+    """(package names, features found, files, bytes of .debs)."""
+    names, found, files = [], set(), 0
+    for deb in debs:
+        names.append(deb.name.split("_")[0])
+        listing = subprocess.run(["dpkg-deb", "-c", str(deb)], capture_output=True, text=True, check=True).stdout
+        # Files and links only: an empty ./usr/lib/debug/ directory holds no debug symbols.
+        lines = [line for line in listing.splitlines() if line[:1] in "-lh"]
+        paths = [line.split(maxsplit=5)[-1].split(" -> ")[0] for line in lines]
+        files += sum(1 for line in lines if line.startswith("-"))
+        for label, pattern in FEATURES:
+            if any(re.search(pattern, p) for p in paths):
+                found.add(label)
+    return sorted(names), [label for label, _ in FEATURES if label in found], files, sum(d.stat().st_size for d in debs)
+
+
+def xen_side_by_side(work: Path, idle: Idle) -> list[tuple[str, bool]]:
+    project = work / "xen"
+    copy_project(project, spins=True)
+    spin = project / "spins/bookworm.yaml"
+    prep, scratch = work / "prep-store", work / "prep-out"
+
+    # Untimed preparation: both locks complete (in a store thrown away), the .dsc read.
+    in_process(spin, prep, scratch, command="lock")
+    entry = yaml.safe_load(spin.with_suffix(".lock").read_text())["components"]["xen"]
+    version = entry["version"]
+    in_process(spin, prep, scratch, "xen", command="fetch")
+    (dsc_name,) = [n for n in entry["files"] if n.endswith(".dsc")]
+    from debian.deb822 import Deb822
+
+    dsc = Deb822(Store(prep).blob_path(entry["files"][dsc_name]["sha256"]).read_bytes())
+    assert dsc["Version"] == version, (dsc["Version"], version)
+    depends, debs = build_depends(dsc), binary_packages(dsc)
+    recipe = debian_recipe(version, depends, debs)
+    (project / "components/xen-dpkg.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False, width=100))
+    debian_spin = project / f"spins/{DEBIAN_SPIN}.yaml"
+    debian_spin.write_text(
+        yaml.safe_dump(
+            {
+                "extends": "bookworm.yaml",
+                "description": "bench: Debian's dpkg-buildpackage -b of bookworm's xen, nothing else built",
+                # One component builds both halves (Debian's packaging); the tools component goes.
+                "xen": {"mixed": True},
+                # outputs and package said again: bookworm.yaml's recipe would lend its own (see results-xen.md).
+                "components": {
+                    "xen": {"recipe": "../components/xen-dpkg.yaml", "outputs": [], "package": None},
+                    "xen-tools": None,
+                },
+            },
+            sort_keys=False,
+        )
+    )
+    shutil.copy2(spin.with_suffix(".lock"), debian_spin.with_suffix(".lock"))
+    in_process(debian_spin, prep, scratch, command="lock")
+    locked = yaml.safe_load(debian_spin.with_suffix(".lock").read_text())["components"]["xen"]
+    assert locked["version"] == version and locked["files"] == entry["files"], "the two spins lock different sources"
+    shutil.rmtree(prep)
+    shutil.rmtree(scratch, ignore_errors=True)
+
+    sides: list[Side] = []
+    idle.before("xen: xenspin build xen xen-tools")
+    wall, report = in_process(spin, work / "xen-store-xenspin", work / "xen-out-xenspin", "-j", "2", "xen", "xen-tools")
+    assert sorted(report["built"]) == ["xen", "xen-tools"], report["built"]
+    sides.append(summarize_side("xenspin: build xen xen-tools", wall, report))
+    idle.before("xen: Debian dpkg-buildpackage -b")
+    wall, report = in_process(debian_spin, work / "xen-store-debian", work / "xen-out-debian", "-j", "2", "xen")
+    assert report["built"] == ["xen"], report["built"]
+    sides.append(summarize_side("Debian: dpkg-buildpackage -b", wall, report))
+
+    print(f"\n== Xen {version} (bookworm's Debian source xen), hypervisor + tools, {os.cpu_count()} cores ==")
+    print(f"Debian side: Build-Depends from the .dsc ({len(depends)}): {' '.join(depends)}")
+    print(f"             + build-essential, fakeroot; DEB_BUILD_OPTIONS='parallel=$JOBS {DEBIAN_OPTIONS}'; $JOBS = 2")
+    head = f"{'side':<32} {'wall':>8} {'build root':>11} {'source':>7} {'build steps':>12}  produced"
+    print(head)
+    for side in sides:
+        names, features, files, size = produced(side.debs)
+        each = ", ".join(f"{k} {v:.0f} s" for k, v in side.steps_each.items())
+        print(
+            f"{side.name:<32} {side.wall:>7.0f}s {side.root:>10.0f}s {side.src:>6.0f}s {side.steps:>11.0f}s"
+            f"  {len(names)} .debs, {size / 1e6:.1f} MB, {files} files"
+        )
+        print(f"{'':<32}   steps: {each}; build root {side.root_packages} packages asked for")
+        print(f"{'':<32}   packages: {', '.join(names)}")
+        print(f"{'':<32}   holds: {', '.join(features)}")
+    ours, theirs = sides
+    ratio = ours.steps / theirs.steps if theirs.steps else float("inf")
+    whole = ours.wall / theirs.wall if theirs.wall else float("inf")
+    print(
+        f"compared: the build steps (xenspin: from the first step's start to the last one's end, the hypervisor"
+        f" and the tools built at once; Debian: dpkg-source -x + dpkg-buildpackage -b), {ratio:.2f} of Debian's;"
+        f" whole commands (lock check, fetch, build root, unpack, steps, packaging): {whole:.2f}"
+    )
+    return [
+        ("xenspin's hypervisor + tools build steps under half of Debian's dpkg-buildpackage -b", ratio < 0.5),
+        ("xenspin's whole `build xen xen-tools` under half of Debian's whole build", whole < 0.5),
+    ]
+
+
+# --- the default before and after the move ---------------------------------------------------
+
+
+def before_after(work: Path, rev: str, idle: Idle) -> list[tuple[str, bool]]:
+    old = work / f"before-{rev}"
+    old.mkdir()
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev], capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(old)], input=archive, check=True)
+    described = subprocess.run(
+        ["git", "-C", str(ROOT), "log", "-1", "--format=%h %s", rev], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    current = work / "after"
+    manifest = copy_project(current)
+
+    rows = []
+    idle.before(f"before: {rev} cold build to ISO")
+    rows.append(
+        (f"before ({rev})", *module_run(old, old / "distro.yaml", work / "before-store", old / "out", "-j", "2"))
+    )
+    idle.before("after: current cold build to ISO")
+    rows.append(("after (this tree)", *module_run(ROOT, manifest, work / "after-store", current / "out", "-j", "2")))
+
+    print("\n== the default distribution's cold build to its ISO, before and after the move to Debian 13 ==")
+    print(f"before: {described}")
+    print(f"{'default':<22} {'base':<9} {'wall':>7}  {'rootfs':>7} {'ISO':>6}  built (s)")
+    for name, wall, rep in rows:
+        manifest_file = (old if name.startswith("before") else current) / "distro.yaml"
+        suite = yaml.safe_load(manifest_file.read_text())["base"]["suite"]
+        built = ", ".join(f"{n} {rep['seconds'][n]:.0f}" for n in rep["built"])
+        rootfs, image = rep.get("rootfs") or {}, rep.get("iso") or {}
+        print(
+            f"{name:<22} {suite:<9} {wall:>6.0f}s  {rootfs.get('wall', 0):>6.0f}s {image.get('wall', 0):>5.0f}s  {built}"
+            f"  (ISO {image.get('size', 0) / 1e6:.0f} MB)"
+        )
+    return []
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--default", action="store_true", help="the default distribution's scenarios (the default)")
+    parser.add_argument("--xen", action="store_true", help="xenspin's Xen build against Debian's dpkg-buildpackage")
+    parser.add_argument(
+        "--before", nargs="?", const=BEFORE, metavar="REV", help=f"the default's cold build at REV (default {BEFORE})"
+    )
+    parser.add_argument("--all", action="store_true", help="all three")
+    parser.add_argument("--keep", type=Path, help="use (and keep) this directory instead of a temporary one")
+    parser.add_argument("--idle", type=float, default=0.7, help="start a measured build below this 1-minute load")
+    parser.add_argument("--idle-wait", type=float, default=1200, help="seconds to wait for that at most")
+    parser.add_argument("--no-wait", action="store_true", help="do not wait for an idle machine")
+    args = parser.parse_args()
+    if args.all:
+        args.default, args.xen, args.before = True, True, args.before or BEFORE
+    if not (args.xen or args.before):
+        args.default = True
+    work = args.keep or Path(tempfile.mkdtemp(prefix="xenspin-bench."))
+    work.mkdir(parents=True, exist_ok=True)
+    if any(work.iterdir()):
+        sys.exit(f"bench: {work} is not empty (expected a new or empty directory)")
+    idle = Idle(args.idle, args.idle_wait, not args.no_wait)
+    TIMINGS.install()
+    print(f"bench: {time.strftime('%Y-%m-%d %H:%M %Z')}, {os.cpu_count()} cores, work in {work}", flush=True)
+
+    checks: list[tuple[str, bool]] = []
+    if args.default:
+        checks += default_scenarios(work, idle)
+    if args.xen:
+        checks += xen_side_by_side(work, idle)
+    if args.before:
+        checks += before_after(work, args.before, idle)
+    print("\nload at each measured start (1-minute average; seconds waited for it):")
+    for what, load, waited in idle.seen:
+        print(f"  {load:5.2f}  {waited:5.0f} s  {what}")
     for what, ok in checks:
         print(f"{'PASS' if ok else 'FAIL'}  {what}")
     if not args.keep:
