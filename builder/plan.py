@@ -64,11 +64,12 @@ def render(stages: list[Stage]) -> str:
     for i, stage in enumerate(stages, 1):
         lines.append(f"{i}. {stage.name}: {stage.does}")
         width = max((len(s.name) for s in stage.steps), default=0)
+        kinds = max((len(s.source) for s in stage.steps), default=0)
         for s in stage.steps:
             after = f" after {', '.join(s.after)}" if s.after else ""
             opt = " (optional)" if s.optional else ""
             state = "" if s.cached is None else f"  [{'hit ' if s.cached else 'miss'} {s.key[:12]}]"
-            lines.append(f"   {s.name:<{width}}  {s.source:<8}{state} -> {s.produces}{after}{opt}")
+            lines.append(f"   {s.name:<{width}}  {s.source:<{kinds}}{state} -> {s.produces}{after}{opt}")
     return "\n".join(lines)
 
 
