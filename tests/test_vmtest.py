@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from builder import cli, vmtest
-from builder.store import Store
 
 MARKERS = (vmtest.XEN_BANNER, vmtest.DOM0_BANNER, "fake prompt:")
 
@@ -96,8 +95,12 @@ def test_missing_image_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture
     assert capsys.readouterr().err.strip() == f"test boot: {tmp_path / 'nope.iso'}: no such file"
 
 
-def test_store_is_not_needed(tmp_path: Path) -> None:
-    """`test boot` reads only the image: a user's CI can run it on a downloaded ISO."""
-    assert not (tmp_path / "store").exists()
-    Store(tmp_path / "store")  # constructing touches nothing
-    assert not (tmp_path / "store").exists()
+def test_store_is_not_needed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`test boot` reads only the image: a user's CI can run it on a downloaded ISO, with no store or manifest."""
+    image = tmp_path / "downloaded.iso"
+    image.write_bytes(b"\0" * 2048 * 16)  # boots nothing: QEMU starts, no marker comes
+    store, out = tmp_path / "store", tmp_path / "out"
+    argv = ["-f", str(tmp_path / "no-manifest.yaml"), "--store", str(store), "--out", str(out)]
+    code = cli.main([*argv, "test", "boot", str(image), "--firmware", "bios", "--timeout", "2"])
+    assert code == 1 and "FAIL bios-cd:" in capsys.readouterr().out  # it ran QEMU on the image
+    assert not store.exists() and (out / "test-boot/bios-cd.serial.log").is_file()
