@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import re
@@ -109,12 +110,11 @@ def test_two_threads_make_one_object_once(tmp_path: Path) -> None:
         calls.append(1)
         time.sleep(0.3)
 
-    threads = [threading.Thread(target=store.obtain, args=("repo", "k", make)) for _ in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        futures = [pool.submit(store.obtain, "repo", "k", make) for _ in range(3)]
+    paths = [f.result() for f in futures]  # a thread's exception is raised here, not lost
     assert calls == [1]
+    assert len(set(paths)) == 1 and paths[0].is_dir()  # each caller got the one object
 
 
 # --- the scheduler ---------------------------------------------------------------------------
