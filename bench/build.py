@@ -44,6 +44,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -66,24 +67,109 @@ DEBIAN_OPTIONS = "nocheck nodoc"  # besides parallel=$JOBS; said in the output
 
 
 @dataclass
+class Measured:
+    what: str
+    load: float  # the 1-minute load it started at
+    waited: float  # seconds waited for an idle machine
+    wall: float = 0.0
+    others: float = 0.0  # CPU seconds other processes took meanwhile (sampled: see Others)
+
+
+@dataclass
 class Idle:
     limit: float
     wait: float
     enabled: bool = True
-    seen: list[tuple[str, float, float]] = field(default_factory=list)  # (run, load at start, seconds waited)
+    seen: list[Measured] = field(default_factory=list)
 
-    def before(self, what: str) -> None:
-        """Wait until the 1-minute load is under the limit (or the wait runs out); record it."""
+    @contextlib.contextmanager
+    def measure(self, what: str) -> Iterator[None]:
+        """Wait until the 1-minute load is under the limit (or the wait runs out), then account the run."""
         start = time.monotonic()
         load = loadavg()
         while self.enabled and load >= self.limit and time.monotonic() - start < self.wait:
             print(f"bench: load {load:.2f} >= {self.limit}; waiting to start {what}", file=sys.stderr, flush=True)
             time.sleep(30)
             load = loadavg()
-        waited = time.monotonic() - start
-        self.seen.append((what, load, waited))
+        record = Measured(what, load, time.monotonic() - start)
+        self.seen.append(record)
         note = "" if load < self.limit or not self.enabled else " (never got idle: measured anyway)"
-        print(f"bench: {what}: starting at load {load:.2f} after {waited:.0f} s{note}", file=sys.stderr, flush=True)
+        print(
+            f"bench: {what}: starting at load {load:.2f} after {record.waited:.0f} s{note}", file=sys.stderr, flush=True
+        )
+        begun = time.monotonic()
+        with Others() as others:
+            yield
+        record.wall = time.monotonic() - begun
+        record.others = others.seconds
+
+    def print(self) -> None:
+        cores = os.cpu_count() or 1
+        print("\nmeasured runs: the 1-minute load each started at, seconds waited for it, and the CPU seconds")
+        print("other processes took meanwhile (sampled; kernel threads left out; % of the cores' time):")
+        for r in self.seen:
+            share = 100 * r.others / (cores * r.wall) if r.wall else 0.0
+            print(
+                f"  load {r.load:5.2f}  waited {r.waited:5.0f} s  others {r.others:6.1f} s ({share:4.1f} %)  {r.what}"
+            )
+
+
+class Others:
+    """Samples, twice a second, which threads of the machine are running (state R in /proc): this
+    bench's descendants or anything else (kernel threads left out). rusage cannot tell: bubblewrap
+    does not pass its children's CPU time on. Others' CPU seconds are estimated from the samples,
+    their share of the cores taken as their share of the running threads when the cores are full."""
+
+    INTERVAL = 0.5
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.loop, daemon=True)
+
+    def loop(self) -> None:
+        cores, me = os.cpu_count() or 1, os.getpid()
+        while not self.stop.wait(self.INTERVAL):
+            mine = others = 0
+            parents: dict[int, int] = {}
+            running: list[int] = []
+            for entry in os.scandir("/proc"):
+                if not entry.name.isdigit():
+                    continue
+                pid = int(entry.name)
+                try:
+                    parents[pid] = int(_stat(f"/proc/{pid}/stat")[1])
+                    states = [_stat(f"/proc/{pid}/task/{t}/stat")[0] for t in os.listdir(f"/proc/{pid}/task")]
+                except (OSError, ValueError, IndexError):
+                    continue
+                running += [pid] * states.count("R")
+            for pid in running:
+                if pid == me:
+                    continue  # this sampler, or xenspin's own threads: not others either way
+                chain, p = set(), pid
+                while p > 2 and p != me and p not in chain:
+                    chain.add(p)
+                    p = parents.get(p, 0)
+                if p == me:
+                    mine += 1
+                elif p != 2 and pid != 2:  # not a kernel thread
+                    others += 1
+            if others:
+                self.seconds += self.INTERVAL * others * min(1.0, cores / (mine + others))
+
+    def __enter__(self) -> Others:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
+def _stat(path: str) -> list[str]:
+    """State and parent pid from a /proc stat file (the command name may hold spaces and parentheses)."""
+    with open(path) as f:
+        return f.read().rsplit(")", 1)[1].split()[:2]
 
 
 def loadavg() -> float:
@@ -219,12 +305,12 @@ def default_scenarios(work: Path, idle: Idle) -> list[tuple[str, bool]]:
     manifest = copy_project(project)
 
     rows = []
-    idle.before("default: cold build")
-    seconds, report = in_process(manifest, store, out, "-j", "2")
+    with idle.measure("default: cold build"):
+        seconds, report = in_process(manifest, store, out, "-j", "2")
     rows.append(("cold build (-j 2)", seconds, report))
     cold = report
-    idle.before("default: no-op rebuild")
-    seconds, report = as_user(manifest, store, out)
+    with idle.measure("default: no-op rebuild"):
+        seconds, report = as_user(manifest, store, out)
     rows.append(("no-op rebuild (new process)", seconds, report))
     noop = seconds
     # A no-op step: in the installer's cache key (description is not), nothing else changes.
@@ -232,14 +318,14 @@ def default_scenarios(work: Path, idle: Idle) -> list[tuple[str, bool]]:
     text = recipe.read_text()
     assert "\noutputs:" in text
     recipe.write_text(text.replace("\noutputs:", '\n  - name: bench\n    run: "true"\noutputs:', 1))
-    idle.before("default: installer recipe changed")
-    seconds, report = in_process(manifest, store, out, "-j", "2")
+    with idle.measure("default: installer recipe changed"):
+        seconds, report = in_process(manifest, store, out, "-j", "2")
     rows.append(("installer recipe changed", seconds, report))
     changed = report
     motd = project / "overlays/dom0/etc/motd.j2"
     motd.write_text(motd.read_text() + "bench\n")
-    idle.before("default: overlay changed")
-    seconds, report = in_process(manifest, store, out, "-j", "2")
+    with idle.measure("default: overlay changed"):
+        seconds, report = in_process(manifest, store, out, "-j", "2")
     rows.append(("overlay changed", seconds, report))
     overlay = report
     rootfs = overlay["rootfs"]
@@ -435,12 +521,14 @@ def xen_side_by_side(work: Path, idle: Idle) -> list[tuple[str, bool]]:
     shutil.rmtree(scratch, ignore_errors=True)
 
     sides: list[Side] = []
-    idle.before("xen: xenspin build xen xen-tools")
-    wall, report = in_process(spin, work / "xen-store-xenspin", work / "xen-out-xenspin", "-j", "2", "xen", "xen-tools")
+    with idle.measure("xen: xenspin build xen xen-tools"):
+        wall, report = in_process(
+            spin, work / "xen-store-xenspin", work / "xen-out-xenspin", "-j", "2", "xen", "xen-tools"
+        )
     assert sorted(report["built"]) == ["xen", "xen-tools"], report["built"]
     sides.append(summarize_side("xenspin: build xen xen-tools", wall, report))
-    idle.before("xen: Debian dpkg-buildpackage -b")
-    wall, report = in_process(debian_spin, work / "xen-store-debian", work / "xen-out-debian", "-j", "2", "xen")
+    with idle.measure("xen: Debian dpkg-buildpackage -b"):
+        wall, report = in_process(debian_spin, work / "xen-store-debian", work / "xen-out-debian", "-j", "2", "xen")
     assert report["built"] == ["xen"], report["built"]
     sides.append(summarize_side("Debian: dpkg-buildpackage -b", wall, report))
 
@@ -488,12 +576,14 @@ def before_after(work: Path, rev: str, idle: Idle) -> list[tuple[str, bool]]:
     manifest = copy_project(current)
 
     rows = []
-    idle.before(f"before: {rev} cold build to ISO")
-    rows.append(
-        (f"before ({rev})", *module_run(old, old / "distro.yaml", work / "before-store", old / "out", "-j", "2"))
-    )
-    idle.before("after: current cold build to ISO")
-    rows.append(("after (this tree)", *module_run(ROOT, manifest, work / "after-store", current / "out", "-j", "2")))
+    with idle.measure(f"before: {rev} cold build to ISO"):
+        rows.append(
+            (f"before ({rev})", *module_run(old, old / "distro.yaml", work / "before-store", old / "out", "-j", "2"))
+        )
+    with idle.measure("after: current cold build to ISO"):
+        rows.append(
+            ("after (this tree)", *module_run(ROOT, manifest, work / "after-store", current / "out", "-j", "2"))
+        )
 
     print("\n== the default distribution's cold build to its ISO, before and after the move to Debian 13 ==")
     print(f"before: {described}")
@@ -542,9 +632,7 @@ def main() -> int:
         checks += xen_side_by_side(work, idle)
     if args.before:
         checks += before_after(work, args.before, idle)
-    print("\nload at each measured start (1-minute average; seconds waited for it):")
-    for what, load, waited in idle.seen:
-        print(f"  {load:5.2f}  {waited:5.0f} s  {what}")
+    idle.print()
     for what, ok in checks:
         print(f"{'PASS' if ok else 'FAIL'}  {what}")
     if not args.keep:
