@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import buildroot, outputs, typed
+from . import buildroot, dataschema, outputcheck
 from .buildroot import RootSpec
 from .context import Context
 from .errors import XenspinError
@@ -64,7 +64,7 @@ def component_inputs(
 
     Paths are relative to project (the manifest's directory), so moving a checkout changes no key.
     """
-    recipe = typed.to_data(comp, relative_to=project)
+    recipe = dataschema.to_data(comp, relative_to=project)
     for volatile in ("description", "recipe", "optional"):
         recipe.pop(volatile, None)
     source = {k: v for k, v in entry.items() if k != "recipe"}
@@ -346,7 +346,7 @@ def _steps(
                 )
             except CommandError as e:
                 raise BuildError(str(e)) from None
-            outputs.check(
+            outputcheck.check(
                 job.name,
                 step.name,
                 out,
@@ -404,13 +404,13 @@ def check_debian(component: str, debian: Path) -> None:
         return
     if not stat.S_ISDIR(mode):
         raise BuildError(
-            f"build {component}: package: $OUT/DEBIAN is {outputs.kind_of(mode)} (expected a directory of regular files)"
+            f"build {component}: package: $OUT/DEBIAN is {outputcheck.kind_of(mode)} (expected a directory of regular files)"
         )
     for name in sorted(os.listdir(debian)):
         mode = os.lstat(debian / name).st_mode
         if not stat.S_ISREG(mode):
             raise BuildError(
-                f"build {component}: package: $OUT/DEBIAN/{outputs.printable(name)} is {outputs.kind_of(mode)}"
+                f"build {component}: package: $OUT/DEBIAN/{outputcheck.printable(name)} is {outputcheck.kind_of(mode)}"
                 " (expected only regular files in $OUT/DEBIAN)"
             )
 

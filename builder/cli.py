@@ -16,8 +16,9 @@ import yaml
 
 from . import (
     __version__,
-    answerfiles,
+    answercheck,
     config,
+    dataschema,
     errors,
     fetch,
     host,
@@ -28,7 +29,6 @@ from . import (
     packagesets,
     pipeline,
     plan,
-    typed,
     vmtest,
 )
 from .context import Context
@@ -218,7 +218,7 @@ _Dumper.add_representer(
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    data = typed.to_data(manifest.load(args.file))
+    data = dataschema.to_data(manifest.load(args.file))
     if args.json:
         print(json.dumps(data, indent=2))
     else:
@@ -236,7 +236,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         cached = {p.stage.name: (p.key, bool(p.hit)) for p in graph if p.stage.kind == "build"}
     stages = plan.make_plan(distro, cached)
     if args.json:
-        print(json.dumps({"stages": typed.to_data(stages), "graph": plan.graph_data(graph)}, indent=2))
+        print(json.dumps({"stages": dataschema.to_data(stages), "graph": plan.graph_data(graph)}, indent=2))
     else:
         print(plan.render(stages))
         if graph:
@@ -246,7 +246,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def cmd_schema(args: argparse.Namespace) -> int:
     if args.answerfile:
-        print(answerfiles.field_table_markdown() if args.markdown else json.dumps(answerfiles.json_schema(), indent=2))
+        print(answercheck.field_table_markdown() if args.markdown else json.dumps(answercheck.json_schema(), indent=2))
         return 0
     if args.markdown:
         print(manifest.field_table_markdown())
@@ -349,8 +349,8 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 
 
 def cmd_validate_answerfile(args: argparse.Namespace) -> int:
-    answer, warnings = answerfiles.validate(args.answerfile)
-    plain = answerfiles.plaintext_password(args.answerfile, answer)
+    answer, warnings = answercheck.validate(args.answerfile)
+    plain = answercheck.plaintext_password(args.answerfile, answer)
     warnings = [*warnings, *([plain] if plain else [])]
     for w in warnings:
         print(w, file=sys.stderr)
@@ -361,7 +361,7 @@ def cmd_validate_answerfile(args: argparse.Namespace) -> int:
                     "file": str(args.answerfile),
                     "valid": True,
                     "warnings": warnings,
-                    "answers": answerfiles.redacted(answer),
+                    "answers": answercheck.redacted(answer),
                 }
             )
         )
@@ -377,9 +377,9 @@ def cmd_build(args: argparse.Namespace) -> int:
         distro = dataclasses.replace(distro, installer=installer)
     if distro.installer.answerfile:
         path = Path(distro.installer.answerfile)
-        answer, _ = answerfiles.validate(path)
+        answer, _ = answercheck.validate(path)
         if not args.allow_plaintext_password:
-            answerfiles.refuse_plaintext_in_iso(path, answer)
+            answercheck.refuse_plaintext_in_iso(path, answer)
         elif answer.root.password:
             print(f"{path}: warning: root's plain password is built into the ISO, as asked", file=sys.stderr)
     manifest.require_components(distro, args.components, "build")

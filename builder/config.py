@@ -6,9 +6,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import located, typed
+from . import dataschema, yamlfile
+from .dataschema import field
 from .errors import XenspinError
-from .typed import field
 
 
 @dataclass(frozen=True)
@@ -41,8 +41,8 @@ def load(path: Path | None = None) -> Config:
     path = path or config_path()
     if not path.exists():
         return Config()
-    raw = located.load(path)
-    return typed.parse_dataclass(Config, raw, raw.loc, "")
+    raw = yamlfile.load(path)
+    return dataschema.parse_dataclass(Config, raw, raw.loc, "")
 
 
 def parse_mirror(text: str) -> tuple[str, str]:

@@ -20,8 +20,8 @@ from pathlib import Path
 
 from xenspin_installer.install import TEST_LOGIN_ADDED
 
-from . import guest, vmtest
-from .answerfiles import iso_name, validate
+from . import testguest, vmtest
+from .answercheck import iso_name, validate
 from .errors import XenspinError
 from .run import run, spawn, stop
 
@@ -171,7 +171,7 @@ def menu_downs(iso: Path) -> int:
     return labels.index("unattended-serial") if "unattended-serial" in labels else 1
 
 
-def login_and_check(line: SerialLine, login: guest.Login, t0: float, steps: dict[str, float]) -> None:
+def login_and_check(line: SerialLine, login: testguest.Login, t0: float, steps: dict[str, float]) -> None:
     """Log in with the test's own login (uid 0; root is as the answerfile made it), then Domain-0 and a guest."""
     line.expect("login:", timeout=BOOT_TIMEOUT)
     steps["login"] = time.monotonic() - t0
@@ -187,7 +187,7 @@ def login_and_check(line: SerialLine, login: guest.Login, t0: float, steps: dict
         'xl create -c /dev/null \'name="guest"\' "kernel=\\"$K\\"" \'ramdisk="/mnt/guest.gz"\' '
         "'memory=256' 'extra=\"console=hvc0\"'\r"
     )
-    line.expect(guest.GUEST_MARKER, timeout=300)
+    line.expect(testguest.GUEST_MARKER, timeout=300)
     steps["guest"] = time.monotonic() - t0
 
 
@@ -224,25 +224,25 @@ def answers_for(path: Path | None) -> Answers:
     """The given answerfile (checked, and passed on byte for byte), or the default.
 
     Any root login will do (a hashed password, SSH keys only): the test logs in with a
-    login of its own (guest.Login), so it needs nothing from the answerfile.
+    login of its own (testguest.Login), so it needs nothing from the answerfile.
     """
     if path is None:
-        return Answers("answerfile.yaml", guest.default_answerfile().encode())
+        return Answers("answerfile.yaml", testguest.default_answerfile().encode())
     data = path.read_bytes()
     validate(path)
     return Answers(Path(iso_name(path)).name, data)
 
 
-def answer_disk(logs: Path, firmware: str, answerfile: Path | None, log: Path) -> tuple[Path, guest.Login]:
+def answer_disk(logs: Path, firmware: str, answerfile: Path | None, log: Path) -> tuple[Path, testguest.Login]:
     """The XSANSWER disk of one run: the answerfile, the test login's hash (a fresh password) and the guest initrd."""
     answers = answers_for(answerfile)
-    login = guest.throwaway_login()
+    login = testguest.throwaway_login()
     files = {
         answers.name: answers.data,
-        **guest.login_file(login),
-        "guest.gz": guest.guest_initrd(guest.BUSYBOX.read_bytes()),
+        **testguest.login_file(login),
+        "guest.gz": testguest.guest_initrd(testguest.BUSYBOX.read_bytes()),
     }
-    return guest.answer_disk(logs / f"{firmware}.answers.img", files, log), login
+    return testguest.answer_disk(logs / f"{firmware}.answers.img", files, log), login
 
 
 def install(

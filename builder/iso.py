@@ -35,14 +35,14 @@ from typing import Any
 from xenspin_installer import DISK_INITRD
 from xenspin_installer.grammar import CONTROL
 
-from . import answerfiles, lazy
+from . import answercheck, lazyimport
 from .errors import XenspinError
 from .manifest import Boot, Distro
 from .run import as_builder, builder, give, run, sandbox
 from .stage import Done, Needs, Pending, Stage, stage_key
 from .store import Store, sha256_file, sha256_json
 
-pycdlib = lazy.module("pycdlib")  # imported when an ISO is written (see builder/lazy.py)
+pycdlib = lazyimport.module("pycdlib")  # imported when an ISO is written (see builder/lazyimport.py)
 
 FORMAT_VERSION = 3  # 2: the installed disk's initrd beside the squashfs; 3: packing tools of the host, sandboxed
 
@@ -457,7 +457,7 @@ def layout(inp: Inputs, work: Path) -> Layout:
         efi_image = "boot/grub/efi.img"
     if distro.installer.answerfile:  # an unattended spin: the installer finds it under the live medium
         answer = Path(distro.installer.answerfile)
-        files[answerfiles.iso_name(answer)] = answer
+        files[answercheck.iso_name(answer)] = answer
     tools = work / "guest-tools"
     for f in sorted(tools.rglob("*")) if tools.is_dir() else []:
         if f.is_file():

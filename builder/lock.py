@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from . import typed
+from . import dataschema
 from .errors import XenspinError, describe
 from .manifest import Component, Distro, build_order, require_components
 from .sources import Context, FetchError, Refused, module, verified_stamp, write_stamp
@@ -100,7 +100,7 @@ def recipe_digest(component: Component, root: Path) -> str:
 
     Only the source counts: changing build steps rebuilds, but needs no new lock.
     """
-    data = typed.to_data(component.source, relative_to=root)
+    data = dataschema.to_data(component.source, relative_to=root)
     return sha256_json(data)
 
 

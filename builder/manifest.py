@@ -16,10 +16,10 @@ from typing import Annotated, Any, Literal, get_args, get_origin
 
 from xenspin_installer.grammar import CONTROL, URL_CHAR, Grammar, optional, text_line
 
-from . import config, located, typed
+from . import config, dataschema, yamlfile
+from .dataschema import field
 from .errors import Loc, ManifestError, XenspinError
-from .located import LDict, LList
-from .typed import field
+from .yamlfile import LDict, LList
 
 # --- the model -------------------------------------------------------------------
 
@@ -382,7 +382,7 @@ class Distro:
             for i, dep in enumerate(comp.after):
                 if dep not in self.components:
                     after = comps[name]["after"]
-                    hint = typed.did_you_mean(dep, list(self.components))
+                    hint = dataschema.did_you_mean(dep, list(self.components))
                     raise ManifestError(
                         after.loc_of(i), f"components.{name}.after[{i}]", f"names no component {dep!r}{hint}"
                     )
@@ -405,7 +405,7 @@ class Distro:
         if self.installer.component not in self.components:
             inst = raw.get("installer")
             loc = inst.loc_of("component") if isinstance(inst, LDict) else raw.loc
-            hint = typed.did_you_mean(self.installer.component, list(self.components))
+            hint = dataschema.did_you_mean(self.installer.component, list(self.components))
             raise ManifestError(loc, "installer.component", f"names no component {self.installer.component!r}{hint}")
         for name, comp in self.components.items():
             if isinstance(comp.source, ComponentSource):
@@ -417,7 +417,7 @@ class Distro:
         loc = raw["source"].loc_of("component")
         where = f"components.{name}.source.component"
         if other not in self.components or other == name:
-            hint = typed.did_you_mean(other, [n for n in self.components if n != name])
+            hint = dataschema.did_you_mean(other, [n for n in self.components if n != name])
             raise ManifestError(loc, where, f"names no other component {other!r}{hint}")
         kind = self.components[other].source.kind
         if kind not in BUILDABLE:
@@ -444,7 +444,7 @@ class Distro:
                     loc = given.loc_of(role)
                 else:  # the default names: point at the half that is there
                     loc = comps.loc_of(xen.hypervisor) if xen.hypervisor in comps else raw.loc
-                hint = typed.did_you_mean(name, list(self.components))
+                hint = dataschema.did_you_mean(name, list(self.components))
                 raise ManifestError(
                     loc,
                     f"xen.{role}",
@@ -522,7 +522,7 @@ def require_components(distro: Distro, names: list[str], what: str) -> None:
     """Refuse component names on the command line that the manifest does not have."""
     for name in names:
         if name not in distro.components:
-            raise XenspinError(f"{what}: no component {name!r}{typed.did_you_mean(name, list(distro.components))}")
+            raise XenspinError(f"{what}: no component {name!r}{dataschema.did_you_mean(name, list(distro.components))}")
 
 
 def build_order(distro: Distro) -> list[str]:
@@ -545,7 +545,7 @@ def load(path: Path | str) -> Distro:
     path = Path(path).absolute()
     raw, files = _load_chain(path, [], None)
     check_paths(Distro, raw, roots(files))
-    distro = typed.parse_dataclass(Distro, raw, raw.loc, "")
+    distro = dataschema.parse_dataclass(Distro, raw, raw.loc, "")
     distro = dataclasses.replace(distro, version=_render_version(distro.version, raw))
     check_iso_filename(distro, raw)
     return distro
@@ -589,11 +589,11 @@ def confine(path: str, allowed: tuple[Path, ...], loc: Loc, field: str) -> None:
 
 def check_paths(tp: Any, value: Any, allowed: tuple[Path, ...], path: str = "") -> None:
     """Every path field under value (made absolute by resolve_paths) confined to allowed, and there."""
-    args = typed._union_args(tp)
+    args = dataschema._union_args(tp)
     if args is not None:
         members = [a for a in args if a is not type(None)]
         if isinstance(value, LDict) and all(dataclasses.is_dataclass(m) for m in members) and len(members) > 1:
-            members = [m for m in members if typed.discriminator(m) in value][:1]
+            members = [m for m in members if dataschema.discriminator(m) in value][:1]
         for m in members:
             check_paths(m, value, allowed, path)
         return
@@ -604,8 +604,8 @@ def check_paths(tp: Any, value: Any, allowed: tuple[Path, ...], path: str = "") 
         for i, v in enumerate(value):
             check_paths(get_args(tp)[0], v, allowed, f"{path}[{i}]")
     elif dataclasses.is_dataclass(tp) and isinstance(value, LDict):
-        for f, ftp in typed.fields_of(tp):
-            key = typed.yaml_key(f)
+        for f, ftp in dataschema.fields_of(tp):
+            key = dataschema.yaml_key(f)
             if key not in value or key == "extends":  # extends is checked as the chain is read
                 continue
             sub = f"{path}.{key}" if path else key
@@ -635,7 +635,7 @@ def _check_exists(path: str, kind: str | None, loc: Loc, field: str) -> None:
 
 def _require_manifest(doc: LDict, cls: type, what: str) -> None:
     """A file with no known top-level field is no manifest at all: say so without echoing a byte of it."""
-    known = {typed.yaml_key(f) for f, _ in typed.fields_of(cls)}
+    known = {dataschema.yaml_key(f) for f, _ in dataschema.fields_of(cls)}
     if not any(k in known or k[:-1] in known for k in doc):
         raise ManifestError(
             Loc(doc.loc.file, doc.loc.line),
@@ -660,7 +660,7 @@ def _load_chain(path: Path, chain: list[Path], via: tuple[Loc, str] | None) -> t
             raise ManifestError(via[0], via[1], f"{path} is not a manifest file (expected a .yaml or .yml file)")
         if not path.is_file():
             raise ManifestError(via[0], via[1], f"{path} does not exist (expected a manifest file)")
-    doc = located.load(path)
+    doc = yamlfile.load(path)
     _require_manifest(doc, Distro, "xenspin manifest")
     resolve_paths(Distro, doc, path.parent)
     base: LDict | None = None
@@ -691,7 +691,7 @@ def _load_recipes(doc: LDict, base: LDict | None, path: Path, allowed: tuple[Pat
                     comps.loc_of(name), where, "is empty (expected a mapping; use {} for a recipe's defaults)"
                 )
             if name not in known:
-                hint = typed.did_you_mean(name, list(known))
+                hint = dataschema.did_you_mean(name, list(known))
                 raise ManifestError(comps.loc_of(name), where, f"removes no component{hint}")
             continue
         if not isinstance(entry, LDict):
@@ -719,7 +719,7 @@ def _load_recipes(doc: LDict, base: LDict | None, path: Path, allowed: tuple[Pat
         if not rpath.is_file():
             what = "is a directory" if rpath.is_dir() else "does not exist"
             raise ManifestError(entry.loc_of("recipe"), where + ".recipe", f"{rpath} {what} (expected a recipe file)")
-        rdoc = located.load(rpath)
+        rdoc = yamlfile.load(rpath)
         _require_manifest(rdoc, Component, "recipe")
         resolve_paths(Component, rdoc, rpath.parent)
         rdoc.put("recipe", str(rpath), rdoc.loc)
@@ -733,11 +733,11 @@ def _load_recipes(doc: LDict, base: LDict | None, path: Path, allowed: tuple[Pat
 
 def resolve_paths(tp: Any, value: Any, base: Path) -> None:
     """Make every path field under value absolute against base (the directory of its file)."""
-    args = typed._union_args(tp)
+    args = dataschema._union_args(tp)
     if args is not None:
         members = [a for a in args if a is not type(None)]
         if isinstance(value, LDict) and all(dataclasses.is_dataclass(m) for m in members) and len(members) > 1:
-            members = [m for m in members if typed.discriminator(m) in value][:1]
+            members = [m for m in members if dataschema.discriminator(m) in value][:1]
         for m in members:
             resolve_paths(m, value, base)
         return
@@ -748,8 +748,8 @@ def resolve_paths(tp: Any, value: Any, base: Path) -> None:
         for v in value:
             resolve_paths(get_args(tp)[0], v, base)
     elif dataclasses.is_dataclass(tp) and isinstance(value, LDict):
-        for f, ftp in typed.fields_of(tp):
-            key = typed.yaml_key(f)
+        for f, ftp in dataschema.fields_of(tp):
+            key = dataschema.yaml_key(f)
             for k in (key, key + "+", key + "-"):
                 if k not in value:
                     continue
@@ -785,12 +785,14 @@ def merge(base: LDict, over: LDict, path: tuple[str, ...]) -> LDict:
             name, op = key[:-1], key[-1]
             if not isinstance(value, LList):
                 raise ManifestError(
-                    loc, dotted, f"got {typed._kind(value)} (expected a list to {'append' if op == '+' else 'remove'})"
+                    loc,
+                    dotted,
+                    f"got {dataschema._kind(value)} (expected a list to {'append' if op == '+' else 'remove'})",
                 )
             current = out.get(name)
             if current is not None and not isinstance(current, LList):
                 raise ManifestError(
-                    loc, dotted, f"the file extended has {typed._kind(current)} for {name} (expected a list)"
+                    loc, dotted, f"the file extended has {dataschema._kind(current)} for {name} (expected a list)"
                 )
             new = LList(loc)
             for i, item in enumerate(current or []):
@@ -849,7 +851,7 @@ def _render_version(version: str, raw: LDict) -> str:
 def json_schema() -> dict[str, Any]:
     """JSON Schema of one manifest file; required fields and references are checked after merging."""
     defs: dict[str, Any] = {}
-    top = typed.schema(Distro, defs)
+    top = dataschema.schema(Distro, defs)
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": "https://xenspin.invalid/schema/distro.json",
@@ -862,6 +864,6 @@ def json_schema() -> dict[str, Any]:
 def field_table_markdown() -> str:
     """The README's table of manifest fields, generated from the model."""
     rows = ["| field | expects | meaning |", "| --- | --- | --- |"]
-    for key, expects, meaning in typed.field_table(Distro):
+    for key, expects, meaning in dataschema.field_table(Distro):
         rows.append(f"| `{key}` | {expects} | {meaning} |")
     return "\n".join(rows)

@@ -26,13 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
-from . import lazy
+from . import lazyimport
 from .errors import XenspinError
-from .outputs import kind_of
+from .outputcheck import kind_of
 from .store import sha256_json
 
-jinja2 = lazy.module("jinja2")  # imported when an overlay has a template (see builder/lazy.py)
-jinja2_sandbox = lazy.module("jinja2.sandbox")
+jinja2 = lazyimport.module("jinja2")  # imported when an overlay has a template (see builder/lazyimport.py)
+jinja2_sandbox = lazyimport.module("jinja2.sandbox")
 
 # How a file an overlay or hook supplies is opened, once lstat said it is a regular file:
 # never through a symlink, and never blocking (should it have become a fifo meanwhile).

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import lazy
+from . import lazyimport
 from .buildroot import archive_ident
 from .context import Context
 from .errors import XenspinError
@@ -33,9 +33,9 @@ from .run import run
 from .sources import FetchError, Missing, debian
 from .store import sha256_json
 
-# Imported when a set is resolved or fetched, not on every run (see builder/lazy.py).
-deb822 = lazy.module("debian.deb822")
-http = lazy.module("builder.sources.http")
+# Imported when a set is resolved or fetched, not on every run (see builder/lazyimport.py).
+deb822 = lazyimport.module("debian.deb822")
+http = lazyimport.module("builder.sources.http")
 
 
 def Version(text: str) -> Any:  # noqa: N802 (stands in for debian_support.Version)

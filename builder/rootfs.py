@@ -28,7 +28,7 @@ from typing import Any
 
 from xenspin_installer import DISK_INITRD
 
-from . import debtree, lazy, overlays, typed
+from . import dataschema, debtree, lazyimport, overlays
 from .context import Context
 from .errors import XenspinError
 from .lock import Lock
@@ -40,7 +40,7 @@ from .sources import module
 from .stage import Needs, Pending, Stage, stage_key
 from .store import Store, remove_tree, sha256_file, sha256_json
 
-deb822 = lazy.module("debian.deb822")  # imported when the rootfs is composed (see builder/lazy.py)
+deb822 = lazyimport.module("debian.deb822")  # imported when the rootfs is composed (see builder/lazyimport.py)
 
 FORMAT = 7  # what the stage writes; bump to recompose every rootfs
 KIND = "rootfs"
@@ -69,12 +69,12 @@ class Inputs:
         """The canonical inputs of the stage's key."""
         d = self.distro
         return {
-            "rootfs": typed.to_data(d.rootfs, relative_to=self.base),
+            "rootfs": dataschema.to_data(d.rootfs, relative_to=self.base),
             "set": sha256_json(set_files(self.lock, "rootfs")),
             "built": dict(sorted(self.built.items())),
             "content": overlays.digest([Path(p) for p in d.rootfs.overlays], [Path(h) for h in d.rootfs.hooks]),
             "branding": [d.name, d.version, d.vendor, d.description],
-            "boot": typed.to_data(d.iso.boot),
+            "boot": dataschema.to_data(d.iso.boot),
             "sources": d.base.archives(),
             "epoch": self.epoch,
         }

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from xenspin_installer.answerfile import AnswerfileError, iso_answerfile_name, load
 
-from builder.answerfiles import json_schema
+from builder.answercheck import json_schema
 
 FULL_YAML = """\
 mode: install

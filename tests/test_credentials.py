@@ -24,7 +24,7 @@ from xenspin_installer.main import parser, unattended_answers
 from xenspin_installer.run import CommandFailed, Runner
 from xenspin_installer.sources import TEST_LOGIN, read_test_login
 
-from builder import cli, guest, installtest, pipeline
+from builder import cli, installtest, pipeline, testguest
 from builder.errors import XenspinError
 
 HASH = "$6$salt$abcdefghijklmnopqrstuvwxyz0123456789./ABCDEFGHIJKLMNOP"
@@ -208,7 +208,7 @@ def installer(tmp_path: Path, tree: Path, answer: Answerfile, **kw: object) -> I
 
 def test_a_failing_chpasswd_in_the_target_leaks_no_hash(tmp_path: Path) -> None:
     can_chroot()
-    busybox = guest.BUSYBOX if guest.BUSYBOX.is_file() else pytest.skip("busybox-static is not installed")
+    busybox = testguest.BUSYBOX if testguest.BUSYBOX.is_file() else pytest.skip("busybox-static is not installed")
     tree = tmp_path / "tree"
     for d in ("bin", "usr/bin", "usr/sbin"):
         (tree / d).mkdir(parents=True)
@@ -241,7 +241,7 @@ def test_the_test_login_is_added_beside_root_which_stays_as_given(tmp_path: Path
     root is exactly what the answerfile made it (its hash, or the image's locked password and the keys)."""
     can_chroot()
     tree = target_tree(tmp_path / "tree", "useradd", "chpasswd")
-    login = guest.throwaway_login()
+    login = testguest.throwaway_login()
     inst = installer(tmp_path, tree, Answerfile(root=root), test_login=login.hash)
     inst.set_root_login()
     inst.add_test_login(login.hash)
@@ -370,7 +370,7 @@ def test_test_install_logs_in_with_its_own_throwaway_login(
     password = line.sent[1].removesuffix("\r")
     image = logs / "bios.answers.img"
     on_disk = "answerfile.xml" if name and name.endswith(".xml") else "answerfile.yaml"
-    mine = answerfile.read_bytes() if answerfile else guest.default_answerfile().encode()
+    mine = answerfile.read_bytes() if answerfile else testguest.default_answerfile().encode()
     assert disk_file(image, on_disk) == mine  # the user's answerfile, byte for byte
     crypt_hash = disk_file(image, TEST_LOGIN).decode()
     assert crypt_hash.endswith("\n") and crypt_hash.count("\n") == 1 and crypt_hash.startswith("$6$")
@@ -400,6 +400,6 @@ def test_an_iso_whose_installer_adds_no_test_login_fails_with_the_reason(
 
 
 def test_each_run_gets_a_fresh_password() -> None:
-    one, two = guest.throwaway_login(), guest.throwaway_login()
+    one, two = testguest.throwaway_login(), testguest.throwaway_login()
     assert one.password != two.password and one.hash != two.hash and one.user == two.user == TEST_USER
     assert one.password not in repr(one) and one.hash not in repr(one)

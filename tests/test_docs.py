@@ -24,21 +24,21 @@ def test_ci_runs_exactly_the_readme_test_command() -> None:
 
 
 def test_readme_answerfile_table_is_generated_from_the_model() -> None:
-    from builder import answerfiles
+    from builder import answercheck
 
     table = README.split("<!-- answerfile-fields:begin -->\n", 1)[1].split("\n<!-- answerfile-fields:end -->", 1)[0]
-    assert table == answerfiles.field_table_markdown()
+    assert table == answercheck.field_table_markdown()
 
 
 def test_readme_answerfile_examples_are_valid(tmp_path: Path) -> None:
-    from builder import answerfiles
+    from builder import answercheck
 
     section = README.split("### Answerfiles", 1)[1]
     for lang in ("yaml", "xml"):
         example = section.split(f"```{lang}\n", 1)[1].split("```", 1)[0]
         path = tmp_path / f"example.{lang}"
         path.write_text(example)
-        answer, warnings = answerfiles.validate(path)
+        answer, warnings = answercheck.validate(path)
         assert answer.hostname == "xen1" and warnings == []
 
 

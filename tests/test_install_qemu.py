@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from builder import cli, guest
+from builder import cli, testguest
 
 pytestmark = [pytest.mark.slow, pytest.mark.network]
 
@@ -33,7 +33,7 @@ def check_logs(logs: Path, firmware: str) -> str:
     booted = (logs / f"{firmware}-disk.serial.log").read_text(errors="replace")
     # The second VM has no ISO: Xen and dom0 come from the installed disk.
     assert booted.index("(XEN) Xen version") < booted.index("Linux version") < booted.index("login:")
-    assert "Domain-0" in booted and guest.GUEST_MARKER in booted
+    assert "Domain-0" in booted and testguest.GUEST_MARKER in booted
     return booted
 
 

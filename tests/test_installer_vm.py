@@ -15,7 +15,7 @@ import pytest
 from xenspin_installer.install import TEST_USER
 from xenspin_installer.sources import TEST_LOGIN
 
-from builder import guest
+from builder import testguest
 
 pytestmark = [pytest.mark.slow, pytest.mark.network]
 
@@ -82,8 +82,8 @@ def test_install_onto_a_loop_device(default_build, tmp_path: Path) -> None:
             f"disk: {dev}\nhostname: looped\nroot:\n  password: s3cret\nserial-console: true\ntimezone: Europe/Berlin\n"
         )
         (tmp_path / "cmdline").write_text("console=hvc0\n")
-        login = guest.throwaway_login()  # as `xenspin test install` puts it on the answer disk
-        (tmp_path / "login").write_bytes(guest.login_file(login)[TEST_LOGIN])
+        login = testguest.throwaway_login()  # as `xenspin test install` puts it on the answer disk
+        (tmp_path / "login").write_bytes(testguest.login_file(login)[TEST_LOGIN])
         proc = subprocess.run(
             [
                 sys.executable,

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from builder import tarballs
+from builder import safetar
 
-IMPLEMENTATIONS = ["fallback"] + (["filters"] if tarballs.HAVE_FILTERS else [])
+IMPLEMENTATIONS = ["fallback"] + (["filters"] if safetar.HAVE_FILTERS else [])
 
 
 @pytest.fixture(params=IMPLEMENTATIONS)
 def impl(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setattr(tarballs, "HAVE_FILTERS", request.param == "filters")
+    monkeypatch.setattr(safetar, "HAVE_FILTERS", request.param == "filters")
     return request.param
 
 
@@ -48,7 +48,7 @@ def archive(tmp_path: Path, *members: tuple[str, str, object]) -> Path:
 def extract(path: Path, dest: Path, **kw: bool) -> None:
     dest.mkdir(exist_ok=True)
     with tarfile.open(path) as tar:
-        tarballs.extract(tar, dest, **kw)
+        safetar.extract(tar, dest, **kw)
 
 
 def test_a_normal_tree(impl: str, tmp_path: Path) -> None:

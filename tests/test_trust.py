@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 from conftest import TINY_RECIPE, write
 
-from builder import cli, outputs, repo
+from builder import cli, outputcheck, repo
 from builder.run import sandbox
 from builder.sources import Refused, http, verified_blob
 from builder.store import Store
@@ -461,8 +461,8 @@ def step_dirs(tmp_path: Path) -> tuple[Path, Path]:
 
 def check(out: Path, debs: Path, **kw: object) -> str:
     args = {"packages": ["good-xs"], "architecture": "amd64", **kw}
-    with pytest.raises(outputs.OutputRefused) as e:
-        outputs.check("evil", "stage", out, debs, **args)  # type: ignore[arg-type]
+    with pytest.raises(outputcheck.OutputRefused) as e:
+        outputcheck.check("evil", "stage", out, debs, **args)  # type: ignore[arg-type]
     assert "\n" not in str(e.value)
     return str(e.value)
 
@@ -470,7 +470,7 @@ def check(out: Path, debs: Path, **kw: object) -> str:
 def test_debs_may_hold_only_declared_packages(step_dirs: tuple[Path, Path], secret: Path) -> None:
     out, debs = step_dirs
     make_deb(debs / "good.deb", "good-xs")
-    outputs.check("evil", "stage", out, debs, packages=["good-xs"], architecture="amd64")
+    outputcheck.check("evil", "stage", out, debs, packages=["good-xs"], architecture="amd64")
     (debs / "x.deb").symlink_to(secret)
     assert check(out, debs) == "build evil: step stage: $DEBS/x.deb is a symlink (expected only .deb files)"
     (debs / "x.deb").unlink()
@@ -495,7 +495,7 @@ def test_out_may_hold_no_devices_setuid_or_escaping_symlinks(step_dirs: tuple[Pa
     (out / "usr/bin/tool").write_text("#!/bin/sh\n")
     (out / "usr/bin/alt").symlink_to("/etc/alternatives/alt")  # absolute: a path of the installed system
     (out / "usr/bin/rel").symlink_to("../../usr/bin/tool")
-    outputs.check("evil", "stage", out, debs, packages=[], architecture="amd64")
+    outputcheck.check("evil", "stage", out, debs, packages=[], architecture="amd64")
     (out / "usr/bin/up").symlink_to("../../../shadow")
     assert (
         check(out, debs) == "build evil: step stage: $OUT/usr/bin/up is a symlink to ../../../shadow, which leaves $OUT"
@@ -505,7 +505,7 @@ def test_out_may_hold_no_devices_setuid_or_escaping_symlinks(step_dirs: tuple[Pa
     assert check(out, debs) == (
         "build evil: step stage: $OUT/usr/bin/tool is setuid or setgid (the recipe's setuid: does not name it)"
     )
-    outputs.check("evil", "stage", out, debs, packages=[], architecture="amd64", setuid=["usr/bin/tool"])
+    outputcheck.check("evil", "stage", out, debs, packages=[], architecture="amd64", setuid=["usr/bin/tool"])
     if os.geteuid() == 0:
         os.mknod(out / "usr/bin/null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
         assert check(out, debs, setuid=["usr/bin/tool"]) == (

@@ -22,7 +22,7 @@ import pytest
 from conftest import one_line
 from xenspin_installer import answerfile as answer_model
 
-from builder import answerfiles, cli, iso, manifest, typed
+from builder import answercheck, cli, dataschema, iso, manifest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -97,9 +97,9 @@ def string_fields(cls: type, prefix: str = "") -> list[tuple[str, Any]]:
     from xenspin_installer.grammar import bare
 
     out = []
-    for f, tp in typed.fields_of(cls):
-        key = prefix + typed.yaml_key(f)
-        members = typed._union_args(tp) or (tp,)
+    for f, tp in dataschema.fields_of(cls):
+        key = prefix + dataschema.yaml_key(f)
+        members = dataschema._union_args(tp) or (tp,)
         for m in (a for a in members if a is not type(None)):
             if get_origin(m) is list:
                 m = get_args(m)[0]
@@ -124,7 +124,7 @@ def test_every_string_field_has_a_grammar_and_the_schema_says_it(model: type) ->
     assert len(fields) > 10
     missing = [key for key, tp in fields if not grammars(tp)]
     assert missing == []
-    schema = answerfiles.json_schema() if model is answer_model.Answerfile else manifest.json_schema()
+    schema = answercheck.json_schema() if model is answer_model.Answerfile else manifest.json_schema()
     patterns = set(schema_patterns(schema))
     for key, tp in fields:
         assert grammars(tp)[0].pattern in patterns, key
@@ -151,7 +151,7 @@ def test_schema_refuses_what_the_loaders_refuse() -> None:
             jsonschema.validate(bad, schema)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(
-            {"root": {"password": "x"}, "network": {"interface": "eth0\n[Network]"}}, answerfiles.json_schema()
+            {"root": {"password": "x"}, "network": {"interface": "eth0\n[Network]"}}, answercheck.json_schema()
         )
 
 

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from conftest import TINY_RECIPE, one_line, write
 
-from builder import build, cli, located, manifest, outputs, overlays
+from builder import build, cli, manifest, outputcheck, overlays, yamlfile
 from builder.build import BuildError
 from builder.errors import ManifestError
 from builder.overlays import OverlayError
@@ -135,7 +135,7 @@ def test_version_template_runs_no_code(project: Path, tmp_path: Path, capsys, pa
     assert not marker.exists()
     # Behind the grammar, the renderer is a sandbox too (defence in depth): no code runs either way.
     (tmp_path / "v.yaml").write_text("version: x\n")
-    raw = located.load(tmp_path / "v.yaml")
+    raw = yamlfile.load(tmp_path / "v.yaml")
     with pytest.raises(ManifestError) as e:
         manifest._render_version("1.0" + payload.replace("MARKER", str(marker)), raw)
     assert "(expected {{ date }} only)" in one_line(e)
@@ -483,8 +483,8 @@ def step_dirs(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def check(out: Path, debs: Path, **kw: Any) -> str:
-    with pytest.raises(outputs.OutputRefused) as e:
-        outputs.check("evil", "stage", out, debs, packages=["good-xs"], architecture="amd64", **kw)
+    with pytest.raises(outputcheck.OutputRefused) as e:
+        outputcheck.check("evil", "stage", out, debs, packages=["good-xs"], architecture="amd64", **kw)
     return one_line(e, "build evil: step stage: $DEBS/")
 
 
@@ -494,7 +494,7 @@ def test_step_made_deb_with_unnamed_setuid_file_is_refused(step_dirs: tuple[Path
     assert check(out, debs) == (
         "build evil: step stage: $DEBS/good.deb: /usr/bin/tool is setuid or setgid (the recipe's setuid: does not name it)"
     )
-    outputs.check("evil", "stage", out, debs, packages=["good-xs"], architecture="amd64", setuid=["usr/bin/tool"])
+    outputcheck.check("evil", "stage", out, debs, packages=["good-xs"], architecture="amd64", setuid=["usr/bin/tool"])
     (debs / "good.deb").unlink()
     dpkg_built_deb(debs / "good.deb", {"usr/lib/x/helper": 0o2755})
     assert "$DEBS/good.deb: /usr/lib/x/helper is setuid or setgid" in check(out, debs, setuid=["usr/bin/tool"])
@@ -514,7 +514,7 @@ def test_step_made_deb_hard_link_to_a_setuid_file_is_named_too(step_dirs: tuple[
     assert check(out, debs, setuid=["usr/bin/tool"]) == (
         "build evil: step stage: $DEBS/good.deb: /usr/bin/other is setuid or setgid (the recipe's setuid: does not name it)"
     )
-    outputs.check(
+    outputcheck.check(
         "evil", "stage", out, debs, packages=["good-xs"], architecture="amd64", setuid=["usr/bin/tool", "usr/bin/other"]
     )
 
@@ -540,4 +540,4 @@ def test_step_made_deb_control_part_holds_regular_files_only(step_dirs: tuple[Pa
     )
     (debs / "good.deb").unlink()
     handmade_deb(debs / "good.deb", [], [member("./postinst", mode=0o755)])  # a regular script is allowed
-    outputs.check("evil", "stage", out, debs, packages=["good-xs"], architecture="amd64")
+    outputcheck.check("evil", "stage", out, debs, packages=["good-xs"], architecture="amd64")

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .. import lazy, tarballs, typed
+from .. import dataschema, lazyimport, safetar
 from ..run import run
 from . import Context, FetchError, Keeps, Refused, verified_blob
 
@@ -29,8 +29,8 @@ T = TypeVar("T")
 
 
 # A no-op build checks what the store holds and never parses an index or downloads.
-deb822 = lazy.module("debian.deb822")
-http = lazy.module("builder.sources.http")
+deb822 = lazyimport.module("debian.deb822")
+http = lazyimport.module("builder.sources.http")
 
 
 def Version(text: str) -> Any:  # noqa: N802 (stands in for debian_support.Version)
@@ -220,7 +220,7 @@ def _lock_source(name: str, source: Any, ctx: Context) -> dict[str, Any]:
     paras = [deb822.Sources(p) for _, p in index.get(source.debian, [])]
     mirrors = {id(p): m for p, (m, _) in zip(paras, index.get(source.debian, []), strict=True)}
     if not paras:
-        hint = typed.did_you_mean(source.debian, list(index))
+        hint = dataschema.did_you_mean(source.debian, list(index))
         raise FetchError(f"lock {name}: no source package {source.debian!r} in {where}{hint}")
     if source.version:
         chosen = [p for p in paras if p["Version"] == source.version]
@@ -252,7 +252,7 @@ def _lock_binaries(name: str, source: Any, ctx: Context) -> dict[str, Any]:
     for pkg in source.archive:
         paras = [(m, deb822.Packages(p)) for m, p in index.get(pkg, [])]
         if not paras:
-            hint = typed.did_you_mean(pkg, list(index))
+            hint = dataschema.did_you_mean(pkg, list(index))
             raise FetchError(f"lock {name}: no binary package {pkg!r} in {where}{hint}")
         mirror, para = max(paras, key=lambda mp: Version(mp[1]["Version"]))
         # "Source: xen" or, for a rebuilt binary, "Source: xen (4.17.5+72-1)": which source at which version.
@@ -404,7 +404,7 @@ def _extract(entry: dict[str, Any], ctx: Context, filename: str, scratch: Path) 
     blob = verified_blob(ctx.store, entry["files"][filename]["sha256"], f"unpack {entry['package']}: {filename}")
     try:
         with tarfile.open(blob, "r:*") as tar:
-            tarballs.extract(tar, scratch)
+            safetar.extract(tar, scratch)
     except (tarfile.TarError, OSError) as e:
         raise FetchError(f"unpack {entry['package']}: {filename}: {e}") from None
     top = list(scratch.iterdir())

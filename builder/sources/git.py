@@ -38,7 +38,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
-from .. import gpg, tarballs
+from .. import gpg, safetar
 from ..errors import GitError, git_failed, git_said
 from ..gpg import SignatureError
 from ..manifest import GitSource
@@ -187,7 +187,7 @@ def export(entry: dict[str, Any], ctx: Context, dest: Path) -> Path:
                     f"{what}: git archive {commit} failed: {git_said(proc.stderr.decode(errors='replace'))}"
                 )
             with tarfile.open(tar) as t:
-                tarballs.extract(t, dest, exact_modes=True)
+                safetar.extract(t, dest, exact_modes=True)
         finally:
             tar.unlink(missing_ok=True)
     return dest

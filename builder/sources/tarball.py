@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urljoin, urlsplit
 
-from .. import gpg, tarballs
+from .. import gpg, safetar
 from ..errors import XenspinError
 from ..manifest import PrebuiltSource, TarballSource
 from . import PRERELEASE_WORDS, Context, FetchError, Keeps, debian_upstream, http, verified_blob
@@ -101,7 +101,7 @@ def unpack(entry: dict[str, Any], ctx: Context, dest: Path) -> Path:
         return target
     try:
         with tarfile.open(blob, "r:*") as tar:
-            tarballs.extract(tar, dest)
+            safetar.extract(tar, dest)
             names = [m.name for m in tar.getmembers()]  # cached by extraction: no second pass
     except (tarfile.TarError, OSError) as e:
         raise XenspinError(f"{what}: {' '.join(str(e).split())}") from None

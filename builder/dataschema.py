@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 from xenspin_installer.grammar import bare, grammar_of, grammars
 
 from .errors import Loc, ManifestError
-from .located import LDict, LList
+from .yamlfile import LDict, LList
 
 MISSING = dataclasses.MISSING
 
@@ -162,7 +162,7 @@ def parse(tp: Any, value: Any, loc: Loc, path: str, raw: str | None = None) -> A
         return out
     if dataclasses.is_dataclass(tp):
         return parse_dataclass(tp, value, loc, path)
-    raise TypeError(f"typed.parse: unsupported type {tp!r}")  # a programming error, not input
+    raise TypeError(f"dataschema.parse: unsupported type {tp!r}")  # a programming error, not input
 
 
 def did_you_mean(word: str, choices: list[str]) -> str:
@@ -267,7 +267,7 @@ def schema(tp: Any, defs: dict[str, Any], *, list_ops: bool = True) -> dict[str,
                 body["required"] = [discriminator(tp)]
             defs[name] = body
         return {"$ref": f"#/$defs/{name}"}
-    raise TypeError(f"typed.schema: unsupported type {tp!r}")
+    raise TypeError(f"dataschema.schema: unsupported type {tp!r}")
 
 
 def field_table(cls: type, prefix: str = "", seen: set[Any] | None = None) -> list[tuple[str, str, str]]:

@@ -13,7 +13,7 @@ from typing import Any
 from xenspin_installer import InstallerError
 from xenspin_installer import answerfile as model
 
-from . import typed
+from . import dataschema
 from .errors import XenspinError
 
 iso_name = model.iso_answerfile_name
@@ -52,7 +52,7 @@ def refuse_plaintext_in_iso(path: Path, answer: model.Answerfile) -> None:
 
 def json_schema() -> dict[str, Any]:
     defs: dict[str, Any] = {}
-    top = typed.schema(model.Answerfile, defs, list_ops=False)
+    top = dataschema.schema(model.Answerfile, defs, list_ops=False)
     defs["Answerfile"]["required"] = ["root"]
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -65,6 +65,6 @@ def json_schema() -> dict[str, Any]:
 
 def field_table_markdown() -> str:
     rows = ["| field | expects | meaning |", "| --- | --- | --- |"]
-    for key, expects, meaning in typed.field_table(model.Answerfile):
+    for key, expects, meaning in dataschema.field_table(model.Answerfile):
         rows.append(f"| `{key}` | {expects} | {meaning} |")
     return "\n".join(rows)
