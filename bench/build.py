@@ -54,7 +54,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from builder import build as build_mod  # noqa: E402
-from builder import buildroot, cli, stage  # noqa: E402
+from builder import cli, debtree, stage  # noqa: E402
 from builder.store import Store  # noqa: E402
 
 BEFORE = "5002171"  # the last commit whose default distribution was Debian 12 with Xen built from source
@@ -192,7 +192,7 @@ class Timings:
         self.outcomes: dict[str, stage.Outcome] = {}
 
     def install(self) -> None:
-        steps, make_root, run = build_mod._steps, buildroot.make, stage.Scheduler.run
+        steps, make_root, run = build_mod._steps, debtree.make_root, stage.Scheduler.run
 
         def timed_steps(ctx, distro, job, *args, **kwargs):
             start = time.monotonic()
@@ -216,7 +216,7 @@ class Timings:
             return outcomes
 
         build_mod._steps = timed_steps
-        buildroot.make = timed_root
+        debtree.make_root = timed_root
         stage.Scheduler.run = recorded_run
 
     def steps_span(self) -> float:

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import buildroot, dataschema, outputcheck
-from .buildroot import RootSpec
+from . import dataschema, debtree, outputcheck
 from .context import Context
+from .debtree import TreeSpec
 from .errors import XenspinError
 from .lock import Lock
 from .manifest import Component, Distro, build_order
@@ -51,7 +51,7 @@ class Job:
 
     name: str
     action: str  # "build": run steps; "archive": take locked .debs; "none": nothing to build
-    root: RootSpec | None
+    root: TreeSpec | None
     after: tuple[str, ...]
     tree: str  # digest of an in-tree source, else ""
     source: str  # the component whose locked source it builds (itself, or the one `component:` names)
@@ -100,7 +100,7 @@ def plan(
         if kind.debs(entry) is not None:
             action, root = "archive", None
         elif comp.steps:
-            action, root = "build", buildroot.spec(distro.base, lock.archive, comp.build_depends)
+            action, root = "build", debtree.root_spec(distro.base, lock.archive, comp.build_depends)
         else:
             action, root = "none", None
         jobs[name] = Job(name, action, root, tuple(d for d in comp.after if d in jobs), tree, src)
@@ -180,9 +180,9 @@ def stages(
         comp, entry = distro.components[name], lock.components[job.source]
         uses: list[str] = []
         if job.root is not None:
-            rid = buildroot.stage_id(job.root)
+            rid = debtree.root_stage_id(job.root)
             if rid not in roots:
-                roots[rid] = buildroot.stage(ctx, job.root, say)
+                roots[rid] = debtree.root_stage(ctx, job.root, say)
             uses.append(rid)
             shared = distro.components[job.source]
             if module(shared.source.kind).in_tree(shared.source) is None:
@@ -192,7 +192,7 @@ def stages(
                     out.append(_src_stage(ctx, job.source, shared, entry))
 
         def inputs(needs: Needs, comp=comp, entry=entry, job=job) -> dict[str, Any]:
-            root = needs[buildroot.stage_id(job.root)].key if job.root is not None else None
+            root = needs[debtree.root_stage_id(job.root)].key if job.root is not None else None
             deps = {d: needs[build_id(d)].key for d in job.after}
             return component_inputs(comp, entry, root, deps, job.tree, ctx.project, epoch)
 
@@ -299,7 +299,7 @@ def _steps(
     logs: Path,
 ) -> Path:
     assert job.root is not None
-    root = needs[buildroot.stage_id(job.root)].path
+    root = needs[debtree.root_stage_id(job.root)].path
     shared = distro.components[job.source].source
     src = needs[src_id(job.source)].path if src_id(job.source) in needs else module(shared.kind).in_tree(shared)
     assert root is not None and src is not None

@@ -23,13 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import lazyimport
-from .buildroot import archive_ident
+from . import aptrepo, debtree, lazyimport
 from .context import Context
 from .errors import XenspinError
 from .lock import Lock
 from .manifest import Distro, Package
-from .run import run
 from .sources import FetchError, Missing, debian
 from .store import sha256_json
 
@@ -120,7 +118,7 @@ def package_sets(distro: Distro, lock: Lock) -> dict[str, SetSpec]:
             include += [f"{pkg}={info['version']}" for pkg, info in sorted(entry["packages"].items())]
         elif comp.package is not None and comp.steps:
             built.append((comp.package.name, relations(comp.package)))
-    ident = archive_ident(lock.archive)
+    ident = debian.archive_ident(lock.archive)
     return {
         "rootfs": SetSpec("rootfs", tuple(dict.fromkeys(include)), distro.rootfs.variant, True, tuple(built), ident),
         "iso": SetSpec("iso", ISO_BOOT_PACKAGES, "", False, (), ident),
@@ -186,39 +184,25 @@ def _apt_closure(
     spec: SetSpec, index: debian.Index, ctx: Context, scratch: Path, log_path: Path
 ) -> list[tuple[str, str, str]]:
     """apt's own answer: (name, version, arch) of everything mmdebstrap would install."""
-    repo = scratch / "index"
-    repo.mkdir(parents=True, exist_ok=True)
-    with open(repo / "Packages", "w", encoding="utf-8") as f:
-        for _name, paras in sorted(index.items()):
-            for _mirror, para in paras:
-                f.write(para.strip() + "\n\n")
-        for pkg, fields in spec.built:
-            # A stand-in for a built package: only its relations matter to apt.
-            f.write(f"Package: {pkg}\nVersion: 0\nArchitecture: {ctx.base.architecture}\nPriority: optional\n")
-            f.write(f"Filename: {pkg}.deb\nSize: 1\nSHA256: {STAND_IN_SHA256}\n")
-            f.write(fields + "\n")
-            (repo / f"{pkg}.deb").write_bytes(b"\n")
-    write_release(repo, ctx.base.suite, "resolve")
-    include = list(spec.include) + [pkg for pkg, _ in spec.built]
-    cmd = [
-        "mmdebstrap",
-        "--simulate",
-        "--mode=root",
-        f"--variant={spec.variant}",
-        "--include=" + ",".join(include),
-        "--verbose",
-        ctx.base.suite,
-        str(scratch / "none.tar"),
-        f"deb [trusted=yes] file://{repo} ./",
-    ]
+    stand_ins = {}
+    paragraphs = [para for _name, paras in sorted(index.items()) for _mirror, para in paras]
+    for pkg, fields in spec.built:
+        # A stand-in for a built package: only its relations matter to apt.
+        paragraphs.append(
+            f"Package: {pkg}\nVersion: 0\nArchitecture: {ctx.base.architecture}\nPriority: optional\n"
+            f"Filename: {pkg}.deb\nSize: 1\nSHA256: {STAND_IN_SHA256}\n{fields}"
+        )
+        stand_ins[f"{pkg}.deb"] = b"\n"
+    repo = aptrepo.from_paragraphs(scratch / "index", paragraphs, stand_ins, ctx.base.suite, "resolve")
+    include = tuple(spec.include) + tuple(pkg for pkg, _ in spec.built)
+    tree = debtree.TreeSpec(suite=ctx.base.suite, variant=spec.variant, packages=include)
     log_path.unlink(missing_ok=True)
-    proc = run(cmd, what=f"lock set {spec.name}: apt resolve", capture=True, log_path=log_path, check=False)
-    out = (proc.stdout + proc.stderr).decode(errors="replace")  # apt's Inst lines come on stderr
+    status, out = debtree.simulate(tree, repo, scratch, log_path, what=f"lock set {spec.name}: apt resolve")
     built = {pkg for pkg, _ in spec.built}
-    if proc.returncode != 0:
+    if status != 0:
         log_path.write_text(out)
         items = unmet(out)
-        why = "; ".join(items) or f"mmdebstrap --simulate failed with exit status {proc.returncode}"
+        why = "; ".join(items) or f"mmdebstrap --simulate failed with exit status {status}"
         hint = (
             " (a package xenspin builds replaces what the set needs from the archive)"
             if any(item.split()[0] in built and " conflicts with " in item for item in items)
@@ -247,27 +231,6 @@ def unmet(apt_output: str) -> list[str]:
         relation = {"Conflicts": "conflicts with", "Breaks": "breaks"}.get(m.group(2), "depends on")
         items.setdefault(package, {}).setdefault(relation, []).append(m.group(3))
     return [f"{pkg} {rel} {', '.join(names)}" for pkg, rels in items.items() for rel, names in rels.items()]
-
-
-def write_release(repo: Path, suite: str, origin: str) -> None:
-    """A Release for a flat repository whose Suite and Codename are the base suite (mmdebstrap selects by them)."""
-    text = run(
-        [
-            "apt-ftparchive",
-            "-o",
-            f"APT::FTPArchive::Release::Origin={origin}",
-            "-o",
-            f"APT::FTPArchive::Release::Suite={suite}",
-            "-o",
-            f"APT::FTPArchive::Release::Codename={suite}",
-            "release",
-            ".",
-        ],
-        what="apt repository: Release",
-        cwd=repo,
-        capture=True,
-    ).stdout
-    (repo / "Release").write_bytes(text)
 
 
 def resolve_all(distro: Distro, lock: Lock, ctx: Context, names: list[str] | None = None) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import build, fetch, iso, lock, packagesets, repo, rootfs, xensource
+from . import aptrepo, build, fetch, iso, lock, packagesets, rootfs, xensource
 from .context import Context
 from .errors import XenspinError
 from .manifest import Distro
@@ -54,9 +54,9 @@ def graph(
 
     def repo_make(tmp: Path, needs: Needs) -> dict:
         debs = [needs[a].path / d for a in after for d in needs[a].meta["debs"]]  # type: ignore[operator,index]
-        return repo.make(tmp, debs, distro.name)
+        return aptrepo.make(tmp, debs, distro.name)
 
-    stages.append(Stage("repo", "repo", repo.FORMAT, repo_inputs, repo_make, after=after))
+    stages.append(Stage("repo", "repo", aptrepo.FORMAT, repo_inputs, repo_make, after=after))
     if names is None and "rootfs" in packagesets.package_sets(distro, current):
         stages.append(rootfs.stage(ctx, distro, current, jobs, build.build_id))
         stages += iso_stages(ctx, distro, current, jobs)
@@ -155,8 +155,8 @@ def run_build(
         made = outcomes.get(rootfs.STAGE_ID)
         image = outcomes.get(iso.STAGE_ID)
         files: list[Path] = []
-        with repo.out_lock(out):  # one build's repo, ISO and sums together, never a mix of two
-            published = repo.publish(repo_path, out / "repo")
+        with aptrepo.out_lock(out):  # one build's repo, ISO and sums together, never a mix of two
+            published = aptrepo.publish(repo_path, out / "repo")
             if image is not None:
                 files = publish_iso(distro, ctx, current, outcomes, fetched.left_out, out)
         # The whole plan's root, even when only some components were asked for.

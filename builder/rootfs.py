@@ -28,7 +28,7 @@ from typing import Any
 
 from xenspin_installer import DISK_INITRD
 
-from . import dataschema, debtree, lazyimport, overlays
+from . import aptrepo, dataschema, debtree, lazyimport, overlays
 from .context import Context
 from .errors import XenspinError
 from .lock import Lock
@@ -176,11 +176,11 @@ def make_rootfs(
     repo_debs, names, built_debs = _repo_contents(store, locked, debs)
     work = store.tmp_dir("rootfs-work")
     try:
-        repo = debtree.local_repo(repo_debs, work / "repo", d.base.suite, d.name)
+        repo = aptrepo.local(repo_debs, work / "repo", d.base.suite, d.name)
         _prepare(inp, work, repo, layer)
-        spec = debtree.TreeSpec(suite=d.base.suite, variant=d.rootfs.variant, packages=tuple(names), epoch=inp.epoch)
+        spec = debtree.TreeSpec(suite=d.base.suite, variant=d.rootfs.variant, packages=tuple(names))
         timer.mark("repo")
-        tree = debtree.compose(spec, repo, work, logs / "01-mmdebstrap.log", hide=[store.root])
+        tree = debtree.compose(spec, repo, work, logs / "01-mmdebstrap.log", hide=[store.root], epoch=inp.epoch)
         timer.mark("mmdebstrap")
         try:
             debtree.in_namespace(

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 from conftest import TINY_RECIPE, write
 
-from builder import cli, outputcheck, repo
+from builder import aptrepo, cli, outputcheck
 from builder.run import sandbox
 from builder.sources import Refused, http, verified_blob
 from builder.store import Store
@@ -628,8 +628,8 @@ def test_two_publishes_into_one_out_take_turns(tmp_path: Path) -> None:
     def publish_many(r: Path) -> None:
         try:
             for _ in range(50):
-                with repo.out_lock(tmp_path / "out"):
-                    repo.publish(r, tmp_path / "out/repo")
+                with aptrepo.out_lock(tmp_path / "out"):
+                    aptrepo.publish(r, tmp_path / "out/repo")
         except BaseException as e:  # noqa: BLE001 - any failure is the finding
             errors.append(e)
 

@@ -67,6 +67,12 @@ def archive_state(ctx: Context) -> dict[str, Any]:
     return _memo(ctx, f"debian:state:{base.archives()}:{base.keyring}", make)
 
 
+def archive_ident(state: dict[str, Any]) -> str:
+    """The locked state of every suite in one string: their InRelease sha256s ("" before a lock)."""
+    shas = [state.get("inrelease-sha256", "")] + [u.get("inrelease-sha256", "") for u in state.get("updates", [])]
+    return ",".join(shas) if any(shas) else ""
+
+
 def _release(ctx: Context, mirror: str, suite: str) -> tuple[deb822.Release, str]:
     """The verified Release paragraph and the InRelease blob's sha256, once per run."""
     key = f"debian:release:{mirror}:{suite}:{ctx.base.keyring}"
