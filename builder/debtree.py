@@ -25,7 +25,7 @@ from typing import Any
 from .context import Context
 from .errors import XenspinError
 from .run import CommandError, as_builder, builder, give, run
-from .sources import FetchError, module
+from .sources import FetchError, debian
 from .stage import Stage, stage_key
 
 ROOT_FORMAT = 2  # bump when what a build root holds changes (2: made in the build account's user namespace)
@@ -130,7 +130,7 @@ def root_spec(base: Any, archive_state: dict[str, Any], packages: list[str], var
         packages=tuple(sorted(set(packages))),
         archives=archives,
         areas=tuple(base.areas),
-        archive=module("debian").archive_ident(archive_state),
+        archive=debian.archive_ident(archive_state),
     )
 
 
@@ -186,7 +186,6 @@ def _check_archive(ctx: Context, spec: TreeSpec, say: Callable[[str], None]) -> 
     """Say so when the archive has moved on since the lock: mmdebstrap can only use its current state."""
     if not spec.archive:
         return
-    debian = module("debian")
     try:
         now = debian.archive_state(ctx)
     except FetchError:

@@ -18,7 +18,7 @@ import yaml
 from . import dataschema
 from .errors import XenspinError, describe
 from .manifest import Component, Distro, build_order, require_components
-from .sources import Context, FetchError, Refused, module, verified_stamp, write_stamp
+from .sources import Context, FetchError, Refused, debian, module, verified_stamp, write_stamp
 from .store import sha256_file, sha256_json
 
 log = logging.getLogger("xenspin.lock")
@@ -208,7 +208,7 @@ def resolve(
         new.components[name] = entry
         report.resolved.append(name)
     if any(module(distro.components[n].source.kind).FOLLOWS_ARCHIVE for n in report.resolved):
-        new.archive = module("debian").archive_state(ctx)  # the state the new entries were read from
+        new.archive = debian.archive_state(ctx)  # the state the new entries were read from
     report.dropped = sorted(set(old.components) - set(distro.components))
     return new, report
 

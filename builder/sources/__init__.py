@@ -8,12 +8,14 @@ ref or a version, it only fills the store with exactly what was locked.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, cast
+from types import ModuleType
+from typing import Any
 
 from ..context import Context
 from ..errors import FetchError, Missing, Refused
@@ -86,47 +88,78 @@ KINDS = {
 }
 
 
-class Kind(Protocol):
-    """What a source kind module provides. `source` is the manifest's source, `entry` its lock entry."""
+class Kind:
+    """A source kind as lock, fetch, build and plan see it. `source` is the manifest's source, `entry` its lock entry.
+
+    A kind module defines the members that `REQUIRED` names and those where it differs
+    from the defaults below; `module(kind)` gives an instance with the module's members
+    laid over them.
+    """
+
+    REQUIRED = ("lock", "fetch", "fetched", "tree", "summary")
 
     # Locked against the base archive's state: stale when the base's suites change.
-    FOLLOWS_ARCHIVE: bool
+    FOLLOWS_ARCHIVE: bool = False
+
+    def __init__(self, mod: ModuleType) -> None:
+        missing = [name for name in self.REQUIRED if not hasattr(mod, name)]
+        if missing:
+            raise TypeError(f"source kind {mod.__name__} lacks {', '.join(missing)}")
+        self.name = mod.__name__.rpartition(".")[2]
+        for name in (*self.REQUIRED, *_DEFAULTED):
+            if hasattr(mod, name):
+                setattr(self, name, getattr(mod, name))
 
     def lock(self, name: str, source: Any, ctx: Context) -> dict[str, Any]:
         """Resolve to a lock entry (plain JSON data, no absolute paths); needs the network."""
+        raise NotImplementedError
 
     def fetch(self, name: str, source: Any, entry: dict[str, Any], ctx: Context) -> None:
         """Make the store hold what entry names, verified; offline, raise Missing instead."""
+        raise NotImplementedError
 
     def fetched(self, entry: dict[str, Any], ctx: Context) -> bool:
         """Whether the store already holds it (cheap)."""
-
-    def keeps(self, entry: dict[str, Any], ctx: Context) -> Keeps:
-        """What in the store it needs (for gc roots)."""
+        raise NotImplementedError
 
     def tree(self, entry: dict[str, Any], ctx: Context, dest: Path) -> Path:
         """Put the source under dest as a directory to build from; return that directory."""
-
-    def tag_now(self, name: str, entry: dict[str, Any], ctx: Context) -> str | None:
-        """The commit a locked tag names upstream now, if the kind has tags (`lock --check-tags`)."""
-
-    def in_tree(self, source: Any) -> Path | None:
-        """The directory a source is used from where it lies (in-tree sources), else None."""
-
-    def debs(self, entry: dict[str, Any]) -> dict[str, str] | None:
-        """For a source that is packages already: .deb file name -> sha256 of its blob; else None."""
-
-    def binary_packages(self, source: Any) -> list[str]:
-        """Binary package names a source is (for `plan`), else []."""
-
-    def srcpkg(self, entry: dict[str, Any]) -> dict[str, str]:
-        """Files of a whole Debian source package (name -> sha256), mounted at $SRCPKG; else {}."""
+        raise NotImplementedError
 
     def summary(self, entry: dict[str, Any]) -> str:
         """A few words on what the entry pins (for `xenspin lock`)."""
+        raise NotImplementedError
+
+    def keeps(self, entry: dict[str, Any], ctx: Context) -> Keeps:
+        """What in the store it needs (for gc roots): by default nothing."""
+        return Keeps()
+
+    def tag_now(self, name: str, entry: dict[str, Any], ctx: Context) -> str | None:
+        """The commit a locked tag names upstream now, if the kind has tags (`lock --check-tags`)."""
+        return None
+
+    def in_tree(self, source: Any) -> Path | None:
+        """The directory a source is used from where it lies (in-tree sources), else None."""
+        return None
+
+    def debs(self, entry: dict[str, Any]) -> dict[str, str] | None:
+        """For a source that is packages already: .deb file name -> sha256 of its blob; else None."""
+        return None
+
+    def binary_packages(self, source: Any) -> list[str]:
+        """Binary package names a source is (for `plan`), else []."""
+        return []
+
+    def srcpkg(self, entry: dict[str, Any]) -> dict[str, str]:
+        """Files of a whole Debian source package (name -> sha256), mounted at $SRCPKG; else {}."""
+        return {}
 
     def upstream_version(self, entry: dict[str, Any]) -> str:
-        """The upstream part of a Debian version for what was built from it."""
+        """The upstream part of a Debian version for what was built from it ("0" when it has none)."""
+        return "0"
+
+
+_DEFAULTED = ("FOLLOWS_ARCHIVE", "keeps", "tag_now", "in_tree", "debs", "binary_packages", "srcpkg", "upstream_version")
 
 
 # The words that mark a pre-release (a regular expression, matched ignoring case).
@@ -152,6 +185,7 @@ def debian_upstream(text: str) -> str | None:
     return re.sub(r"\.{2,}", ".", version).rstrip(".")
 
 
+@functools.cache
 def module(kind: str) -> Kind:
-    """The module that handles a source kind."""
-    return cast(Kind, importlib.import_module(f"{__name__}.{KINDS[kind]}"))
+    """The source kind named kind (a manifest's kind or its alias: prebuilt, archive)."""
+    return Kind(importlib.import_module(f"{__name__}.{KINDS[kind]}"))

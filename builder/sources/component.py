@@ -9,9 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from . import Context, FetchError, Keeps
-
-FOLLOWS_ARCHIVE = False
+from . import Context, FetchError
 
 
 def lock(name: str, source: Any, ctx: Context) -> dict[str, Any]:
@@ -26,37 +24,9 @@ def fetched(entry: dict[str, Any], ctx: Context) -> bool:
     return True
 
 
-def keeps(entry: dict[str, Any], ctx: Context) -> Keeps:
-    return Keeps()
-
-
 def tree(entry: dict[str, Any], ctx: Context, dest: Path) -> Path:
     raise FetchError(f"the source of {entry['component']} is unpacked as that component's tree")
 
 
-def tag_now(name: str, entry: dict[str, Any], ctx: Context) -> str | None:
-    return None
-
-
-def in_tree(source: Any) -> Path | None:
-    return None
-
-
-def debs(entry: dict[str, Any]) -> dict[str, str] | None:
-    return None
-
-
-def binary_packages(source: Any) -> list[str]:
-    return []
-
-
-def srcpkg(entry: dict[str, Any]) -> dict[str, str]:
-    return {}
-
-
 def summary(entry: dict[str, Any]) -> str:
     return f"the source of {entry['component']}"
-
-
-def upstream_version(entry: dict[str, Any]) -> str:
-    return "0"

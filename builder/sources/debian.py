@@ -371,14 +371,6 @@ def tree(entry: dict[str, Any], ctx: Context, dest: Path) -> Path:
     return unpack(entry, ctx, dest)
 
 
-def tag_now(name: str, entry: dict[str, Any], ctx: Context) -> str | None:
-    return None  # no tags: nothing can move under a locked entry
-
-
-def in_tree(source: Any) -> Path | None:
-    return None
-
-
 def debs(entry: dict[str, Any]) -> dict[str, str] | None:
     if entry["kind"] != "archive":
         return None

@@ -83,8 +83,6 @@ DESCRIBED = re.compile(r"(?P<tag>.+)-(?P<distance>[0-9]+)-g(?P<commit>[0-9a-f]+)
 
 # --- the protocol ---------------------------------------------------------------------
 
-FOLLOWS_ARCHIVE = False
-
 
 def lock(name: str, source: GitSource, ctx: Context) -> dict[str, Any]:
     """Resolve source.ref upstream to a commit (and tag object); check signatures when asked."""
@@ -195,22 +193,6 @@ def export(entry: dict[str, Any], ctx: Context, dest: Path) -> Path:
 
 def tree(entry: dict[str, Any], ctx: Context, dest: Path) -> Path:
     return export(entry, ctx, dest)
-
-
-def in_tree(source: Any) -> Path | None:
-    return None
-
-
-def debs(entry: dict[str, Any]) -> dict[str, str] | None:
-    return None
-
-
-def binary_packages(source: Any) -> list[str]:
-    return []
-
-
-def srcpkg(entry: dict[str, Any]) -> dict[str, str]:
-    return {}
 
 
 def summary(entry: dict[str, Any]) -> str:

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 from ..store import tree_digest
-from . import Context, FetchError, Keeps
-
-FOLLOWS_ARCHIVE = False
+from . import Context, FetchError
 
 
 def lock(name: str, source, ctx: Context) -> dict:
@@ -30,41 +27,17 @@ def fetched(entry: dict, ctx: Context) -> bool:
     return (root / entry["path"]).is_dir()
 
 
-def keeps(entry: dict, ctx: Context) -> Keeps:
-    return Keeps()
-
-
 def tree(entry: dict, ctx: Context, dest: Path) -> Path:
     """An in-tree source is used where it lies."""
     return ctx.project / entry["path"]
-
-
-def tag_now(name: str, entry: dict[str, Any], ctx: Context) -> str | None:
-    return None  # no tags: nothing can move under a locked entry
 
 
 def in_tree(source) -> Path | None:
     return Path(source.path)
 
 
-def debs(entry: dict) -> dict[str, str] | None:
-    return None
-
-
-def binary_packages(source) -> list[str]:
-    return []
-
-
-def srcpkg(entry: dict) -> dict[str, str]:
-    return {}
-
-
 def summary(entry: dict) -> str:
     return entry["path"]
-
-
-def upstream_version(entry: dict) -> str:
-    return "0"
 
 
 def digest(path: Path) -> str:

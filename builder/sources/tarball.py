@@ -31,9 +31,6 @@ NAME_VERSION = re.compile(rf"(?:^|[-_])v?(\d[0-9A-Za-z.+~]*(?:[-_](?:\d|{PRERELE
 COMMIT_ID = re.compile(r"[0-9a-f]*[a-f][0-9a-f]*")  # a snapshot by commit id (GitHub's archive/<sha>.tar.gz)
 
 
-FOLLOWS_ARCHIVE = False
-
-
 def lock(name: str, source: Source, ctx: Context) -> dict[str, Any]:
     """Download the file (and its signature) and pin them; a recipe sha256 must match."""
     what = f"lock {name}"
@@ -117,26 +114,6 @@ def tree(entry: dict[str, Any], ctx: Context, dest: Path) -> Path:
     """The unpacked tarball (its top directory), or the directory holding the prebuilt file."""
     got = unpack(entry, ctx, dest)
     return got if got.is_dir() else got.parent
-
-
-def tag_now(name: str, entry: dict[str, Any], ctx: Context) -> str | None:
-    return None  # no tags: nothing can move under a locked entry
-
-
-def in_tree(source: Any) -> Path | None:
-    return None
-
-
-def debs(entry: dict[str, Any]) -> dict[str, str] | None:
-    return None
-
-
-def binary_packages(source: Any) -> list[str]:
-    return []
-
-
-def srcpkg(entry: dict[str, Any]) -> dict[str, str]:
-    return {}
 
 
 def summary(entry: dict[str, Any]) -> str:
