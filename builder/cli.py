@@ -9,6 +9,7 @@ import logging
 import subprocess
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -477,33 +478,40 @@ def cmd_test(args: argparse.Namespace) -> int:
 
 
 def cmd_test_boot(args: argparse.Namespace) -> int:
-    firmwares: list[vmtest.Firmware] = ["bios", "uefi"] if args.firmware == "both" else [args.firmware]
-    markers = [vmtest.XEN_BANNER, vmtest.DOM0_BANNER, args.expect]
-    logs = args.out / "test-boot"
-    verdicts = []
-    for fw in firmwares:
-        machine = vmtest.Machine(fw, usb=args.usb, kvm=args.kvm)
-        verdict = vmtest.boot(args.image, machine, logs, markers=markers, timeout=args.timeout)
-        verdicts.append(verdict)
-        if args.json:
-            continue
-        print(verdict.line(), flush=True)
-    if args.json:
-        print(json.dumps([dataclasses.asdict(v) for v in verdicts], indent=2, default=str))
-    return 0 if all(v.passed for v in verdicts) else 1
+    results = vmtest.run_boot_test(
+        args.image,
+        vmtest.firmwares(args.firmware),
+        args.out,
+        expect=args.expect,
+        usb=args.usb,
+        kvm=args.kvm,
+        timeout=args.timeout,
+        report=_print_result(args.json),
+    )
+    return _results(results, args.json)
 
 
 def cmd_test_install(args: argparse.Namespace) -> int:
-    firmwares: list[vmtest.Firmware] = ["bios", "uefi"] if args.firmware == "both" else [args.firmware]
-    verdicts = []
-    for fw in firmwares:
-        verdict = installtest.install(args.image, fw, args.out / "test-install", args.answerfile, kvm=args.kvm)
-        verdicts.append(verdict)
-        if not args.json:
-            print(verdict.line(), flush=True)
-    if args.json:
-        print(json.dumps([dataclasses.asdict(v) for v in verdicts], indent=2, default=str))
-    return 0 if all(v.passed for v in verdicts) else 1
+    results = installtest.run_install_test(
+        args.image,
+        vmtest.firmwares(args.firmware),
+        args.out,
+        args.answerfile,
+        kvm=args.kvm,
+        report=_print_result(args.json),
+    )
+    return _results(results, args.json)
+
+
+def _print_result(as_json: bool) -> Callable[[Any], None]:
+    """Each test's PASS/FAIL line as it comes (not with --json, which prints them all at the end)."""
+    return (lambda _r: None) if as_json else (lambda r: print(r.line(), flush=True))
+
+
+def _results(results: list[Any], as_json: bool) -> int:
+    if as_json:
+        print(json.dumps([dataclasses.asdict(r) for r in results], indent=2, default=str))
+    return 0 if all(r.passed for r in results) else 1
 
 
 TESTS = {"boot": cmd_test_boot, "install": cmd_test_install}

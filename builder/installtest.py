@@ -14,7 +14,7 @@ import shutil
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -116,7 +116,7 @@ class SerialLine:
 
 
 @dataclass
-class Verdict:
+class InstallResult:
     """How one firmware's install and boot went."""
 
     firmware: str
@@ -245,10 +245,28 @@ def answer_disk(logs: Path, firmware: str, answerfile: Path | None, log: Path) -
     return testguest.answer_disk(logs / f"{firmware}.answers.img", files, log), login
 
 
+def run_install_test(
+    iso: Path,
+    firmware: Sequence[vmtest.Firmware],
+    out: Path,
+    answerfile: Path | None = None,
+    *,
+    kvm: bool = False,
+    report: Callable[[InstallResult], None] = lambda _result: None,
+) -> list[InstallResult]:
+    """`xenspin test install`: one install and boot per firmware, logs in out/test-install; report hears each."""
+    results = []
+    for fw in firmware:
+        result = install(iso, fw, out / "test-install", answerfile, kvm=kvm)
+        report(result)
+        results.append(result)
+    return results
+
+
 def install(
     iso: Path, firmware: vmtest.Firmware, logs: Path, answerfile: Path | None = None, *, kvm: bool = False
-) -> Verdict:
-    """Install from iso onto a fresh qcow2, then boot the disk alone and start a guest; one Verdict."""
+) -> InstallResult:
+    """Install from iso onto a fresh qcow2, then boot the disk alone and start a guest; one InstallResult."""
     if not iso.is_file():
         raise XenspinError(f"test install: {iso}: no such file")
     logs.mkdir(parents=True, exist_ok=True)
@@ -291,11 +309,11 @@ def install(
         with vm(from_disk, logs, f"{firmware}-disk") as line:
             login_and_check(line, login, t0, steps)
     except Timeout as e:
-        return Verdict(firmware, False, round(time.monotonic() - t0, 1), _rounded(steps), e.text, e.why, logs)
+        return InstallResult(firmware, False, round(time.monotonic() - t0, 1), _rounded(steps), e.text, e.why, logs)
     finally:
         if vars_copy is not None:
             vars_copy.unlink(missing_ok=True)
-    return Verdict(firmware, True, round(time.monotonic() - t0, 1), _rounded(steps), logs=logs)
+    return InstallResult(firmware, True, round(time.monotonic() - t0, 1), _rounded(steps), logs=logs)
 
 
 def _rounded(steps: dict[str, float]) -> dict[str, float]:

@@ -24,15 +24,15 @@ class Step:
 
 
 @dataclass(frozen=True)
-class Stage:
-    """One stage of the pipeline and the components it handles."""
+class Phase:
+    """One phase of the pipeline as `xenspin plan` shows it (lock, fetch, build, rootfs, iso) and its components."""
 
     name: str
     does: str
     steps: list[Step]
 
 
-def make_plan(distro: Distro, keys: dict[str, tuple[str, bool]] | None = None) -> list[Stage]:
+def make_plan(distro: Distro, keys: dict[str, tuple[str, bool]] | None = None) -> list[Phase]:
     """The pipeline for distro: stages in order, components in build order.
 
     keys maps a component to its cache key and whether the store holds its build.
@@ -51,15 +51,15 @@ def make_plan(distro: Distro, keys: dict[str, tuple[str, bool]] | None = None) -
         key, cached = keys.get(name, ("", None))
         comps.append(Step(name, c.source.kind, list(c.after), c.optional, produces, key, cached))
     return [
-        Stage("lock", "resolve every source to an exact revision and digest (distro.lock)", []),
-        Stage("fetch", "fill the store with the locked sources, verified", []),
-        Stage("build", "build each component in its build root, in dependency order", comps),
-        Stage("rootfs", f"compose the dom0 rootfs from {distro.base.suite}, the components and overlays", []),
-        Stage("iso", f"write {distro.iso_filename}", []),
+        Phase("lock", "resolve every source to an exact revision and digest (distro.lock)", []),
+        Phase("fetch", "fill the store with the locked sources, verified", []),
+        Phase("build", "build each component in its build root, in dependency order", comps),
+        Phase("rootfs", f"compose the dom0 rootfs from {distro.base.suite}, the components and overlays", []),
+        Phase("iso", f"write {distro.iso_filename}", []),
     ]
 
 
-def render(stages: list[Stage]) -> str:
+def render(stages: list[Phase]) -> str:
     lines = []
     for i, stage in enumerate(stages, 1):
         lines.append(f"{i}. {stage.name}: {stage.does}")

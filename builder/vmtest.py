@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -147,7 +147,7 @@ def qemu_argv(image: Path | None, m: Machine, serial_log: Path, ovmf: Ovmf | Non
 
 
 @dataclass
-class Verdict:
+class BootResult:
     """How one boot went: which markers showed up, how long it took, where the serial log is."""
 
     machine: str
@@ -179,6 +179,35 @@ def find_markers(text: str, markers: Sequence[str]) -> list[str]:
     return found
 
 
+def firmwares(choice: str) -> list[Firmware]:
+    """A --firmware choice as the firmwares to run: "both" is BIOS, then UEFI."""
+    return ["bios", "uefi"] if choice == "both" else [choice]  # type: ignore[list-item]
+
+
+def run_boot_test(
+    image: Path,
+    firmware: Sequence[Firmware],
+    out: Path,
+    *,
+    expect: str = PROMPT,
+    usb: bool = False,
+    kvm: bool = False,
+    timeout: float = DEFAULT_TIMEOUT,
+    report: Callable[[BootResult], None] = lambda _result: None,
+) -> list[BootResult]:
+    """`xenspin test boot`: boot image once per firmware until Xen, dom0 and expect show up; logs in out/test-boot.
+
+    report hears each result as soon as it is known (a boot takes minutes).
+    """
+    results = []
+    for fw in firmware:
+        machine = Machine(fw, usb=usb, kvm=kvm)
+        result = boot(image, machine, out / "test-boot", markers=[XEN_BANNER, DOM0_BANNER, expect], timeout=timeout)
+        report(result)
+        results.append(result)
+    return results
+
+
 def boot(
     image: Path,
     m: Machine,
@@ -187,7 +216,7 @@ def boot(
     markers: Sequence[str] = (XEN_BANNER, DOM0_BANNER, PROMPT),
     timeout: float = DEFAULT_TIMEOUT,
     poll: float = 0.5,
-) -> Verdict:
+) -> BootResult:
     """Boot image in QEMU until every marker has shown up on the serial line, in order, or timeout."""
     if not image.is_file():
         raise VmError(f"test boot: {image}: no such file")
@@ -228,4 +257,4 @@ def boot(
     seconds = time.monotonic() - start
     passed = len(reached) == len(markers)
     missing = None if passed else markers[len(reached)]
-    return Verdict(m.name, passed, round(seconds, 1), reached, missing, "" if passed else why, serial)
+    return BootResult(m.name, passed, round(seconds, 1), reached, missing, "" if passed else why, serial)
