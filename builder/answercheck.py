@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from xenspin_installer import InstallerError
+from xenspin_installer import InstallerError, readanswer
 from xenspin_installer import answerfile as model
 
 from . import dataschema
@@ -23,7 +23,7 @@ redacted = model.redacted
 def validate(path: Path) -> tuple[model.Answerfile, list[str]]:
     """The answerfile and its warnings; XenspinError (one line naming the field) when it is bad."""
     try:
-        return model.load(path)
+        return readanswer.load(path)
     except InstallerError as e:
         raise XenspinError(str(e)) from None
 

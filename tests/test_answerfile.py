@@ -10,7 +10,8 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
-from xenspin_installer.answerfile import AnswerfileError, iso_answerfile_name, load
+from xenspin_installer.answerfile import AnswerfileError, iso_answerfile_name
+from xenspin_installer.readanswer import load
 
 from builder.answercheck import json_schema
 

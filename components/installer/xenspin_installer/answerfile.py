@@ -1,10 +1,10 @@
-"""The answerfile model (YAML), its loader with line numbers, and the in-ISO name.
+"""The answerfile model, its checks, and the in-ISO name.
 
-The dataclasses below are the one declaration: the loader here reads them, and the
-builder's `xenspin schema --answerfile` turns the same fields into JSON Schema
-(their metadata has the shape builder/typed.py reads: help and key; each string's
-grammar is its Annotated type, see grammar.py). YAML is read through boundedyaml.py,
-so an alias bomb or deep nesting is one line before anything is built from it.
+The dataclasses below are the one declaration: `build` makes them from parsed nodes
+(readanswer.py reads YAML into nodes, xmlanswer.py XenServer's XML), and the builder's
+`xenspin schema --answerfile` turns the same fields into JSON Schema (their metadata
+has the shape builder/dataschema.py reads: help and key; each string's grammar is its
+Annotated type, see grammar.py).
 """
 
 from __future__ import annotations
@@ -217,65 +217,8 @@ def fail(node: Node, field: str, message: str) -> typing.NoReturn:
     raise AnswerfileError(node.file, node.line, field, message)
 
 
-def load(path: Path) -> tuple[Answerfile, list[str]]:
-    """Read an answerfile, YAML or XenServer XML; returns it and warnings (one line each)."""
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise AnswerfileError(str(path), 0, "", f"cannot read: {e.strerror}") from None
-    if len(data) > MAX_BYTES:
-        raise AnswerfileError(str(path), 0, "", f"is over {MAX_BYTES} bytes (expected a small answerfile)")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise AnswerfileError(str(path), 0, "", "is not UTF-8 text") from None
-    if answer_format(path) == "xml":
-        from .xmlanswer import parse_xml
-
-        return parse_xml(text, str(path))
-    return parse_yaml(text, str(path)), []
-
-
 # An answerfile nests three levels (hooks, a hook, its url) and holds tens of values.
 LIMITS = boundedyaml.Limits(max_depth=10, max_nodes=10_000, what="an answerfile")
-
-
-def parse_yaml(text: str, file: str) -> Answerfile:
-    import yaml
-
-    try:
-        root = boundedyaml.compose(text, LIMITS)
-        if root is None:
-            raise AnswerfileError(file, 0, "", "is empty (expected a mapping with root:)")
-        node = _to_node(root, yaml.SafeLoader(""), file)
-    except boundedyaml.LimitError as e:
-        raise AnswerfileError(file, e.line, "", e.message) from None
-    except yaml.MarkedYAMLError as e:
-        line = e.problem_mark.line + 1 if e.problem_mark else 0
-        raise AnswerfileError(file, line, "", f"not valid YAML: {e.problem}") from None
-    except yaml.YAMLError as e:
-        raise AnswerfileError(file, 0, "", f"not valid YAML: {e}") from None
-    return build(Answerfile, node, "")
-
-
-def _to_node(n: Any, loader: Any, file: str) -> Node:
-    """Composed YAML as Nodes (recursive: boundedyaml has checked the depth and the expanded size)."""
-    import yaml
-
-    line = n.start_mark.line + 1
-    if isinstance(n, yaml.MappingNode):
-        out: dict[str, Node] = {}
-        for k, v in n.value:
-            key = loader.construct_object(k) if isinstance(k, yaml.ScalarNode) else None
-            if not isinstance(key, str):
-                raise AnswerfileError(file, k.start_mark.line + 1, "", "keys must be strings")
-            if key in out:
-                raise AnswerfileError(file, k.start_mark.line + 1, key, "given twice")
-            out[key] = _to_node(v, loader, file)
-        return Node(out, line, file)
-    if isinstance(n, yaml.SequenceNode):
-        return Node([_to_node(v, loader, file) for v in n.value], line, file)
-    return Node(loader.construct_object(n), line, file, n.value)
 
 
 def yaml_key(f: dataclasses.Field) -> str:

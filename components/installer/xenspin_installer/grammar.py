@@ -4,7 +4,7 @@ Strings from manifests and answerfiles end up in file names, config files, boot 
 and command lines, each of which has characters that end a line, close a quote or
 start a second entry. A grammar is one regular expression in the subset that Python
 and JSON Schema (ECMA-262) read alike, so the loader refuses exactly what the schema's
-"pattern" refuses. The builder reads the same objects (its typed.py), so this module
+"pattern" refuses. The builder reads the same objects (its dataschema.py), so this module
 has no dependencies: it runs in dom0 too.
 """
 

@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import NoReturn
 
 from . import InstallerError
-from .answerfile import Answerfile, load, redacted
+from .answerfile import Answerfile, redacted
 from .disks import choose
 from .install import LIVE_MEDIUM, SQUASHFS, Installer, decide
 from .probe import probe
+from .readanswer import load
 from .run import Runner
 from .sources import Found, cmdline_args, find, read_test_login
 from .ui import Console, interview
