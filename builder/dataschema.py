@@ -50,7 +50,7 @@ def is_required(f: dataclasses.Field) -> bool:
     return f.default is MISSING and f.default_factory is MISSING
 
 
-def _union_args(tp: Any) -> tuple[Any, ...] | None:
+def union_args(tp: Any) -> tuple[Any, ...] | None:
     if get_origin(tp) in (Union, types.UnionType):
         return get_args(tp)
     return None
@@ -77,7 +77,7 @@ def describe(tp: Any) -> str:
         return "a list of " + (inner[2:] + "s" if inner.startswith("a ") else inner)
     if get_origin(tp) is dict:
         return "a mapping of names to " + describe(get_args(tp)[1]).removeprefix("a ")
-    args = _union_args(tp)
+    args = union_args(tp)
     if args:
         members = [a for a in args if a is not type(None)]
         if len(members) == 1:
@@ -90,7 +90,7 @@ def describe(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-def _kind(value: Any) -> str:
+def kind_of(value: Any) -> str:
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -116,7 +116,7 @@ def parse(tp: Any, value: Any, loc: Loc, path: str, raw: str | None = None) -> A
             if not g.ok(parsed):
                 fail(g.refusal(parsed))
         return parsed
-    args = _union_args(tp)
+    args = union_args(tp)
     if args is not None:
         if value is None and type(None) in args:
             return None
@@ -131,29 +131,29 @@ def parse(tp: Any, value: Any, loc: Loc, path: str, raw: str | None = None) -> A
             return value
         if raw is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
             return raw
-        fail(f"got {_kind(value)} (expected a string; quote it)")
+        fail(f"got {kind_of(value)} (expected a string; quote it)")
     if tp is bool:
         if isinstance(value, bool):
             return value
-        fail(f"got {_kind(value)} (expected true or false)")
+        fail(f"got {kind_of(value)} (expected true or false)")
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        fail(f"got {_kind(value)} (expected an integer)")
+        fail(f"got {kind_of(value)} (expected an integer)")
     if get_origin(tp) is Literal:
         if value in get_args(tp) and isinstance(value, str):
             return value
         choices = ", ".join(repr(a) for a in get_args(tp))
         hint = did_you_mean(str(value), [str(a) for a in get_args(tp)])
-        fail(f"got {_kind(value)} (expected one of {choices}){hint}")
+        fail(f"got {kind_of(value)} (expected one of {choices}){hint}")
     if get_origin(tp) is list:
         if not isinstance(value, LList):
-            fail(f"got {_kind(value)} (expected {describe(tp)})")
+            fail(f"got {kind_of(value)} (expected {describe(tp)})")
         (item_tp,) = get_args(tp)
         return [parse(item_tp, v, value.loc_of(i), f"{path}[{i}]", value.raw[i]) for i, v in enumerate(value)]
     if get_origin(tp) is dict:
         if not isinstance(value, LDict):
-            fail(f"got {_kind(value)} (expected {describe(tp)})")
+            fail(f"got {kind_of(value)} (expected {describe(tp)})")
         key_tp, val_tp = get_args(tp)
         out = {}
         for k, v in value.items():  # keys have grammars too (component names)
@@ -174,7 +174,7 @@ def _parse_union(members: list[type], value: Any, loc: Loc, path: str) -> Any:
     keys = {discriminator(m): m for m in members}
     names = ", ".join(keys)
     if not isinstance(value, LDict):
-        raise ManifestError(loc, path, f"got {_kind(value)} (expected a mapping with one of {names})")
+        raise ManifestError(loc, path, f"got {kind_of(value)} (expected a mapping with one of {names})")
     present = [k for k in value if k in keys]
     if not present:
         hints = [did_you_mean(k, list(keys)) for k in value]
@@ -189,7 +189,7 @@ def _parse_union(members: list[type], value: Any, loc: Loc, path: str) -> Any:
 
 def parse_dataclass(cls: type, value: Any, loc: Loc, path: str) -> Any:
     if not isinstance(value, LDict):
-        raise ManifestError(loc, path, f"got {_kind(value)} (expected {describe(cls)})")
+        raise ManifestError(loc, path, f"got {kind_of(value)} (expected {describe(cls)})")
     known = {yaml_key(f): (f, tp) for f, tp in fields_of(cls)}
     for key in value:
         if key not in known:
@@ -238,7 +238,7 @@ def schema(tp: Any, defs: dict[str, Any], *, list_ops: bool = True) -> dict[str,
         for g in grammars(get_args(tp)[0]):
             out["propertyNames"] = {"pattern": g.pattern}
         return out
-    args = _union_args(tp)
+    args = union_args(tp)
     if args is not None:
         members = [a for a in args if a is not type(None)]
         if len(members) == 1:
@@ -284,7 +284,7 @@ def field_table(cls: type, prefix: str = "", seen: set[Any] | None = None) -> li
         if get_origin(tp) is dict:
             nested = [get_args(tp)[1]]
             key += ".NAME"
-        nested = [a for t in nested for a in (_union_args(t) or (t,)) if dataclasses.is_dataclass(a)]
+        nested = [a for t in nested for a in (union_args(t) or (t,)) if dataclasses.is_dataclass(a)]
         for sub in nested:
             rows.extend(field_table(sub, key + ".", seen))
     return rows

@@ -589,7 +589,7 @@ def confine(path: str, allowed: tuple[Path, ...], loc: Loc, field: str) -> None:
 
 def check_paths(tp: Any, value: Any, allowed: tuple[Path, ...], path: str = "") -> None:
     """Every path field under value (made absolute by resolve_paths) confined to allowed, and there."""
-    args = dataschema._union_args(tp)
+    args = dataschema.union_args(tp)
     if args is not None:
         members = [a for a in args if a is not type(None)]
         if isinstance(value, LDict) and all(dataclasses.is_dataclass(m) for m in members) and len(members) > 1:
@@ -733,7 +733,7 @@ def _load_recipes(doc: LDict, base: LDict | None, path: Path, allowed: tuple[Pat
 
 def resolve_paths(tp: Any, value: Any, base: Path) -> None:
     """Make every path field under value absolute against base (the directory of its file)."""
-    args = dataschema._union_args(tp)
+    args = dataschema.union_args(tp)
     if args is not None:
         members = [a for a in args if a is not type(None)]
         if isinstance(value, LDict) and all(dataclasses.is_dataclass(m) for m in members) and len(members) > 1:
@@ -787,12 +787,12 @@ def merge(base: LDict, over: LDict, path: tuple[str, ...]) -> LDict:
                 raise ManifestError(
                     loc,
                     dotted,
-                    f"got {dataschema._kind(value)} (expected a list to {'append' if op == '+' else 'remove'})",
+                    f"got {dataschema.kind_of(value)} (expected a list to {'append' if op == '+' else 'remove'})",
                 )
             current = out.get(name)
             if current is not None and not isinstance(current, LList):
                 raise ManifestError(
-                    loc, dotted, f"the file extended has {dataschema._kind(current)} for {name} (expected a list)"
+                    loc, dotted, f"the file extended has {dataschema.kind_of(current)} for {name} (expected a list)"
                 )
             new = LList(loc)
             for i, item in enumerate(current or []):

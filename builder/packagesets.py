@@ -147,7 +147,7 @@ def stale_sets(distro: Distro, lock: Lock) -> list[str]:
 
 def resolve(spec: SetSpec, ctx: Context, scratch: Path, log_path: Path) -> dict[str, Any]:
     """The lock entry of one set: {inputs, packages: {name: {...}}}."""
-    index = debian._index(ctx, "binary")
+    index = debian.verified_index(ctx, "binary")
     closure = _apt_closure(spec, index, ctx, scratch, log_path) if spec.closure else None
     chosen = closure if closure is not None else [(n, "", "") for n in spec.include]
     packages: dict[str, Any] = {}

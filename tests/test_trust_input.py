@@ -99,7 +99,7 @@ def string_fields(cls: type, prefix: str = "") -> list[tuple[str, Any]]:
     out = []
     for f, tp in dataschema.fields_of(cls):
         key = prefix + dataschema.yaml_key(f)
-        members = dataschema._union_args(tp) or (tp,)
+        members = dataschema.union_args(tp) or (tp,)
         for m in (a for a in members if a is not type(None)):
             if get_origin(m) is list:
                 m = get_args(m)[0]

@@ -146,7 +146,7 @@ def _parse_date(value: str) -> datetime:
 Index = dict[str, list[tuple[str, str]]]  # package name -> (mirror, paragraph text) of every suite
 
 
-def _index(ctx: Context, kind: str) -> Index:
+def verified_index(ctx: Context, kind: str) -> Index:
     """Paragraphs of every suite's and area's Sources ("source") or Packages ("binary") by package name, once per run."""
     base = ctx.base
     key = f"debian:{kind}:{base.archives()}:{base.keyring}:{base.architecture}:{','.join(base.areas)}"
@@ -222,7 +222,7 @@ def _where(ctx: Context) -> str:
 
 def _lock_source(name: str, source: Any, ctx: Context) -> dict[str, Any]:
     where = _where(ctx)
-    index = _index(ctx, "source")
+    index = verified_index(ctx, "source")
     paras = [deb822.Sources(p) for _, p in index.get(source.debian, [])]
     mirrors = {id(p): m for p, (m, _) in zip(paras, index.get(source.debian, []), strict=True)}
     if not paras:
@@ -253,7 +253,7 @@ def _lock_source(name: str, source: Any, ctx: Context) -> dict[str, Any]:
 
 def _lock_binaries(name: str, source: Any, ctx: Context) -> dict[str, Any]:
     where = f"{_where(ctx)} {ctx.base.architecture}"
-    index = _index(ctx, "binary")
+    index = verified_index(ctx, "binary")
     packages: dict[str, Any] = {}
     for pkg in source.archive:
         paras = [(m, deb822.Packages(p)) for m, p in index.get(pkg, [])]
