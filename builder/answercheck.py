@@ -51,20 +51,14 @@ def refuse_plaintext_in_iso(path: Path, answer: model.Answerfile) -> None:
 
 
 def json_schema() -> dict[str, Any]:
-    defs: dict[str, Any] = {}
-    top = dataschema.schema(model.Answerfile, defs, list_ops=False)
+    """JSON Schema of YAML answerfiles (no +/- list operations: an answerfile extends nothing)."""
+    doc, defs = dataschema.document(
+        model.Answerfile, "answerfile", "xenspin answerfile (YAML) for unattended installs", list_ops=False
+    )
     defs["Answerfile"]["required"] = ["root"]
-    return {
-        "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "$id": "https://xenspin.invalid/schema/answerfile.json",
-        "title": "xenspin answerfile (YAML) for unattended installs",
-        **top,
-        "$defs": defs,
-    }
+    return doc
 
 
 def field_table_markdown() -> str:
-    rows = ["| field | expects | meaning |", "| --- | --- | --- |"]
-    for key, expects, meaning in dataschema.field_table(model.Answerfile):
-        rows.append(f"| `{key}` | {expects} | {meaning} |")
-    return "\n".join(rows)
+    """The documentation's table of answerfile fields, generated from the model."""
+    return dataschema.markdown_table(model.Answerfile)

@@ -270,6 +270,28 @@ def schema(tp: Any, defs: dict[str, Any], *, list_ops: bool = True) -> dict[str,
     raise TypeError(f"dataschema.schema: unsupported type {tp!r}")
 
 
+def document(cls: type, name: str, title: str, *, list_ops: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A JSON Schema document for files of cls (Draft 2020-12) and its $defs, for the caller to tighten."""
+    defs: dict[str, Any] = {}
+    top = schema(cls, defs, list_ops=list_ops)
+    doc = {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": f"https://xenspin.invalid/schema/{name}.json",
+        "title": title,
+        **top,
+        "$defs": defs,
+    }
+    return doc, defs
+
+
+def markdown_table(cls: type) -> str:
+    """The documentation's table of cls's fields (field, expects, meaning), generated from the model."""
+    rows = ["| field | expects | meaning |", "| --- | --- | --- |"]
+    for key, expects, meaning in field_table(cls):
+        rows.append(f"| `{key}` | {expects} | {meaning} |")
+    return "\n".join(rows)
+
+
 def field_table(cls: type, prefix: str = "", seen: set[Any] | None = None) -> list[tuple[str, str, str]]:
     """Rows (field path, expected, help) for documentation, depth first, each path once."""
     seen = seen if seen is not None else set()

@@ -850,20 +850,10 @@ def _render_version(version: str, raw: LDict) -> str:
 
 def json_schema() -> dict[str, Any]:
     """JSON Schema of one manifest file; required fields and references are checked after merging."""
-    defs: dict[str, Any] = {}
-    top = dataschema.schema(Distro, defs)
-    return {
-        "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "$id": "https://xenspin.invalid/schema/distro.json",
-        "title": "xenspin manifest (distro.yaml, a spin, or a component recipe under $defs/Component)",
-        **top,
-        "$defs": defs,
-    }
+    title = "xenspin manifest (distro.yaml, a spin, or a component recipe under $defs/Component)"
+    return dataschema.document(Distro, "distro", title)[0]
 
 
 def field_table_markdown() -> str:
-    """The README's table of manifest fields, generated from the model."""
-    rows = ["| field | expects | meaning |", "| --- | --- | --- |"]
-    for key, expects, meaning in dataschema.field_table(Distro):
-        rows.append(f"| `{key}` | {expects} | {meaning} |")
-    return "\n".join(rows)
+    """The documentation's table of manifest fields, generated from the model."""
+    return dataschema.markdown_table(Distro)
