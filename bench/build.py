@@ -20,13 +20,14 @@ Three parts, each run alone or together:
              5002171, the commit before the default moved to Debian 13) next to the
              current one's, both as `python -m builder` processes into empty stores.
 
-    .venv/bin/python bench/build.py [--xen] [--before [REV]] [--default] [--all] [--keep DIR]
+    .venv/bin/python bench/build.py [--xen] [--before [REV]] [--default] [--all] [--keep DIR] [--no-record]
 
 It works on copies of the repository's manifests, recipes and locks in a temporary
 directory (and `git archive` of REV), so the checkout is never touched. Before each
 measured build it waits until the 1-minute load is under --idle (default 0.7; polled
 every 30 s for up to --idle-wait seconds, default 1200; --no-wait skips that) and
-prints the load it started at.
+prints the load it started at. Each run appends its figures to bench/results/build.md
+(see bench/record.py).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import record
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -91,17 +93,19 @@ class Idle:
             print(f"bench: load {load:.2f} >= {self.limit}; waiting to start {what}", file=sys.stderr, flush=True)
             time.sleep(30)
             load = loadavg()
-        record = Measured(what, load, time.monotonic() - start)
-        self.seen.append(record)
+        measured = Measured(what, load, time.monotonic() - start)
+        self.seen.append(measured)
         note = "" if load < self.limit or not self.enabled else " (never got idle: measured anyway)"
         print(
-            f"bench: {what}: starting at load {load:.2f} after {record.waited:.0f} s{note}", file=sys.stderr, flush=True
+            f"bench: {what}: starting at load {load:.2f} after {measured.waited:.0f} s{note}",
+            file=sys.stderr,
+            flush=True,
         )
         begun = time.monotonic()
         with Others() as others:
             yield
-        record.wall = time.monotonic() - begun
-        record.others = others.seconds
+        measured.wall = time.monotonic() - begun
+        measured.others = others.seconds
 
     def print(self) -> None:
         cores = os.cpu_count() or 1
@@ -233,6 +237,7 @@ class Timings:
 
 
 TIMINGS = Timings()
+FIGURES: list[tuple[str, str]] = []  # what this run measured, for bench/results/build.md
 
 
 # --- running xenspin --------------------------------------------------------------------
@@ -343,6 +348,17 @@ def default_scenarios(work: Path, idle: Idle) -> list[tuple[str, bool]]:
     print(f"{'rootfs.squashfs':<30} {rootfs['size'] / 1e6:>7.0f} MB  ({rootfs['packages']} packages)")
     if "iso" in cold:
         print(f"{'cold: the ISO':<30} {cold['iso']['wall']:>8.2f}s  ({cold['iso'].get('size', 0) / 1e6:.0f} MB)")
+    FIGURES.extend(
+        (f"default: {name}", f"{secs:.2f} s, built: {', '.join(sorted(rep['built'])) or '-'}")
+        for name, secs, rep in rows
+    )
+    FIGURES.append(("default: peak RSS of xenspin", f"{rss_mb:.0f} MB"))
+    FIGURES.append(("default: rootfs stage (.debs in store)", f"{rootfs['wall']:.2f} s ({steps})"))
+    FIGURES.append(("default: rootfs.squashfs", f"{rootfs['size'] / 1e6:.0f} MB ({rootfs['packages']} packages)"))
+    if "iso" in cold:
+        FIGURES.append(
+            ("default: cold, the ISO stage", f"{cold['iso']['wall']:.2f} s ({cold['iso'].get('size', 0) / 1e6:.0f} MB)")
+        )
     return [
         ("no-op rebuild under 0.5 s", noop < 0.5),
         ("installer recipe change rebuilds the installer only", sorted(changed["built"]) == ["installer"]),
@@ -504,7 +520,7 @@ def xen_side_by_side(work: Path, idle: Idle) -> list[tuple[str, bool]]:
                 "description": "bench: Debian's dpkg-buildpackage -b of bookworm's xen, nothing else built",
                 # One component builds both halves (Debian's packaging); the tools component goes.
                 "xen": {"mixed": True},
-                # outputs and package said again: bookworm.yaml's recipe would lend its own (see results-xen.md).
+                # outputs and package said again: bookworm.yaml's recipe would lend its own otherwise.
                 "components": {
                     "xen": {"recipe": "../components/xen-dpkg.yaml", "outputs": [], "package": None},
                     "xen-tools": None,
@@ -547,6 +563,13 @@ def xen_side_by_side(work: Path, idle: Idle) -> list[tuple[str, bool]]:
         print(f"{'':<32}   steps: {each}; build root {side.root_packages} packages asked for")
         print(f"{'':<32}   packages: {', '.join(names)}")
         print(f"{'':<32}   holds: {', '.join(features)}")
+        FIGURES.append(
+            (
+                f"xen {version}: {side.name}",
+                f"wall {side.wall:.0f} s, build root {side.root:.0f} s, source {side.src:.0f} s,"
+                f" build steps {side.steps:.0f} s ({each}); {len(names)} .debs, {size / 1e6:.1f} MB",
+            )
+        )
     ours, theirs = sides
     ratio = ours.steps / theirs.steps if theirs.steps else float("inf")
     whole = ours.wall / theirs.wall if theirs.wall else float("inf")
@@ -555,6 +578,8 @@ def xen_side_by_side(work: Path, idle: Idle) -> list[tuple[str, bool]]:
         f" and the tools built at once; Debian: dpkg-source -x + dpkg-buildpackage -b), {ratio:.2f} of Debian's;"
         f" whole commands (lock check, fetch, build root, unpack, steps, packaging): {whole:.2f}"
     )
+    FIGURES.append((f"xen {version}: xenspin's build steps / Debian's", f"{ratio:.2f}"))
+    FIGURES.append((f"xen {version}: xenspin's whole command / Debian's", f"{whole:.2f}"))
     return [
         ("xenspin's hypervisor + tools build steps under half of Debian's dpkg-buildpackage -b", ratio < 0.5),
         ("xenspin's whole `build xen xen-tools` under half of Debian's whole build", whole < 0.5),
@@ -597,6 +622,13 @@ def before_after(work: Path, rev: str, idle: Idle) -> list[tuple[str, bool]]:
             f"{name:<22} {suite:<9} {wall:>6.0f}s  {rootfs.get('wall', 0):>6.0f}s {image.get('wall', 0):>5.0f}s  {built}"
             f"  (ISO {image.get('size', 0) / 1e6:.0f} MB)"
         )
+        FIGURES.append(
+            (
+                f"cold build to the ISO, {name}, {suite}",
+                f"{wall:.0f} s (rootfs {rootfs.get('wall', 0):.0f} s, ISO {image.get('wall', 0):.0f} s,"
+                f" {image.get('size', 0) / 1e6:.0f} MB)",
+            )
+        )
     return []
 
 
@@ -612,7 +644,9 @@ def main() -> int:
     parser.add_argument("--idle", type=float, default=0.7, help="start a measured build below this 1-minute load")
     parser.add_argument("--idle-wait", type=float, default=1200, help="seconds to wait for that at most")
     parser.add_argument("--no-wait", action="store_true", help="do not wait for an idle machine")
+    record.options(parser)
     args = parser.parse_args()
+    run = record.Run("build")
     if args.all:
         args.default, args.xen, args.before = True, True, args.before or BEFORE
     if not (args.xen or args.before):
@@ -635,6 +669,11 @@ def main() -> int:
     idle.print()
     for what, ok in checks:
         print(f"{'PASS' if ok else 'FAIL'}  {what}")
+    FIGURES.extend(
+        (f"load at the start of {r.what}", f"{r.load:.2f} (others took {r.others:.0f} s of CPU)") for r in idle.seen
+    )
+    if not args.no_record:
+        print(f"bench: results appended to {run.write(FIGURES, checks)}")
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
     return 0 if all(ok for _, ok in checks) else 1

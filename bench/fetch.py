@@ -5,17 +5,22 @@ Into an empty store: lock from scratch, fetch, then an offline re-fetch as a use
 runs it (a new process). Target: the offline re-fetch under 1 s. Works on a copy of
 the manifest in a temporary directory; needs the Debian archive.
 
-    .venv/bin/python bench/fetch.py
+    .venv/bin/python bench/fetch.py [--no-record]
+
+Each run appends its figures to bench/results/fetch.md (see bench/record.py).
 """
 
 from __future__ import annotations
 
+import argparse
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+import record
 
 ROOT = Path(__file__).resolve().parent.parent
 XENSPIN = Path(sys.executable).parent / "xenspin"
@@ -30,6 +35,10 @@ def timed(*args: str) -> float:
 
 
 def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    record.options(parser)
+    args = parser.parse_args()
+    run = record.Run("fetch")
     work = Path(tempfile.mkdtemp(prefix="xenspin-bench."))
     try:
         shutil.copy2(ROOT / "distro.yaml", work / "distro.yaml")
@@ -43,9 +52,13 @@ def main() -> int:
         ]
         for name, secs in rows:
             print(f"{name:<32} {secs:>7.2f} s")
-        ok = rows[-1][1] < 1.0
-        print(f"{'PASS' if ok else 'FAIL'}  offline re-fetch under 1 s")
-        return 0 if ok else 1
+        checks = [("offline re-fetch under 1 s", rows[-1][1] < 1.0)]
+        for what, ok in checks:
+            print(f"{'PASS' if ok else 'FAIL'}  {what}")
+        if not args.no_record:
+            path = run.write([(name, f"{secs:.2f} s") for name, secs in rows], checks)
+            print(f"bench: results appended to {path}")
+        return 0 if all(ok for _, ok in checks) else 1
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

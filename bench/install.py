@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark of an install (not a test; prints figures).
 
-    .venv/bin/python bench/install.py ISO [--firmware bios|uefi|both] [--keep DIR]
+    .venv/bin/python bench/install.py ISO [--firmware bios|uefi|both] [--keep DIR] [--no-record]
 
 Runs `xenspin test install` on ISO under QEMU TCG for each firmware, as a user does:
 the unattended install from the ISO, the power-off, the boot from the disk alone, the
@@ -9,6 +9,7 @@ login, `xl list` showing Domain-0 and a PV guest printing its marker. Prints the
 of each step from the VM's start and the total per firmware.
 
 Goal (issue 11): install + reboot + guest under 4 minutes per firmware (bar 6).
+Each run appends its figures to bench/results/install.md (see bench/record.py).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import record
+
 GOAL, BAR = 240, 360
 
 
@@ -29,7 +32,13 @@ def main() -> int:
     parser.add_argument("iso", type=Path, help="the installer ISO (`xenspin build` writes it)")
     parser.add_argument("--firmware", default="both", choices=["bios", "uefi", "both"])
     parser.add_argument("--keep", type=Path, help="keep the VM logs and disks in this directory")
+    record.options(parser)
     args = parser.parse_args()
+    if not args.iso.is_file():
+        sys.exit(f"bench: no ISO at {args.iso}")
+    run = record.Run("install")
+    figures: list[tuple[str, str]] = [("ISO", f"{args.iso.name}, {args.iso.stat().st_size / 1e6:.0f} MB")]
+    checks: list[tuple[str, bool]] = []
     work = args.keep or Path(tempfile.mkdtemp(prefix="xenspin-bench-install."))
     exe = Path(sys.executable).parent / "xenspin"
     try:
@@ -42,6 +51,15 @@ def main() -> int:
             verdict = "PASS" if v["passed"] else f"FAIL (no {v['missing']!r} {v['why']})"
             mark = "within goal" if v["seconds"] < GOAL else "within bar" if v["seconds"] < BAR else "over the bar"
             print(f"{v['firmware']}: {v['seconds']:.0f} s {verdict}, {mark} (goal < {GOAL} s, bar {BAR} s): {steps}")
+            figures.append((f"{v['firmware']}: total", f"{v['seconds']:.0f} s, {verdict}"))
+            figures.append((f"{v['firmware']}: steps from the VM's start", steps))
+            checks.append((f"{v['firmware']}: installed, booted from disk, Domain-0 and a PV guest", v["passed"]))
+            checks.append((f"{v['firmware']}: under {GOAL} s (goal)", v["passed"] and v["seconds"] < GOAL))
+            checks.append((f"{v['firmware']}: under {BAR} s (bar)", v["passed"] and v["seconds"] < BAR))
+        for what, ok in checks:
+            print(f"{'PASS' if ok else 'FAIL'}  {what}")
+        if not args.no_record:
+            print(f"bench: results appended to {run.write(figures, checks)}")
     finally:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark of the default distribution's ISO (not a test; prints figures).
 
-    .venv/bin/python bench/iso.py [--keep DIR] [--no-boot] [--firmware bios|uefi|both]
+    .venv/bin/python bench/iso.py [--keep DIR] [--no-boot] [--firmware bios|uefi|both] [--no-record]
 
 A cold `xenspin build` into an empty store (lock, fetch, component builds, rootfs, ISO),
 a warm rebuild (nothing changed: a new process finding everything in the store), the
@@ -10,7 +10,8 @@ ISO's size, and the time to the prompt under QEMU TCG for each firmware, as a us
 and lock in a temporary directory, so the checkout is never touched.
 
 Goals (issue 10): cold build under 128 s (half of Debian live-build's 255 s on 2 cores),
-ISO under 300 MB (aim 250), each boot under 60 s.
+ISO under 300 MB (aim 250), each boot under 60 s. Each run appends its figures to
+bench/results/iso.md (see bench/record.py).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import record
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -48,7 +51,11 @@ def main() -> int:
     parser.add_argument("--keep", type=Path, help="use (and keep) this directory instead of a temporary one")
     parser.add_argument("--no-boot", action="store_true", help="skip the QEMU boots")
     parser.add_argument("--firmware", default="both", choices=["bios", "uefi", "both"])
+    record.options(parser)
     args = parser.parse_args()
+    run = record.Run("iso")
+    figures: list[tuple[str, str]] = []
+    checks: list[tuple[str, bool]] = []
     work = args.keep or Path(tempfile.mkdtemp(prefix="xenspin-bench-iso."))
     work.mkdir(parents=True, exist_ok=True)
     project, store, out = work / "project", work / "store", work / "out"
@@ -63,25 +70,38 @@ def main() -> int:
         if proc.returncode != 0:
             sys.exit(f"bench: cold build failed:\n{proc.stderr}")
         print(f"cold build to the ISO: {cold:.1f} s (goal < 128 s)")
+        figures.append(("cold build to the ISO", f"{cold:.1f} s"))
+        checks.append(("cold build under 128 s", cold < 128))
         info = out / "build-info.json"
         if info.is_file():
             stages = json.loads(info.read_text()).get("stages", {})
             slow = sorted(stages.items(), key=lambda kv: -kv[1].get("seconds", 0))[:5]
-            print("slowest stages (cold):", ", ".join(f"{k} {v.get('seconds', 0)} s" for k, v in slow))
+            slowest = ", ".join(f"{k} {v.get('seconds', 0)} s" for k, v in slow)
+            print("slowest stages (cold):", slowest)
+            figures.append(("slowest stages (cold)", slowest))
         warm, proc = xenspin(*common, "build")
         if proc.returncode != 0:
             sys.exit(f"bench: warm build failed:\n{proc.stderr}")
         print(f"warm rebuild:          {warm:.1f} s")
+        figures.append(("warm rebuild", f"{warm:.1f} s"))
         images = sorted(out.glob("*-amd64.iso"))
         if not images:
             sys.exit(f"bench: no ISO in {out}")
         size = images[0].stat().st_size
         print(f"ISO size:              {size / 1e6:.0f} MB ({images[0].name}; goal < 300 MB, aim 250)")
+        figures.append(("ISO size", f"{size / 1e6:.0f} MB ({images[0].name})"))
+        checks.append(("ISO under 300 MB", size < 300e6))
         if not args.no_boot:
             _, proc = xenspin("--out", str(out), "--json", "test", "boot", str(images[0]), "--firmware", args.firmware)
             for v in json.loads(proc.stdout or "[]"):
                 verdict = "PASS" if v["passed"] else "FAIL"
                 print(f"boot to the prompt, {v['machine']}: {v['seconds']} s {verdict} (goal < 60 s)")
+                figures.append((f"boot to the prompt, {v['machine']}", f"{v['seconds']} s, {verdict}"))
+                checks.append((f"{v['machine']}: boots to the prompt under 60 s", v["passed"] and v["seconds"] < 60))
+        for what, ok in checks:
+            print(f"{'PASS' if ok else 'FAIL'}  {what}")
+        if not args.no_record:
+            print(f"bench: results appended to {run.write(figures, checks)}")
     finally:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)

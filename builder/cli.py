@@ -93,7 +93,7 @@ def make_parser() -> argparse.ArgumentParser:
     add("show", "print the resolved manifest (after spins and recipes) as YAML, or JSON with --json")
     add("plan", "print the stages and the components in build order with what each needs")
     p = add("schema", "print a JSON Schema of manifest files (for editors and CI)")
-    p.add_argument("--markdown", action="store_true", help="print the field table of README.md instead")
+    p.add_argument("--markdown", action="store_true", help="print the field table of docs/manifest.md instead")
     p.add_argument("--answerfile", action="store_true", help="the schema of YAML answerfiles instead")
     p = add("validate-answerfile", "check an installer answerfile (YAML or XenServer XML) without installing")
     p.add_argument("answerfile", type=Path, metavar="FILE")

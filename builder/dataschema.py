@@ -2,7 +2,7 @@
 
 The manifest model in manifest.py is plain dataclasses. Their type hints and the
 `help` in each field's metadata are all this module reads, so the loader, the error
-messages, `xenspin schema` and the README's field table cannot drift apart.
+messages, `xenspin schema` and the field table in docs/manifest.md cannot drift apart.
 """
 
 from __future__ import annotations

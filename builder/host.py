@@ -121,7 +121,7 @@ def _account() -> list[str]:
         what=f"setup: make the account {BUILD_USER}",
         capture=True,
     )
-    return [f"made the system account {BUILD_USER} (xenspin runs as root hand their untrusted steps to it)"]
+    return [f"made the system account {BUILD_USER} (xenspin, run as root, hands its untrusted steps to it)"]
 
 
 def free_range(taken: list[tuple[int, int]], count: int = SUBID_COUNT, first: int = SUBID_FIRST) -> int:

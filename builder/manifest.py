@@ -2,7 +2,7 @@
 
 The dataclasses below are the single declaration of distro.yaml. The loader reads a
 file and everything it `extends:`, loads each component's recipe, merges them by the
-rules documented in README.md, and builds the model; every error names a file and line.
+rules documented in docs/manifest.md, and builds the model; every error names a file and line.
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
-"""README stays true: its field table is the model's, and CI runs its test command."""
+"""The docs stay true: generated tables are the model's, examples are valid, the module map
+names every module, and CI runs the README's test command."""
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from pathlib import Path
 
@@ -9,11 +11,15 @@ from builder import manifest
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
+DOCS = ROOT / "docs"
 
 
-def test_readme_field_table_is_generated_from_the_model() -> None:
-    table = README.split("<!-- fields:begin -->\n", 1)[1].split("\n<!-- fields:end -->", 1)[0]
-    assert table == manifest.field_table_markdown()
+def between(text: str, begin: str, end: str) -> str:
+    return text.split(f"<!-- {begin} -->\n", 1)[1].split(f"\n<!-- {end} -->", 1)[0]
+
+
+def test_readme_is_a_front_page() -> None:
+    assert len(README.splitlines()) < 250
 
 
 def test_ci_runs_exactly_the_readme_test_command() -> None:
@@ -23,32 +29,100 @@ def test_ci_runs_exactly_the_readme_test_command() -> None:
     assert test_cmd in ci
 
 
-def test_readme_answerfile_table_is_generated_from_the_model() -> None:
+def test_readme_manifest_example_is_the_real_spin() -> None:
+    example = README.split("## A manifest", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    assert example == (ROOT / "spins/vendor-example.yaml").read_text()
+
+
+def anchors(page: Path) -> set[str]:
+    """The anchors GitHub makes for a page's headings."""
+    headings = re.findall(r"^#+ (.+)$", page.read_text(), re.M)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+
+
+def test_links_between_pages_resolve() -> None:
+    """Every relative link in README.md, docs/ and bench/ names a file or directory that exists,
+    and a #fragment a heading of that page."""
+    pages = [ROOT / "README.md", *sorted((ROOT / "bench").glob("*.md")), *sorted(DOCS.glob("*.md"))]
+    broken = []
+    for page in pages:
+        for target, fragment in re.findall(r"\]\(([^)#:]*)(?:#([^)]*))?\)", page.read_text()):
+            path = page.parent / target if target else page
+            if not path.exists() or (fragment and fragment not in anchors(path)):
+                broken.append(f"{page.relative_to(ROOT)}: {target}#{fragment}")
+    assert not broken, broken
+
+
+def test_manifest_field_table_is_generated_from_the_model() -> None:
+    table = between((DOCS / "manifest.md").read_text(), "fields:begin", "fields:end")
+    assert table == manifest.field_table_markdown()
+
+
+def test_answerfile_table_is_generated_from_the_model() -> None:
     from builder import answercheck
 
-    table = README.split("<!-- answerfile-fields:begin -->\n", 1)[1].split("\n<!-- answerfile-fields:end -->", 1)[0]
+    table = between((DOCS / "answerfiles.md").read_text(), "answerfile-fields:begin", "answerfile-fields:end")
     assert table == answercheck.field_table_markdown()
 
 
-def test_readme_answerfile_examples_are_valid(tmp_path: Path) -> None:
+def test_answerfile_examples_are_valid(tmp_path: Path) -> None:
     from builder import answercheck
 
-    section = README.split("### Answerfiles", 1)[1]
+    page = (DOCS / "answerfiles.md").read_text()
     for lang in ("yaml", "xml"):
-        example = section.split(f"```{lang}\n", 1)[1].split("```", 1)[0]
+        example = page.split(f"```{lang}\n", 1)[1].split("```", 1)[0]
         path = tmp_path / f"example.{lang}"
         path.write_text(example)
         answer, warnings = answercheck.validate(path)
         assert answer.hostname == "xen1" and warnings == []
 
 
-def test_readme_layout_names_every_module() -> None:
-    """The Layout section matches the package: each module of builder/ (and sources/) has its line."""
-    layout = README.split("## Layout", 1)[1].split("\n## ", 1)[0]
-    listed = set(re.findall(r"^ +(\w+)\.py\b", layout, re.M)) | set(re.findall(r"\b(\w+)\.py\b", layout))
-    modules = {p.stem for p in (ROOT / "builder").glob("*.py")} - {"__init__", "__main__"}
-    missing = sorted(modules - listed)
-    assert not missing, f"README.md's Layout section lacks: {', '.join(m + '.py' for m in missing)}"
-    sources = {p.stem for p in (ROOT / "builder/sources").glob("*.py")} - {"__init__"}
-    line = next(line for line in layout.splitlines() if line.strip().startswith("sources/"))
-    assert all(s in line for s in sources), line
+def test_module_map_names_every_module() -> None:
+    """docs/architecture.md's module map: every path it names exists, and every module of
+    builder/ and builder/sources/ (sources/__init__.py too) has its line."""
+    page = (DOCS / "architecture.md").read_text()
+    section = page.split("## Module map\n", 1)[1].split("\n## ", 1)[0]
+    named = re.findall(r"^ {4}(builder/\S+) {2,}\S", section, re.M)
+    assert named, "no module lines found in the module map"
+    missing_files = sorted(n for n in named if not (ROOT / n).is_file())
+    modules = {f"builder/{p.name}" for p in (ROOT / "builder").glob("*.py")} - {
+        "builder/__init__.py",
+        "builder/__main__.py",
+    }
+    modules |= {f"builder/sources/{p.name}" for p in (ROOT / "builder/sources").glob("*.py")}
+    unnamed = sorted(modules - set(named))
+    assert not missing_files and not unnamed, (
+        f"docs/architecture.md's module map names what does not exist: {missing_files}; lacks: {unnamed}"
+    )
+
+
+def _record_module():
+    spec = importlib.util.spec_from_file_location("bench_record", ROOT / "bench/record.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_results_are_appended_as_dated_entries(tmp_path: Path) -> None:
+    record = _record_module()
+    run = record.Run("fetch", argv=["--no-wait"])
+    path = run.write(
+        [("lock (no lock yet)", "12.30 s"), ("fetch --offline", "0.41 s")],
+        [("offline re-fetch under 1 s", True), ("something slow", False)],
+        directory=tmp_path,
+    )
+    assert path == tmp_path / "fetch.md"
+    first = path.read_text()
+    assert first.startswith("# bench/fetch.py results\n")
+    entry = first.split("\n## ", 1)[1]
+    assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d UTC: bench/fetch.py --no-wait\n", entry)
+    assert re.search(r"^- commit: \S+", entry, re.M)
+    assert re.search(
+        r"^- machine: \d+ cores, [\d.]+ GiB memory, load [\d.]+ at the start, [\d.]+ at the end$", entry, re.M
+    )
+    assert "| lock (no lock yet) | 12.30 s |" in entry
+    assert "- PASS offline re-fetch under 1 s" in entry and "- FAIL something slow" in entry
+    run.write([("fetch --offline", "0.39 s")], [], directory=tmp_path)
+    second = path.read_text()
+    assert second.startswith(first) and second.count("\n## ") == 2  # appended, nothing rewritten
