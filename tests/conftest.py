@@ -1,4 +1,11 @@
-"""Fixtures and helpers shared by the test files: git repositories, OpenPGP keys, an HTTP server, one_line."""
+"""Fixtures and helpers shared by the test files: what a test may touch, git repositories, OpenPGP keys,
+an HTTP server, one_line.
+
+Every test (and every session or module fixture) runs with HOME, XDG_CONFIG_HOME and XDG_CACHE_HOME
+in a directory of its own: none reads the user's config.yaml or writes the user's store. A run that
+leaves anything in the checkout fails (see pytest_sessionfinish). Tests marked `root` are skipped
+for other users.
+"""
 
 from __future__ import annotations
 
@@ -22,6 +29,106 @@ import pytest
 from builder import cli
 from builder.run import run
 
+ROOT = Path(__file__).resolve().parent.parent  # the checkout: tests read it, never write it
+
+# --- what a test may touch ----------------------------------------------------------------
+
+
+def hermetic_env(mp: pytest.MonkeyPatch, where: Path) -> Path:
+    """HOME, xenspin's config (XDG_CONFIG_HOME) and default store (XDG_CACHE_HOME), and the user's git and
+    GnuPG settings, all under where: empty, so nothing of the user's is read or written. Returns HOME."""
+    home = where / "home"
+    home.mkdir()
+    mp.setenv("HOME", str(home))
+    mp.setenv("XDG_CONFIG_HOME", str(where / "config"))
+    mp.setenv("XDG_CACHE_HOME", str(where / "cache"))
+    mp.setenv("GNUPGHOME", str(where / "gnupg"))  # no such directory: no keyring to trust by accident
+    mp.setenv("GIT_CONFIG_GLOBAL", os.devnull)
+    mp.setenv("GIT_CONFIG_NOSYSTEM", "1")
+    return home
+
+
+@pytest.fixture(scope="session", autouse=True)
+def hermetic_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The same for session and module fixtures (made before a test's own): the default build, the spins.
+
+    They share the `store` fixture through --store, not through XDG_CACHE_HOME.
+    """
+    with pytest.MonkeyPatch.context() as mp:
+        yield hermetic_env(mp, tmp_path_factory.mktemp("user"))
+
+
+@pytest.fixture(autouse=True)
+def hermetic(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Each test's own empty HOME, config and cache (a test may set any of them again itself)."""
+    return hermetic_env(monkeypatch, tmp_path_factory.mktemp("user"))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked root (loop devices, chroot, mknod, chown, the build account) are skipped for other users."""
+    if os.geteuid() == 0:
+        return
+    for item in items:
+        if item.get_closest_marker("root") is not None:
+            item.add_marker(pytest.mark.skip(reason="needs root (marker root)"))
+
+
+# What a test could leave in the checkout: files beside the manifests, out/, locks (spins/*.lock is ignored by git).
+WATCHED = ("distro.yaml", "distro.lock", "spins", "components", "overlays")
+TOOLS = re.compile(r"^!! (\.venv/|.*\.egg-info/|.*__pycache__/|\.pytest_cache/|\.ruff_cache/)$")
+Checkout = tuple[frozenset[str], dict[str, int]]
+CHECKOUT = pytest.StashKey[Checkout | None]()
+
+
+def checkout_state() -> Checkout | None:
+    """git's view of the checkout (untracked and ignored entries too), and the times of the watched files."""
+    proc = subprocess.run(
+        ["git", "-C", str(ROOT), "status", "--porcelain", "--ignored"], capture_output=True, text=True
+    )
+    if proc.returncode != 0:
+        return None  # not a git checkout (an unpacked sdist): nothing to compare
+    status = frozenset(line for line in proc.stdout.splitlines() if not TOOLS.match(line))
+    times = {}
+    for name in WATCHED:
+        top = ROOT / name
+        for path in [top, *top.rglob("*")] if top.is_dir() else [top]:
+            with contextlib.suppress(FileNotFoundError):
+                times[str(path.relative_to(ROOT))] = path.lstat().st_mtime_ns
+    return status, times
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config.stash[CHECKOUT] = checkout_state()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """A run that wrote into the checkout (a lock, out/, a file beside a manifest) fails, naming what changed."""
+    before = session.config.stash.get(CHECKOUT, None)
+    after = checkout_state() if before is not None else None
+    if before is None or after is None:
+        return
+    changed = sorted(before[0] ^ after[0])
+    changed += sorted(p for p in before[1].keys() | after[1].keys() if before[1].get(p) != after[1].get(p))
+    if not changed:
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.ensure_newline()
+        reporter.write_line(f"the tests wrote into the checkout {ROOT}: " + "; ".join(changed), red=True)
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+# An address where nothing listens: a connection there is refused at once, on any machine, online or not.
+UNREACHABLE = "http://127.0.0.1:9/"
+# The default distribution's optional upstreams (guest tools on xenbits, xapi on GitHub) mapped there,
+# so a build leaves them out whether or not the machine reaches the Internet.
+OPTIONAL_UPSTREAMS = {"https://xenbits.xen.org/": UNREACHABLE, "https://github.com/": UNREACHABLE}
+
+
+def mirror_args(mirrors: dict[str, str]) -> list[str]:
+    """--mirror FROM=TO options for a mirror map."""
+    return [arg for src, dst in mirrors.items() for arg in ("--mirror", f"{src}={dst}")]
+
 
 @pytest.fixture(scope="session")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -39,7 +146,6 @@ def one_line(what: str | pytest.ExceptionInfo, prefix: str = "") -> str:
     return lines[0]
 
 
-ROOT = Path(__file__).resolve().parent.parent
 # Real upstream repositories carried beside the checkout (../shared/mirror, listed in its INDEX.tsv).
 SHARED_MIRROR = ROOT.parent / "shared" / "mirror"
 XEN_GIT = "https://xenbits.xen.org/git-http/xen.git"
