@@ -685,12 +685,23 @@ def sleeper(arg: str) -> list[int]:
     return pids
 
 
-@pytest.mark.parametrize("store", ["", "file"])
-def test_unusable_store_is_one_line(project: Path, store: str, capsys) -> None:
+@pytest.mark.parametrize(
+    ("bad", "says"),
+    [
+        ("", "xenspin: argument --store: expected a directory, got an empty string (see xenspin --help)"),
+        ("file", "store {project}/file: cannot create {project}/file/blobs/sha256: Not a directory"),
+    ],
+    ids=["empty", "file"],
+)
+def test_unusable_store_is_one_line(project: Path, bad: str, says: str, capsys, tmp_path: Path) -> None:
+    """A locked project, so `fetch` gets as far as the store: an empty --store or a file there is one line."""
+    assert cli.main(["--store", str(tmp_path / "store"), "lock"]) == 0
+    capsys.readouterr()
     (project / "file").write_text("not a directory\n")
     try:
-        code = cli.main(["--store", store, "fetch"])
+        code = cli.main(["--store", bad, "fetch"])
     except SystemExit as e:  # argument errors leave through argparse, as one line
         code = e.code
     err = capsys.readouterr().err
-    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert code == 2 and "Traceback" not in err and err.strip() == says.format(project=project), err
+    assert (project / "file").read_text() == "not a directory\n"
