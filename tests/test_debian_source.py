@@ -1,13 +1,15 @@
-"""The debian and archive source kinds against the real Debian archive (bookworm main).
+"""The debian and archive source kinds, mostly against the real Debian archive (bookworm main).
 
-Sources.xz and Packages.xz (~9 MB each) are fetched once per session into a shared
-store; tests that need an empty store or a hostile mirror make their own.
+Tests marked network fetch Sources.xz and Packages.xz (~9 MB each) once per session into a
+shared store; tests that need an empty store or a hostile mirror make their own. The others
+need no network: a local archive signed with a test key, served by the conftest's server.
 """
 
 from __future__ import annotations
 
 import copy
 import hashlib
+import lzma
 import json
 import re
 import subprocess
@@ -15,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import Server
+from conftest import Keys, Server
 from debian.debian_support import Version
 
 from builder.manifest import ArchiveSource, Base, DebianSource, Update
@@ -23,8 +25,6 @@ from builder.sources import Context, FetchError, Missing, Refused
 from builder.sources import debian as deb
 from builder.sources import http as http_mod
 from builder.store import Store
-
-pytestmark = pytest.mark.network
 
 MIRROR = Base().mirror
 INRELEASE = f"{MIRROR}/dists/bookworm/InRelease"
@@ -64,6 +64,7 @@ def blobs(store: Store) -> list[Path]:
 # --- the signed archive state ------------------------------------------------------
 
 
+@pytest.mark.network
 def test_archive_state_is_signed_release(ctx: Context) -> None:
     state = deb.archive_state(ctx)
     assert state["mirror"] == MIRROR
@@ -74,6 +75,7 @@ def test_archive_state_is_signed_release(ctx: Context) -> None:
     assert deb.archive_state(ctx) is state  # memoized for the run
 
 
+@pytest.mark.network
 def test_tampered_inrelease_is_refused_and_dropped(ctx: Context, server: Server, tmp_path: Path) -> None:
     genuine = ctx.store.blob_path(deb.archive_state(ctx)["inrelease-sha256"]).read_bytes()
     tampered = genuine.replace(b"\nLabel: Debian\n", b"\nLabel: Debiam\n", 1)
@@ -88,6 +90,7 @@ def test_tampered_inrelease_is_refused_and_dropped(ctx: Context, server: Server,
     assert list((local.store.root / "tmp").iterdir()) == []  # no partial, no gpgv scratch
 
 
+@pytest.mark.network
 def test_inrelease_unsigned_by_keyring_is_refused(tmp_path: Path) -> None:
     """The real archive's InRelease against a keyring holding some other key."""
     home = tmp_path / "gnupg"
@@ -107,6 +110,7 @@ def test_inrelease_unsigned_by_keyring_is_refused(tmp_path: Path) -> None:
     assert blobs(local.store) == []
 
 
+@pytest.mark.network
 def test_genuine_release_of_another_suite_is_refused(tmp_path: Path) -> None:
     """A mirror answering bookworm with trixie's (validly signed) InRelease must not pass."""
     local = Context(
@@ -125,21 +129,82 @@ def test_missing_keyring_is_one_line(tmp_path: Path) -> None:
         deb.archive_state(local)
 
 
-def test_mirror_without_by_hash_falls_back(ctx: Context, xen: dict, server: Server, tmp_path: Path) -> None:
-    """A plain local mirror (no by-hash/) still works, and every URL goes through the mirror map."""
-    release, inrelease = deb._release(ctx, ctx.base.mirror, ctx.base.suite)
-    sources = next(i["sha256"] for i in release["SHA256"] if i["name"] == "main/source/Sources.xz")
-    dists = server.root / "debian/dists/bookworm"
+@pytest.fixture
+def requested(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every URL asked for over HTTP during the test (the request itself goes on)."""
+    urls: list[str] = []
+    real = requests.Session.request
+
+    def record(self: requests.Session, method: str, url: str, *args: object, **kwargs: object) -> requests.Response:
+        urls.append(url)
+        return real(self, method, url, *args, **kwargs)
+
+    monkeypatch.setattr(requests.Session, "request", record)
+    return urls
+
+
+XEN_NEW, XEN_OLD = "4.17.5+23-ga4e5191dc0-1", "4.17.3+10-g091466ba55-1"
+
+
+def source_paragraph(version: str, files: dict[str, bytes]) -> str:
+    """A Sources paragraph for xen at version, listing files (name -> bytes) by sha256 and size."""
+    sums = "".join(f" {hashlib.sha256(d).hexdigest()} {len(d)} {n}\n" for n, d in files.items())
+    return (
+        f"Package: xen\nVersion: {version}\nFormat: 3.0 (quilt)\nDirectory: pool/main/x/xen\nChecksums-Sha256:\n{sums}"
+    )
+
+
+def signed_archive(dists: Path, keys: Keys, sources: str) -> tuple[Path, str]:
+    """A plain mirror's dists/bookworm (no by-hash/ directory, though its Release offers it), its InRelease
+    clearsigned by keys.good; a keyring holding only that key and Sources.xz's sha256."""
+    xz = lzma.compress(sources.encode())
     (dists / "main/source").mkdir(parents=True)
-    (dists / "InRelease").write_bytes(ctx.store.blob_path(inrelease).read_bytes())
-    (dists / "main/source/Sources.xz").write_bytes(ctx.store.blob_path(sources).read_bytes())
-    local = Context(store=Store(tmp_path / "store"), base=Base(), mirrors={MIRROR: server.url("debian")})
-    assert deb.lock("xen", DebianSource(debian="xen"), local) == xen
+    (dists / "main/source/Sources.xz").write_bytes(xz)
+    sha = hashlib.sha256(xz).hexdigest()
+    (dists / "Release").write_text(
+        "Origin: Debian\nLabel: Debian\nSuite: oldstable\nCodename: bookworm\n"
+        "Date: Sat, 05 Dec 2026 00:00:00 UTC\nAcquire-By-Hash: yes\nArchitectures: amd64\nComponents: main\n"
+        f"SHA256:\n {sha} {len(xz)} main/source/Sources.xz\n"
+    )
+    keys.gpg("--yes", "--local-user", keys.good, "--output", dists / "InRelease", "--clearsign", dists / "Release")
+    (dists / "Release").unlink()
+    keyring = dists.parent.parent.parent / "archive-keyring.gpg"
+    keys.gpg("--yes", "--output", keyring, "--export", keys.good)
+    return keyring, sha
+
+
+def test_mirror_without_by_hash_falls_back(server: Server, keys: Keys, requested: list[str], tmp_path: Path) -> None:
+    """A plain local mirror (no by-hash/) still works, and every URL goes through the mirror map: the mirror
+    saw each request (by-hash first, then the plain path), and no other host was asked."""
+    new = {f"xen_{XEN_NEW}.dsc": b"dsc\n", f"xen_{XEN_NEW.rsplit('-', 1)[0]}.orig.tar.xz": b"orig\n"}
+    old = {f"xen_{XEN_OLD}.dsc": b"old dsc\n"}
+    sources = source_paragraph(XEN_OLD, old) + "\n" + source_paragraph(XEN_NEW, new)
+    keyring, sha = signed_archive(server.root / "debian/dists/bookworm", keys, sources)
+    local = Context(
+        store=Store(tmp_path / "store"), base=Base(keyring=str(keyring)), mirrors={MIRROR: server.url("debian")}
+    )
+    entry = deb.lock("xen", DebianSource(debian="xen"), local)
+    assert entry == {
+        "kind": "debian",
+        "package": "xen",
+        "version": XEN_NEW,
+        "mirror": MIRROR,  # the canonical archive, not the mirror
+        "directory": "pool/main/x/xen",
+        "files": {n: {"sha256": hashlib.sha256(d).hexdigest(), "size": len(d)} for n, d in new.items()},
+    }
+    dists = "/debian/dists/bookworm"
+    assert [s.path for s in server.seen] == [
+        f"{dists}/InRelease",
+        f"{dists}/main/source/by-hash/SHA256/{sha}",  # not there: 404, then the plain path
+        f"{dists}/main/source/Sources.xz",
+    ]
+    assert requested and all(url.startswith(server.base) for url in requested), requested
 
 
 # --- lock --------------------------------------------------------------------------
 
 
+@pytest.mark.network
 def test_lock_debian_xen(xen: dict) -> None:
     assert xen["kind"] == "debian"
     assert xen["package"] == "xen"
@@ -154,22 +219,26 @@ def test_lock_debian_xen(xen: dict) -> None:
     assert json.loads(json.dumps(xen)) == xen  # plain data
 
 
+@pytest.mark.network
 def test_lock_exact_version_reuses_indexes(ctx: Context, xen: dict, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(http_mod, "download", lambda *a, **k: pytest.fail("downloaded again"))
     again = deb.lock("xen", DebianSource(debian="xen", version=xen["version"]), ctx)
     assert again == xen
 
 
+@pytest.mark.network
 def test_lock_unknown_version_lists_versions(ctx: Context, xen: dict) -> None:
     with pytest.raises(FetchError, match=r"^lock xen: xen has no version '1\.0-1' in bookworm main \(has .*4\.17"):
         deb.lock("xen", DebianSource(debian="xen", version="1.0-1"), ctx)
 
 
+@pytest.mark.network
 def test_lock_unknown_source_suggests(ctx: Context) -> None:
     with pytest.raises(FetchError, match=r"^lock kernel: no source package 'linux-signd-amd64' .*'linux-signed-amd64'"):
         deb.lock("kernel", DebianSource(debian="linux-signd-amd64"), ctx)
 
 
+@pytest.mark.network
 def test_lock_archive(ctx: Context) -> None:
     entry = deb.lock("dom0", ArchiveSource(archive=["linux-image-amd64", "xen-utils-4.17"]), ctx)
     assert entry["kind"] == "archive"
@@ -185,6 +254,7 @@ def test_lock_archive(ctx: Context) -> None:
     assert deb.fetched(entry, ctx)
 
 
+@pytest.mark.network
 def test_lock_unknown_binary_suggests(ctx: Context) -> None:
     with pytest.raises(FetchError) as e:
         deb.lock("dom0", ArchiveSource(archive=["linux-image-amd64", "xen-utils-4.71"]), ctx)
@@ -197,6 +267,7 @@ def test_lock_unknown_binary_suggests(ctx: Context) -> None:
 # --- fetch -------------------------------------------------------------------------
 
 
+@pytest.mark.network
 def test_fetch_then_fetched(ctx: Context, xen_fetched: dict) -> None:
     assert deb.fetched(xen_fetched, ctx)
     shas = {f["sha256"] for f in xen_fetched["files"].values()}
@@ -204,12 +275,14 @@ def test_fetch_then_fetched(ctx: Context, xen_fetched: dict) -> None:
     assert all(ctx.store.has_blob(s) for s in shas)
 
 
+@pytest.mark.network
 def test_offline_fetch_uses_the_store(ctx: Context, xen_fetched: dict, no_network: None) -> None:
     offline = Context(store=ctx.store, base=Base(), offline=True)
     deb.fetch("xen", DebianSource(debian="xen"), xen_fetched, offline)
     assert deb.fetched(xen_fetched, offline)
 
 
+@pytest.mark.network
 def test_offline_empty_store_is_missing(xen: dict, tmp_path: Path, no_network: None) -> None:
     offline = Context(store=Store(tmp_path / "store"), base=Base(), offline=True)
     assert not deb.fetched(xen, offline)
@@ -218,6 +291,7 @@ def test_offline_empty_store_is_missing(xen: dict, tmp_path: Path, no_network: N
         deb.fetch("xen", DebianSource(debian="xen"), xen, offline)
 
 
+@pytest.mark.network
 def test_changed_sha256_is_refused_and_nothing_stored(xen: dict, tmp_path: Path) -> None:
     dsc = next(n for n in xen["files"] if n.endswith(".dsc"))
     forged = {**xen, "files": {dsc: {**xen["files"][dsc], "sha256": "0" * 64}}}
@@ -228,6 +302,7 @@ def test_changed_sha256_is_refused_and_nothing_stored(xen: dict, tmp_path: Path)
     assert list((local.store.root / "tmp").iterdir()) == []
 
 
+@pytest.mark.network
 def test_malformed_sha256_is_refused(ctx: Context, xen: dict, no_network: None) -> None:
     """A hash is a store path too: a lock file naming ../../ must not reach outside blobs/."""
     bad = copy.deepcopy(xen)
@@ -238,6 +313,7 @@ def test_malformed_sha256_is_refused(ctx: Context, xen: dict, no_network: None) 
         deb.fetched(bad, ctx)
 
 
+@pytest.mark.network
 def test_dsc_must_agree_with_the_lock(ctx: Context, xen_fetched: dict, no_network: None) -> None:
     partial = copy.deepcopy(xen_fetched)
     debian_tar = next(n for n in partial["files"] if ".debian.tar." in n)
@@ -251,6 +327,7 @@ def test_dsc_must_agree_with_the_lock(ctx: Context, xen_fetched: dict, no_networ
 # --- unpack ------------------------------------------------------------------------
 
 
+@pytest.mark.network
 def test_unpack_takes_upstream_only(ctx: Context, xen_fetched: dict, tmp_path: Path) -> None:
     tree = deb.unpack(xen_fetched, ctx, tmp_path / "src")
     assert tree.parent == tmp_path / "src"
@@ -263,6 +340,7 @@ def test_unpack_takes_upstream_only(ctx: Context, xen_fetched: dict, tmp_path: P
 SECURITY = "http://deb.debian.org/debian-security"
 
 
+@pytest.mark.network
 def test_update_suites_win_with_higher_versions(ctx: Context, xen: dict, tmp_path: Path) -> None:
     """With bookworm-security laid over bookworm, each package comes from whichever suite has the higher version."""
     base = Base(updates=[Update(suite="bookworm-security", mirror=SECURITY)])
