@@ -195,11 +195,14 @@ def copy_project(dest: Path) -> Path:
 def default_build(store: Path, tmp_path_factory: pytest.TempPathFactory) -> DefaultBuild:
     """`xenspin build` of the default distribution, once per session, shared by the rootfs, ISO and installer tests.
 
-    Slow and needs the archive on a cold store: only slow/network tests may use it.
+    Slow and needs the archive on a cold store: only slow/network tests may use it. The optional
+    upstreams (guest tools, xapi) are mapped to an address where nothing listens, so they are left
+    out on any machine, online or not.
     """
     project = tmp_path_factory.mktemp("default-distro")
     manifest = copy_project(project)
-    argv = ["-f", str(manifest), "--store", str(store), "--out", str(project / "out"), "--json", "build"]
+    argv = ["-f", str(manifest), "--store", str(store), "--out", str(project / "out")]
+    argv += [*mirror_args(OPTIONAL_UPSTREAMS), "--json", "build"]
     out, err = io.StringIO(), io.StringIO()
     with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         mp.setenv("SOURCE_DATE_EPOCH", DEFAULT_EPOCH)
@@ -240,8 +243,11 @@ def sh(*args: str | os.PathLike, cwd: Path | None = None, env: dict[str, str] | 
     return run(list(args), what="test", cwd=cwd, env={**BASE_ENV, **(env or {})}, capture=True).stdout.decode().strip()
 
 
-def git(repo: Path, *args: str) -> str:
-    return sh("git", "-C", repo, *args)
+def git(repo: Path, *args: str, keys: Keys | None = None, key: str = "") -> str:
+    """git in repo; with key, tags and commits made with -s/-S are signed by that key of keys."""
+    signing = ["-c", f"user.signingkey={key}", "-c", "gpg.program=gpg"] if key else []
+    env = {"GNUPGHOME": str(keys.home)} if keys else {}
+    return sh("git", "-C", repo, *signing, *args, env=env)
 
 
 def commit(repo: Path, text: str, name: str = "README") -> str:

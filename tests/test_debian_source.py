@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import lzma
 import json
+import lzma
 import re
 import subprocess
 from pathlib import Path

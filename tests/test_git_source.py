@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
-from conftest import Keys, one_line, sh
+from conftest import Keys, git, one_line, sh
 
 from builder import build
 from builder.errors import GitError
@@ -46,17 +46,7 @@ class Upstream:
         return self.path.as_uri()
 
     def git(self, *args: str, key: str = "", keys: Keys | None = None) -> str:
-        env = {"GNUPGHOME": str(keys.home)} if keys else {}
-        signing = ["-c", f"user.signingkey={key}", "-c", "gpg.program=gpg"] if key else []
-        return sh("git", *signing, *args, cwd=self.path, env=env)
-
-
-@pytest.fixture(autouse=True)
-def hermetic(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """The code under test sees no user git config and no usable default keyring (never ~/.gnupg)."""
-    monkeypatch.setenv("GIT_CONFIG_GLOBAL", "/dev/null")
-    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
-    monkeypatch.setenv("GNUPGHOME", str(tmp_path / "no-gnupg-here"))
+        return git(self.path, *args, keys=keys, key=key)
 
 
 @pytest.fixture(scope="module")

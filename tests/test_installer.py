@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import Server
 from xenspin_installer.answerfile import Answerfile, Network, Root
 from xenspin_installer.bootloader import (
     BootFiles,
@@ -374,11 +375,7 @@ def test_probe_without_udev_sees_filesystems_through_signatures() -> None:
         check_writable(loop1, wipe=False)
 
 
-def test_answerfile_sources(tmp_path: Path) -> None:
-    import functools
-    import http.server
-    import threading
-
+def test_answerfile_sources(tmp_path: Path, server: Server) -> None:
     from xenspin_installer import InstallerError
     from xenspin_installer.run import Runner
     from xenspin_installer.sources import from_medium, from_url
@@ -393,15 +390,7 @@ def test_answerfile_sources(tmp_path: Path) -> None:
         from_url("file:/nope.yaml", medium, runner)
     with pytest.raises(InstallerError, match=r"unsupported \(expected http://, https:// or file:/PATH\)"):
         from_url("ftp://host/a.yaml", medium, runner)
-    served = tmp_path / "served"
-    served.mkdir()
-    (served / "a").write_text("root: {password: x}\n")
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        got = from_url(f"http://127.0.0.1:{server.server_address[1]}/a", medium, runner)
-        assert got.read_text() == "root: {password: x}\n" and got.suffix == ".yaml"
-        got.unlink()
-    finally:
-        server.shutdown()
+    (server.root / "a").write_text("root: {password: x}\n")
+    got = from_url(server.url("a"), medium, runner)
+    assert got.read_text() == "root: {password: x}\n" and got.suffix == ".yaml"
+    got.unlink()

@@ -5,18 +5,15 @@ server, built into its package, and put on the ISO and into guest-tools.iso.
 from __future__ import annotations
 
 import contextlib
-import functools
 import io
 import json
 import shutil
 import subprocess
 import tarfile
-import threading
-from collections.abc import Iterator
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from conftest import OPTIONAL_UPSTREAMS, Server, mirror_args
 from test_iso import EPOCH, fake_rootfs
 
 from builder import cli, iso, manifest
@@ -36,15 +33,10 @@ components:
 """
 
 
-class Quiet(SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
 @pytest.fixture
-def xenbits(tmp_path: Path) -> Iterator[str]:
+def xenbits(server: Server) -> str:
     """A local stand-in for xenbits.xen.org serving a small xenbus driver tarball."""
-    www = tmp_path / "www/pvdrivers/win/9.0.0"
+    www = server.root / "pvdrivers/win/9.0.0"
     www.mkdir(parents=True)
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
@@ -54,15 +46,7 @@ def xenbits(tmp_path: Path) -> Iterator[str]:
             info.mtime = EPOCH
             tar.addfile(info, io.BytesIO(data))
     (www / "xenbus.tar").write_bytes(buf.getvalue())
-    handler = functools.partial(Quiet, directory=str(tmp_path / "www"))
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}/"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    return server.base
 
 
 def test_guest_tools_through_a_mirror(
@@ -97,10 +81,10 @@ def test_guest_tools_through_a_mirror(
     assert (extracted / "xenbus/x64/xenbus.sys").read_bytes() == b"driver bytes"
     assert "xenbus/xenbus.inf" in (extracted / "SHA256SUMS").read_text()
 
-    # Without the mirror the upstream is unreachable: the guest tools are left out, in one line.
+    # With the upstream unreachable (mapped where nothing listens, on any machine): the guest tools are left out, in one line.
     with contextlib.suppress(FileNotFoundError):
         (project / "distro.lock").unlink()
-    status = cli.main([*args, "--store", str(tmp_path / "store2"), "lock"])
+    status = cli.main([*args, "--store", str(tmp_path / "store2"), *mirror_args(OPTIONAL_UPSTREAMS), "lock"])
     err = capsys.readouterr().err
     assert status == 0, err
     warnings = [line for line in err.splitlines() if line.startswith("warning:")]

@@ -6,7 +6,6 @@ bubblewrap builds in one build root shared by the whole session.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import os
 import re
@@ -17,13 +16,10 @@ import sys
 import tarfile
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from conftest import TINY_RECIPE, write
+from conftest import TINY_RECIPE, Keys, Server, git, write
 
 from builder import aptrepo, cli, outputcheck
 from builder.run import sandbox
@@ -209,72 +205,14 @@ def test_deeply_nested_yaml_is_one_line(project: Path, capsys) -> None:
 
 # --- helpers for sources: a local HTTP server, local git repositories, OpenPGP keys ---
 
-GIT_ENV = {
-    "GIT_CONFIG_GLOBAL": "/dev/null",
-    "GIT_CONFIG_NOSYSTEM": "1",
-    "GIT_AUTHOR_NAME": "T",
-    "GIT_AUTHOR_EMAIL": "t@example.invalid",
-    "GIT_COMMITTER_NAME": "T",
-    "GIT_COMMITTER_EMAIL": "t@example.invalid",
-}
 CANON = "https://git.example.invalid/drv.git"
 CANON_HTTP = "https://files.example.invalid/"
 
 
-def sh(*args: str | os.PathLike, cwd: Path | None = None, env: dict[str, str] | None = None) -> str:
-    proc = subprocess.run(
-        [str(a) for a in args], cwd=cwd, env={**os.environ, **GIT_ENV, **(env or {})}, capture_output=True, text=True
-    )
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout.strip()
-
-
 @pytest.fixture(autouse=True)
-def hermetic(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No user git config, no user keyring, no user settings file."""
-    for k, v in GIT_ENV.items():
-        monkeypatch.setenv(k, v)
-    monkeypatch.setenv("GNUPGHOME", str(tmp_path / "no-gnupg-here"))
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "no-config-here"))
+def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Downloads that fail retry at once."""
     monkeypatch.setattr(http, "BACKOFF", 0.01)
-
-
-@dataclass(frozen=True)
-class Keys:
-    home: Path
-    good: str
-    bad: str
-
-
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Keys]:
-    home = tmp_path_factory.mktemp("gnupg")
-    home.chmod(0o700)
-    env = {"GNUPGHOME": str(home)}
-    fprs = {}
-    for who in ("good", "bad"):
-        sh(
-            "gpg",
-            "--batch",
-            "--passphrase",
-            "",
-            "--quick-gen-key",
-            f"{who} <{who}@example.invalid>",
-            "ed25519",
-            "sign",
-            "never",
-            env=env,
-        )
-        listing = sh("gpg", "--batch", "--with-colons", "--list-keys", f"<{who}@example.invalid>", env=env)
-        fprs[who] = next(line.split(":")[9] for line in listing.splitlines() if line.startswith("fpr:"))
-        (home / f"{who}.asc").write_text(sh("gpg", "--batch", "--armor", "--export", fprs[who], env=env) + "\n")
-    yield Keys(home, fprs["good"], fprs["bad"])
-    sh("gpgconf", "--kill", "all", env=env)
-
-
-def git(repo: Path, *args: str, keys: Keys | None = None, key: str = "") -> str:
-    signing = ["-c", f"user.signingkey={key}", "-c", "gpg.program=gpg"] if key else []
-    return sh("git", *signing, *args, cwd=repo, env={"GNUPGHOME": str(keys.home)} if keys else {})
 
 
 @pytest.fixture
@@ -379,22 +317,9 @@ def test_untrusted_signer_stays_refused(project: Path, upstream: Path, keys: Key
 
 
 @pytest.fixture
-def www(tmp_path: Path) -> Iterator[tuple[Path, str]]:
-    """A local HTTP server over tmp_path/www: (its directory, its base URL)."""
-    root = tmp_path / "www"
-    root.mkdir()
-    handler = functools.partial(QuietHandler, directory=str(root))
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield root, f"http://127.0.0.1:{httpd.server_address[1]}/"
-    httpd.shutdown()
-    httpd.server_close()
-
-
-class QuietHandler(SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:
-        pass
+def www(server: Server) -> tuple[Path, str]:
+    """The conftest's HTTP server: (its directory, its base URL)."""
+    return server.root, server.base
 
 
 def tarball(path: Path, text: str) -> str:

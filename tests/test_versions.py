@@ -22,13 +22,6 @@ CANON = "https://example.invalid/up.git"
 C = "9611e26eff425be128d4b9c7b48f2bc6b5d3498e"
 
 
-@pytest.fixture(autouse=True)
-def hermetic(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The code under test sees no user or system git config."""
-    monkeypatch.setenv("GIT_CONFIG_GLOBAL", "/dev/null")
-    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
-
-
 # --- the pure rules -------------------------------------------------------------------
 
 
