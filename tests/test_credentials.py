@@ -156,11 +156,6 @@ def test_a_failing_command_never_shows_its_secret_input(tmp_path: Path) -> None:
     assert HASH not in log and "cannot parse: root:(secret)" in log and "$ sh -c" in log
 
 
-def can_chroot() -> None:
-    if os.geteuid() != 0 or shutil.which("chroot") is None:
-        pytest.skip("chroot needs root")
-
-
 def add_tool(tree: Path, name: str) -> None:
     """The host's tool, at the same path in tree, with the libraries it loads."""
     tool = Path(shutil.which(name) or pytest.skip(f"{name} is not installed"))
@@ -206,8 +201,8 @@ def installer(tmp_path: Path, tree: Path, answer: Answerfile, **kw: object) -> I
     return inst
 
 
+@pytest.mark.root  # chroot
 def test_a_failing_chpasswd_in_the_target_leaks_no_hash(tmp_path: Path) -> None:
-    can_chroot()
     busybox = testguest.BUSYBOX if testguest.BUSYBOX.is_file() else pytest.skip("busybox-static is not installed")
     tree = tmp_path / "tree"
     for d in ("bin", "usr/bin", "usr/sbin"):
@@ -235,11 +230,11 @@ def shadow_of(tree: Path) -> dict[str, str]:
     return {line.split(":")[0]: line.split(":")[1] for line in (tree / "etc/shadow").read_text().splitlines()}
 
 
+@pytest.mark.root  # chroot
 @pytest.mark.parametrize("root", [Root(password_hash=HASH), Root(ssh_keys=[KEY])], ids=["hashed", "keys-only"])
 def test_the_test_login_is_added_beside_root_which_stays_as_given(tmp_path: Path, root: Root) -> None:
     """With the real useradd and chpasswd, in a chroot: TEST_USER is uid 0 with the harness's hash;
     root is exactly what the answerfile made it (its hash, or the image's locked password and the keys)."""
-    can_chroot()
     tree = target_tree(tmp_path / "tree", "useradd", "chpasswd")
     login = testguest.throwaway_login()
     inst = installer(tmp_path, tree, Answerfile(root=root), test_login=login.hash)

@@ -65,9 +65,8 @@ def update_grub(root: str, mnt: Path) -> str:
             link.unlink(missing_ok=True)
 
 
+@pytest.mark.root
 def test_install_onto_a_loop_device(default_build, tmp_path: Path) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("loop devices need root")
     image = tmp_path / "disk.img"
     with open(image, "wb") as f:
         f.truncate(8 * GiB)

@@ -11,8 +11,6 @@ import pytest
 from builder import host, iso
 from builder.run import BUILD_USER, Builder, as_builder, builder, run, subid_ranges
 
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="the build account is root's")
-
 
 def test_free_range_takes_the_first_gap_of_subordinate_ids() -> None:
     assert host.free_range([]) == 100000
@@ -22,14 +20,14 @@ def test_free_range_takes_the_first_gap_of_subordinate_ids() -> None:
     assert subid_ranges("alice:100000:65536\nbad line\nbob:x:1\n") == {"alice": (100000, 65536)}
 
 
-@needs_root
+@pytest.mark.root  # the build account is root's
 def test_root_hands_untrusted_work_to_the_build_account() -> None:
     who = builder()
     assert who.name == BUILD_USER and who.uid != 0 and who.switches
     assert who.subuid >= 100000 and who.subgid >= 100000  # `xenspin setup` gave it ids
 
 
-@needs_root
+@pytest.mark.root  # the build account is root's
 def test_the_build_accounts_view_hides_the_store_and_roots_files(tmp_path: Path) -> None:
     """Only the reach paths are there: the rest of the store, /root and /tmp are empty for the account."""
     store = tmp_path / "store"
@@ -56,7 +54,7 @@ def test_an_ordinary_caller_runs_commands_as_they_are() -> None:
     assert as_builder(["true"], me, reach=[Path("/")]) == ["true"]
 
 
-@needs_root
+@pytest.mark.root  # the build account is root's
 def test_the_iso_tools_are_the_hosts_never_the_locked_packages(tmp_path: Path) -> None:
     """A spin's archive may ship any grub-mkimage: the ISO stage runs the host's, sandboxed, and only reads theirs."""
     loaders = tmp_path / "loaders"

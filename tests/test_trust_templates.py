@@ -251,7 +251,7 @@ def test_fifo_in_an_overlay_does_not_hang_plan_or_read(tmp_path: Path) -> None:
             os.close(os.open(src / "etc/pipe", os.O_WRONLY | os.O_NONBLOCK))
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="mknod needs root")
+@pytest.mark.root  # mknod
 def test_device_node_in_an_overlay_is_never_read(tmp_path: Path) -> None:
     src = overlay(tmp_path, {"etc/motd": "hi\n"})
     os.mknod(src / "etc/zero", 0o666 | stat.S_IFCHR, os.makedev(1, 5))  # /dev/zero: a read never ends

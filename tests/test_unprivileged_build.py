@@ -24,7 +24,7 @@ from conftest import DEFAULT_EPOCH, ROOT, copy_project
 from builder import host
 from builder.run import Builder, as_builder, run
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(os.geteuid() != 0, reason="making an account needs root")]
+pytestmark = [pytest.mark.slow, pytest.mark.root]  # making an account needs root
 
 USER = "xenspin-test-user"
 
