@@ -36,6 +36,7 @@ log = logging.getLogger("xenspin.build")
 
 FORMAT = 1  # the component build's output format; bump to rebuild every component
 SRC_FORMAT = 2  # the unpacked source tree's layout; 2: its metadata records the tree's digest
+DEPS = "/tmp/deps"  # in the step's private /tmp: the build root has no mount point of its own for it
 
 
 class BuildError(XenspinError):
@@ -55,6 +56,7 @@ class Job:
     after: tuple[str, ...]
     tree: str  # digest of an in-tree source, else ""
     source: str  # the component whose locked source it builds (itself, or the one `component:` names)
+    deps: tuple[str, ...] = ()  # everything it builds after, directly or not: whose .debs it finds at $DEPS
 
 
 def component_inputs(
@@ -103,7 +105,9 @@ def plan(
             action, root = "build", debtree.root_spec(distro.base, lock.archive, comp.build_depends)
         else:
             action, root = "none", None
-        jobs[name] = Job(name, action, root, tuple(d for d in comp.after if d in jobs), tree, src)
+        after = tuple(d for d in comp.after if d in jobs)
+        deps = sorted({d for a in after for d in (a, *jobs[a].deps)})
+        jobs[name] = Job(name, action, root, after, tree, src, tuple(deps))
     return jobs
 
 
@@ -207,7 +211,7 @@ def stages(
                 format=FORMAT,
                 inputs=inputs,
                 make=make,
-                after=tuple(build_id(d) for d in job.after),
+                after=tuple(build_id(d) for d in (job.deps if job.action == "build" else job.after)),
                 uses=tuple(uses),
             )
         )
@@ -309,6 +313,7 @@ def _steps(
     debs.mkdir()
     ro = {"/src": src}
     env = {
+        **comp.env,  # the recipe's own variables; the manifest refuses any name of xenspin's below
         "SRC": "/src",
         "OUT": "/out",
         "DEBS": "/debs",
@@ -326,6 +331,22 @@ def _steps(
             os.link(verified_blob(ctx.store, sha, f"build {job.name}: {filename}"), srcpkg / filename)
         ro["/srcpkg"] = srcpkg
         env["SRCPKG"] = "/srcpkg"
+    if job.deps:
+        # What it builds after, as packages: a step unpacks or inspects them (dpkg-deb -x), never installs them.
+        deps = tmp / "deps"
+        deps.mkdir()
+        for d in job.deps:
+            done = needs[build_id(d)]
+            assert done.path is not None and done.meta is not None
+            for filename, sha in done.meta.get("sha256", {}).items():
+                os.link(done.path / filename, deps / filename)
+                if sha256_file(deps / filename) != sha:  # changed in the store since it was built
+                    raise BuildError(
+                        f"build {job.name}: {filename} of {d} changed in the store since it was built"
+                        f" (remove {done.path} and build again)"
+                    )
+        ro[DEPS] = deps
+        env["DEPS"] = DEPS
     prefix = sandbox(root, ro=ro, rw={"/out": out, "/debs": debs, "/build": scratch}, env=env, cwd="/build")
     who = builder()
     for d in (out, debs, scratch):
@@ -358,6 +379,7 @@ def _steps(
     finally:
         remove_tree(scratch)
         shutil.rmtree(tmp / "srcpkg", ignore_errors=True)
+        shutil.rmtree(tmp / "deps", ignore_errors=True)
         if who.switches:  # what the build account wrote becomes root's before the host packs it
             take_back(out)
             take_back(debs)

@@ -63,6 +63,9 @@ RELATION = Grammar(rf"{_ALT}( *\| *{_ALT}){{0,15}}", "a Debian package relation,
 DEB_VERSION = Grammar(r"([0-9]{1,9}:)?[A-Za-z0-9][A-Za-z0-9.+~-]{0,127}", "a Debian version, e.g. 4.17.5-1")
 STEP_NAME = Grammar(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", "letters, digits, '.', '_', '-'")
 SCRIPT = Grammar(r"[^\x00]*", "a shell script (no NUL characters)")
+ENV_NAME = Grammar(r"[A-Z][A-Z0-9_]{0,63}", "an upper-case shell variable name, e.g. PACKAGES")
+# What xenspin itself gives every step: a recipe's env: cannot change them.
+STEP_ENV = ("SRC", "SRCPKG", "OUT", "DEBS", "DEPS", "BUILD", "HOME", "JOBS", "LC_ALL", "SOURCE_DATE_EPOCH", "PATH")
 # Relative, no ".." part: it names a file the step left under $OUT.
 OUT_PATH = Grammar(rf"(?!/)(?!(.*/)?\.\.(/|$))[^{CONTROL}]{{1,4096}}", "a path inside $OUT")
 # Manifest paths are confined after resolving (manifest.confine); the grammar keeps them one line.
@@ -223,6 +226,13 @@ class Component:
     build_depends: list[Annotated[str, DEB_NAME]] = field("Debian packages in the build root", factory=list)
     after: list[Annotated[str, COMPONENT]] = field("components that must be built first", factory=list)
     steps: list[Step] = field("build commands, in order", factory=list)
+    env: dict[Annotated[str, ENV_NAME], Annotated[str, ONE_LINE]] = field(
+        "variables the steps see beside xenspin's own ($SRC, $OUT, ...), e.g. which packages of the source to build",
+        factory=dict,
+    )
+    build_only: bool = field(
+        "its packages serve the builds after it (they find them at $DEPS) and are never installed or shipped", False
+    )
     outputs: list[Annotated[str, OUT_PATH]] = field(
         "paths under $OUT that a successful build must produce", factory=list
     )
@@ -237,7 +247,8 @@ class Component:
     )
 
     def check(self, raw: LDict, path: str) -> None:
-        """Step names name log files: each once (their grammar is checked as they are read)."""
+        """Step names name log files: each once (their grammar is checked as they are read); env names none of
+        xenspin's own variables."""
         seen: dict[str, int] = {}
         for i, step in enumerate(self.steps):
             if step.name in seen:
@@ -246,6 +257,9 @@ class Component:
                     loc, f"{path}.steps[{i}].name", f"{step.name!r} again (steps[{seen[step.name]}] has it)"
                 )
             seen[step.name] = i
+        for name in self.env:
+            if name in STEP_ENV:
+                raise ManifestError(raw["env"].loc_of(name), f"{path}.env.{name}", "is set by xenspin for every step")
 
 
 @dataclass(frozen=True)

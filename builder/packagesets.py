@@ -116,7 +116,7 @@ def package_sets(distro: Distro, lock: Lock) -> dict[str, SetSpec]:
             continue
         if entry.get("kind") == "archive":
             include += [f"{pkg}={info['version']}" for pkg, info in sorted(entry["packages"].items())]
-        elif comp.package is not None and comp.steps:
+        elif comp.package is not None and comp.steps and not comp.build_only:
             built.append((comp.package.name, relations(comp.package)))
     ident = debian.archive_ident(lock.archive)
     return {

@@ -45,12 +45,13 @@ def graph(
     """Every stage of a build of distro at the locked sources, and the component jobs among them."""
     jobs = build.plan(distro, current, names, left_out)
     stages = build.stages(ctx, distro, current, jobs)
-    after = tuple(build.build_id(n) for n in jobs)
+    shipped = {n: j for n, j in jobs.items() if not distro.components[n].build_only}
+    after = tuple(build.build_id(n) for n in shipped)
 
     def repo_inputs(needs: Needs) -> dict:
         if any(needs[a].meta is None for a in after):
             raise Pending("the repository's key is the digests of .debs not built yet")
-        return {"debs": sorted(build.digests(needs, jobs))}
+        return {"debs": sorted(build.digests(needs, shipped))}
 
     def repo_make(tmp: Path, needs: Needs) -> dict:
         debs = [needs[a].path / d for a in after for d in needs[a].meta["debs"]]  # type: ignore[operator,index]
@@ -58,8 +59,8 @@ def graph(
 
     stages.append(Stage("repo", "repo", aptrepo.FORMAT, repo_inputs, repo_make, after=after))
     if names is None and "rootfs" in packagesets.package_sets(distro, current):
-        stages.append(rootfs.stage(ctx, distro, current, jobs, build.build_id))
-        stages += iso_stages(ctx, distro, current, jobs)
+        stages.append(rootfs.stage(ctx, distro, current, shipped, build.build_id))
+        stages += iso_stages(ctx, distro, current, shipped)
     return stages, jobs
 
 

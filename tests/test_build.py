@@ -282,3 +282,57 @@ def test_optional_component_whose_source_is_gone_is_left_out(project: Path, stor
     report = json.loads(out.out)
     assert "extra" not in report["debs"] and "hello" in report["debs"]
     assert cli.main(["--store", str(store), "--strict", "build"]) == 2
+
+
+DEPS_RECIPES = {
+    # base <- mid <- app: app finds both (what it builds after, directly or not) at $DEPS.
+    "base": 'source: {path: base}\nbuild-only: true\nsteps:\n  - name: stage\n    run: install -D -m 0644 "$SRC/note" "$OUT/usr/share/base/note"\npackage: {name: base-xs}\n',
+    "mid": 'source: {path: mid}\nbuild-only: true\nafter: [base]\nsteps:\n  - name: stage\n    run: install -D -m 0644 "$SRC/note" "$OUT/usr/share/mid/note"\npackage: {name: mid-xs}\n',
+    "app": """\
+source: {path: app}
+after: [mid]
+env: {GREETING: "hi there"}
+steps:
+  - name: stage
+    run: |
+      ! touch "$DEPS/mine" 2>/dev/null
+      for deb in "$DEPS"/*.deb; do dpkg-deb -x "$deb" "$BUILD/sys"; done
+      mkdir -p "$OUT/usr/share/app"
+      cat "$BUILD/sys/usr/share/base/note" "$BUILD/sys/usr/share/mid/note" >"$OUT/usr/share/app/notes"
+      echo "$GREETING" >>"$OUT/usr/share/app/notes"
+      ls "$DEPS" >"$OUT/usr/share/app/deps"
+package: {name: app-xs}
+""",
+}
+
+
+def test_a_build_finds_what_it_builds_after_at_deps_and_build_only_packages_ship_nowhere(
+    project: Path, store: Path, capsys, tmp_path: Path
+) -> None:
+    for name, recipe in DEPS_RECIPES.items():
+        (project / "components" / f"{name}.yaml").write_text(recipe)
+        (project / "components" / name).mkdir()
+        (project / "components" / name / "note").write_text(f"{name}\n")
+    names = "".join(f"  {n}: {{}}\n" for n in DEPS_RECIPES)
+    (project / "distro.yaml").write_text(DISTRO.replace("  solo: {}\n", "  solo: {}\n" + names))
+    report = build(store, capsys, "app")
+    assert sorted(report["built"]) == ["app", "base", "mid"]
+    unpacked = tmp_path / "app"
+    subprocess.run(["dpkg-deb", "-x", report["debs"]["app"][0], unpacked], check=True)
+    assert (unpacked / "usr/share/app/notes").read_text() == "base\nmid\nhi there\n"
+    deps = (unpacked / "usr/share/app/deps").read_text().split()
+    assert [d.split("_")[0] for d in deps] == ["base-xs", "mid-xs"]  # read-only: the step wrote nothing there
+    packages = (Path(report["repo"]) / "Packages").read_text()
+    assert re.findall(r"^Package: (\S+)", packages, re.M) == ["app-xs"]  # build-only packages ship nowhere
+
+    # A build-only package changed in the store since it was built is refused, not used.
+    (base_deb,) = (Path(p) for p in report["debs"]["base"])
+    base_deb.chmod(0o644)
+    with open(base_deb, "ab") as f:
+        f.write(b"\0")
+    recipe = project / "components/app.yaml"
+    recipe.write_text(recipe.read_text().replace("hi there", "hello again"))
+    line = fail(store, capsys, "app")
+    assert re.fullmatch(
+        rf"build app: {base_deb.name} of base changed in the store since it was built \(remove .*\)", line
+    )

@@ -459,3 +459,13 @@ def test_outputs_stay_inside_out(project: Path, capsys: pytest.CaptureFixture[st
         fails(capsys)
         == "components/a.yaml:6: components.a.outputs[0]: '../../etc/passwd' (expected a path inside $OUT)"
     )
+
+
+def test_step_env_names_plain_variables_never_xenspins_own(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write(project, {"components/a.yaml": RECIPE + "env: {PACKAGES: 'uri,uri-re', OUT: /etc}\n"})
+    assert fails(capsys) == "components/a.yaml:6: components.a.env.OUT: is set by xenspin for every step"
+    write(project, {"components/a.yaml": RECIPE + "env: {'lower': x}\n"})
+    line = fails(capsys)
+    assert line.startswith("components/a.yaml:6: components.a.env") and "upper-case shell variable name" in line
+    write(project, {"components/a.yaml": RECIPE + "env: {PACKAGES: 'uri,uri-re'}\nbuild-only: true\n"})
+    assert cli.main(["validate"]) == 0
