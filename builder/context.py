@@ -8,11 +8,14 @@ to its directory.
 
 from __future__ import annotations
 
+import re
+import urllib.parse
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
+from .errors import XenspinError
 from .store import Store
 
 
@@ -30,9 +33,18 @@ class Context:
     cache: dict[str, Any] = field(default_factory=dict)  # per-run memo (archive indexes, ...)
 
     def url(self, url: str) -> str:
-        """url rewritten by the mirror map: the longest matching prefix wins, as with git's insteadOf."""
+        """url rewritten by the mirror map: the longest matching prefix wins, as with git's insteadOf.
+
+        A mirror on this machine (file://) takes only paths inside it: the rest of a recipe's
+        URL may not climb out with '..' (plain or %-encoded) to another of the host's files.
+        """
         best = max((p for p in self.mirrors if url.startswith(p)), key=len, default=None)
-        return self.mirrors[best] + url[len(best) :] if best is not None else url
+        if best is None:
+            return url
+        target, rest = self.mirrors[best], url[len(best) :]
+        if target.startswith("file:") and ".." in re.split(r"[/\\]", urllib.parse.unquote(rest)):
+            raise XenspinError(f"{url}: '..' would lead out of the mirror {target}")
+        return target + rest
 
     @property
     def project(self) -> Path:

@@ -71,10 +71,12 @@ OUT_PATH = Grammar(rf"(?!/)(?!(.*/)?\.\.(/|$))[^{CONTROL}]{{1,4096}}", "a path i
 # Manifest paths are confined after resolving (manifest.confine); the grammar keeps them one line.
 PATH = Grammar(f"[^{CONTROL}]{{0,4096}}", "a path without control characters")
 # A URL is a single word of sources.list, a git or curl argument: a scheme, no spaces or quotes.
-URL = Grammar(rf"(https?|file)://{URL_CHAR}{{1,2048}}", "an http://, https:// or file:// URL")
+# No file:// URLs: in a manifest or recipe that would be a host path, read by the host for
+# whoever wrote the spin. The user maps a URL to a local copy with --mirror or config mirrors.
+URL = Grammar(rf"https?://{URL_CHAR}{{1,2048}}", "an http:// or https:// URL (map it to a local copy with --mirror)")
 GIT_URL = Grammar(
-    rf"(https?|git|ssh|file)://{URL_CHAR}{{1,2048}}|[A-Za-z0-9._-]{{1,64}}@[A-Za-z0-9.-]{{1,255}}:(?!-){URL_CHAR}{{1,2048}}",
-    "a git URL: http(s)://, git://, ssh://, file:// or user@host:path",
+    rf"(https?|git|ssh)://{URL_CHAR}{{1,2048}}|[A-Za-z0-9._-]{{1,64}}@[A-Za-z0-9.-]{{1,255}}:(?!-){URL_CHAR}{{1,2048}}",
+    "a git URL: http(s)://, git://, ssh:// or user@host:path (map it to a local copy with --mirror)",
 )
 # A git argument: never an option (leading -), never a range (..).
 REF = Grammar(r"(?!-)(?!.*\.\.)[A-Za-z0-9._/+@,=%-]{1,255}", "a branch, tag or commit, not starting with -")

@@ -20,7 +20,7 @@ import pytest
 from conftest import Keys, git, one_line, sh
 
 from builder import build
-from builder.errors import GitError
+from builder.errors import GitError, XenspinError
 from builder.gpg import SignatureError
 from builder.manifest import Component, GitSource, Verify
 from builder.progress import Reporter
@@ -351,6 +351,19 @@ def test_mirror_map_keeps_the_recipe_url(up: Upstream, tmp_path: Path) -> None:
     fresh = replace(ctx, store=Store(tmp_path / "fresh"))
     gitsrc.fetch("xen", src("stable"), entry, fresh)
     assert gitsrc.fetched(entry, fresh)
+
+
+def test_a_recipe_url_cannot_climb_out_of_a_mirror_on_this_machine(up: Upstream, tmp_path: Path) -> None:
+    """Mirrored to a directory here, https://xenbits.xen.org/git-http/../../x.git would be a host path."""
+    ctx = make_ctx(tmp_path, up)
+    mirror_dir = tmp_path / "mirror" / "git-http"
+    mirror_dir.mkdir(parents=True)
+    ctx.mirrors = {"https://xenbits.xen.org/git-http/": mirror_dir.as_uri() + "/"}
+    (tmp_path / "private.git").symlink_to(up.path)  # a repository of the host's, beside the mirror
+    source = GitSource(git="https://xenbits.xen.org/git-http/../../private.git", ref="stable")
+    with pytest.raises(XenspinError, match=r"'\.\.' would lead out of the mirror file://"):
+        gitsrc.lock("xen", source, ctx)
+    assert not (ctx.store.root / "git").exists() or list((ctx.store.root / "git").iterdir()) == []
 
 
 def test_concurrent_fetches_share_one_mirror(up: Upstream, tmp_path: Path, keys: Keys) -> None:

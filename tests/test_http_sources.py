@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 from conftest import Keys, Server, one_line
 
+from builder.errors import XenspinError
 from builder.manifest import PrebuiltSource, TarballSource, Verify
 from builder.progress import Reporter, Task
 from builder.sources import Context, FetchError, Missing, http, tarball
@@ -266,6 +267,24 @@ def test_mirror_map_rewrites_but_lock_keeps_canonical_url(server: Server, tmp_pa
     fresh = ctx_for(tmp_path, "store2", mirrors=ctx.mirrors)
     tarball.fetch("win-xenbus", TarballSource(url=canonical), entry, fresh)
     assert tarball.fetched(entry, fresh)
+
+
+def test_mirror_on_this_machine_serves_tarballs_and_keeps_to_its_directory(tmp_path: Path) -> None:
+    """A file:// mirror (the farm's carried upstreams) serves the file under it, verified like any
+    download; a recipe URL climbing out of it with '..' reaches nothing else of the host's."""
+    canon = "https://downloads.example.invalid/"
+    data = make_tarball(tmp_path / "mirror/xen/xen-4.19.0.tar.gz", {"xen-4.19.0/README": b"xen\n"})
+    (tmp_path / "secret").write_text("the host's\n")
+    ctx = ctx_for(tmp_path, mirrors={canon: (tmp_path / "mirror").as_uri() + "/"})
+    entry = tarball.lock("xen", TarballSource(url=canon + "xen/xen-4.19.0.tar.gz"), ctx)
+    assert entry["sha256"] == sha(data) and entry["url"] == canon + "xen/xen-4.19.0.tar.gz"
+    assert tarball.fetched(entry, ctx)
+    with pytest.raises(FetchError, match="No such file"):
+        tarball.lock("xen", TarballSource(url=canon + "xen/xen-9.tar.gz"), ctx)
+    for climb in ("../secret", "xen/%2e%2e/../secret", "xen/..%2Fsecret"):
+        with pytest.raises(XenspinError, match=r"'\.\.' would lead out of the mirror file://"):
+            tarball.lock("xen", TarballSource(url=canon + climb), ctx)
+    assert [p.name for p in blobs(ctx)] == [sha(data)]
 
 
 def test_concurrent_fetches_share_one_download(server: Server, tmp_path: Path) -> None:

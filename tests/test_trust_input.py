@@ -437,3 +437,36 @@ def fake_rootfs(root: Path) -> Path:
         (root / rel).write_bytes(b"x")
     (root / "boot/disk-initrd.img-6.1.0-1-amd64").write_bytes(b"x")
     return root
+
+
+# --- no field names a host file by URL --------------------------------------------------------
+
+
+def test_no_manifest_field_takes_a_file_url() -> None:
+    """A file:// URL in a spin or recipe would be a host path the host reads for the spin's author:
+    every string field of the manifest refuses one (local copies come through the user's mirror map)."""
+    from xenspin_installer.grammar import grammars
+
+    url_fields = []
+    for key, tp in string_fields(manifest.Distro):
+        (grammar,) = grammars(tp)
+        if grammar.ok("https://example.invalid/x") and not grammar.ok("plain"):  # a URL, not a path or text
+            url_fields.append(key)
+            assert not grammar.ok("file:///etc/shadow"), key
+            assert not grammar.ok("file:/etc/shadow"), key
+    # git, tarball, prebuilt, a signature, the base archive, each update suite's mirror
+    assert len(url_fields) >= 6, url_fields
+
+
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        ("components:\n  hello:\n    source: {git: 'file:///root/private.git'}\n", "components.hello.source.git"),
+        ("components:\n  hello:\n    source: {url: 'file:///etc/shadow'}\n", "components.hello.source.url"),
+        ("base:\n  mirror: file:///srv/debian\n", "base.mirror"),
+    ],
+)
+def test_file_urls_are_refused_with_the_way_to_a_local_copy(tmp_path: Path, text: str, field: str) -> None:
+    manifest_path = project(tmp_path, DISTRO.replace("components:\n", text, 1) if "hello" in text else DISTRO + text)
+    line = refused("-f", str(manifest_path), "validate")
+    assert f": {field}: " in line and "map it to a local copy with --mirror" in line, line

@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import re
+import stat
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
@@ -99,6 +101,9 @@ def _stored(ctx: Context, sha256: str, check: Callable[[Path], None] | None) -> 
 
 def _fetch_to(url: str, partial: Path, ctx: Context, what: str) -> bool:
     """Complete the file at partial from url; return whether it was pieced together from several responses."""
+    if url.startswith("file:"):  # a mirror on this machine (the user's map; a recipe cannot name one)
+        _copy_local(url, partial, ctx, what)
+        return False
     validator = _load_validator(partial)
     if partial.exists() and not validator:
         # Without an ETag or Last-Modified nothing tells whether the server's file changed since.
@@ -141,6 +146,21 @@ def _fetch_to(url: str, partial: Path, ctx: Context, what: str) -> bool:
             time.sleep(min(wait if wait is not None else delay, MAX_BACKOFF))
             delay *= 2
     raise FetchError(f"{what}: {url}: failed after {failures} attempts in a row: {last}")
+
+
+def _copy_local(url: str, partial: Path, ctx: Context, what: str) -> None:
+    """The file a file:// mirror holds, copied whole to partial."""
+    path = Path(urllib.parse.unquote(urllib.parse.urlsplit(url).path))
+    try:
+        src = open(path, "rb")  # noqa: SIM115 - closed below
+    except OSError as e:
+        raise FetchError(f"{what}: {url}: {e.strerror or e}") from None
+    with src, _open(partial, "wb", what) as f, _progress(ctx, what, os.fstat(src.fileno()).st_size) as task:
+        if not stat.S_ISREG(os.fstat(src.fileno()).st_mode):
+            raise FetchError(f"{what}: {url}: not a regular file")
+        while chunk := src.read(CHUNK):
+            _write(f, chunk, partial, what)
+            task.advance(len(chunk))
 
 
 def _unresolvable(e: BaseException) -> bool:
