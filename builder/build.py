@@ -10,6 +10,7 @@ trees are lazy stages: made only for a build that must run.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -36,7 +37,9 @@ log = logging.getLogger("xenspin.build")
 
 FORMAT = 1  # the component build's output format; bump to rebuild every component
 SRC_FORMAT = 2  # the unpacked source tree's layout; 2: its metadata records the tree's digest
-DEPS = "/tmp/deps"  # in the step's private /tmp: the build root has no mount point of its own for it
+# In the step's private /tmp: the build root has no mount points of their own for them.
+DEPS = "/tmp/deps"
+PATCHES = "/tmp/patches"
 
 
 class BuildError(XenspinError):
@@ -59,6 +62,15 @@ class Job:
     deps: tuple[str, ...] = ()  # everything it builds after, directly or not: whose .debs it finds at $DEPS
 
 
+# A recipe field left at its default adds nothing to a key, so a field added to the model
+# later (with a default that keeps today's behaviour) rebuilds nothing.
+DEFAULTS = {
+    dataschema.yaml_key(f): dataschema.to_data(f.default_factory() if f.default is dataclasses.MISSING else f.default)
+    for f, _ in dataschema.fields_of(Component)
+    if not dataschema.is_required(f)
+}
+
+
 def component_inputs(
     comp: Component, entry: dict, root: str | None, deps: dict[str, str], tree: str, project: Path, epoch: int
 ) -> dict[str, Any]:
@@ -66,11 +78,14 @@ def component_inputs(
 
     Paths are relative to project (the manifest's directory), so moving a checkout changes no key.
     """
-    recipe = dataschema.to_data(comp, relative_to=project)
+    recipe = {k: v for k, v in dataschema.to_data(comp, relative_to=project).items() if v != DEFAULTS.get(k)}
     for volatile in ("description", "recipe", "optional"):
         recipe.pop(volatile, None)
     source = {k: v for k, v in entry.items() if k != "recipe"}
-    return {"recipe": recipe, "source": source, "tree": tree, "root": root, "after": deps, "epoch": epoch}
+    inputs = {"recipe": recipe, "source": source, "tree": tree, "root": root, "after": deps, "epoch": epoch}
+    if comp.patches:
+        inputs["patches"] = [sha256_file(Path(p)) for p in comp.patches]
+    return inputs
 
 
 def component_key(
@@ -331,6 +346,14 @@ def _steps(
             os.link(verified_blob(ctx.store, sha, f"build {job.name}: {filename}"), srcpkg / filename)
         ro["/srcpkg"] = srcpkg
         env["SRCPKG"] = "/srcpkg"
+    if comp.patches:
+        # Copies, numbered in the recipe's order: what the key was computed from, whatever the project does next.
+        patches = tmp / "patches"
+        patches.mkdir()
+        for i, p in enumerate(comp.patches, 1):
+            shutil.copyfile(p, patches / f"{i:02d}-{Path(p).name}")
+        ro[PATCHES] = patches
+        env["PATCHES"] = PATCHES
     if job.deps:
         # What it builds after, as packages: a step unpacks or inspects them (dpkg-deb -x), never installs them.
         deps = tmp / "deps"
@@ -380,6 +403,7 @@ def _steps(
         remove_tree(scratch)
         shutil.rmtree(tmp / "srcpkg", ignore_errors=True)
         shutil.rmtree(tmp / "deps", ignore_errors=True)
+        shutil.rmtree(tmp / "patches", ignore_errors=True)
         if who.switches:  # what the build account wrote becomes root's before the host packs it
             take_back(out)
             take_back(debs)

@@ -65,7 +65,20 @@ STEP_NAME = Grammar(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", "letters, digits, '.', '
 SCRIPT = Grammar(r"[^\x00]*", "a shell script (no NUL characters)")
 ENV_NAME = Grammar(r"[A-Z][A-Z0-9_]{0,63}", "an upper-case shell variable name, e.g. PACKAGES")
 # What xenspin itself gives every step: a recipe's env: cannot change them.
-STEP_ENV = ("SRC", "SRCPKG", "OUT", "DEBS", "DEPS", "BUILD", "HOME", "JOBS", "LC_ALL", "SOURCE_DATE_EPOCH", "PATH")
+STEP_ENV = (
+    "SRC",
+    "SRCPKG",
+    "OUT",
+    "DEBS",
+    "DEPS",
+    "PATCHES",
+    "BUILD",
+    "HOME",
+    "JOBS",
+    "LC_ALL",
+    "SOURCE_DATE_EPOCH",
+    "PATH",
+)
 # Relative, no ".." part: it names a file the step left under $OUT.
 OUT_PATH = Grammar(rf"(?!/)(?!(.*/)?\.\.(/|$))[^{CONTROL}]{{1,4096}}", "a path inside $OUT")
 # Manifest paths are confined after resolving (manifest.confine); the grammar keeps them one line.
@@ -228,6 +241,11 @@ class Component:
     build_depends: list[Annotated[str, DEB_NAME]] = field("Debian packages in the build root", factory=list)
     after: list[Annotated[str, COMPONENT]] = field("components that must be built first", factory=list)
     steps: list[Step] = field("build commands, in order", factory=list)
+    patches: list[Annotated[str, PATH]] = field(
+        "patch files, relative to the file naming them; the steps find them at $PATCHES as 01-NAME, 02-NAME, ...",
+        factory=list,
+        path=True,
+    )
     env: dict[Annotated[str, ENV_NAME], Annotated[str, ONE_LINE]] = field(
         "variables the steps see beside xenspin's own ($SRC, $OUT, ...), e.g. which packages of the source to build",
         factory=dict,
@@ -582,7 +600,14 @@ MANIFEST_SUFFIXES = (".yaml", ".yml")
 # Keyrings the system's packages install; the archive keyring lives here.
 SYSTEM_KEYRINGS = (Path("/usr/share/keyrings"),)
 # What each path field must name once it exists (validate refuses a missing overlay or hook).
-PATH_KINDS = {"overlays": "dir", "path": "dir", "hooks": "file", "answerfile": "file", "keys": "file"}
+PATH_KINDS = {
+    "overlays": "dir",
+    "path": "dir",
+    "hooks": "file",
+    "answerfile": "file",
+    "keys": "file",
+    "patches": "file",
+}
 
 
 def roots(files: list[Path]) -> tuple[Path, ...]:

@@ -292,6 +292,7 @@ DEPS_RECIPES = {
 source: {path: app}
 after: [mid]
 env: {GREETING: "hi there"}
+patches: [app/fix.patch, app/more.patch]
 steps:
   - name: stage
     run: |
@@ -301,18 +302,21 @@ steps:
       cat "$BUILD/sys/usr/share/base/note" "$BUILD/sys/usr/share/mid/note" >"$OUT/usr/share/app/notes"
       echo "$GREETING" >>"$OUT/usr/share/app/notes"
       ls "$DEPS" >"$OUT/usr/share/app/deps"
+      cd "$PATCHES" && cat 01-fix.patch 02-more.patch >"$OUT/usr/share/app/patches"
 package: {name: app-xs}
 """,
 }
 
 
-def test_a_build_finds_what_it_builds_after_at_deps_and_build_only_packages_ship_nowhere(
+def test_a_build_finds_its_deps_patches_and_env_and_build_only_packages_ship_nowhere(
     project: Path, store: Path, capsys, tmp_path: Path
 ) -> None:
     for name, recipe in DEPS_RECIPES.items():
         (project / "components" / f"{name}.yaml").write_text(recipe)
         (project / "components" / name).mkdir()
         (project / "components" / name / "note").write_text(f"{name}\n")
+    (project / "components/app/fix.patch").write_text("fix\n")
+    (project / "components/app/more.patch").write_text("more\n")
     names = "".join(f"  {n}: {{}}\n" for n in DEPS_RECIPES)
     (project / "distro.yaml").write_text(DISTRO.replace("  solo: {}\n", "  solo: {}\n" + names))
     report = build(store, capsys, "app")
@@ -320,6 +324,7 @@ def test_a_build_finds_what_it_builds_after_at_deps_and_build_only_packages_ship
     unpacked = tmp_path / "app"
     subprocess.run(["dpkg-deb", "-x", report["debs"]["app"][0], unpacked], check=True)
     assert (unpacked / "usr/share/app/notes").read_text() == "base\nmid\nhi there\n"
+    assert (unpacked / "usr/share/app/patches").read_text() == "fix\nmore\n"  # in the recipe's order
     deps = (unpacked / "usr/share/app/deps").read_text().split()
     assert [d.split("_")[0] for d in deps] == ["base-xs", "mid-xs"]  # read-only: the step wrote nothing there
     packages = (Path(report["repo"]) / "Packages").read_text()

@@ -81,6 +81,30 @@ def test_what_does_not_change_a_key(project: Path, old: str, new: str) -> None:
     assert keys(project) == before
 
 
+def test_keys_hold_across_xenspin_versions(project: Path) -> None:
+    """Keys written down: a change of xenspin that changes them (a new recipe field, a new input)
+    rebuilds every user's store, so it must be deliberate (bump build.FORMAT and this test)."""
+    assert keys(project) == {
+        "a": "77b847d1a7e1d197b240f7dabded713ebbea599789272c2891b5304201105831",
+        "b": "599ff80f26e674d2c8a5e9ffc5a8635b37e3ec07e797a20911ffaa4241583e4f",
+        "c": "909e09c66cf09580791f910cd26eb3b3ff18b0463c5ea8b567eb7faed86afa99",
+    }
+
+
+@pytest.mark.parametrize(
+    "old,new",
+    [
+        ("  a:\n", "  a:\n    env: {}\n"),  # a field at its default
+        ("  a:\n", "  a:\n    build-only: false\n"),
+        ("  a:\n", "  a:\n    setuid: []\n"),
+    ],
+)
+def test_a_field_at_its_default_changes_no_key(project: Path, old: str, new: str) -> None:
+    before = keys(project)
+    edit(project, old, new)
+    assert keys(project) == before
+
+
 def test_file_times_and_the_project_location_do_not_change_keys(project: Path) -> None:
     before = keys(project)
     os.utime(project / "a/file", (1, 1))
@@ -98,12 +122,25 @@ def test_file_times_and_the_project_location_do_not_change_keys(project: Path) -
         ("build-depends: [make]", "build-depends: [make, gcc]", {"a", "b"}),  # a's build root
         ("package: {name: a-xs}", "package: {name: a-xs, depends: [b]}", {"a", "b"}),
         ("  c:\n    source: {path: c}\n", "  c:\n    source: {path: c}\n    after: [a]\n", {"c"}),
+        ("  a:\n", "  a:\n    env: {FLAVOUR: small}\n", {"a", "b"}),
+        ("  a:\n", "  a:\n    build-only: true\n", {"a", "b"}),
     ],
 )
 def test_what_changes_a_key(project: Path, old: str, new: str, rebuilt: set[str]) -> None:
     before = keys(project)
     edit(project, old, new)
     assert changed(before, keys(project)) == rebuilt
+
+
+def test_a_patch_changes_the_key_by_its_content(project: Path) -> None:
+    (project / "fix.patch").write_text("one\n")
+    edit(project, "  a:\n", "  a:\n    patches: [fix.patch]\n")
+    before = keys(project)
+    (project / "fix.patch").write_text("two\n")
+    assert changed(before, keys(project)) == {"a", "b"}
+    os.utime(project / "fix.patch", (1, 1))
+    shutil.copytree(project, project.parent / "moved")
+    assert keys(project.parent / "moved") == keys(project)
 
 
 def test_source_content_and_epoch_change_keys(project: Path) -> None:

@@ -113,6 +113,7 @@ def test_in_tree_symlink_to_host_directory_is_refused(project: Path, secret: Pat
         ("distro.yaml", "rootfs:\n  hooks: [../host/shadow]\n", "rootfs.hooks[0]"),
         ("distro.yaml", "installer:\n  component: hello\n  answerfile: ../host/shadow\n", "installer.answerfile"),
         ("distro.yaml", "base:\n  keyring: ../host/shadow\n", "base.keyring"),
+        ("components/hello.yaml", "patches: [../../host/shadow]\n", "components.hello.patches[0]"),
         (
             "components/hello.yaml",
             "source:\n  git: https://example.invalid/x.git\n  verify: {keys: [../../host/shadow], tag: true}\n",
