@@ -41,6 +41,7 @@ DESCRIPTION = text_line(256, '"\\$`')
 # A boot menu title: GRUB quotes it with ', ISOLINUX takes the rest of the line.
 LABEL = text_line(64, "\"'\\$`")
 ONE_LINE = text_line(256)
+ENV_VALUE = text_line(4096)  # a step variable: one line, long enough for a list of packages
 VOLUME_ID = Grammar(r"[A-Z0-9_]{1,32}", "1 to 32 of A-Z, 0-9, _")
 # One path component once {name} and {version} are put in (they hold no /): no /, not . or ..
 FILE_NAME = Grammar(r"(?![.-])[A-Za-z0-9._+~-]{1,255}", "a file name: A-Z a-z 0-9 . _ + ~ -, not starting with . or -")
@@ -246,7 +247,7 @@ class Component:
         factory=list,
         path=True,
     )
-    env: dict[Annotated[str, ENV_NAME], Annotated[str, ONE_LINE]] = field(
+    env: dict[Annotated[str, ENV_NAME], Annotated[str, ENV_VALUE]] = field(
         "variables the steps see beside xenspin's own ($SRC, $OUT, ...), e.g. which packages of the source to build",
         factory=dict,
     )
