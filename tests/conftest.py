@@ -36,9 +36,11 @@ ROOT = Path(__file__).resolve().parent.parent  # the checkout: tests read it, ne
 
 def hermetic_env(mp: pytest.MonkeyPatch, where: Path) -> Path:
     """HOME, xenspin's config (XDG_CONFIG_HOME) and default store (XDG_CACHE_HOME), and the user's git and
-    GnuPG settings, all under where: empty, so nothing of the user's is read or written. Returns HOME."""
+    GnuPG settings, all under where: empty, so nothing of the user's is read or written. The working
+    directory too: a command run without --out writes ./out there, never into the checkout. Returns HOME."""
     home = where / "home"
     home.mkdir()
+    mp.chdir(where)
     mp.setenv("HOME", str(home))
     mp.setenv("XDG_CONFIG_HOME", str(where / "config"))
     mp.setenv("XDG_CACHE_HOME", str(where / "cache"))
@@ -92,6 +94,8 @@ def checkout_state() -> Checkout | None:
     for name in WATCHED:
         top = ROOT / name
         for path in [top, *top.rglob("*")] if top.is_dir() else [top]:
+            if "__pycache__" in path.parts:  # Python's own, as git status above
+                continue
             with contextlib.suppress(FileNotFoundError):
                 times[str(path.relative_to(ROOT))] = path.lstat().st_mtime_ns
     return status, times

@@ -138,7 +138,8 @@ def test_offline_recompose_gives_the_same_squashfs(default_build: DefaultBuild, 
     shutil.copytree(default_build.store / "blobs", store / "blobs", copy_function=os.link)
     for kind in ("build", "repo"):  # build roots and source trees are only needed to build again
         shutil.copytree(default_build.store / "objects" / kind, store / "objects" / kind, copy_function=os.link)
-    argv = ["-f", str(default_build.manifest), "--store", str(store), "--offline", "--json", "build"]
+    argv = ["-f", str(default_build.manifest), "--store", str(store), "--offline", "--out", str(tmp_path / "out")]
+    argv += ["--json", "build"]
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SOURCE_DATE_EPOCH", DEFAULT_EPOCH)
         mp.setenv("http_proxy", "http://127.0.0.1:9")  # any network use would fail
