@@ -124,7 +124,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 # An address where nothing listens: a connection there is refused at once, on any machine, online or not.
 UNREACHABLE = "http://127.0.0.1:9/"
-# The default distribution's optional upstreams (guest tools on xenbits, xapi on GitHub) mapped there,
+# The default distribution's optional upstreams (guest tools on xenbits; GitHub for spins) mapped there,
 # so a build leaves them out whether or not the machine reaches the Internet.
 OPTIONAL_UPSTREAMS = {"https://xenbits.xen.org/": UNREACHABLE, "https://github.com/": UNREACHABLE}
 
@@ -200,7 +200,7 @@ def default_build(store: Path, tmp_path_factory: pytest.TempPathFactory) -> Defa
     """`xenspin build` of the default distribution, once per session, shared by the rootfs, ISO and installer tests.
 
     Slow and needs the archive on a cold store: only slow/network tests may use it. The optional
-    upstreams (guest tools, xapi) are mapped to an address where nothing listens, so they are left
+    upstreams (the guest tools) are mapped to an address where nothing listens, so they are left
     out on any machine, online or not.
     """
     project = tmp_path_factory.mktemp("default-distro")
