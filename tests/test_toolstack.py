@@ -6,7 +6,13 @@ $DEPS, none is installed on a host. The toolstack itself is one package on the r
 
 from __future__ import annotations
 
+import json
+import subprocess
 from pathlib import Path
+
+import pytest
+from conftest import SHARED_MIRROR
+from test_xen import build_spin
 
 from builder import build, lock, manifest, packagesets
 
@@ -52,3 +58,48 @@ def test_xen_api_finds_every_library_and_xen_s_bindings_at_deps() -> None:
     assert jobs["xen-ocaml"].source == "xen" and jobs["xen-tools"].source == "xen"
     # a library after another finds it too, and only what it builds after
     assert set(jobs["ocaml-cohttp-lwt"].deps) == {"ocaml-dune", "ocaml-uri", "ocaml-cohttp", "ocaml-conduit"}
+
+
+# --- the build (marker xcp: `.venv/bin/pytest -m xcp`) ------------------------------------------
+
+TOOLSTACK = (
+    "opt/xensource/bin/xapi",
+    "opt/xensource/bin/xe",
+    "usr/sbin/xenopsd-xc",
+    "usr/sbin/squeezed",
+    "usr/sbin/xcp-rrdd",
+    "usr/sbin/xcp-networkd",
+    "usr/sbin/message-switch",
+    "usr/sbin/forkexecd",
+    "usr/lib/systemd/system/xapi.service",
+)
+
+
+@pytest.mark.slow
+@pytest.mark.network
+@pytest.mark.xcp
+def test_the_xcp_spin_builds_the_toolstack_from_the_carried_upstreams(
+    store: Path, xen_mirror: dict[str, str], tmp_path: Path
+) -> None:
+    """spins/xcp.yaml with GitHub and xenbits mapped to ../shared/mirror: dune, the libraries, Xen's
+    bindings and xen-api build offline in their sandboxes; the toolstack is one package on the ISO."""
+    github = SHARED_MIRROR / "github.com"
+    if not github.is_dir():
+        pytest.skip(f"no carried upstreams at {github}")
+    spin = build_spin("xcp.yaml", store, tmp_path, {**xen_mirror, "https://github.com/": github.as_uri() + "/"})
+    built = set(spin.report["built"]) | set(spin.report["cached"])
+    assert {"ocaml-dune", "ocaml-uri", "ocaml-rpc", "xen-ocaml", "xen-api", "xen", "xen-tools"} <= built
+    repo = {p.name.split("_")[0] for p in (spin.out / "repo").glob("*.deb")}
+    assert "xenspin-xapi" in repo and not any(n.startswith("xenspin-ocaml") for n in repo)
+    (deb,) = spin.report["debs"]["xen-api"]
+    tree = tmp_path / "xapi"
+    subprocess.run(["dpkg-deb", "-x", deb, tree], check=True)
+    for path in TOOLSTACK:
+        assert (tree / path).is_file(), path
+    assert not list(tree.rglob("*.cmxs")) and not (tree / "usr/lib/ocaml").exists()
+    # message-switch without the on-disk redo log and its mirage libraries (our patch)
+    assert b"Shared_block" not in (tree / "usr/sbin/message-switch").read_bytes()
+    # on the rootfs, with the Xen tools of the same source
+    installed = {p["name"] for p in json.loads((spin.out / "packages.json").read_text())}
+    assert {"xenspin-xapi", "xenspin-xen-tools", "xenspin-hypervisor", "stunnel4"} <= installed
+    assert not any(n.startswith("xenspin-ocaml") for n in installed)
