@@ -1,0 +1,104 @@
+#!/usr/bin/env python3
+"""Benchmark of the XCP toolstack spin (not a test; prints figures).
+
+    .venv/bin/python bench/toolstack.py [--keep DIR] [--mirror DIR] [--no-record]
+
+A cold `xenspin -f spins/xcp.yaml build` into an empty store, with GitHub and xenbits
+mapped to the upstream repositories carried beside the checkout (../shared/mirror, or
+--mirror DIR): the time of the whole build, of each toolstack component (dune, the OCaml
+libraries, Xen's bindings, xen-api), and the toolstack's share of the ISO (the size of
+its package against the ISO's). Works on copies in a temporary directory; the checkout
+is never touched.
+
+Issue 19 asks for both figures on 2 cores; each run appends them to
+bench/results/toolstack.md (see bench/record.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import record
+from iso import copy_project, xenspin
+
+ROOT = Path(__file__).resolve().parent.parent
+TOOLSTACK = ("ocaml-", "xen-ocaml", "xen-api")  # the components only the toolstack needs
+
+
+def writable_mirror(carried: Path, dest: Path) -> Path:
+    """A copy of the carried xenbits tree with the refs/ directory git needs (the carried copy lacks it)."""
+    shutil.copytree(carried / "xenbits.xen.org", dest / "xenbits.xen.org", symlinks=True)
+    (dest / "xenbits.xen.org/git-http/xen.git/refs/heads").mkdir(parents=True, exist_ok=True)
+    (dest / "xenbits.xen.org/git-http/xen.git/refs/tags").mkdir(parents=True, exist_ok=True)
+    return dest
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--keep", type=Path, help="use (and keep) this directory instead of a temporary one")
+    parser.add_argument("--mirror", type=Path, default=ROOT.parent / "shared" / "mirror")
+    record.options(parser)
+    args = parser.parse_args()
+    run = record.Run("toolstack")
+    figures: list[tuple[str, str]] = []
+    checks: list[tuple[str, bool]] = []
+    work = args.keep or Path(tempfile.mkdtemp(prefix="xenspin-bench-toolstack."))
+    work.mkdir(parents=True, exist_ok=True)
+    project, store, out, mirror = work / "project", work / "store", work / "out", work / "mirror"
+    for d in (project, store, out, mirror):
+        if d.exists():
+            shutil.rmtree(d)
+    project.mkdir()
+    mirror.mkdir()
+    copy_project(project)
+    shutil.copytree(ROOT / "spins", project / "spins")
+    writable_mirror(args.mirror, mirror)
+    maps = [
+        f"https://github.com/={(args.mirror / 'github.com').as_uri()}/",
+        f"https://xenbits.xen.org/={(mirror / 'xenbits.xen.org').as_uri()}/",
+    ]
+    common = ["-f", str(project / "spins/xcp.yaml"), "--store", str(store), "--out", str(out)]
+    common += [a for m in maps for a in ("--mirror", m)]
+    try:
+        cold, proc = xenspin(*common, "--json", "build")
+        if proc.returncode != 0:
+            sys.exit(f"bench: cold build failed:\n{proc.stderr}")
+        report = json.loads(proc.stdout)
+        print(f"cold build of the xcp spin to the ISO: {cold:.0f} s ({os.cpu_count()} cores)")
+        figures.append(("cold build of the xcp spin to the ISO", f"{cold:.0f} s"))
+        stages = json.loads((out / "build-info.json").read_text()).get("stages", {})
+        seconds = {k.split(":", 1)[1]: v.get("seconds", 0) for k, v in stages.items() if k.startswith("build:")}
+        ours = {k: s for k, s in seconds.items() if k.startswith(TOOLSTACK)}
+        for name in ("ocaml-dune", "xen-ocaml", "xen-api"):
+            figures.append((f"build {name}", f"{ours.get(name, 0):.0f} s"))
+        libraries = sum(s for k, s in ours.items() if k.startswith("ocaml-") and k != "ocaml-dune")
+        figures.append(("build the OCaml libraries (sum)", f"{libraries:.0f} s"))
+        figures.append(("toolstack builds (sum, without build roots)", f"{sum(ours.values()):.0f} s"))
+        print("toolstack builds:", ", ".join(f"{k} {v:.0f} s" for k, v in sorted(ours.items(), key=lambda kv: -kv[1])))
+        (iso,) = sorted(out.glob("*-amd64.iso"))
+        (deb,) = (Path(p) for p in report["debs"]["xen-api"])
+        share = deb.stat().st_size / iso.stat().st_size
+        print(
+            f"ISO {iso.stat().st_size / 1e6:.0f} MB; toolstack package {deb.stat().st_size / 1e6:.0f} MB ({share:.0%})"
+        )
+        figures.append(("ISO size", f"{iso.stat().st_size / 1e6:.0f} MB ({iso.name})"))
+        figures.append(("toolstack package (xz)", f"{deb.stat().st_size / 1e6:.0f} MB, {share:.0%} of the ISO"))
+        checks.append(("the ISO carries the toolstack", "xenspin-xapi" in (out / "packages.json").read_text()))
+        for what, ok in checks:
+            print(f"{'PASS' if ok else 'FAIL'}  {what}")
+        if not args.no_record:
+            print(f"bench: results appended to {run.write(figures, checks)}")
+    finally:
+        if args.keep is None:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
