@@ -667,16 +667,13 @@ def main() -> int:
     if args.before:
         checks += before_after(work, args.before, idle)
     idle.print()
-    for what, ok in checks:
-        print(f"{'PASS' if ok else 'FAIL'}  {what}")
     FIGURES.extend(
         (f"load at the start of {r.what}", f"{r.load:.2f} (others took {r.others:.0f} s of CPU)") for r in idle.seen
     )
-    if not args.no_record:
-        print(f"bench: results appended to {run.write(FIGURES, checks)}")
+    code = run.finish(FIGURES, checks, not args.no_record)
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
-    return 0 if all(ok for _, ok in checks) else 1
+    return code
 
 
 if __name__ == "__main__":

@@ -53,12 +53,7 @@ def main() -> int:
         for name, secs in rows:
             print(f"{name:<32} {secs:>7.2f} s")
         checks = [("offline re-fetch under 1 s", rows[-1][1] < 1.0)]
-        for what, ok in checks:
-            print(f"{'PASS' if ok else 'FAIL'}  {what}")
-        if not args.no_record:
-            path = run.write([(name, f"{secs:.2f} s") for name, secs in rows], checks)
-            print(f"bench: results appended to {path}")
-        return 0 if all(ok for _, ok in checks) else 1
+        return run.finish([(name, f"{secs:.2f} s") for name, secs in rows], checks, not args.no_record)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import record
@@ -39,9 +37,8 @@ def main() -> int:
     run = record.Run("install")
     figures: list[tuple[str, str]] = [("ISO", f"{args.iso.name}, {args.iso.stat().st_size / 1e6:.0f} MB")]
     checks: list[tuple[str, bool]] = []
-    work = args.keep or Path(tempfile.mkdtemp(prefix="xenspin-bench-install."))
-    exe = Path(sys.executable).parent / "xenspin"
-    try:
+    with record.workdir(args.keep, "xenspin-bench-install.") as work:
+        exe = Path(sys.executable).parent / "xenspin"
         cmd = [str(exe), "--out", str(work), "--json", "test", "install", str(args.iso), "--firmware", args.firmware]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if not proc.stdout.strip():
@@ -56,14 +53,7 @@ def main() -> int:
             checks.append((f"{v['firmware']}: installed, booted from disk, Domain-0 and a PV guest", v["passed"]))
             checks.append((f"{v['firmware']}: under {GOAL} s (goal)", v["passed"] and v["seconds"] < GOAL))
             checks.append((f"{v['firmware']}: under {BAR} s (bar)", v["passed"] and v["seconds"] < BAR))
-        for what, ok in checks:
-            print(f"{'PASS' if ok else 'FAIL'}  {what}")
-        if not args.no_record:
-            print(f"bench: results appended to {run.write(figures, checks)}")
-    finally:
-        if args.keep is None:
-            shutil.rmtree(work, ignore_errors=True)
-    return 0
+        return run.finish(figures, checks, not args.no_record)
 
 
 if __name__ == "__main__":

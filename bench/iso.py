@@ -21,7 +21,6 @@ import json
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -54,10 +53,13 @@ def main() -> int:
     record.options(parser)
     args = parser.parse_args()
     run = record.Run("iso")
+    with record.workdir(args.keep, "xenspin-bench-iso.") as work:
+        return measure(args, run, work)
+
+
+def measure(args: argparse.Namespace, run: record.Run, work: Path) -> int:
     figures: list[tuple[str, str]] = []
     checks: list[tuple[str, bool]] = []
-    work = args.keep or Path(tempfile.mkdtemp(prefix="xenspin-bench-iso."))
-    work.mkdir(parents=True, exist_ok=True)
     project, store, out = work / "project", work / "store", work / "out"
     for d in (project, store, out):
         if d.exists():
@@ -65,47 +67,39 @@ def main() -> int:
     project.mkdir()
     manifest = copy_project(project)
     common = ["-f", str(manifest), "--store", str(store), "--out", str(out)]
-    try:
-        cold, proc = xenspin(*common, "build")
-        if proc.returncode != 0:
-            sys.exit(f"bench: cold build failed:\n{proc.stderr}")
-        print(f"cold build to the ISO: {cold:.1f} s (goal < 128 s)")
-        figures.append(("cold build to the ISO", f"{cold:.1f} s"))
-        checks.append(("cold build under 128 s", cold < 128))
-        info = out / "build-info.json"
-        if info.is_file():
-            stages = json.loads(info.read_text()).get("stages", {})
-            slow = sorted(stages.items(), key=lambda kv: -kv[1].get("seconds", 0))[:5]
-            slowest = ", ".join(f"{k} {v.get('seconds', 0)} s" for k, v in slow)
-            print("slowest stages (cold):", slowest)
-            figures.append(("slowest stages (cold)", slowest))
-        warm, proc = xenspin(*common, "build")
-        if proc.returncode != 0:
-            sys.exit(f"bench: warm build failed:\n{proc.stderr}")
-        print(f"warm rebuild:          {warm:.1f} s")
-        figures.append(("warm rebuild", f"{warm:.1f} s"))
-        images = sorted(out.glob("*-amd64.iso"))
-        if not images:
-            sys.exit(f"bench: no ISO in {out}")
-        size = images[0].stat().st_size
-        print(f"ISO size:              {size / 1e6:.0f} MB ({images[0].name}; goal < 300 MB, aim 250)")
-        figures.append(("ISO size", f"{size / 1e6:.0f} MB ({images[0].name})"))
-        checks.append(("ISO under 300 MB", size < 300e6))
-        if not args.no_boot:
-            _, proc = xenspin("--out", str(out), "--json", "test", "boot", str(images[0]), "--firmware", args.firmware)
-            for v in json.loads(proc.stdout or "[]"):
-                verdict = "PASS" if v["passed"] else "FAIL"
-                print(f"boot to the prompt, {v['machine']}: {v['seconds']} s {verdict} (goal < 60 s)")
-                figures.append((f"boot to the prompt, {v['machine']}", f"{v['seconds']} s, {verdict}"))
-                checks.append((f"{v['machine']}: boots to the prompt under 60 s", v["passed"] and v["seconds"] < 60))
-        for what, ok in checks:
-            print(f"{'PASS' if ok else 'FAIL'}  {what}")
-        if not args.no_record:
-            print(f"bench: results appended to {run.write(figures, checks)}")
-    finally:
-        if args.keep is None:
-            shutil.rmtree(work, ignore_errors=True)
-    return 0
+    cold, proc = xenspin(*common, "build")
+    if proc.returncode != 0:
+        sys.exit(f"bench: cold build failed:\n{proc.stderr}")
+    print(f"cold build to the ISO: {cold:.1f} s (goal < 128 s)")
+    figures.append(("cold build to the ISO", f"{cold:.1f} s"))
+    checks.append(("cold build under 128 s", cold < 128))
+    info = out / "build-info.json"
+    if info.is_file():
+        stages = json.loads(info.read_text()).get("stages", {})
+        slow = sorted(stages.items(), key=lambda kv: -kv[1].get("seconds", 0))[:5]
+        slowest = ", ".join(f"{k} {v.get('seconds', 0)} s" for k, v in slow)
+        print("slowest stages (cold):", slowest)
+        figures.append(("slowest stages (cold)", slowest))
+    warm, proc = xenspin(*common, "build")
+    if proc.returncode != 0:
+        sys.exit(f"bench: warm build failed:\n{proc.stderr}")
+    print(f"warm rebuild:          {warm:.1f} s")
+    figures.append(("warm rebuild", f"{warm:.1f} s"))
+    images = sorted(out.glob("*-amd64.iso"))
+    if not images:
+        sys.exit(f"bench: no ISO in {out}")
+    size = images[0].stat().st_size
+    print(f"ISO size:              {size / 1e6:.0f} MB ({images[0].name}; goal < 300 MB, aim 250)")
+    figures.append(("ISO size", f"{size / 1e6:.0f} MB ({images[0].name})"))
+    checks.append(("ISO under 300 MB", size < 300e6))
+    if not args.no_boot:
+        _, proc = xenspin("--out", str(out), "--json", "test", "boot", str(images[0]), "--firmware", args.firmware)
+        for v in json.loads(proc.stdout or "[]"):
+            verdict = "PASS" if v["passed"] else "FAIL"
+            print(f"boot to the prompt, {v['machine']}: {v['seconds']} s {verdict} (goal < 60 s)")
+            figures.append((f"boot to the prompt, {v['machine']}", f"{v['seconds']} s, {verdict}"))
+            checks.append((f"{v['machine']}: boots to the prompt under 60 s", v["passed"] and v["seconds"] < 60))
+    return run.finish(figures, checks, not args.no_record)
 
 
 if __name__ == "__main__":

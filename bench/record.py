@@ -14,11 +14,14 @@ script's options by `options`) runs a benchmark without writing anything.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
@@ -111,6 +114,26 @@ class Run:
         with path.open("a") as f:
             f.write(text)
         return path
+
+    def finish(self, figures: Iterable[tuple[str, object]], checks: Sequence[tuple[str, bool]], write: bool) -> int:
+        """Print a PASS/FAIL line per check and (unless a trial run) append the entry; 0 when every check passed."""
+        for what, ok in checks:
+            print(f"{'PASS' if ok else 'FAIL'}  {what}")
+        if write:
+            print(f"bench: results appended to {self.write(figures, checks)}")
+        return 0 if all(ok for _, ok in checks) else 1
+
+
+@contextlib.contextmanager
+def workdir(keep: Path | None, prefix: str) -> Iterator[Path]:
+    """The benchmark's working directory: keep (made if missing, left afterwards) or a temporary one, removed."""
+    work = keep or Path(tempfile.mkdtemp(prefix=prefix))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        yield work
+    finally:
+        if keep is None:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def header(name: str) -> str:

@@ -21,7 +21,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import record
@@ -48,24 +47,22 @@ def main() -> int:
     run = record.Run("toolstack")
     figures: list[tuple[str, str]] = []
     checks: list[tuple[str, bool]] = []
-    work = args.keep or Path(tempfile.mkdtemp(prefix="xenspin-bench-toolstack."))
-    work.mkdir(parents=True, exist_ok=True)
-    project, store, out, mirror = work / "project", work / "store", work / "out", work / "mirror"
-    for d in (project, store, out, mirror):
-        if d.exists():
-            shutil.rmtree(d)
-    project.mkdir()
-    mirror.mkdir()
-    copy_project(project)
-    shutil.copytree(ROOT / "spins", project / "spins")
-    writable_mirror(args.mirror, mirror)
-    maps = [
-        f"https://github.com/={(args.mirror / 'github.com').as_uri()}/",
-        f"https://xenbits.xen.org/={(mirror / 'xenbits.xen.org').as_uri()}/",
-    ]
-    common = ["-f", str(project / "spins/xcp.yaml"), "--store", str(store), "--out", str(out)]
-    common += [a for m in maps for a in ("--mirror", m)]
-    try:
+    with record.workdir(args.keep, "xenspin-bench-toolstack.") as work:
+        project, store, out, mirror = work / "project", work / "store", work / "out", work / "mirror"
+        for d in (project, store, out, mirror):
+            if d.exists():
+                shutil.rmtree(d)
+        project.mkdir()
+        mirror.mkdir()
+        copy_project(project)
+        shutil.copytree(ROOT / "spins", project / "spins")
+        writable_mirror(args.mirror, mirror)
+        maps = [
+            f"https://github.com/={(args.mirror / 'github.com').as_uri()}/",
+            f"https://xenbits.xen.org/={(mirror / 'xenbits.xen.org').as_uri()}/",
+        ]
+        common = ["-f", str(project / "spins/xcp.yaml"), "--store", str(store), "--out", str(out)]
+        common += [a for m in maps for a in ("--mirror", m)]
         cold, proc = xenspin(*common, "--json", "build")
         if proc.returncode != 0:
             sys.exit(f"bench: cold build failed:\n{proc.stderr}")
@@ -90,14 +87,7 @@ def main() -> int:
         figures.append(("ISO size", f"{iso.stat().st_size / 1e6:.0f} MB ({iso.name})"))
         figures.append(("toolstack package (xz)", f"{deb.stat().st_size / 1e6:.0f} MB, {share:.0%} of the ISO"))
         checks.append(("the ISO carries the toolstack", "xenspin-xapi" in (out / "packages.json").read_text()))
-        for what, ok in checks:
-            print(f"{'PASS' if ok else 'FAIL'}  {what}")
-        if not args.no_record:
-            print(f"bench: results appended to {run.write(figures, checks)}")
-    finally:
-        if args.keep is None:
-            shutil.rmtree(work, ignore_errors=True)
-    return 0
+        return run.finish(figures, checks, not args.no_record)
 
 
 if __name__ == "__main__":
