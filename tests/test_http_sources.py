@@ -281,6 +281,10 @@ def test_mirror_on_this_machine_serves_tarballs_and_keeps_to_its_directory(tmp_p
     assert tarball.fetched(entry, ctx)
     with pytest.raises(FetchError, match="No such file"):
         tarball.lock("xen", TarballSource(url=canon + "xen/xen-9.tar.gz"), ctx)
+    os.mkfifo(tmp_path / "mirror/xen/fifo.tar.gz")  # refused at once, not waited on
+    with pytest.raises(FetchError, match="not a regular file"):
+        tarball.lock("xen", TarballSource(url=canon + "xen/fifo.tar.gz"), ctx)
+    assert partials(ctx) == []
     for climb in ("../secret", "xen/%2e%2e/../secret", "xen/..%2Fsecret"):
         with pytest.raises(XenspinError, match=r"'\.\.' would lead out of the mirror file://"):
             tarball.lock("xen", TarballSource(url=canon + climb), ctx)

@@ -149,18 +149,24 @@ def _fetch_to(url: str, partial: Path, ctx: Context, what: str) -> bool:
 
 
 def _copy_local(url: str, partial: Path, ctx: Context, what: str) -> None:
-    """The file a file:// mirror holds, copied whole to partial."""
+    """The file a file:// mirror holds, copied whole to partial.
+
+    Opened without blocking and checked before partial is made: a FIFO or a directory there
+    is refused at once, with nothing left in the store's tmp/.
+    """
     path = Path(urllib.parse.unquote(urllib.parse.urlsplit(url).path))
     try:
-        src = open(path, "rb")  # noqa: SIM115 - closed below
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as e:
         raise FetchError(f"{what}: {url}: {e.strerror or e}") from None
-    with src, _open(partial, "wb", what) as f, _progress(ctx, what, os.fstat(src.fileno()).st_size) as task:
-        if not stat.S_ISREG(os.fstat(src.fileno()).st_mode):
+    with open(fd, "rb") as src:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
             raise FetchError(f"{what}: {url}: not a regular file")
-        while chunk := src.read(CHUNK):
-            _write(f, chunk, partial, what)
-            task.advance(len(chunk))
+        with _open(partial, "wb", what) as f, _progress(ctx, what, info.st_size) as task:
+            while chunk := src.read(CHUNK):
+                _write(f, chunk, partial, what)
+                task.advance(len(chunk))
 
 
 def _unresolvable(e: BaseException) -> bool:
