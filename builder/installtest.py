@@ -1,5 +1,6 @@
 """`xenspin test install`: an unattended install from the ISO onto a fresh disk, then the disk alone
 boots Xen, `xl list` shows Domain-0 and a PV guest prints its marker, all over the serial line.
+On a host carrying the XCP toolstack, xapi's daemons, `xe` and a XenAPI login are checked too.
 
 The VM comes from vmtest's QEMU helpers; what is added here is a serial line both ways
 (a QEMU socket chardev that also logs to a file) and the conversation held over it.
@@ -110,6 +111,16 @@ class SerialLine:
                 raise Timeout("power-off", f"within {timeout:.0f} s of the install's end")
             time.sleep(0.5)
 
+    def command(self, cmd: str, timeout: float) -> str:
+        """Run a shell command at the logged-in prompt; its output (the markers are made by the
+        shell, so the echo of what was typed never matches them)."""
+        self.send(f"echo XS-BEGIN-$((6*7)); {cmd}; echo XS-END-$((6*7))\r")
+        self.expect("XS-BEGIN-42", timeout=60)
+        start = self.pos
+        self.expect("XS-END-42", timeout=timeout)
+        out = self.text()[start : self.pos - len("XS-END-42")]
+        return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out).replace("\r", "").strip()
+
     def close(self) -> None:
         with contextlib.suppress(OSError):
             self.sock.close()
@@ -189,6 +200,46 @@ def login_and_check(line: SerialLine, login: testguest.Login, t0: float, steps: 
     )
     line.expect(testguest.GUEST_MARKER, timeout=300)
     steps["guest"] = time.monotonic() - t0
+
+
+# The XCP toolstack's daemons on a host that carries it (spins/xcp.yaml), in their start order.
+XCP_DAEMONS = ("message-switch", "forkexecd", "v6d", "squeezed", "xcp-networkd", "xenopsd-xc", "xcp-rrdd", "xapi")
+XCP_FIRSTBOOT = "/var/lib/xenspin/xcp-firstboot.done"
+XCP_TIMEOUT = 1800.0  # xapi's first start, network-init and the SR under TCG
+
+
+def check_toolstack(line: SerialLine, t0: float, steps: dict[str, float], root_password: str | None) -> None:
+    """On a host with xapi: its daemons active, `xe` answering for the host, the control domain, the
+    local SR and the management network, and (root's password known) a XenAPI login over HTTPS."""
+    if line.command("test -x /opt/xensource/bin/xe && echo carried || echo absent", timeout=60) != "carried":
+        return
+    wait = f"for i in $(seq {int(XCP_TIMEOUT)}); do [ -e {XCP_FIRSTBOOT} ] && break; sleep 1; done"
+    states = line.command(f"{wait}; systemctl is-active {' '.join(XCP_DAEMONS)} | paste -sd' '", XCP_TIMEOUT + 60)
+    if states.split() != ["active"] * len(XCP_DAEMONS):
+        raise Timeout("xapi active", f"(systemctl is-active {' '.join(XCP_DAEMONS)}: {states!r})")
+    steps["xapi"] = time.monotonic() - t0
+    asks = {
+        "xe host-list": ("xe host-list params=name-label --minimal", r"\S"),
+        "xe vm-list": ("xe vm-list is-control-domain=true params=name-label --minimal", r"^Control domain"),
+        "xe sr-list": ("xe sr-list type=lvm params=name-label,physical-size --minimal", r"^Local storage"),
+        "xe network-list": ("xe network-list params=bridge --minimal", r"xenbr\d"),
+    }
+    for what, (cmd, want) in asks.items():
+        out = line.command(cmd, timeout=300)
+        if not re.search(want, out, re.M) or "rror" in out:
+            raise Timeout(what, f"(answered {out!r})")
+    steps["xe"] = time.monotonic() - t0
+    if root_password is None:
+        return
+    login = (
+        'python3 -c \'import XenAPI; s = XenAPI.Session("https://localhost", ignore_ssl=True); '
+        f's.xenapi.login_with_password("root", "{root_password}", "1.0", "xenspin-test"); '
+        'print("XenAPI", s.xenapi.pool.get_all()[0].startswith("OpaqueRef:")); s.xenapi.session.logout()\''
+    )
+    out = line.command(login, timeout=300)
+    if "XenAPI True" not in out:
+        raise Timeout("XenAPI login", f"(over HTTPS as root: {out[-300:]!r})")
+    steps["XenAPI"] = time.monotonic() - t0
 
 
 def two_way_serial(argv: list[str], log: Path, sock: Path) -> list[str]:
@@ -308,6 +359,8 @@ def install(
             line.wait_exit(timeout=180)
         with vm(from_disk, logs, f"{firmware}-disk") as line:
             login_and_check(line, login, t0, steps)
+            # root's password is the test's own only with the test's own answers
+            check_toolstack(line, t0, steps, testguest.TEST_PASSWORD if answerfile is None else None)
     except Timeout as e:
         return InstallResult(firmware, False, round(time.monotonic() - t0, 1), _rounded(steps), e.text, e.why, logs)
     finally:

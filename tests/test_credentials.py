@@ -314,6 +314,10 @@ class FakeLine:
     def wait_exit(self, timeout: float) -> None:
         pass
 
+    def command(self, cmd: str, timeout: float) -> str:
+        self.sent.append(cmd)
+        return "absent"  # a host without the XCP toolstack
+
 
 def disk_file(image: Path, name: str) -> bytes:
     return subprocess.run(["mcopy", "-i", image, f"::/{name}", "-"], capture_output=True, check=True).stdout

@@ -14,7 +14,7 @@ import pytest
 from conftest import SHARED_MIRROR
 from test_xen import build_spin
 
-from builder import build, lock, manifest, packagesets
+from builder import build, installtest, lock, manifest, packagesets
 
 ROOT = Path(__file__).resolve().parent.parent
 XCP = ROOT / "spins" / "xcp.yaml"
@@ -103,3 +103,62 @@ def test_the_xcp_spin_builds_the_toolstack_from_the_carried_upstreams(
     installed = {p["name"] for p in json.loads((spin.out / "packages.json").read_text())}
     assert {"xenspin-xapi", "xenspin-xen-tools", "xenspin-hypervisor", "stunnel4"} <= installed
     assert not any(n.startswith("xenspin-ocaml") for n in installed)
+
+
+# --- what `xenspin test install` checks on a host carrying the toolstack -------------------------
+
+
+class ScriptedLine:
+    """A logged-in serial console whose commands answer from a table (first matching fragment)."""
+
+    def __init__(self, answers: dict[str, str]) -> None:
+        self.answers, self.typed = answers, []
+
+    def command(self, cmd: str, timeout: float) -> str:
+        self.typed.append(cmd)
+        return next((out for part, out in self.answers.items() if part in cmd), "")
+
+
+HEALTHY = {
+    "test -x /opt/xensource/bin/xe": "carried",
+    "systemctl is-active": " ".join(["active"] * len(installtest.XCP_DAEMONS)),
+    "xe host-list": "xenspin-test",
+    "xe vm-list": "Control domain on host: xenspin-test",
+    "xe sr-list": "Local storage,4286578688",
+    "xe network-list": "xenbr0",
+    "XenAPI": "XenAPI True",
+}
+
+
+def test_the_install_test_checks_xapi_xe_and_a_xenapi_login() -> None:
+    line = ScriptedLine(HEALTHY)
+    steps: dict[str, float] = {}
+    installtest.check_toolstack(line, 0.0, steps, "pw")  # type: ignore[arg-type]
+    assert {"xapi", "xe", "XenAPI"} <= set(steps)
+    assert any('login_with_password("root", "pw"' in c for c in line.typed)
+
+
+@pytest.mark.parametrize(
+    ("broken", "answer", "missing"),
+    [
+        ("systemctl is-active", "active active active active active failed active active", "xapi active"),
+        ("xe sr-list", "", "xe sr-list"),
+        ("xe vm-list", "The server failed to handle your request: error", "xe vm-list"),
+        ("XenAPI", "Traceback ... SESSION_AUTHENTICATION_FAILED", "XenAPI login"),
+    ],
+)
+def test_the_install_test_fails_naming_what_the_host_did_not_answer(broken: str, answer: str, missing: str) -> None:
+    line = ScriptedLine({**HEALTHY, broken: answer})
+    with pytest.raises(installtest.Timeout) as e:
+        installtest.check_toolstack(line, 0.0, {}, "pw")  # type: ignore[arg-type]
+    assert e.value.text == missing
+
+
+def test_a_host_without_the_toolstack_is_not_asked_and_a_login_unknown_is_skipped() -> None:
+    line = ScriptedLine({"test -x /opt/xensource/bin/xe": "absent"})
+    installtest.check_toolstack(line, 0.0, {}, "pw")  # type: ignore[arg-type]
+    assert len(line.typed) == 1
+    line = ScriptedLine(HEALTHY)
+    steps: dict[str, float] = {}
+    installtest.check_toolstack(line, 0.0, steps, None)  # type: ignore[arg-type]
+    assert "XenAPI" not in steps and not any("XenAPI" in c for c in line.typed)
