@@ -33,6 +33,7 @@ BANNER = "xenspin installer:"
 INSTALLED = "xenspin installed on"
 FAILED = "xenspin install failed"
 DOWN = "\x1b[B"
+PROMPT = ":~# "  # a uid-0 login's shell prompt in its home directory
 MENU = "Unattended install"  # an entry title of the ISO's menus (builder/iso.py MODES)
 
 
@@ -114,6 +115,7 @@ class SerialLine:
     def command(self, cmd: str, timeout: float) -> str:
         """Run a shell command at the logged-in prompt; its output (the markers are made by the
         shell, so the echo of what was typed never matches them)."""
+        self.expect(PROMPT, timeout=300)  # what is typed before the prompt is lost (a guest's console just closed)
         self.send(f"echo XS-BEGIN-$((6*7)); {cmd}; echo XS-END-$((6*7))\r")
         self.expect("XS-BEGIN-42", timeout=60)
         start = self.pos
@@ -189,7 +191,7 @@ def login_and_check(line: SerialLine, login: testguest.Login, t0: float, steps: 
     line.send(login.user + "\r")
     line.expect("Password:", timeout=60)
     line.send(login.password + "\r")
-    line.expect(":~# ", timeout=120)
+    line.expect(PROMPT, timeout=120)
     line.send("xl list\r")
     line.expect("Domain-0", timeout=120)
     steps["Domain-0"] = time.monotonic() - t0
@@ -222,7 +224,7 @@ def check_toolstack(line: SerialLine, t0: float, steps: dict[str, float], root_p
         "xe host-list": ("xe host-list params=name-label --minimal", r"\S"),
         "xe vm-list": ("xe vm-list is-control-domain=true params=name-label --minimal", r"^Control domain"),
         "xe sr-list": ("xe sr-list type=lvm params=name-label,physical-size --minimal", r"^Local storage"),
-        "xe network-list": ("xe network-list params=bridge --minimal", r"xenbr\d"),
+        "xe network-list": ("xe network-list params=bridge --minimal", r"\b(xenbr\d+|br\w+)\b"),
     }
     for what, (cmd, want) in asks.items():
         out = line.command(cmd, timeout=300)
@@ -247,6 +249,10 @@ def two_way_serial(argv: list[str], log: Path, sock: Path) -> list[str]:
     at = argv.index("-serial")
     chardev = f"socket,id=ser0,path={sock},server=on,wait=off,logfile={log}"
     return [*argv[:at], "-chardev", chardev, "-serial", "chardev:ser0", *argv[at + 2 :]]
+
+
+# One NIC, as a host has: QEMU's user network with its DHCP server, restricted (nothing outside the VM).
+NIC = "user,model=virtio-net-pci,restrict=on"
 
 
 def drives(disk: Path, answers: Path, *, boot_disk: bool) -> list[str]:
@@ -336,11 +342,11 @@ def install(
             shutil.copyfile(ovmf.vars, vars_copy)
 
     def from_iso(serial_log: Path, sock: Path) -> list[str]:
-        argv = vmtest.qemu_argv(iso.absolute(), m, serial_log, ovmf, vars_copy)
+        argv = vmtest.qemu_argv(iso.absolute(), m, serial_log, ovmf, vars_copy, nic=NIC)
         return two_way_serial(argv, serial_log, sock) + drives(disk, image, boot_disk=False)
 
     def from_disk(serial_log: Path, sock: Path) -> list[str]:
-        argv = vmtest.qemu_argv(None, m, serial_log, ovmf, vars_copy)
+        argv = vmtest.qemu_argv(None, m, serial_log, ovmf, vars_copy, nic=NIC)
         return two_way_serial(argv, serial_log, sock) + drives(disk, image, boot_disk=True)
 
     steps: dict[str, float] = {}

@@ -82,10 +82,13 @@ class Machine:
         return f"{self.firmware}-{'usb' if self.usb else 'cd'}"
 
 
-def qemu_argv(image: Path | None, m: Machine, serial_log: Path, ovmf: Ovmf | None, vars_copy: Path | None) -> list[str]:
+def qemu_argv(
+    image: Path | None, m: Machine, serial_log: Path, ovmf: Ovmf | None, vars_copy: Path | None, *, nic: str = "none"
+) -> list[str]:
     """The QEMU command line (pure): no display, the first serial port into serial_log, no reboot.
 
     image None: no boot medium (the caller adds the disks to boot from, as `test install` does).
+    nic: QEMU's -nic option (none: no network).
     """
     argv = [
         "qemu-system-x86_64",
@@ -109,7 +112,7 @@ def qemu_argv(image: Path | None, m: Machine, serial_log: Path, ovmf: Ovmf | Non
         f"file:{serial_log}",
         "-no-reboot",
         "-nic",
-        "none",
+        nic,
     ]
     if m.firmware == "uefi":
         if ovmf is None:
