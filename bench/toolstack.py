@@ -6,8 +6,8 @@
 A cold `xenspin -f spins/xcp.yaml build` into an empty store, with GitHub and xenbits
 mapped to the upstream repositories carried beside the checkout (../shared/mirror, or
 --mirror DIR): the time of the whole build, of each toolstack component (dune, the OCaml
-libraries, Xen's bindings, xen-api), and the toolstack's share of the ISO (the size of
-its package against the ISO's). Works on copies in a temporary directory; the checkout
+libraries, Xen's bindings, xen-api, sm), and the toolstack's share of the ISO (the size of
+its packages against the ISO's). Works on copies in a temporary directory; the checkout
 is never touched.
 
 Issue 19 asks for both figures on 2 cores; each run appends them to
@@ -27,7 +27,8 @@ import record
 from iso import copy_project, xenspin
 
 ROOT = Path(__file__).resolve().parent.parent
-TOOLSTACK = ("ocaml-", "xen-ocaml", "xen-api")  # the components only the toolstack needs
+TOOLSTACK = ("ocaml-", "xen-ocaml", "xen-api", "sm", "xcp-host")  # the components only the toolstack needs
+SHIPPED = ("xen-api", "sm", "xcp-host")  # the toolstack's packages on the host
 
 
 def writable_mirror(carried: Path, dest: Path) -> Path:
@@ -72,20 +73,21 @@ def main() -> int:
         stages = json.loads((out / "build-info.json").read_text()).get("stages", {})
         seconds = {k.split(":", 1)[1]: v.get("seconds", 0) for k, v in stages.items() if k.startswith("build:")}
         ours = {k: s for k, s in seconds.items() if k.startswith(TOOLSTACK)}
-        for name in ("ocaml-dune", "xen-ocaml", "xen-api"):
+        for name in ("ocaml-dune", "xen-ocaml", "xen-api", "sm"):
             figures.append((f"build {name}", f"{ours.get(name, 0):.0f} s"))
         libraries = sum(s for k, s in ours.items() if k.startswith("ocaml-") and k != "ocaml-dune")
         figures.append(("build the OCaml libraries (sum)", f"{libraries:.0f} s"))
         figures.append(("toolstack builds (sum, without build roots)", f"{sum(ours.values()):.0f} s"))
         print("toolstack builds:", ", ".join(f"{k} {v:.0f} s" for k, v in sorted(ours.items(), key=lambda kv: -kv[1])))
         (iso,) = sorted(out.glob("*-amd64.iso"))
-        (deb,) = (Path(p) for p in report["debs"]["xen-api"])
-        share = deb.stat().st_size / iso.stat().st_size
-        print(
-            f"ISO {iso.stat().st_size / 1e6:.0f} MB; toolstack package {deb.stat().st_size / 1e6:.0f} MB ({share:.0%})"
-        )
+        debs = [Path(p) for name in SHIPPED for p in report["debs"][name]]
+        size = sum(d.stat().st_size for d in debs)
+        share = size / iso.stat().st_size
+        print(f"ISO {iso.stat().st_size / 1e6:.0f} MB; toolstack packages {size / 1e6:.0f} MB ({share:.0%})")
         figures.append(("ISO size", f"{iso.stat().st_size / 1e6:.0f} MB ({iso.name})"))
-        figures.append(("toolstack package (xz)", f"{deb.stat().st_size / 1e6:.0f} MB, {share:.0%} of the ISO"))
+        figures.append(
+            ("toolstack packages (xenspin-xapi, -sm, -xcp-host; xz)", f"{size / 1e6:.0f} MB, {share:.0%} of the ISO")
+        )
         checks.append(("the ISO carries the toolstack", "xenspin-xapi" in (out / "packages.json").read_text()))
         return run.finish(figures, checks, not args.no_record)
 

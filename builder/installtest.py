@@ -33,6 +33,7 @@ BANNER = "xenspin installer:"
 INSTALLED = "xenspin installed on"
 FAILED = "xenspin install failed"
 DOWN = "\x1b[B"
+KERNEL_LOG = re.compile(r"^\[\s*\d+\.\d+\] ")
 PROMPT = ":~# "  # a uid-0 login's shell prompt in its home directory
 MENU = "Unattended install"  # an entry title of the ISO's menus (builder/iso.py MODES)
 
@@ -120,8 +121,10 @@ class SerialLine:
         self.expect("XS-BEGIN-42", timeout=60)
         start = self.pos
         self.expect("XS-END-42", timeout=timeout)
-        out = self.text()[start : self.pos - len("XS-END-42")]
-        return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out).replace("\r", "").strip()
+        out = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", self.text()[start : self.pos - len("XS-END-42")])
+        # the console also carries the kernel's messages: "[  259.077482] io scheduler bfq registered"
+        lines = [ln for ln in out.replace("\r", "").split("\n") if not KERNEL_LOG.match(ln)]
+        return "\n".join(lines).strip()
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -213,7 +216,9 @@ XCP_TIMEOUT = 1800.0  # xapi's first start, network-init and the SR under TCG
 def check_toolstack(line: SerialLine, t0: float, steps: dict[str, float], root_password: str | None) -> None:
     """On a host with xapi: its daemons active, `xe` answering for the host, the control domain, the
     local SR and the management network, and (root's password known) a XenAPI login over HTTPS."""
-    if line.command("test -x /opt/xensource/bin/xe && echo carried || echo absent", timeout=60) != "carried":
+    # the kernel's messages on the console would land amid the answers
+    quiet = "dmesg -n 1; test -x /opt/xensource/bin/xe && echo carried || echo absent"
+    if line.command(quiet, timeout=60) != "carried":
         return
     wait = f"for i in $(seq {int(XCP_TIMEOUT)}); do [ -e {XCP_FIRSTBOOT} ] && break; sleep 1; done"
     states = line.command(f"{wait}; systemctl is-active {' '.join(XCP_DAEMONS)} | paste -sd' '", XCP_TIMEOUT + 60)

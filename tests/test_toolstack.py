@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import SHARED_MIRROR
-from test_xen import build_spin
+from test_xen import SpinBuild, build_spin
 
 from builder import build, installtest, lock, manifest, packagesets
 
@@ -75,22 +75,28 @@ TOOLSTACK = (
 )
 
 
-@pytest.mark.slow
-@pytest.mark.network
-@pytest.mark.xcp
-def test_the_xcp_spin_builds_the_toolstack_from_the_carried_upstreams(
-    store: Path, xen_mirror: dict[str, str], tmp_path: Path
-) -> None:
-    """spins/xcp.yaml with GitHub and xenbits mapped to ../shared/mirror: dune, the libraries, Xen's
-    bindings and xen-api build offline in their sandboxes; the toolstack is one package on the ISO."""
+@pytest.fixture(scope="module")
+def xcp_spin(store: Path, xen_mirror: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> SpinBuild:
+    """spins/xcp.yaml built once, with GitHub and xenbits mapped to the carried upstreams."""
     github = SHARED_MIRROR / "github.com"
     if not github.is_dir():
         pytest.skip(f"no carried upstreams at {github}")
-    spin = build_spin("xcp.yaml", store, tmp_path, {**xen_mirror, "https://github.com/": github.as_uri() + "/"})
+    work = tmp_path_factory.mktemp("xcp")
+    return build_spin("xcp.yaml", store, work, {**xen_mirror, "https://github.com/": github.as_uri() + "/"})
+
+
+@pytest.mark.slow
+@pytest.mark.network
+@pytest.mark.xcp
+def test_the_xcp_spin_builds_the_toolstack_from_the_carried_upstreams(xcp_spin: SpinBuild, tmp_path: Path) -> None:
+    """dune, the libraries, Xen's bindings, xen-api and sm build offline in their sandboxes; the toolstack
+    is one package on the ISO, with sm and the host side."""
+    spin = xcp_spin
     built = set(spin.report["built"]) | set(spin.report["cached"])
-    assert {"ocaml-dune", "ocaml-uri", "ocaml-rpc", "xen-ocaml", "xen-api", "xen", "xen-tools"} <= built
+    assert {"ocaml-dune", "ocaml-uri", "ocaml-rpc", "xen-ocaml", "xen-api", "xen", "xen-tools", "sm"} <= built
     repo = {p.name.split("_")[0] for p in (spin.out / "repo").glob("*.deb")}
-    assert "xenspin-xapi" in repo and not any(n.startswith("xenspin-ocaml") for n in repo)
+    assert {"xenspin-xapi", "xenspin-sm", "xenspin-xcp-host"} <= repo
+    assert not any(n.startswith("xenspin-ocaml") for n in repo)
     (deb,) = spin.report["debs"]["xen-api"]
     tree = tmp_path / "xapi"
     subprocess.run(["dpkg-deb", "-x", deb, tree], check=True)
@@ -101,8 +107,20 @@ def test_the_xcp_spin_builds_the_toolstack_from_the_carried_upstreams(
     assert b"Shared_block" not in (tree / "usr/sbin/message-switch").read_bytes()
     # on the rootfs, with the Xen tools of the same source
     installed = {p["name"] for p in json.loads((spin.out / "packages.json").read_text())}
-    assert {"xenspin-xapi", "xenspin-xen-tools", "xenspin-hypervisor", "stunnel4"} <= installed
+    assert {"xenspin-xapi", "xenspin-sm", "xenspin-xcp-host", "xenspin-xen-tools", "xenspin-hypervisor"} <= installed
     assert not any(n.startswith("xenspin-ocaml") for n in installed)
+
+
+@pytest.mark.slow
+@pytest.mark.network
+@pytest.mark.xcp
+def test_an_installed_xcp_host_answers_xe_and_the_xenapi(xcp_spin: SpinBuild, tmp_path: Path) -> None:
+    """`xenspin test install` of the xcp ISO: the installed host's toolstack is active, `xe` lists the
+    host, the control domain, the local SR and the management network, and root logs in over HTTPS."""
+    (iso,) = xcp_spin.out.glob("*.iso")
+    (verdict,) = installtest.run_install_test(iso, ["bios"], tmp_path)
+    assert verdict.passed, verdict.line()
+    assert {"xapi", "xe", "XenAPI"} <= set(verdict.steps), verdict.line()
 
 
 # --- what `xenspin test install` checks on a host carrying the toolstack -------------------------
