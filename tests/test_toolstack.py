@@ -180,3 +180,12 @@ def test_a_host_without_the_toolstack_is_not_asked_and_a_login_unknown_is_skippe
     steps: dict[str, float] = {}
     installtest.check_toolstack(line, 0.0, steps, None)  # type: ignore[arg-type]
     assert "XenAPI" not in steps and not any("XenAPI" in c for c in line.typed)
+
+
+def test_the_domain_managers_start_after_dom0_is_set_up() -> None:
+    """xen-init-dom0 skips dom0's xenstore nodes (the cpupool's name among them) once another daemon has
+    written dom0's: xenopsd-xc and squeezed must come after it, or `xl create` fails on that host."""
+    units = ROOT / "components" / "xcp-host" / "systemd"
+    for unit in ("xenopsd-xc.service", "squeezed.service"):
+        after = [ln for ln in (units / unit).read_text().splitlines() if ln.startswith("After=")]
+        assert any("xen-init-dom0.service" in ln.split("=", 1)[1].split() for ln in after), unit
