@@ -215,7 +215,8 @@ XCP_TIMEOUT = 1800.0  # xapi's first start, network-init and the SR under TCG
 
 def check_toolstack(line: SerialLine, t0: float, steps: dict[str, float], root_password: str | None) -> None:
     """On a host with xapi: its daemons active, `xe` answering for the host, the control domain, the
-    local SR and the management network, and (root's password known) a XenAPI login over HTTPS."""
+    local SR (a disk made on it and removed) and the management network, and (root's password known)
+    a XenAPI login over HTTPS."""
     # the kernel's messages on the console would land amid the answers
     quiet = "dmesg -n 1; test -x /opt/xensource/bin/xe && echo carried || echo absent"
     if line.command(quiet, timeout=60) != "carried":
@@ -230,6 +231,13 @@ def check_toolstack(line: SerialLine, t0: float, steps: dict[str, float], root_p
         "xe vm-list": ("xe vm-list is-control-domain=true params=name-label --minimal", r"^Control domain"),
         "xe sr-list": ("xe sr-list type=lvm params=name-label,physical-size --minimal", r"^Local storage"),
         "xe network-list": ("xe network-list params=bridge --minimal", r"\b(xenbr\d+|br\w+)\b"),
+        # a 16 MiB disk on the local SR (sm makes a VHD volume with blktap's vhd-util), then gone again
+        "xe vdi-create": (
+            "SR=$(xe sr-list type=lvm params=uuid --minimal) && "
+            "V=$(xe vdi-create sr-uuid=$SR name-label=xenspin-test virtual-size=16MiB type=user) && "
+            "xe vdi-param-get uuid=$V param-name=virtual-size && xe vdi-destroy uuid=$V",
+            r"^16777216$",
+        ),
     }
     for what, (cmd, want) in asks.items():
         out = line.command(cmd, timeout=300)

@@ -127,14 +127,15 @@ def test_an_installed_xcp_host_answers_xe_and_the_xenapi(xcp_spin: SpinBuild, tm
 
 
 class ScriptedLine:
-    """A logged-in serial console whose commands answer from a table (first matching fragment)."""
+    """A logged-in serial console whose commands answer from a table (the longest fragment in the command)."""
 
     def __init__(self, answers: dict[str, str]) -> None:
         self.answers, self.typed = answers, []
 
     def command(self, cmd: str, timeout: float) -> str:
         self.typed.append(cmd)
-        return next((out for part, out in self.answers.items() if part in cmd), "")
+        parts = [part for part in self.answers if part in cmd]
+        return self.answers[max(parts, key=len)] if parts else ""
 
 
 HEALTHY = {
@@ -144,6 +145,7 @@ HEALTHY = {
     "xe vm-list": "Control domain on host: xenspin-test",
     "xe sr-list": "Local storage,4286578688",
     "xe network-list": "xenbr0",
+    "xe vdi-create": "16777216",
     "XenAPI": "XenAPI True",
 }
 
@@ -161,6 +163,7 @@ def test_the_install_test_checks_xapi_xe_and_a_xenapi_login() -> None:
     [
         ("systemctl is-active", "active active active active active failed active active", "xapi active"),
         ("xe sr-list", "", "xe sr-list"),
+        ("xe vdi-create", "Error code: SR_BACKEND_FAILURE_1200", "xe vdi-create"),
         ("xe vm-list", "The server failed to handle your request: error", "xe vm-list"),
         ("XenAPI", "Traceback ... SESSION_AUTHENTICATION_FAILED", "XenAPI login"),
     ],
