@@ -27,8 +27,8 @@ import record
 from iso import copy_project, xenspin
 
 ROOT = Path(__file__).resolve().parent.parent
-TOOLSTACK = ("ocaml-", "xen-ocaml", "xen-api", "sm", "xcp-host")  # the components only the toolstack needs
-SHIPPED = ("xen-api", "sm", "xcp-host")  # the toolstack's packages on the host
+TOOLSTACK = ("ocaml-", "xen-ocaml", "xen-api", "sm", "blktap", "xcp-host")  # the components only the toolstack needs
+SHIPPED = ("xen-api", "sm", "blktap", "xcp-host")  # the toolstack's packages on the host
 
 
 def writable_mirror(carried: Path, dest: Path) -> Path:
@@ -86,7 +86,10 @@ def main() -> int:
         print(f"ISO {iso.stat().st_size / 1e6:.0f} MB; toolstack packages {size / 1e6:.0f} MB ({share:.0%})")
         figures.append(("ISO size", f"{iso.stat().st_size / 1e6:.0f} MB ({iso.name})"))
         figures.append(
-            ("toolstack packages (xenspin-xapi, -sm, -xcp-host; xz)", f"{size / 1e6:.0f} MB, {share:.0%} of the ISO")
+            (
+                "toolstack packages (xenspin-xapi, -sm, -blktap, -xcp-host; xz)",
+                f"{size / 1e6:.0f} MB, {share:.0%} of the ISO",
+            )
         )
         checks.append(("the ISO carries the toolstack", "xenspin-xapi" in (out / "packages.json").read_text()))
         return run.finish(figures, checks, not args.no_record)
