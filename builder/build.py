@@ -216,8 +216,9 @@ def stages(
             return component_inputs(comp, entry, root, deps, job.tree, ctx.project, epoch)
 
         def make(tmp: Path, needs: Needs, comp=comp, entry=entry, job=job, inputs=inputs) -> dict:
-            key = stage_key(FORMAT, inputs(needs))
-            return _make_build(ctx, distro, job, comp, entry, needs, tmp, key, epoch, say)
+            given = inputs(needs)
+            key = stage_key(FORMAT, given)
+            return _make_build(ctx, distro, job, comp, entry, needs, tmp, key, epoch, say, given.get("patches", []))
 
         out.append(
             Stage(
@@ -279,8 +280,12 @@ def _make_build(
     key: str,
     epoch: int,
     say: Callable[[str], None],
+    patches: list[str],
 ) -> dict:
-    """Run the component's steps (or take its locked .debs) into tmp; record the .debs and their digests."""
+    """Run the component's steps (or take its locked .debs) into tmp; record the .debs and their digests.
+
+    patches: the sha256 of each patch file as the key took it; the steps get those bytes or nothing.
+    """
     short = key[:12]
     start = time.monotonic()
     if job.action != "none":
@@ -292,7 +297,7 @@ def _make_build(
             debs[name] = sha
     elif job.action == "build":
         logs = ctx.store.log_dir("build", job.name, short)
-        staged = _steps(ctx, distro, job, comp, entry, needs, tmp, epoch, logs)
+        staged = _steps(ctx, distro, job, comp, entry, needs, tmp, epoch, logs, patches)
         # Packages the steps made themselves (dpkg-buildpackage) come first, then the staged tree's.
         made = sorted((tmp / "debs").glob("*.deb"))
         for deb in made:
@@ -316,6 +321,7 @@ def _steps(
     tmp: Path,
     epoch: int,
     logs: Path,
+    patch_digests: list[str],
 ) -> Path:
     assert job.root is not None
     root = needs[debtree.root_stage_id(job.root)].path
@@ -350,8 +356,11 @@ def _steps(
         # Copies, numbered in the recipe's order: what the key was computed from, whatever the project does next.
         patches = tmp / "patches"
         patches.mkdir()
-        for i, p in enumerate(comp.patches, 1):
-            shutil.copyfile(p, patches / f"{i:02d}-{Path(p).name}")
+        for i, (p, digest) in enumerate(zip(comp.patches, patch_digests, strict=True), 1):
+            copy = patches / f"{i:02d}-{Path(p).name}"
+            shutil.copyfile(p, copy)
+            if sha256_file(copy) != digest:  # changed since the key was made: not what the key names
+                raise XenspinError(f"build {job.name}: patch {p} changed while the build started; build again")
         ro[PATCHES] = patches
         env["PATCHES"] = PATCHES
     if job.deps:

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import new_repo
 
+from builder import build as build_module
 from builder import cli
 from builder.store import Store
 
@@ -341,3 +342,28 @@ def test_a_build_finds_its_deps_patches_and_env_and_build_only_packages_ship_now
     assert re.fullmatch(
         rf"build app: {base_deb.name} of base changed in the store since it was built \(remove .*\)", line
     )
+
+
+def test_a_patch_changed_after_the_key_was_made_is_refused(
+    project: Path, store: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The steps get the patch bytes the key names or nothing: a patch edited between the key and the
+    copy (a race no test can time, so the edit rides on the key's computation) stops the build."""
+    (project / "components/app.yaml").write_text(
+        'source: {path: app}\npatches: [app/fix.patch]\nsteps:\n  - name: stage\n    run: install -D "$PATCHES/01-fix.patch" "$OUT/fix"\npackage: {name: app-xs}\n'
+    )
+    (project / "components/app").mkdir()
+    patch = project / "components/app/fix.patch"
+    patch.write_text("fix\n")
+    (project / "distro.yaml").write_text(DISTRO.replace("  solo: {}\n", "  solo: {}\n  app: {}\n"))
+    real = build_module.component_inputs
+    edits = iter(range(1, 100))
+
+    def then_edited(*args, **kwargs):  # each time a key is computed, the file changes right after
+        inputs = real(*args, **kwargs)
+        patch.write_text(f"edit {next(edits)}\n")
+        return inputs
+
+    monkeypatch.setattr(build_module, "component_inputs", then_edited)
+    line = fail(store, capsys, "app")
+    assert line == f"build app: patch {patch} changed while the build started; build again"
