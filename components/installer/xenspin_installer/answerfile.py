@@ -171,8 +171,16 @@ class Hook:
 class Answerfile:
     """An unattended install of a xenspin host."""
 
-    mode: Literal["install"] = field("what to do: install (a fresh install onto disk)", "install")
-    disk: Annotated[str, DISK] = field("the target disk (sda, /dev/sda, /dev/disk/by-id/...); empty: the only disk", "")
+    mode: Literal["install", "upgrade", "restore"] = field(
+        "install (fresh, erases the disk), upgrade (keeps the host's settings and data; the previous release stays "
+        "bootable) or restore (boot the release kept by the last upgrade again)",
+        "install",
+    )
+    disk: Annotated[str, DISK] = field(
+        "the target disk (sda, /dev/sda, /dev/disk/by-id/...); empty: the only disk (upgrade, restore: the only one "
+        "holding an installation)",
+        "",
+    )
     wipe: bool = field("erase the disk even if it holds partitions or filesystems", False)
     local_storage: bool = field("the rest of the disk as the LVM group xenspin-local for guests", True)
     hostname: Annotated[str, HOSTNAME] = field("host name", "xenspin")
@@ -187,6 +195,8 @@ class Answerfile:
     finish: Literal["reboot", "poweroff"] = field("what to do when the install is done", "reboot")
 
     def check(self, node: Node, path: str) -> None:
+        if self.mode != "install":
+            return  # an upgrade keeps root's login as it is; a restore changes nothing in the root it boots
         if not (self.root.password or self.root.password_hash or self.root.ssh_keys):
             fail(node.at("root"), "root", "gives no way to log in (expected password, password-hash or ssh-keys)")
 
