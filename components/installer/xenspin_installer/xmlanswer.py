@@ -457,7 +457,8 @@ class _Reader:
         self.warn(
             el,
             el.tag,
-            "xenspin runs no script when an install fails (the console and /tmp/xenspin-install.log say why); "
+            "xenspin runs no script when an install fails "
+            "(the console and the installer's /var/log/xenspin-install.log say why); "
             'for a script after a good install use <script stage="installation-complete">',
         )
 
@@ -507,10 +508,10 @@ class _Reader:
 
     # --- time ---------------------------------------------------------------------------
 
-    def el_timeconfig(self, el: El) -> None:
-        pass  # read by read_time
+    def el_ntp(self, el: El) -> None:
+        """<ntp>, <ntp-server> and <ntp-servers> are read together, before the loop (read_time)."""
 
-    el_ntp = el_ntp_server = el_ntp_servers = el_timeconfig
+    el_ntp_server = el_ntp_servers = el_ntp
 
     def el_time_config_method(self, el: El) -> None:
         method = el.text.strip().lower()
