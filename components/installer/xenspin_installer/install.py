@@ -69,6 +69,8 @@ PREVIOUS_SCRIPT_TEXT = f"""#!/bin/sh
 # written by the xenspin installer at an upgrade: the release kept on the other root
 if [ -f {PREVIOUS_CFG} ]; then cat {PREVIOUS_CFG}; fi
 """
+TIMESYNCD_UNIT = "systemd-timesyncd.service"
+TIMESYNCD_CONF = "etc/systemd/timesyncd.conf.d/xenspin.conf"
 FIRST_BOOT_KEYS = """\
 [Unit]
 Description=Generate this host's SSH host keys (xenspin, first boot)
@@ -429,6 +431,7 @@ class Installer:
         if a.network.dns:
             self.write("etc/resolv.conf", "".join(f"nameserver {d}\n" for d in a.network.dns))
         self.set_timezone()
+        self.set_time_servers()
         self.write(
             "etc/default/keyboard",
             f'XKBMODEL="pc105"\nXKBLAYOUT="{a.keymap}"\nXKBVARIANT=""\nXKBOPTIONS=""\nBACKSPACE="guess"\n',
@@ -464,6 +467,29 @@ class Installer:
             link = confined.resolve(self.mnt, "etc/localtime", follow=False)
             link.unlink(missing_ok=True)
             link.symlink_to(f"/usr/share/zoneinfo/{zone}")
+
+    def set_time_servers(self) -> None:
+        """The answerfile's time servers for systemd-timesyncd; [] turns time sync off (the unit masked).
+
+        Not given: nothing is written, and timesyncd uses the servers a DHCP lease names, else
+        Debian's pool. An image without timesyncd gets one warning and the install goes on.
+        """
+        servers = self.a.ntp
+        if servers is None:
+            return
+        if not self.r.dry_run and not any(
+            confined.is_file(self.mnt, f"{lib}/systemd/system/{TIMESYNCD_UNIT}") for lib in ("usr/lib", "lib")
+        ):
+            self.r.say("warning: no systemd-timesyncd in the image; the answerfile's time servers are not set")
+            return
+        if not servers:
+            self.r.log(f"mask {TIMESYNCD_UNIT}: the answerfile turns time sync off")
+            if not self.r.dry_run:
+                link = confined.mkdirs(self.mnt, "etc/systemd/system") / TIMESYNCD_UNIT
+                link.unlink(missing_ok=True)
+                link.symlink_to("/dev/null")
+            return
+        self.write(TIMESYNCD_CONF, f"# written by the xenspin installer\n[Time]\nNTP={' '.join(servers)}\n")
 
     def set_root_login(self) -> None:
         """Root's password (to chpasswd on its input, masked in what it says) and SSH keys, as the answers give them."""
