@@ -151,3 +151,100 @@ def test_install_onto_a_loop_device(default_build, tmp_path: Path) -> None:
         assert "BOOTX64.EFI" in efi.stdout.upper()
     finally:
         subprocess.run(["losetup", "--detach", dev], check=False)
+
+
+def run_installer(tmp_path: Path, answer: str, squashfs: Path, name: str, login: Path | None = None) -> str:
+    """The installer from the checkout, as the ISO runs it; its output (it must succeed)."""
+    (tmp_path / f"{name}.yaml").write_text(answer)
+    (tmp_path / "cmdline").write_text("console=hvc0\n")
+    argv = [sys.executable, "-m", "xenspin_installer", "--answerfile", str(tmp_path / f"{name}.yaml")]
+    argv += [
+        "--squashfs",
+        str(squashfs),
+        "--log",
+        str(tmp_path / f"{name}.log"),
+        "--cmdline",
+        str(tmp_path / "cmdline"),
+    ]
+    argv += ["--medium", str(tmp_path), *(["--test-login", str(login)] if login else [])]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stdout + proc.stderr + (tmp_path / f"{name}.log").read_text()[-3000:]
+    return proc.stdout
+
+
+def partnames(dev: str) -> dict[int, str]:
+    out = subprocess.run(["partx", "-g", "-o", "NR,NAME", "-r", dev], capture_output=True, text=True, check=True)
+    return {int(nr): name for nr, name in (line.split(" ", 1) for line in out.stdout.splitlines())}
+
+
+def check_upgrade_and_restore(tmp_path: Path, squashfs: Path) -> None:
+    """Install, change the host as its administrator would, upgrade, check what was kept; restore; check the names."""
+    image = tmp_path / "disk.img"
+    with open(image, "wb") as f:
+        f.truncate(8 * GiB)
+    dev = subprocess.run(
+        ["losetup", "--find", "--show", "--partscan", str(image)], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    p = lambda n: f"{dev}p{n}"  # noqa: E731
+    try:
+        run_installer(tmp_path, f"disk: {dev}\nhostname: kept\nroot:\n  password: s3cret\n", squashfs, "install")
+        subprocess.run(["partprobe", dev], check=False)
+        assert partnames(dev) == {1: "biosboot", 2: "esp", 3: "xenspin-root", 4: "xenspin-backup", 5: "local"}
+        # the administrator's changes, and what the first boot made
+        subprocess.run(["mount", p(3), str(mnt)], check=True)
+        try:
+            (mnt / "etc/xenspin-upgrade-test").write_text("mine\n")
+            (mnt / "etc/issue").write_text("changed by the administrator\n")
+            (mnt / "etc/machine-id").write_text("0123456789abcdef0123456789abcdef\n")
+            (mnt / "etc/ssh/ssh_host_ed25519_key").write_text("host key\n")
+            (mnt / "root/notes").write_text("root's\n")
+            with open(mnt / "etc/passwd", "a") as f:
+                f.write("alice:x:1000:1000:Alice:/home/alice:/bin/bash\n")
+            with open(mnt / "etc/shadow", "a") as f:
+                f.write("alice:$6$salt$hash:19000:0:99999:7:::\n")
+            root_hash = next(ln for ln in (mnt / "etc/shadow").read_text().splitlines() if ln.startswith("root:"))
+            issue_as_shipped = (mnt / "etc/os-release").read_text()
+        finally:
+            subprocess.run(["umount", str(mnt)], check=True)
+        old_uuid = blkid(p(3), "UUID")
+        login = tmp_path / "login"
+        login.write_bytes(testguest.login_file(testguest.throwaway_login())[TEST_LOGIN])
+        out = run_installer(tmp_path, f"mode: upgrade\ndisk: {dev}\n", squashfs, "upgrade", login)
+        assert f"xenspin upgraded on {dev} (" in out
+        subprocess.run(["partprobe", dev], check=False)
+        assert partnames(dev)[3] == "xenspin-backup" and partnames(dev)[4] == "xenspin-root"
+        assert blkid(p(3), "UUID") == old_uuid  # the old root is as it was
+        subprocess.run(["mount", "-o", "ro", p(4), str(mnt)], check=True)
+        try:
+            assert (mnt / "etc/xenspin-upgrade-test").read_text() == "mine\n"
+            assert (mnt / "etc/issue").read_text() == "changed by the administrator\n"
+            assert (mnt / "etc/hostname").read_text() == "kept\n"
+            assert (mnt / "etc/machine-id").read_text() == "0123456789abcdef0123456789abcdef\n"
+            assert (mnt / "etc/ssh/ssh_host_ed25519_key").read_text() == "host key\n"
+            assert (mnt / "root/notes").read_text() == "root's\n"
+            assert (mnt / "etc/os-release").read_text() == issue_as_shipped  # the new release's own
+            shadow = (mnt / "etc/shadow").read_text().splitlines()
+            assert root_hash in shadow and "alice:$6$salt$hash:19000:0:99999:7:::" in shadow
+            assert "alice:x:1000:1000:Alice:/home/alice:/bin/bash" in (mnt / "etc/passwd").read_text()
+            assert f"{TEST_USER}:x:0:0" in (mnt / "etc/passwd").read_text()
+            fstab = (mnt / "etc/fstab").read_text()
+            assert f"UUID={blkid(p(4), 'UUID')}\t/\text4" in fstab and old_uuid not in fstab
+            grub = (mnt / "boot/grub/grub.cfg").read_text()
+            assert f"root=UUID={blkid(p(4), 'UUID')}" in grub
+            assert "menuentry 'Previous release: " in grub and f"--set=root {old_uuid}" in grub
+            assert (mnt / "etc/grub.d/42_xenspin_previous").stat().st_mode & 0o111
+        finally:
+            subprocess.run(["umount", str(mnt)], check=True)
+        out = run_installer(tmp_path, f"mode: restore\ndisk: {dev}\n", squashfs, "restore")
+        assert f"xenspin restored on {dev} (" in out
+        subprocess.run(["partprobe", dev], check=False)
+        assert partnames(dev)[3] == "xenspin-root" and partnames(dev)[4] == "xenspin-backup"
+    finally:
+        subprocess.run(["losetup", "--detach", dev], check=False)
+
+
+@pytest.mark.root
+def test_upgrade_keeps_the_hosts_state_and_restore_switches_back(default_build, tmp_path: Path) -> None:
+    check_upgrade_and_restore(tmp_path, default_build.rootfs / "rootfs.squashfs")
