@@ -149,7 +149,7 @@ def test_format_by_content_and_iso_name(tmp_path: Path) -> None:
     [
         (
             "root: {password: x}\nhostname: bad_name\n",
-            "a.yaml:2: hostname: 'bad_name' (expected letters, digits and -, at most 63)",
+            "a.yaml:2: hostname: 'bad_name' (expected labels of letters, digits and - (at most 63 each) joined by dots)",
         ),
         (
             "root: {password: x}\nwipe: yes please\n",
@@ -231,7 +231,7 @@ def test_yaml_bad_values_one_line(tmp_path: Path, text: str, expected: str) -> N
         ),
         (
             "<installation>\n<root-password>x</root-password>\n<hostname>a b</hostname></installation>",
-            "a.xml:3: hostname: 'a b' (expected letters, digits and -, at most 63)",
+            "a.xml:3: hostname: 'a b' (expected labels of letters, digits and - (at most 63 each) joined by dots)",
         ),
         (
             "<installation>\n<root-password>x</root-password>\n<script stage='sometime'>http://x</script></installation>",

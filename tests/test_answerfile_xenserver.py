@@ -327,3 +327,14 @@ def test_validate_answerfile_prints_each_warning(tmp_path: Path) -> None:
     assert refused.stderr.strip().endswith(
         f"{path}:18: network-backend: 'openvswitch' is not supported: this distribution carries no Open vSwitch; use bridge"
     )
+
+
+def test_a_fully_qualified_host_name_is_taken(tmp_path: Path) -> None:
+    a, warnings = parsed(tmp_path, "<hostname>xen1.example.com</hostname>")
+    assert a.hostname == "xen1.example.com" and not [w for w in warnings if "hostname" in w]
+    inst, _ = installer(tmp_path, a)
+    inst.configure()
+    assert (inst.mnt / "etc/hostname").read_text() == "xen1\n"  # Debian's way: the full name in /etc/hosts
+    assert "127.0.1.1\txen1.example.com\txen1\n" in (inst.mnt / "etc/hosts").read_text()
+    for bad in ("xen1..example.com", "-xen1.example.com", "xen1.example.com.", "a" * 64 + ".example.com"):
+        assert "hostname" in refusal(tmp_path, f"<hostname>{bad}</hostname>")

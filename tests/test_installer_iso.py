@@ -44,7 +44,9 @@ def test_a_bad_baked_answerfile_stops_the_build_first(tmp_path: Path, capsys) ->
     code = cli.main(["-f", str(tmp_path / "distro.yaml"), "--store", str(tmp_path / "store"), "build"])
     err = capsys.readouterr().err
     assert code == 2
-    assert err.strip().endswith("host.yaml:2: hostname: 'no_underscores' (expected letters, digits and -, at most 63)")
+    assert err.strip().endswith(
+        "host.yaml:2: hostname: 'no_underscores' (expected labels of letters, digits and - (at most 63 each) joined by dots)"
+    )
     assert not (tmp_path / "store").exists() or not any((tmp_path / "store").rglob("*.iso"))
 
 

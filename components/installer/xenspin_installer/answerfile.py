@@ -69,7 +69,12 @@ class AnswerfileError(InstallerError):
 
 # --- grammars: what each string may hold (the schema's "pattern", the loader's check) ---------
 
-HOSTNAME = Grammar(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?", "letters, digits and -, at most 63")
+# A name or a fully qualified one (XenServer answerfiles often give xen1.example.com): labels of
+# letters, digits and - (at most 63 each), joined by dots, at most 253 in all.
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+HOSTNAME = Grammar(
+    rf"(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*", "labels of letters, digits and - (at most 63 each) joined by dots"
+)
 # A name under /dev: no "." or ".." part, so it cannot climb out of /dev.
 DISK = optional(
     Grammar(
@@ -190,7 +195,7 @@ class Answerfile:
     )
     wipe: bool = field("erase the disk even if it holds partitions or filesystems", False)
     local_storage: bool = field("the rest of the disk as the LVM group xenspin-local for guests", True)
-    hostname: Annotated[str, HOSTNAME] = field("host name", "xenspin")
+    hostname: Annotated[str, HOSTNAME] = field("host name, short or fully qualified (xen1.example.com)", "xenspin")
     network: Network = field("management network", factory=Network)
     root: Root = field("root's login: password, password-hash or ssh-keys (one is needed)", factory=Root)
     timezone: Annotated[str, TIMEZONE] = field("time zone (a name under /usr/share/zoneinfo)", "UTC")

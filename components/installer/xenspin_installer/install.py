@@ -421,9 +421,11 @@ class Installer:
         a = self.a
         self.r.say("configuring the system")
         self.write_fstab()
-        self.write("etc/hostname", a.hostname + "\n")
+        short = a.hostname.split(".")[0]  # Debian's way: the short name in /etc/hostname, the full one in hosts
+        self.write("etc/hostname", short + "\n")
+        names = a.hostname if short == a.hostname else f"{a.hostname}\t{short}"
         self.write(
-            "etc/hosts", f"127.0.0.1\tlocalhost\n127.0.1.1\t{a.hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+            "etc/hosts", f"127.0.0.1\tlocalhost\n127.0.1.1\t{names}\n::1\tlocalhost ip6-localhost ip6-loopback\n"
         )
         networkd = network_config(a)
         if networkd:
