@@ -11,6 +11,7 @@ trees are lazy stages: made only for a build that must run.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import os
 import shutil
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import dataschema, debtree, outputcheck
+from . import dataschema, debtree, outputcheck, overlays
 from .context import Context
 from .debtree import TreeSpec
 from .errors import XenspinError
@@ -358,8 +359,7 @@ def _steps(
         patches.mkdir()
         for i, (p, digest) in enumerate(zip(comp.patches, patch_digests, strict=True), 1):
             copy = patches / f"{i:02d}-{Path(p).name}"
-            shutil.copyfile(p, copy)
-            if sha256_file(copy) != digest:  # changed since the key was made: not what the key names
+            if _copy_regular(Path(os.path.realpath(p)), copy) != digest:  # not what the key names
                 raise XenspinError(f"build {job.name}: patch {p} changed while the build started; build again")
         ro[PATCHES] = patches
         env["PATCHES"] = PATCHES
@@ -512,3 +512,14 @@ def report(outcomes: dict[str, Outcome], jobs: dict[str, Job]) -> BuildReport:
 def digests(outcomes: Needs, jobs: dict[str, Job]) -> list[str]:
     """The recorded sha256 of every .deb the builds hold (no .deb is read)."""
     return [d for name in jobs if (meta := outcomes[build_id(name)].meta) for d in meta["sha256"].values()]
+
+
+def _copy_regular(src: Path, dest: Path) -> str:
+    """Copy the regular file src (opened without following a link: a swap since the manifest was
+    checked is refused) to dest; the sha256 of the bytes copied."""
+    h = hashlib.sha256()
+    with overlays.open_regular(src, "a recipe's patches") as f, open(dest, "wb") as out:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+            out.write(chunk)
+    return h.hexdigest()
