@@ -366,7 +366,7 @@ def relock(distro: Distro, ctx: Context, *, strict: bool) -> list[str]:
     if not names:
         return []
     if ctx.offline:
-        return [f"nightly: --offline: {', '.join(names)} stay at their locked commits"]
+        return [f"nightly: --offline: branches not re-locked, kept at their locked commits: {', '.join(names)}"]
     with ctx.store.session():
         new, _ = pipeline.resolve_lock(distro, old, ctx, update=names, strict=strict)
         if new != old:

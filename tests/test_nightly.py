@@ -248,3 +248,48 @@ def test_index_page_in_chromium(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     for href in page.hrefs:
         assert (root / unquote(href)).exists(), href
     assert (root / "latest").resolve() == (root / "20260103").resolve()
+
+
+# --- re-locking branches -------------------------------------------------------------------
+
+
+def test_relock_moves_branches_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A branch is re-resolved to its tip; a tag stays where it was locked (local repositories, a mirror map)."""
+    from conftest import commit, git
+
+    from builder import cli, lock
+    from builder.context import Context
+    from builder.store import Store
+
+    upstream = tmp_path / "upstream"
+    upstream.mkdir()
+    git(upstream, "init", "-q", "-b", "main")
+    first = commit(upstream, "one")
+    git(upstream, "tag", "v1")
+    url = "https://git.example.invalid/hello.git"
+    write(
+        tmp_path / "p",
+        {
+            "components/tree/file": "in-tree\n",
+            "distro.yaml": "name: t\nversion: '1'\ninstaller: {component: tree}\ncomponents:\n"
+            f"  hello:\n    source: {{git: {url}, ref: main}}\n"
+            f"  pinned:\n    source: {{git: {url}, ref: v1}}\n"
+            "  tree:\n    source: {path: components/tree}\n",
+        },
+    )
+    path = tmp_path / "p/distro.yaml"
+    mirror = f"{url}=file://{upstream}"
+    assert cli.main(["-f", str(path), "--store", str(tmp_path / "store"), "--mirror", mirror, "lock"]) == 0
+    second = commit(upstream, "two")
+    distro = manifest.load(path)
+    ctx = Context(Store(tmp_path / "store"), distro.base, {url: f"file://{upstream}"}, manifest=path)
+    lines = nightly.relock(distro, ctx, strict=False)
+    assert lines == [f"nightly: re-locked hello (main): {first[:12]} -> {second[:12]}"]
+    locked = lock.read(lock.lock_path(path))
+    assert locked is not None
+    assert locked.components["hello"]["commit"] == second and locked.components["pinned"]["commit"] == first
+    assert nightly.relock(distro, ctx, strict=False) == [f"nightly: re-locked hello (main): {second[:12]} (unchanged)"]
+    offline = dataclasses.replace(ctx, offline=True)
+    assert nightly.relock(distro, offline, strict=False) == [
+        "nightly: --offline: branches not re-locked, kept at their locked commits: hello"
+    ]
