@@ -425,7 +425,9 @@ def cmd_build(args: argparse.Namespace) -> int:
     result = pipeline.run_build(
         distro, ctx, names=args.components or None, jobs=args.jobs, strict=args.strict, out=args.out
     )
-    signature = release.finish(args.out, key) if result.iso is not None else None
+    signature, dropped = release.finish(args.out, key) if result.iso is not None else (None, False)
+    if dropped:
+        print(f"removed {args.out / release.SIGNATURE}: this build is not signed", file=sys.stderr)
     _left_out(result.left_out)
     report = result.build
     if args.json:

@@ -15,7 +15,6 @@ import hashlib
 import io
 import json
 import os
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -295,17 +294,15 @@ def verify(image: Path, keyrings: Sequence[Path]) -> Verified:
     return result
 
 
-def finish(out: Path, key: str | None) -> Path | None:
+def finish(out: Path, key: str | None) -> tuple[Path | None, bool]:
     """After a build published out/SHA256SUMS: sign it with key, or drop a signature it outdated.
 
     Under the out/ lock, so a build publishing into out/ at once never pairs with the wrong signature.
-    Returns the signature written, if any.
+    Returns the signature written (if any) and whether an outdated one was removed.
     """
     from .aptrepo import out_lock
 
     with out_lock(out):
         if key:
-            return sign(out / SUMS, key)
-        if drop_stale_signature(out):
-            print(f"removed {out / SIGNATURE}: {SUMS} was rewritten and this build is not signed", file=sys.stderr)
-    return None
+            return sign(out / SUMS, key), False
+        return None, drop_stale_signature(out)

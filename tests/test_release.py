@@ -183,9 +183,10 @@ def test_unknown_key_refused_before_building(tmp_path: Path, signer: Keys) -> No
 def test_unsigned_build_drops_an_old_signature(tmp_path: Path, signer: Keys) -> None:
     publish(tmp_path / "out")
     release.sign(tmp_path / "out/SHA256SUMS", signer.good)
-    assert release.finish(tmp_path / "out", None) is None
+    assert release.finish(tmp_path / "out", None) == (None, True)
     assert not (tmp_path / "out/SHA256SUMS.asc").exists()
-    assert release.finish(tmp_path / "out", signer.good) == tmp_path / "out/SHA256SUMS.asc"
+    assert release.finish(tmp_path / "out", None) == (None, False)
+    assert release.finish(tmp_path / "out", signer.good) == (tmp_path / "out/SHA256SUMS.asc", False)
 
 
 @pytest.mark.parametrize(
