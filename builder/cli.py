@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
@@ -27,9 +28,11 @@ from . import (
     iso,
     lock,
     manifest,
+    nightly,
     packagesets,
     pipeline,
     plan,
+    release,
     vmtest,
 )
 from .context import Context
@@ -120,6 +123,31 @@ def make_parser() -> argparse.ArgumentParser:
         "--allow-plaintext-password",
         action="store_true",
         help="build an answerfile giving root a plain password into the ISO (refused otherwise: give its hash)",
+    )
+    p.add_argument(
+        "--sign",
+        metavar="KEY",
+        help="sign SHA256SUMS with this OpenPGP key of $GNUPGHOME (SHA256SUMS.asc; default: config's sign-key)",
+    )
+    p.add_argument(
+        "--nightly",
+        action="store_true",
+        help="re-lock tracked branches, build into OUT/nightly/DATE, point OUT/nightly/latest at it, keep the last N",
+    )
+    p.add_argument(
+        "--keep", type=int, metavar="N", help="--nightly: builds to keep (default: the manifest's nightly.keep)"
+    )
+    p = add("verify", "check a downloaded ISO against SHA256SUMS, its signature and build-info.json beside it")
+    p.add_argument(
+        "image", type=Path, metavar="ISO", help="the ISO (SHA256SUMS, SHA256SUMS.asc, build-info.json beside it)"
+    )
+    p.add_argument(
+        "--keyring",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="K",
+        help="the publisher's public key(s), armored or a keyring file (repeatable); without it the signature is not checked",
     )
     p = add("test", "test an image in QEMU")
     tests = p.add_subparsers(dest="test_command", metavar="TEST", required=True)
@@ -372,6 +400,13 @@ def cmd_validate_answerfile(args: argparse.Namespace) -> int:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
+    if args.nightly:
+        return cmd_nightly(args)
+    if args.keep is not None:
+        raise XenspinError("--keep N goes with --nightly")
+    key = release.signing_key(args.sign, config.load().sign_key)
+    if key and args.components:
+        raise XenspinError(f"--sign {key}: a build of some components writes no ISO or SHA256SUMS to sign")
     distro = manifest.load(args.file)
     if args.answerfile:
         installer = dataclasses.replace(distro.installer, answerfile=str(args.answerfile.absolute()))
@@ -384,10 +419,15 @@ def cmd_build(args: argparse.Namespace) -> int:
         elif answer.root.password:
             print(f"{path}: warning: root's plain password is built into the ISO, as asked", file=sys.stderr)
     manifest.require_components(distro, args.components, "build")
+    if key:
+        release.check_key(key)  # before the build, not after an hour of it
     ctx = _context(args, distro)
     result = pipeline.run_build(
         distro, ctx, names=args.components or None, jobs=args.jobs, strict=args.strict, out=args.out
     )
+    signature, dropped = release.finish(args.out, key) if result.iso is not None else (None, False)
+    if dropped:
+        print(f"removed {args.out / release.SIGNATURE}: this build is not signed", file=sys.stderr)
     _left_out(result.left_out)
     report = result.build
     if args.json:
@@ -406,7 +446,7 @@ def cmd_build(args: argparse.Namespace) -> int:
                 "key": result.iso.done.key,
                 "made": result.iso.made,
                 "wall": result.iso.seconds,
-                "files": [str(p) for p in result.published],
+                "files": [str(p) for p in result.published + ([signature] if signature else [])],
                 **(result.iso.done.meta or {}),
             }
         print(json.dumps(data, indent=2))
@@ -426,7 +466,56 @@ def cmd_build(args: argparse.Namespace) -> int:
         size = (result.iso.done.meta or {}).get("size", 0) // (1 << 20)
         print(f"iso: {image} ({size} MiB, {state}, key {result.iso.done.key[:12]})")
         print(f"     {', '.join(p.name for p in result.published[1:])} beside it")
+        if signature is not None:
+            print(f"     {signature.name}: signed with {key}")
     print(f"logs: {ctx.store.log_dir('build')}")
+    return 0
+
+
+def cmd_nightly(args: argparse.Namespace) -> int:
+    """build --nightly: the build itself is cmd_build into a directory of nightly's choosing."""
+    if args.components:
+        raise XenspinError("--nightly builds the whole distribution: drop " + " ".join(args.components))
+    distro = manifest.load(args.file)
+    keep = distro.nightly.keep if args.keep is None else args.keep
+    if keep < 1:
+        raise XenspinError(f"--keep {keep}: expected at least 1")
+    key = release.signing_key(args.sign, config.load().sign_key)
+    if key:
+        release.check_key(key)  # before the re-lock and the build
+    ctx = _context(args, distro)
+    for line in nightly.relock(distro, ctx, strict=args.strict):
+        print(line, file=sys.stderr)
+
+    def build(into: Path) -> None:
+        inner = argparse.Namespace(**{**vars(args), "out": into, "nightly": False, "keep": None, "json": False})
+        with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+            cmd_build(inner)
+
+    done = nightly.run(args.out / nightly.DIR, build, keep=keep, title=f"{distro.name} nightly builds")
+    if args.json:
+        print(json.dumps(dataclasses.asdict(done), indent=2, default=str))
+        return 0
+    for line in done.lines():
+        print(line)
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    done = release.verify(args.image, args.keyring)
+    if args.json:
+        print(json.dumps(dataclasses.asdict(done), indent=2, default=str))
+    else:
+        print(f"{done.iso}: good: {done.name} {done.version}, sha256 {done.sha256}")
+        print(
+            f"  matches {release.SUMS}: {', '.join(done.checked)}; its packages.json and .disk/info match build-info.json"
+        )
+        if done.signer:
+            print(f"  {release.SIGNATURE}: good signature by {done.signer}")
+    if not done.signer:
+        print(
+            f"warning: {release.SIGNATURE} not checked (no --keyring): the digests prove no publisher", file=sys.stderr
+        )
     return 0
 
 
@@ -529,6 +618,7 @@ COMMANDS = {
     "plan": cmd_plan,
     "schema": cmd_schema,
     "validate-answerfile": cmd_validate_answerfile,
+    "verify": cmd_verify,
 }
 
 

@@ -17,6 +17,9 @@ class Config:
 
     mirrors: dict[str, str] = field("URL prefix -> replacement prefix, like git's url.X.insteadOf", factory=dict)
     store: str = field("store directory (default $XDG_CACHE_HOME/xenspin/store)", "")
+    sign_key: str = field(
+        "OpenPGP key (fingerprint, id or address in $GNUPGHOME) that signs each build's SHA256SUMS", ""
+    )
 
 
 def default_store() -> Path:

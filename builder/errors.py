@@ -77,6 +77,12 @@ class GitError(XenspinError):
     """git failed on a mirror in the store (not reaching upstream: that is a FetchError)."""
 
 
+class VerifyFailed(XenspinError):
+    """A download is not what was published (a digest, a signature, the ISO's own record): exit 1, like a failed test."""
+
+    exit_code = 1
+
+
 def describe(e: BaseException) -> str:
     """One line for an error of the machine rather than of xenspin (OSError, a hung child)."""
     if isinstance(e, OSError):

@@ -24,6 +24,8 @@ HOST_PACKAGES = {
     # QEMU for test boot/install; busybox for the tiny guest initrd test install starts;
     # openssl hashes the password of test install's throwaway login.
     "test": ["qemu-system-x86", "qemu-utils", "ovmf", "busybox-static", "openssl"],
+    # Headless Chromium: the nightly index page's test loads it as people's browsers would.
+    "nightly": ["chromium"],
 }
 
 

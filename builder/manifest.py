@@ -395,6 +395,18 @@ class Xen:
 
 
 @dataclass(frozen=True)
+class Nightly:
+    """What `xenspin build --nightly` keeps: dated builds under OUT/nightly, the oldest dropped once a new one is complete."""
+
+    keep: int = field("how many nightly builds to keep (at least 1; `build --keep N` overrides it)", 7)
+
+    def check(self, raw: LDict, path: str) -> None:
+        if self.keep < 1:
+            where = f"{path}.keep" if path else "keep"
+            raise ManifestError(raw.loc_of("keep"), where, f"got {self.keep} (expected at least 1)")
+
+
+@dataclass(frozen=True)
 class Distro:
     """A Xen distribution: the top level of distro.yaml or a spin."""
 
@@ -409,6 +421,7 @@ class Distro:
     installer: Installer = field("the installer", factory=Installer)
     iso: Iso = field("the installer ISO", factory=Iso)
     xen: Xen = field("which components are Xen's hypervisor and tools", factory=Xen)
+    nightly: Nightly = field("nightly builds (`xenspin build --nightly`)", factory=Nightly)
 
     def check(self, raw: LDict, path: str) -> None:
         """Checks across fields: references between components, cycles (each field's grammar is checked as read)."""
@@ -861,15 +874,20 @@ def merge(base: LDict, over: LDict, path: tuple[str, ...]) -> LDict:
     return out
 
 
-def _render_version(version: str, raw: LDict) -> str:
-    if "{" not in version:
-        return version
+def build_date() -> str:
+    """What {{ date }} renders as (YYYYMMDD, UTC): $SOURCE_DATE_EPOCH's day, else today; nightly dirs use it too."""
     stamp = config.epoch_from_env()
     when = (
         datetime.datetime.fromtimestamp(stamp, datetime.UTC)
         if stamp is not None
         else datetime.datetime.now(datetime.UTC)
     )
+    return when.strftime("%Y%m%d")
+
+
+def _render_version(version: str, raw: LDict) -> str:
+    if "{" not in version:
+        return version
     # Here, not at the top: only a templated version needs Jinja2, and every run loads manifests.
     import jinja2
     from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
@@ -879,7 +897,7 @@ def _render_version(version: str, raw: LDict) -> str:
     env = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False)
     env.globals.clear()
     try:
-        return env.from_string(version).render(date=when.strftime("%Y%m%d"))
+        return env.from_string(version).render(date=build_date())
     except SecurityError as e:
         why = f"refused by the template sandbox: {e}"
     except jinja2.TemplateSyntaxError as e:

@@ -164,6 +164,7 @@ FIELDS = [
     "installer",
     "iso",
     "xen",
+    "nightly",
 ]
 
 
