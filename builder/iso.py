@@ -27,7 +27,7 @@ import time
 import types
 import uuid
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -893,11 +893,12 @@ def _place(src: Path | bytes, dest: Path) -> None:
     os.replace(tmp, dest)
 
 
-def publish(result: Made, out: Path, build_info: dict[str, Any]) -> list[Path]:
-    """Write the ISO, guest-tools.iso, packages.json, build-info.json and SHA256SUMS into out/."""
+def publish(result: Made, out: Path, build_info: dict[str, Any], extra: Sequence[Path] = ()) -> list[Path]:
+    """Write the ISO, guest-tools.iso, packages.json, extra files (the SBOM), build-info.json and
+    SHA256SUMS into out/."""
     out.mkdir(parents=True, exist_ok=True)
     placed: list[Path] = []
-    for src in [result.iso, result.guest_iso, result.path / "packages.json"]:
+    for src in [result.iso, result.guest_iso, result.path / "packages.json", *extra]:
         if src is not None:
             _place(src, out / src.name)
             placed.append(out / src.name)
