@@ -30,6 +30,7 @@ from . import (
     packagesets,
     pipeline,
     plan,
+    relnotes,
     vmtest,
 )
 from .context import Context
@@ -121,6 +122,9 @@ def make_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="build an answerfile giving root a plain password into the ISO (refused otherwise: give its hash)",
     )
+    p = add("diff", "release notes from OLD to NEW (each a lock file, a build-info.json or an ISO)")
+    p.add_argument("old", type=Path, metavar="OLD")
+    p.add_argument("new", type=Path, metavar="NEW")
     p = add("test", "test an image in QEMU")
     tests = p.add_subparsers(dest="test_command", metavar="TEST", required=True)
     t = tests.add_parser(
@@ -463,6 +467,17 @@ def _human(n: int) -> str:
     return f"{n} B"
 
 
+def cmd_diff(args: argparse.Namespace) -> int:
+    cfg = config.load()
+    store = Store(args.store or (Path(cfg.store) if cfg.store else config.default_store()))
+    notes = relnotes.diff(args.old, args.new, store)
+    if args.json:
+        print(json.dumps(relnotes.to_data(notes), indent=2))
+    else:
+        print(relnotes.markdown(notes), end="")
+    return 0
+
+
 def cmd_setup(args: argparse.Namespace) -> int:
     changes = host.setup(args.user)
     print(
@@ -518,6 +533,7 @@ TESTS = {"boot": cmd_test_boot, "install": cmd_test_install}
 
 
 COMMANDS = {
+    "diff": cmd_diff,
     "build": cmd_build,
     "setup": cmd_setup,
     "lock": cmd_lock,

@@ -163,11 +163,28 @@ def _split_with(term: str) -> tuple[str, str, str]:
 
 
 def expression(dep5: str, known: SpdxIds = NONE) -> str:
-    """A DEP-5 License: short expression ("GPL-2+ or Artistic", "a, and b") as an SPDX expression."""
-    text = re.sub(r",\s*(and|or)\b", r" \1", dep5.strip(), flags=re.I)  # DEP-5's comma only sets precedence
-    text = re.sub(r"\s+", " ", text)
+    """A DEP-5 License: short expression as an SPDX expression.
+
+    DEP-5: "and" binds tighter than "or", and a comma before an operator ends a group
+    ("A or B, and C" is (A or B) and C).
+    """
+    text = re.sub(r"\s+", " ", dep5.strip())
     if not text:
         return NOASSERTION
+    parts = re.split(r",\s*(and|or)\s+", text, flags=re.I)
+    out = _plain(parts[0], known)
+    for op, group in zip(parts[1::2], parts[2::2], strict=True):
+        right = _plain(group, known)
+        out = f"{_group(out)} {op.upper()} {_group(right)}"
+    return out
+
+
+def _group(expr: str) -> str:
+    return f"({expr})" if " AND " in expr or " OR " in expr else expr
+
+
+def _plain(text: str, known: SpdxIds) -> str:
+    """An expression without DEP-5 commas: ORs of ANDs of licences."""
     ors = re.split(r" or ", text, flags=re.I)
     out = []
     for alt in ors:

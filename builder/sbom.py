@@ -33,6 +33,7 @@ spdx = lazyimport.module("spdx_tools.spdx.model")
 spdx_json = lazyimport.module("spdx_tools.spdx.writer.json.json_writer")
 spdx_validation = lazyimport.module("spdx_tools.spdx.validation.document_validator")
 spdx_licensing = lazyimport.module("license_expression")
+spdx_uris = lazyimport.module("spdx_tools.spdx.validation.uri_validators")
 
 KIND = "sbom"
 STAGE_ID = f"{KIND}:sbom"
@@ -148,6 +149,11 @@ def document(inp: Inputs) -> Any:
     packages: list[Any] = []
     rels: list[Any] = []
 
+    def location(url: str) -> Any:
+        """url when SPDX accepts it as a download location; else NOASSERTION (a local mirror,
+        file://, an address by IP: sourceInfo still names it)."""
+        return url if url and not spdx_uris.validate_download_location(url) else noassert
+
     def sha(digest: str | None) -> list[Any]:
         return [m.Checksum(m.ChecksumAlgorithm.SHA256, digest)] if digest else []
 
@@ -195,7 +201,7 @@ def document(inp: Inputs) -> Any:
                 spdx_id=cid,
                 name=name,
                 version=src["version"],
-                download_location=noassert if src["download"] == "NOASSERTION" else src["download"],
+                download_location=location(src["download"]),
                 files_analyzed=False,
                 checksums=sha(src.get("sha256")),
                 source_info=src["info"],
@@ -212,7 +218,7 @@ def document(inp: Inputs) -> Any:
         name, version = pkg["name"], pkg["version"]
         pid = spdx_ref("deb", name)
         locked = inp.locked.get(name, {})
-        download = f"{locked.get('mirror', mirror)}/{locked['filename']}" if locked.get("filename") else noassert
+        download = location(f"{locked.get('mirror', mirror)}/{locked['filename']}" if locked.get("filename") else "")
         expr = inp.licences.get(name, licence.NOASSERTION)
         packages.append(
             m.Package(
@@ -370,11 +376,13 @@ def stage(
     """The SBOM as a node after the ISO, the rootfs and the shipped component builds (builds: component -> stage id)."""
 
     def inputs_of(needs: Needs) -> Inputs:
-        image, rootfs = needs[iso_id], needs[rootfs_id]
-        if image.meta is None or rootfs.path is None:
+        image, rootfs = needs.get(iso_id), needs.get(rootfs_id)
+        if image is None or rootfs is None or image.meta is None or rootfs.path is None:
             raise Pending("the SBOM needs the ISO")
         built: dict[str, str] = {}
         for comp, sid in sorted(builds.items()):
+            if sid not in needs:
+                raise Pending("the SBOM needs the component builds")
             for deb in (needs[sid].meta or {}).get("debs", []):
                 built[Path(deb).name.split("_")[0]] = comp
         packages = json.loads((rootfs.path / "packages.json").read_text())
