@@ -437,22 +437,24 @@ def test_default_build_sbom_is_valid_and_complete_and_diff_reads_the_store(
     assert sum(d != "NOASSERTION" for d in declared) > len(declared) // 2  # most of Debian is DEP-5 by now
     assert debs["libc6"]["licenseDeclared"].startswith("LGPL-2.1-or-later")
 
-    # A diff from a copy of the real lock where two packages are older: their changelogs come from the store.
+    # A diff from a copy of the real lock with an older Xen and libc6: their changelogs come from the store.
+    older_xen = "4.20.2+37-g61ff35323e-0+deb13u1"
+
     def older_real(data: dict) -> None:
+        data["components"]["xen"]["packages"]["xen-hypervisor-4.20-amd64"]["version"] = older_xen
         pkgs = data["sets"]["rootfs"]["packages"]
-        pkgs["openssh-server"]["version"] = "1:10.0p1-7"
+        pkgs["xen-hypervisor-4.20-amd64"]["version"] = older_xen
         pkgs["libc6"]["version"] = "2.41-11"
 
     old = edited_lock(tmp_path, older_real)
+    new = default_build.project / "distro.lock"
     outbuf = io.StringIO()
     with contextlib.redirect_stdout(outbuf):
-        assert (
-            cli.main(
-                ["--store", str(default_build.store), "diff", str(old), str(default_build.project / "distro.lock")]
-            )
-            == 0
-        )
-    text = outbuf.getvalue()
-    assert "- openssh-server: 1:10.0p1-7 -> " in text and "- libc6: 2.41-11 -> " in text
-    assert "  - 2.41-12" in text  # a changelog entry from the new libc6 .deb in the store
-    assert "the store has no .deb" not in text
+        assert cli.main(["--store", str(default_build.store), "--json", "diff", str(old), str(new)]) == 0
+    notes = json.loads(outbuf.getvalue())
+    assert [c["name"] for c in notes["components"]] == ["xen"]
+    changes = {c["name"]: c for c in notes["packages"]}
+    assert set(changes) == {"xen-hypervisor-4.20-amd64", "libc6"}
+    assert all(c["kind"] == "upgraded" and c["entries"] and not c["note"] for c in changes.values())
+    assert "xen-hypervisor-4.20-amd64" in {s["package"] for s in notes["security"]}
+    assert not notes["gaps"]
