@@ -34,11 +34,9 @@ class DebFileError(XenspinError):
 class DocFile:
     """What a .deb holds for one doc file: its text, or the package its doc directory links to."""
 
-    text: str | None = None
-    link: str | None = None
-    data: bytes | None = (
-        None  # the raw bytes, from doc_files  # the other package whose /usr/share/doc/ directory this one uses
-    )
+    text: str | None = None  # decoded (copyright_text, changelog_text)
+    link: str | None = None  # the other package whose /usr/share/doc/ directory holds it
+    data: bytes | None = None  # the raw bytes (doc_files)
 
 
 def _data_tar(deb: Path) -> tarfile.TarFile:

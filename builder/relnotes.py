@@ -349,7 +349,11 @@ def _changelog(name: str, pkgs: dict[str, dict[str, Any]], store: Store) -> tupl
         if doc is None:
             return None, f"{name}'s .deb has no changelog.Debian.gz"
         if doc.link is None:
-            return doc.text, ""
+            return (
+                (doc.text, "")
+                if doc.text is not None
+                else (None, f"{name}'s changelog links outside its doc directory")
+            )
         name = doc.link
     return None, "its doc directory links too deep"
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime
 import io
 import json
+import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,6 +35,8 @@ spdx_json = lazyimport.module("spdx_tools.spdx.writer.json.json_writer")
 spdx_validation = lazyimport.module("spdx_tools.spdx.validation.document_validator")
 spdx_licensing = lazyimport.module("license_expression")
 spdx_uris = lazyimport.module("spdx_tools.spdx.validation.uri_validators")
+
+log = logging.getLogger("xenspin.sbom")
 
 KIND = "sbom"
 STAGE_ID = f"{KIND}:sbom"
@@ -154,6 +157,15 @@ def document(inp: Inputs) -> Any:
         file://, an address by IP: sourceInfo still names it)."""
         return url if url and not spdx_uris.validate_download_location(url) else noassert
 
+    def declared(expr: str) -> Any:
+        """The expression as spdx-tools holds it; NOASSERTION for one it cannot parse."""
+        if expr == licence.NOASSERTION:
+            return noassert
+        try:
+            return licensing.parse(expr)
+        except Exception:  # license-expression's own parse errors
+            return noassert
+
     def sha(digest: str | None) -> list[Any]:
         return [m.Checksum(m.ChecksumAlgorithm.SHA256, digest)] if digest else []
 
@@ -231,7 +243,7 @@ def document(inp: Inputs) -> Any:
                 checksums=sha(pkg.get("sha256")),
                 primary_package_purpose=m.PackagePurpose.INSTALL,
                 license_concluded=noassert,
-                license_declared=noassert if expr == licence.NOASSERTION else licensing.parse(expr),
+                license_declared=declared(expr),
                 copyright_text=noassert,
                 external_references=[
                     m.ExternalPackageRef(
@@ -349,7 +361,11 @@ def licences(packages: list[dict[str, Any]], deb_of: Callable[[dict[str, Any]], 
     texts: dict[str, debfiles.DocFile | None] = {}
     for pkg in packages:
         deb = deb_of(pkg)
-        texts[pkg["name"]] = debfiles.copyright_text(deb, pkg["name"]) if deb is not None else None
+        try:
+            texts[pkg["name"]] = debfiles.copyright_text(deb, pkg["name"]) if deb is not None else None
+        except debfiles.DebFileError as e:  # an unreadable doc file costs the licence, not the build
+            log.warning("sbom: %s", e)
+            texts[pkg["name"]] = None
     out: dict[str, str] = {}
     for name, doc in sorted(texts.items()):
         for _ in range(5):  # follow links between doc directories, a few deep
