@@ -67,11 +67,14 @@ class Inputs:
     locked: dict[str, dict[str, Any]]  # the lock's rootfs set: name -> entry (mirror, filename)
     built: dict[str, str]  # package -> the component whose build gave its .deb
     guest_tools: dict[str, dict[str, str]]  # component -> package, version (build-info's guest_tools)
+    loaders: list[dict[str, Any]] = field(default_factory=list)  # the lock's `iso` set, when the ISO used it
     licences: dict[str, str] = field(default_factory=dict)  # package -> SPDX expression (made, not keyed)
+    loader_licences: dict[str, str] = field(default_factory=dict)  # the same for the loaders
 
     def key_data(self) -> dict[str, Any]:
         data = dict(vars(self))
         data.pop("licences")
+        data.pop("loader_licences")
         return data
 
 
@@ -224,21 +227,16 @@ def document(inp: Inputs) -> Any:
             )
         )
 
-    sources: dict[tuple[str, str], str] = {}
-    mirror = inp.archive.get("mirror", "")
-    for pkg in sorted(inp.packages, key=lambda p: p["name"]):
+    def add_deb(pkg: dict[str, Any], pid: str, parent: str, download: str, expr: str) -> None:
+        """A .deb, what contains it, and the Debian source (and component) it was built from."""
         name, version = pkg["name"], pkg["version"]
-        pid = spdx_ref("deb", name)
-        locked = inp.locked.get(name, {})
-        download = location(f"{locked.get('mirror', mirror)}/{locked['filename']}" if locked.get("filename") else "")
-        expr = inp.licences.get(name, licence.NOASSERTION)
         packages.append(
             m.Package(
                 spdx_id=pid,
                 name=name,
                 version=version,
                 file_name=f"{name}_{version.split(':')[-1]}_{pkg.get('architecture', 'all')}.deb",
-                download_location=download,
+                download_location=location(download),
                 files_analyzed=False,
                 checksums=sha(pkg.get("sha256")),
                 primary_package_purpose=m.PackagePurpose.INSTALL,
@@ -254,7 +252,7 @@ def document(inp: Inputs) -> Any:
                 ],
             )
         )
-        rels.append(m.Relationship(rootfs_id, m.RelationshipType.CONTAINS, pid))
+        rels.append(m.Relationship(parent, m.RelationshipType.CONTAINS, pid))
         src_name, src_ver = pkg.get("source") or name, source_version(version)
         sid = sources.get((src_name, src_ver))
         if sid is None:
@@ -282,8 +280,27 @@ def document(inp: Inputs) -> Any:
             )
         rels.append(m.Relationship(pid, m.RelationshipType.GENERATED_FROM, sid))
         comp = inp.built.get(name)
-        if comp in comp_ids:
+        if comp in comp_ids and parent == rootfs_id:
             rels.append(m.Relationship(pid, m.RelationshipType.GENERATED_FROM, comp_ids[comp]))
+
+    sources: dict[tuple[str, str], str] = {}
+    mirror = inp.archive.get("mirror", "")
+    in_rootfs: dict[str, str] = {}
+    for pkg in sorted(inp.packages, key=lambda p: p["name"]):
+        locked = inp.locked.get(pkg["name"], {})
+        download = f"{locked.get('mirror', mirror)}/{locked['filename']}" if locked.get("filename") else ""
+        pid = spdx_ref("deb", pkg["name"])
+        in_rootfs[pkg.get("sha256") or pid] = pid
+        add_deb(pkg, pid, rootfs_id, download, inp.licences.get(pkg["name"], licence.NOASSERTION))
+    # The boot loaders' files on the ISO (GRUB, ISOLINUX) come from the lock's `iso` set.
+    for pkg in sorted(inp.loaders, key=lambda p: p["name"]):
+        same = in_rootfs.get(pkg.get("sha256") or "")
+        if same:  # the very .deb the rootfs has: the ISO holds files of it too
+            rels.append(m.Relationship(iso_id, m.RelationshipType.CONTAINS, same))
+            continue
+        download = f"{pkg.get('mirror', mirror)}/{pkg['filename']}" if pkg.get("filename") else ""
+        expr = inp.loader_licences.get(pkg["name"], licence.NOASSERTION)
+        add_deb(pkg, spdx_ref("loader", pkg["name"]), iso_id, download, expr)
 
     for comp, tool in sorted(inp.guest_tools.items()):
         gid = spdx_ref("guest", comp)
@@ -306,9 +323,12 @@ def document(inp: Inputs) -> Any:
             rels.append(m.Relationship(gid, m.RelationshipType.GENERATED_FROM, comp_ids[comp]))
 
     users: dict[str, list[str]] = {}
-    for name, expr in sorted(inp.licences.items()):
+    for name, expr in [*inp.licences.items(), *inp.loader_licences.items()]:
         for ref in licence.refs(expr):
-            users.setdefault(ref, []).append(name)
+            users.setdefault(ref, [])
+            if name not in users[ref]:
+                users[ref].append(name)
+    users = {ref: sorted(names) for ref, names in users.items()}
     extracted = [
         m.ExtractedLicensingInfo(
             license_id=ref,
@@ -403,6 +423,8 @@ def stage(
                 built[Path(deb).name.split("_")[0]] = comp
         packages = json.loads((rootfs.path / "packages.json").read_text())
         rootfs_set = (lock.sets.get("rootfs") or {}).get("packages", {})
+        iso_set = (lock.sets.get("iso") or {}).get("packages", {})
+        locked_loaders = (image.meta.get("loaders") or {}).get("origin") == "locked"
         names = {p["name"] for p in packages}
         return Inputs(
             name=distro.name,
@@ -417,6 +439,7 @@ def stage(
             },
             built=built,
             guest_tools=image.meta.get("guest_tools") or {},
+            loaders=[{"name": n, **e} for n, e in sorted(iso_set.items())] if locked_loaders else [],
         )
 
     def deb_finder(needs: Needs) -> Callable[[dict[str, Any]], Path | None]:
@@ -434,6 +457,7 @@ def stage(
     def make(tmp: Path, needs: Needs) -> dict[str, Any]:
         inp = inputs_of(needs)
         inp.licences = licences(inp.packages, deb_finder(needs))
+        inp.loader_licences = licences(inp.loaders, deb_finder(needs))
         name = file_name(inp.name, inp.version)
         (tmp / name).write_bytes(render(document(inp)))
         unknown = sorted(n for n, e in inp.licences.items() if e == licence.NOASSERTION)

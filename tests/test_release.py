@@ -226,6 +226,11 @@ def small_inputs() -> sbom.Inputs:
         locked={"libc6": {"mirror": "http://deb.example.org/debian", "filename": "pool/main/g/glibc/libc6.deb"}},
         built={"fw": "firmware", "tiny-installer": "installer"},
         guest_tools={"win-xenbus": {"package": "tiny-guest-tools-xenbus", "version": "9.1.0"}},
+        loaders=[
+            {"name": "bash", "version": "5.2.37-2+b10", "source": "bash", "sha256": "7" * 64},  # the rootfs's own
+            {"name": "grub-pc-bin", "version": "2.12-9", "source": "grub2", "sha256": "9" * 64, "filename": "g.deb"},
+        ],
+        loader_licences={"grub-pc-bin": "GPL-3.0-or-later AND LicenseRef-grub-only"},
         licences={
             "libc6": "LGPL-2.1-or-later AND LicenseRef-public-domain",
             "bash": "GPL-3.0-or-later",
@@ -263,7 +268,10 @@ def test_sbom_of_a_small_build_is_valid_spdx_and_says_everything(tmp_path: Path)
     assert "file:///srv/git/local.git" in comps["local"]["sourceInfo"]
     assert comps["tools"]["checksums"][0]["checksumValue"] == "2" * 64
     assert comps["kernel"]["versionInfo"] == "6.12.1-1"
-    assert [e["licenseId"] for e in doc["hasExtractedLicensingInfos"]] == ["LicenseRef-public-domain"]
+    assert [e["licenseId"] for e in doc["hasExtractedLicensingInfos"]] == [
+        "LicenseRef-grub-only",
+        "LicenseRef-public-domain",
+    ]
 
     ids = {p["SPDXID"]: p["name"] for p in doc["packages"]}
     rels = {
@@ -277,6 +285,12 @@ def test_sbom_of_a_small_build_is_valid_spdx_and_says_everything(tmp_path: Path)
     assert any(p["name"] == "bash" and p.get("versionInfo") == "5.2.37-2" for p in doc["packages"])
     assert ("tiny-installer", "GENERATED_FROM", "installer") in rels
     assert ("tiny-1.0-amd64.iso", "CONTAINS", "tiny-guest-tools-xenbus") in rels
+    assert ("tiny-1.0-amd64.iso", "CONTAINS", "bash") in rels  # a boot loader package the rootfs has too
+    assert ("tiny-1.0-amd64.iso", "CONTAINS", "grub-pc-bin") in rels
+    grub = next(p for p in doc["packages"] if p["name"] == "grub-pc-bin")
+    assert grub["licenseDeclared"] == "GPL-3.0-or-later AND LicenseRef-grub-only" and grub["downloadLocation"].endswith(
+        "/g.deb"
+    )
 
 
 # --- xenspin diff ----------------------------------------------------------------------
@@ -431,6 +445,8 @@ def test_default_build_sbom_is_valid_and_complete_and_diff_reads_the_store(
         assert debs[p["name"]]["checksums"][0]["checksumValue"] == p["sha256"]
     comps = {p["name"] for p in doc["packages"] if p["SPDXID"].startswith("SPDXRef-component-")}
     assert comps == set(lock.components)
+    digests = {c["checksumValue"] for p in doc["packages"] for c in p.get("checksums", [])}
+    assert {e["sha256"] for e in lock.sets["iso"]["packages"].values()} <= digests  # the boot loaders
     iso_sha = json.loads((out / "build-info.json").read_text())["iso"]["sha256"]
     assert any(c["checksumValue"] == iso_sha for p in doc["packages"] for c in p.get("checksums", []))
     declared = [p["licenseDeclared"] for p in debs.values()]
