@@ -33,6 +33,7 @@ from . import (
     pipeline,
     plan,
     release,
+    relnotes,
     vmtest,
 )
 from .context import Context
@@ -149,6 +150,9 @@ def make_parser() -> argparse.ArgumentParser:
         metavar="K",
         help="the publisher's public key(s), armored or a keyring file (repeatable); without it the signature is not checked",
     )
+    p = add("diff", "release notes from OLD to NEW (each a lock file, a build-info.json or an ISO)")
+    p.add_argument("old", type=Path, metavar="OLD")
+    p.add_argument("new", type=Path, metavar="NEW")
     p = add("test", "test an image in QEMU")
     tests = p.add_subparsers(dest="test_command", metavar="TEST", required=True)
     t = tests.add_parser(
@@ -492,7 +496,10 @@ def cmd_nightly(args: argparse.Namespace) -> int:
         with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
             cmd_build(inner)
 
-    done = nightly.run(args.out / nightly.DIR, build, keep=keep, title=f"{distro.name} nightly builds")
+    def notes(old: Path, new: Path) -> str:
+        return relnotes.markdown(relnotes.diff(old / "build-info.json", new / "build-info.json", ctx.store))
+
+    done = nightly.run(args.out / nightly.DIR, build, keep=keep, title=f"{distro.name} nightly builds", notes=notes)
     if args.json:
         print(json.dumps(dataclasses.asdict(done), indent=2, default=str))
         return 0
@@ -552,6 +559,17 @@ def _human(n: int) -> str:
     return f"{n} B"
 
 
+def cmd_diff(args: argparse.Namespace) -> int:
+    cfg = config.load()
+    store = Store(args.store or (Path(cfg.store) if cfg.store else config.default_store()))
+    notes = relnotes.diff(args.old, args.new, store)
+    if args.json:
+        print(json.dumps(relnotes.to_data(notes), indent=2))
+    else:
+        print(relnotes.markdown(notes), end="")
+    return 0
+
+
 def cmd_setup(args: argparse.Namespace) -> int:
     changes = host.setup(args.user)
     print(
@@ -607,6 +625,7 @@ TESTS = {"boot": cmd_test_boot, "install": cmd_test_install}
 
 
 COMMANDS = {
+    "diff": cmd_diff,
     "build": cmd_build,
     "setup": cmd_setup,
     "lock": cmd_lock,

@@ -27,7 +27,7 @@ import time
 import types
 import uuid
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -893,11 +893,12 @@ def _place(src: Path | bytes, dest: Path) -> None:
     os.replace(tmp, dest)
 
 
-def publish(result: Made, out: Path, build_info: dict[str, Any]) -> list[Path]:
-    """Write the ISO, guest-tools.iso, packages.json, build-info.json and SHA256SUMS into out/."""
+def publish(result: Made, out: Path, build_info: dict[str, Any], extra: Sequence[Path] = ()) -> list[Path]:
+    """Write the ISO, guest-tools.iso, packages.json, extra files (the SBOM), build-info.json and
+    SHA256SUMS into out/."""
     out.mkdir(parents=True, exist_ok=True)
     placed: list[Path] = []
-    for src in [result.iso, result.guest_iso, result.path / "packages.json"]:
+    for src in [result.iso, result.guest_iso, result.path / "packages.json", *extra]:
         if src is not None:
             _place(src, out / src.name)
             placed.append(out / src.name)
@@ -912,3 +913,67 @@ def publish(result: Made, out: Path, build_info: dict[str, Any]) -> list[Path]:
     sums = "".join(f"{known.get(p.name) or sha256_file(p)}  {p.name}\n" for p in sorted(placed))
     _place(sums.encode(), out / "SHA256SUMS")
     return [*placed, out / "SHA256SUMS"]
+
+
+# --- reading an ISO back (verify, diff, the install test's menu) ---------------------------
+
+SYSTEM_AREA = 16 * 2048  # ISO 9660's first 16 sectors: the isohybrid MBR and GPT live there
+
+
+class UnreadableIso(XenspinError):
+    """Not an ISO 9660 image pycdlib can read."""
+
+
+class _WithoutSystemArea(io.RawIOBase):
+    """An image read with its system area as zeros.
+
+    The build rewrites the isohybrid GPT there (repair_gpt) with partition types pycdlib's
+    parser refuses; the ISO 9660 tree read here starts after it and does not depend on it.
+    """
+
+    def __init__(self, f: io.BufferedReader) -> None:
+        self.f = f
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self.f.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.f.tell()
+
+    def readinto(self, b: Any) -> int:
+        pos = self.f.tell()
+        n = self.f.readinto(b)
+        if n and pos < SYSTEM_AREA:
+            k = min(n, SYSTEM_AREA - pos)
+            b[:k] = bytes(k)
+        return n
+
+
+def read_files(image: Path, names: Sequence[str]) -> dict[str, bytes]:
+    """Files of an ISO by their paths (Rock Ridge, else Joliet); a name it does not hold is left out."""
+    out: dict[str, bytes] = {}
+    with open(image, "rb") as f:
+        reader = pycdlib.PyCdlib()
+        try:
+            reader.open_fp(_WithoutSystemArea(f))
+        except Exception as e:  # pycdlib's own exception types, for a damaged image
+            raise UnreadableIso(f"{image}: not a readable ISO 9660 image ({e})") from None
+        try:
+            for name in names:
+                for kind in ("rr_path", "joliet_path"):
+                    buf = io.BytesIO()
+                    try:
+                        reader.get_file_from_iso_fp(buf, **{kind: "/" + name.lstrip("/")})
+                    except Exception:
+                        continue
+                    out[name] = buf.getvalue()
+                    break
+        finally:
+            reader.close()
+    return out

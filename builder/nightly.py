@@ -17,8 +17,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import html
-import importlib
-import importlib.util
 import json
 import os
 import re
@@ -36,7 +34,7 @@ from .manifest import Distro, GitSource, build_date
 DIR = "nightly"
 LATEST = "latest"
 PARTIAL = ".partial"
-NOTES = "release-notes.txt"
+NOTES = "release-notes.md"  # `xenspin diff` from the previous nightly, Markdown
 BUILD_NAME = re.compile(r"(?P<date>[0-9]{8})(?:-(?P<n>[0-9]+))?")
 COMMIT = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 # Files a build directory may hold that the index links to, in the order shown.
@@ -233,17 +231,6 @@ def current_latest(root: Path) -> str | None:
     return target if BUILD_NAME.fullmatch(target) and (root / target).is_dir() else None
 
 
-def release_notes(old: Path, new: Path) -> str | None:
-    """builder.diff.release_notes(old, new) of two build directories, when that module is there.
-
-    None when xenspin has no builder.diff (an error inside it is a bug and propagates).
-    """
-    if importlib.util.find_spec("builder.diff") is None:
-        return None
-    notes = getattr(importlib.import_module("builder.diff"), "release_notes", None)
-    return notes(old, new) if callable(notes) else None
-
-
 # --- doing it ------------------------------------------------------------------------
 
 
@@ -313,8 +300,19 @@ def write_index(root: Path, title: str) -> Path:
     return root / "index.html"
 
 
-def run(root: Path, build: Callable[[Path], None], *, keep: int, title: str, date: str | None = None) -> Nightly:
-    """Build into root/.NAME.partial, then publish it as root/NAME, point latest at it, prune, index."""
+def run(
+    root: Path,
+    build: Callable[[Path], None],
+    *,
+    keep: int,
+    title: str,
+    date: str | None = None,
+    notes: Callable[[Path, Path], str] | None = None,
+) -> Nightly:
+    """Build into root/.NAME.partial, then publish it as root/NAME, point latest at it, prune, index.
+
+    notes: release notes (Markdown) from the previous build's directory to the new one's.
+    """
     root.mkdir(parents=True, exist_ok=True)
     with _held(root):
         for stale in root.glob(f".*{PARTIAL}"):  # a killed run's: no other nightly holds root
@@ -328,7 +326,7 @@ def run(root: Path, build: Callable[[Path], None], *, keep: int, title: str, dat
         staging.mkdir()
         try:
             build(staging)
-            notes = _notes(root, previous, staging)
+            said = _notes(root, previous, staging, notes)
             os.rename(staging, root / name)
         except BaseException as e:
             shutil.rmtree(staging, ignore_errors=True)
@@ -343,16 +341,16 @@ def run(root: Path, build: Callable[[Path], None], *, keep: int, title: str, dat
         for old in deleted:
             _remove(root / old)
         index = write_index(root, title)
-    return Nightly(name, root / name, previous, deleted, notes, index)
+    return Nightly(name, root / name, previous, deleted, said, index)
 
 
-def _notes(root: Path, previous: str | None, new: Path) -> str:
-    """Write new/release-notes.txt against the previous nightly; say what happened in a few words."""
+def _notes(root: Path, previous: str | None, new: Path, notes: Callable[[Path, Path], str] | None) -> str:
+    """Write new's release notes against the previous nightly; say what happened in a few words."""
     if previous is None:
         return "release notes: no previous nightly to compare with"
-    text = release_notes(root / previous, new)
-    if text is None:
-        return "release notes: skipped (this xenspin has no builder.diff)"
+    if notes is None:
+        return "release notes: not asked for"
+    text = notes(root / previous, new)
     _write(new / NOTES, text if text.endswith("\n") else text + "\n")
     return f"release notes: {NOTES} (changes since {previous})"
 

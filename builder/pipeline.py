@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import aptrepo, build, fetch, iso, lock, packagesets, rootfs, xensource
+from . import aptrepo, build, fetch, iso, lock, packagesets, rootfs, sbom, xensource
 from .context import Context
 from .errors import XenspinError
 from .manifest import Distro
@@ -81,6 +81,12 @@ def iso_stages(ctx: Context, distro: Distro, current: lock.Lock, jobs: dict[str,
         loaders = iso.host_loaders()
     epoch = ctx.source_date_epoch(current.archive)
     out.append(iso.stage(distro, rootfs.STAGE_ID, guest, loaders, epoch, ctx.store))
+    builds = {n: build.build_id(n) for n in jobs}
+    out.append(
+        sbom.stage(
+            distro, current, epoch=epoch, iso_id=iso.STAGE_ID, rootfs_id=rootfs.STAGE_ID, builds=builds, store=ctx.store
+        )
+    )
     return out
 
 
@@ -173,7 +179,7 @@ def publish_iso(
     left_out: dict[str, str],
     out: Path,
 ) -> list[Path]:
-    """Put the ISO, guest-tools.iso, packages.json, build-info.json and SHA256SUMS in out/."""
+    """Put the ISO, guest-tools.iso, packages.json, the SBOM, build-info.json and SHA256SUMS in out/."""
     assert ctx.manifest is not None
     done = outcomes[iso.STAGE_ID].done
     assert done.path is not None and done.meta is not None
@@ -195,7 +201,9 @@ def publish_iso(
         epoch=ctx.source_date_epoch(current.archive),
         xen=xensource.origins(distro, current),
     )
-    return iso.publish(made, out, info)
+    bom = outcomes[sbom.STAGE_ID].done
+    assert bom.path is not None and bom.meta is not None
+    return iso.publish(made, out, info, extra=[bom.path / bom.meta["file"]])
 
 
 def planned(ctx: Context, distro: Distro, current: lock.Lock) -> list[Planned]:

@@ -55,7 +55,7 @@ def make_plan(distro: Distro, keys: dict[str, tuple[str, bool]] | None = None) -
         Phase("fetch", "fill the store with the locked sources, verified", []),
         Phase("build", "build each component in its build root, in dependency order", comps),
         Phase("rootfs", f"compose the dom0 rootfs from {distro.base.suite}, the components and overlays", []),
-        Phase("iso", f"write {distro.iso_filename}", []),
+        Phase("iso", f"write {distro.iso_filename} and its SBOM", []),
     ]
 
 

@@ -12,7 +12,6 @@ its own build-info.json (that names the ISO's digest): .disk/info and packages.j
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 from collections.abc import Sequence
@@ -20,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import gpg
+from . import gpg, iso
 from .errors import VerifyFailed, XenspinError
 from .run import run
 from .store import sha256_file
@@ -173,63 +172,12 @@ class Verified:
     version: str = ""
 
 
-SYSTEM_AREA = 16 * 2048  # ISO 9660's first 16 sectors: the isohybrid MBR and GPT live there
-
-
-class _WithoutSystemArea(io.RawIOBase):
-    """The image read with its system area as zeros.
-
-    The build rewrites the isohybrid GPT there (iso.repair_gpt) in a form pycdlib's parser
-    refuses; the ISO 9660 tree this reads starts after it and does not depend on it.
-    """
-
-    def __init__(self, f: io.BufferedReader) -> None:
-        self.f = f
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        return self.f.seek(offset, whence)
-
-    def tell(self) -> int:
-        return self.f.tell()
-
-    def readinto(self, b: Any) -> int:
-        pos = self.f.tell()
-        n = self.f.readinto(b)
-        if n and pos < SYSTEM_AREA:
-            k = min(n, SYSTEM_AREA - pos)
-            b[:k] = bytes(k)
-        return n
-
-
 def read_iso_files(image: Path, names: Sequence[str]) -> dict[str, bytes]:
-    """Files from an ISO (by their Rock Ridge paths); a name it does not hold is left out."""
-    import pycdlib
-    from pycdlib.pycdlibexception import PyCdlibException
-
-    out: dict[str, bytes] = {}
-    with open(image, "rb") as f:
-        iso = pycdlib.PyCdlib()
-        try:
-            iso.open_fp(_WithoutSystemArea(f))
-        except PyCdlibException as e:
-            raise VerifyFailed(f"{image}: not a readable ISO 9660 image ({e})") from None
-        try:
-            for name in names:
-                buf = io.BytesIO()
-                try:
-                    iso.get_file_from_iso_fp(buf, rr_path="/" + name)
-                except PyCdlibException:
-                    continue
-                out[name] = buf.getvalue()
-        finally:
-            iso.close()
-    return out
+    """Files from an ISO (iso.read_files); an unreadable image fails the verification."""
+    try:
+        return iso.read_files(image, names)
+    except iso.UnreadableIso as e:
+        raise VerifyFailed(str(e)) from None
 
 
 def check_signature(sums: Path, keyrings: Sequence[Path]) -> str:

@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Callable
 from html.parser import HTMLParser
 from pathlib import Path
@@ -21,7 +20,6 @@ from urllib.parse import unquote
 import pytest
 from conftest import ROOT, one_line, write
 
-import builder
 from builder import manifest, nightly
 from builder.errors import XenspinError
 from builder.lock import Lock
@@ -186,21 +184,18 @@ def test_one_nightly_at_a_time(tmp_path: Path) -> None:
         nightly.run(root, nested, keep=2, title="demo", date="20260101")
 
 
-def test_release_notes_seam(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """builder.diff.release_notes(old, new) writes the notes when xenspin has it; a run without it says so."""
+def test_release_notes_against_the_previous_nightly(tmp_path: Path) -> None:
+    """The notes function hears the previous build's directory and the new one's; the first build has none."""
     root = tmp_path / "nightly"
-    monkeypatch.setitem(sys.modules, "builder.diff", None)  # as if there were no builder/diff.py
-    first = nightly.run(root, fake_build("0.1"), keep=3, title="demo", date="20260101")
+
+    def notes(old: Path, new: Path) -> str:
+        return f"{old.name} -> {new.name}: demo changed"
+
+    first = nightly.run(root, fake_build("0.1"), keep=3, title="demo", date="20260101", notes=notes)
     assert first.notes == "release notes: no previous nightly to compare with"
     second = nightly.run(root, fake_build("0.2"), keep=3, title="demo", date="20260102")
-    assert second.notes == "release notes: skipped (this xenspin has no builder.diff)"
-    assert not (root / "20260102" / nightly.NOTES).exists()
-
-    plugin = tmp_path / "plugin"
-    write(plugin, {"diff.py": "def release_notes(old, new):\n    return f'{old.name} -> {new.name}: demo changed'\n"})
-    monkeypatch.delitem(sys.modules, "builder.diff")
-    monkeypatch.setattr(builder, "__path__", [str(plugin), *builder.__path__])
-    third = nightly.run(root, fake_build("0.3"), keep=3, title="demo", date="20260103")
+    assert second.notes == "release notes: not asked for" and not (root / "20260102" / nightly.NOTES).exists()
+    third = nightly.run(root, fake_build("0.3"), keep=3, title="demo", date="20260103", notes=notes)
     assert third.notes == f"release notes: {nightly.NOTES} (changes since 20260102)"
     assert (root / "20260103" / nightly.NOTES).read_text() == "20260102 -> .20260103.partial: demo changed\n"
     index = json.loads((root / "index.json").read_text())
@@ -226,7 +221,6 @@ class Links(HTMLParser):
 
 def test_index_page_in_chromium(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     chromium = shutil.which("chromium") or pytest.skip("chromium is not installed (`xenspin setup` installs it)")
-    monkeypatch.setitem(sys.modules, "builder.diff", None)
     root = tmp_path / "nightly"
     for day in ("20260101", "20260102", "20260102", "20260103"):
         nightly.run(root, fake_build(f"0.1~{day}"), keep=3, title="demo nightly", date=day)
@@ -243,7 +237,7 @@ def test_index_page_in_chromium(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     page = Links()
     page.feed(proc.stdout)
     assert page.rows == ["20260103", "20260102-2", "20260102"]  # newest first, the oldest deleted
-    assert "latest/" in page.hrefs and "20260103/release-notes.txt" in page.hrefs
+    assert "latest/" in page.hrefs and f"20260103/{nightly.NOTES}" in page.hrefs
     assert len(page.hrefs) == 1 + 3 * 4 + 1  # latest/, per build ISO, SUMS, build-info, SBOM; one notes
     for href in page.hrefs:
         assert (root / unquote(href)).exists(), href
