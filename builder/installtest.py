@@ -146,12 +146,13 @@ class InstallResult:
     missing: str | None = None
     why: str = ""
     logs: Path | None = None
+    kind: str = "install"  # install, upgrade (`test upgrade`), interactive (`test install --interactive`)
 
     def line(self) -> str:
         steps = ", ".join(f"{k} at {v:.0f} s" for k, v in self.steps.items())
         if self.passed:
-            return f"PASS install {self.firmware}: {steps} (total {self.seconds:.0f} s; logs: {self.logs})"
-        return f"FAIL install {self.firmware}: no {self.missing!r} {self.why} after {self.seconds:.0f} s ({steps or 'nothing'}; logs: {self.logs})"
+            return f"PASS {self.kind} {self.firmware}: {steps} (total {self.seconds:.0f} s; logs: {self.logs})"
+        return f"FAIL {self.kind} {self.firmware}: no {self.missing!r} {self.why} after {self.seconds:.0f} s ({steps or 'nothing'}; logs: {self.logs})"
 
 
 @contextlib.contextmanager
@@ -191,24 +192,36 @@ def menu_downs(iso: Path) -> int:
     return labels.index("unattended-serial") if "unattended-serial" in labels else 1
 
 
-def login_and_check(line: SerialLine, login: testguest.Login, t0: float, steps: dict[str, float]) -> None:
-    """Log in with the test's own login (uid 0; root is as the answerfile made it), then Domain-0 and a guest."""
+def log_in(line: SerialLine, user: str, password: str, t0: float, steps: dict[str, float], step: str = "login") -> None:
+    """Wait for the login prompt and log in on the serial console."""
     line.expect("login:", timeout=BOOT_TIMEOUT)
-    steps["login"] = time.monotonic() - t0
-    line.send(login.user + "\r")
+    steps[step] = time.monotonic() - t0
+    line.send(user + "\r")
     line.expect("Password:", timeout=60)
-    line.send(login.password + "\r")
+    line.send(password + "\r")
     line.expect(PROMPT, timeout=120)
+
+
+def domain0(line: SerialLine, t0: float, steps: dict[str, float], step: str = "Domain-0") -> None:
     line.send("xl list\r")
     line.expect("Domain-0", timeout=120)
-    steps["Domain-0"] = time.monotonic() - t0
+    steps[step] = time.monotonic() - t0
+
+
+def login_and_check(
+    line: SerialLine, login: testguest.Login, t0: float, steps: dict[str, float], suffix: str = ""
+) -> None:
+    """Log in with the test's own login (uid 0; root is as the answerfile made it), then Domain-0 and a guest.
+    suffix: added to the steps' names (a run with several boots)."""
+    log_in(line, login.user, login.password, t0, steps, "login" + suffix)
+    domain0(line, t0, steps, "Domain-0" + suffix)
     line.send(
         "mount -o ro LABEL=XSANSWER /mnt && K=$(ls /boot/vmlinuz-* | tail -n 1) && "
         'xl create -c /dev/null \'name="guest"\' "kernel=\\"$K\\"" \'ramdisk="/mnt/guest.gz"\' '
         "'memory=256' 'extra=\"console=hvc0\"'\r"
     )
     line.expect(testguest.GUEST_MARKER, timeout=300)
-    steps["guest"] = time.monotonic() - t0
+    steps["guest" + suffix] = time.monotonic() - t0
 
 
 # The XCP toolstack's daemons on a host that carries it (spins/xcp.yaml), in their start order.
@@ -369,12 +382,17 @@ class Rig:
 
 
 def run_installer(line: SerialLine, iso: Path, done: str, device: str) -> None:
-    """Pick the unattended entry in the ISO's menu; wait for the installer to say done on device, then for the
-    VM to stop (the installer powers off or reboots; QEMU runs with -no-reboot)."""
+    """Pick the unattended entry in the ISO's menu; wait for the installer to say done on device (the VM
+    then stops: the installer powers off or reboots, and QEMU runs with -no-reboot)."""
     line.expect(MENU, timeout=300)
     time.sleep(1)
     line.keys(*[DOWN] * menu_downs(iso), "\r")
     line.expect(BANNER, timeout=600)
+    run_installer_done(line, done, device)
+
+
+def run_installer_done(line: SerialLine, done: str, device: str) -> None:
+    """Wait for the installer's last word: done on device (else a Timeout naming what it said)."""
     if line.expect(done, *FAILURES, timeout=INSTALL_TIMEOUT) != done:
         raise Timeout(done, "(the installer failed; see the serial log)")
     said = re.compile(re.escape(done) + r" (\S+?)[;,(\s]").search(line.text(), max(0, line.pos - len(done)))
