@@ -25,7 +25,7 @@ CONFIRM = "Type yes"
 PROMPTS = (
     DISK,
     "Host name",
-    "Network",
+    "Network (",
     "Root logs in with",
     "Root password",
     "Again",
