@@ -454,7 +454,7 @@ def install(
 SETTINGS = {
     "hostname": "cat /etc/hostname",
     "timezone": "cat /etc/timezone",
-    "addresses": "ip -4 -o addr show; ip -4 route show default",
+    "addresses": "ip -4 -o addr; ip -4 route show default",
     "dns": "cat /etc/resolv.conf /etc/systemd/network/*.network",
     "ssh-keys": "cat /root/.ssh/authorized_keys",
     "keymap": "cat /etc/default/keyboard",
@@ -465,8 +465,10 @@ SECTION = "XS-SECTION"
 
 
 def settings_command() -> str:
-    """One shell line printing each of SETTINGS after a line of its own (errors dropped: a missing file is empty)."""
-    return "; ".join(f"echo {SECTION}-{key}; {{ {cmd}; }} 2>/dev/null" for key, cmd in SETTINGS.items())
+    """One shell line printing each of SETTINGS after a line of its own (errors dropped: a missing file is
+    empty). Short: it is typed a character at a time."""
+    body = "; ".join(f"S {key}; {cmd}" for key, cmd in SETTINGS.items())
+    return f"S() {{ echo {SECTION}-$1; }}; {{ {body}; }} 2>/dev/null"
 
 
 def split_settings(out: str) -> dict[str, str]:
