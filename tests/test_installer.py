@@ -132,35 +132,41 @@ def test_decide_checks_before_planning() -> None:
     with pytest.raises(DiskError, match="refusing to erase"):
         decide(a, disks()[1])
     a.wipe = True
-    assert [p.role for p in decide(a, disks()[1]).parts] == ["bios-boot", "esp", "root", "lvm"]
+    layout = decide(a, disks()[1])
+    assert [p.role for p in layout.parts] == ["bios-boot", "esp", "root", "backup", "lvm"]
+    assert (layout.dev("root"), layout.dev("backup"), layout.dev("lvm")) == ("/dev/sdb3", "/dev/sdb4", "/dev/sdb5")
 
 
 def test_plan_layout() -> None:
-    parts = plan(64 * GiB)
-    assert [(p.number, p.role, p.typecode) for p in parts] == [
-        (1, "bios-boot", "EF02"),
-        (2, "esp", "EF00"),
-        (3, "root", "8300"),
-        (4, "lvm", "8E00"),
+    parts = plan(128 * GiB)
+    assert [(p.number, p.label, p.role, p.typecode) for p in parts] == [
+        (1, "biosboot", "bios-boot", "EF02"),
+        (2, "esp", "esp", "EF00"),
+        (3, "xenspin-root", "root", "8300"),
+        (4, "xenspin-backup", "backup", "8300"),
+        (5, "local", "lvm", "8E00"),
     ]
     assert parts[0].start == MiB and parts[0].size == MiB and parts[1].size == 256 * MiB
-    assert parts[2].size == 16 * GiB  # root capped; the rest goes to guests
+    assert parts[2].size == parts[3].size == 16 * GiB  # two roots of one size, capped; the rest goes to guests
     for a, b in zip(parts, parts[1:], strict=False):
         assert a.end == b.start and a.start % MiB == 0
-    assert parts[-1].end == 64 * GiB - MiB  # the last MiB holds the backup GPT
+    assert parts[-1].end == 128 * GiB - MiB  # the last MiB holds the backup GPT
     small = plan(8 * GiB)
-    assert small[2].size == 3966 * MiB and small[3].end == 8 * GiB - MiB  # half of what the fixed parts leave
+    assert small[2].size == small[3].size == 3 * GiB and small[4].end == 8 * GiB - MiB
+    assert small[4].size == 8 * GiB - 2 * MiB - 257 * MiB - 6 * GiB  # at least 1 GiB left for guests
     no_local = plan(64 * GiB, local_storage=False)
-    assert [p.role for p in no_local] == ["bios-boot", "esp", "root"] and no_local[-1].end == 64 * GiB - MiB
-    assert [p.role for p in plan(4 * GiB)] == ["bios-boot", "esp", "root"]  # too little left for guests
-    with pytest.raises(DiskError, match=r"disk is too small: 2.0 GiB \(expected at least 3.3 GiB\)"):
-        plan(2 * GiB)
+    assert [p.role for p in no_local] == ["bios-boot", "esp", "root", "backup"]
+    assert 64 * GiB - 2 * MiB <= no_local[-1].end <= 64 * GiB - MiB  # the two roots split the rest
+    assert [p.role for p in plan(7 * GiB)] == ["bios-boot", "esp", "root", "backup"]  # too little left for guests
+    with pytest.raises(DiskError, match=r"disk is too small: 6.0 GiB \(expected at least 6.3 GiB\)"):
+        plan(6 * GiB)
 
 
 def test_sgdisk_command_and_partition_names() -> None:
     args = sgdisk_args("/dev/sda", plan(8 * GiB))
     assert args[:2] == ["sgdisk", "--clear"] and args[-1] == "/dev/sda"
-    assert "--new=1:2048:4095" in args and "--typecode=1:EF02" in args and "--change-name=4:local" in args
+    assert "--new=1:2048:4095" in args and "--typecode=1:EF02" in args and "--change-name=5:local" in args
+    assert "--change-name=3:xenspin-root" in args and "--change-name=4:xenspin-backup" in args
     assert (part_path("/dev/sda", 3), part_path("/dev/nvme0n1", 3), part_path("/dev/loop7", 1)) == (
         "/dev/sda3",
         "/dev/nvme0n1p3",

@@ -28,9 +28,11 @@ def sha256(path: Path) -> str:
 
 
 def attach(image: Path) -> str:
-    return subprocess.run(
+    dev = subprocess.run(
         ["losetup", "--find", "--show", "--partscan", str(image)], check=True, capture_output=True, text=True
     ).stdout.strip()
+    subprocess.run(["partprobe", dev], check=False)  # --partscan's scan may come late without udev
+    return dev
 
 
 @pytest.fixture
@@ -125,7 +127,7 @@ def test_a_named_disk_too_small_is_refused_unchanged_even_with_wipe(tmp_path, lo
     before = sha256(image)
     proc = installer(tmp_path, f"disk: {dev}\nwipe: true\nroot: {{password: x}}\n", tiny_squashfs)
     assert proc.returncode == 2
-    assert proc.stderr == "xenspin installer: disk is too small: 256.0 MiB (expected at least 3.3 GiB)\n"
+    assert proc.stderr == "xenspin installer: disk is too small: 256.0 MiB (expected at least 6.3 GiB)\n"
     assert sha256(image) == before
 
 
@@ -142,3 +144,94 @@ def test_check_mode_plans_without_writing(tmp_path, tiny_squashfs) -> None:
         subprocess.run(["losetup", "--detach", dev], check=False)
     with open(image, "rb") as f:
         assert f.read(MiB) == bytes(MiB)
+
+
+# --- upgrade and restore: what they refuse leaves the disk as it was ------------------------
+
+
+def os_release_squashfs(tmp_path: Path, distro_id: str) -> Path:
+    tree = tmp_path / f"tree-{distro_id}"
+    (tree / "etc").mkdir(parents=True)
+    (tree / "etc/os-release").write_text(f'PRETTY_NAME="{distro_id} 0.2"\nNAME="{distro_id}"\nID={distro_id}\n')
+    out = tmp_path / f"{distro_id}.squashfs"
+    subprocess.run(["mksquashfs", str(tree), str(out), "-quiet", "-no-progress"], check=True)
+    return out
+
+
+@pytest.fixture
+def two_root_disk(tmp_path: Path) -> Iterator[tuple[Path, str]]:
+    """A 256 MiB image with the two-root layout whose root in use holds Debian (not xenspin), attached."""
+    image = tmp_path / "layout.img"
+    with open(image, "wb") as f:
+        f.truncate(256 * MiB)
+    names = ["biosboot", "esp", "xenspin-root", "xenspin-backup", "local"]
+    args = ["sgdisk", "--clear"]
+    for n, (name, size) in enumerate(zip(names, ["1M", "32M", "64M", "64M", "0"], strict=True), start=1):
+        args += [f"--new={n}:0:+{size}" if size != "0" else f"--new={n}:0:0", f"--change-name={n}:{name}"]
+    subprocess.run([*args, str(image)], check=True, capture_output=True)
+    dev = attach(image)
+    try:
+        subprocess.run(["mkfs.ext4", "-q", "-F", f"{dev}p3"], check=True)
+        release = tmp_path / "debian-os-release"
+        release.write_text('PRETTY_NAME="Debian GNU/Linux 13 (trixie)"\nNAME="Debian GNU/Linux"\nID=debian\n')
+        for cmd in ("mkdir etc", f"write {release} etc/os-release"):
+            subprocess.run(["debugfs", "-w", "-R", cmd, f"{dev}p3"], check=True, capture_output=True)
+        yield image, dev
+    finally:
+        subprocess.run(["losetup", "--detach", dev], check=False)
+
+
+def test_an_upgrade_of_a_disk_holding_another_system_is_refused_unchanged(tmp_path, two_root_disk) -> None:
+    image, dev = two_root_disk
+    before = sha256(image)
+    proc = installer(tmp_path, f"mode: upgrade\ndisk: {dev}\n", os_release_squashfs(tmp_path, "xenspin"))
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr == (
+        f"xenspin installer: {dev}p3: holds Debian GNU/Linux 13 (trixie), not xenspin; this installer upgrades "
+        "and restores only xenspin (install fresh, with wipe, to replace it)\n"
+    )
+    assert sha256(image) == before
+
+
+def test_a_restore_with_nothing_kept_is_refused_unchanged(tmp_path, two_root_disk) -> None:
+    image, dev = two_root_disk
+    before = sha256(image)
+    proc = installer(tmp_path, f"mode: restore\ndisk: {dev}\n", os_release_squashfs(tmp_path, "xenspin"))
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr == (
+        f"xenspin installer: disk {dev}: its second root {dev}p4 is empty: no release kept by an upgrade to restore\n"
+    )
+    assert sha256(image) == before
+
+
+def test_an_upgrade_of_a_disk_without_an_installation_is_refused_unchanged(tmp_path, loop_disk) -> None:
+    image, dev = loop_disk
+    before = sha256(image)
+    proc = installer(tmp_path, f"mode: upgrade\ndisk: {dev}\n", os_release_squashfs(tmp_path, "xenspin"))
+    assert proc.returncode == 2
+    assert proc.stderr == (
+        f"xenspin installer: disk {dev}: holds no xenspin installation (it holds an ext4 filesystem)\n"
+    )
+    assert sha256(image) == before
+
+
+def test_an_upgrade_of_an_install_from_before_the_two_roots_is_refused_unchanged(tmp_path) -> None:
+    image = tmp_path / "old-layout.img"
+    with open(image, "wb") as f:
+        f.truncate(64 * MiB)
+    args = ["sgdisk", "--clear"]
+    for n, name in enumerate(["biosboot", "esp", "root", "local"], start=1):
+        args += [f"--new={n}:0:+8M", f"--change-name={n}:{name}"]
+    subprocess.run([*args, str(image)], check=True, capture_output=True)
+    before = sha256(image)
+    dev = attach(image)
+    try:
+        proc = installer(tmp_path, "mode: upgrade\n", os_release_squashfs(tmp_path, "xenspin"), "--disk", dev)
+    finally:
+        subprocess.run(["losetup", "--detach", dev], check=False)
+    assert proc.returncode == 2
+    assert proc.stderr == (
+        f"xenspin installer: disk {dev}: holds an install made before upgrades existed (one root partition, no "
+        "second one to install beside it); back up what it holds and install fresh\n"
+    )
+    assert sha256(image) == before

@@ -100,6 +100,13 @@ SSH_KEY = Grammar(
 TIMEZONE = Grammar(
     r"(?!.*\.\.)[A-Za-z][A-Za-z0-9_+-]{0,63}(/[A-Za-z0-9_+-]{1,64}){0,3}", "a zone name like Europe/Berlin"
 )
+# A time server as systemd-timesyncd's NTP= reads it (space-separated): a DNS name of
+# labels joined by dots, or an IPv4 or IPv6 address (checked further by Answerfile.check).
+NTP_SERVER = Grammar(
+    r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?"
+    r"|(?=[0-9A-Fa-f:.]{2,45}$)[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*",
+    "a host name like pool.ntp.org or an IP address",
+)
 KEYMAP = Grammar(r"[a-z][a-z0-9_-]{0,31}", "a layout name like us or de")
 # file:/PATH is looked up on the install medium: no ".." part climbs out of it.
 HOOK_URL = Grammar(
@@ -171,14 +178,27 @@ class Hook:
 class Answerfile:
     """An unattended install of a xenspin host."""
 
-    mode: Literal["install"] = field("what to do: install (a fresh install onto disk)", "install")
-    disk: Annotated[str, DISK] = field("the target disk (sda, /dev/sda, /dev/disk/by-id/...); empty: the only disk", "")
+    mode: Literal["install", "upgrade", "restore"] = field(
+        "install (fresh, erases the disk), upgrade (keeps the host's settings and data; the previous release stays "
+        "bootable) or restore (boot the release kept by the last upgrade again)",
+        "install",
+    )
+    disk: Annotated[str, DISK] = field(
+        "the target disk (sda, /dev/sda, /dev/disk/by-id/...); empty: the only disk (upgrade, restore: the only one "
+        "holding an installation)",
+        "",
+    )
     wipe: bool = field("erase the disk even if it holds partitions or filesystems", False)
     local_storage: bool = field("the rest of the disk as the LVM group xenspin-local for guests", True)
     hostname: Annotated[str, HOSTNAME] = field("host name", "xenspin")
     network: Network = field("management network", factory=Network)
     root: Root = field("root's login: password, password-hash or ssh-keys (one is needed)", factory=Root)
     timezone: Annotated[str, TIMEZONE] = field("time zone (a name under /usr/share/zoneinfo)", "UTC")
+    ntp: list[Annotated[str, NTP_SERVER]] | None = field(
+        "time servers for systemd-timesyncd (host names or IP addresses); not given: those DHCP hands out, "
+        "else Debian's pool; []: none (time sync off)",
+        None,
+    )
     keymap: Annotated[str, KEYMAP] = field("console keyboard layout (XKB layout, e.g. us, de, fr)", "us")
     serial_console: bool | None = field(
         "Xen, dom0 and GRUB on the first serial port (com1, 115200); not given: as the installer was booted", None
@@ -187,8 +207,16 @@ class Answerfile:
     finish: Literal["reboot", "poweroff"] = field("what to do when the install is done", "reboot")
 
     def check(self, node: Node, path: str) -> None:
+        if self.mode != "install":
+            return  # an upgrade keeps root's login as it is; a restore changes nothing in the root it boots
         if not (self.root.password or self.root.password_hash or self.root.ssh_keys):
             fail(node.at("root"), "root", "gives no way to log in (expected password, password-hash or ssh-keys)")
+        for i, server in enumerate(self.ntp or []):
+            if ":" in server or server.replace(".", "").isdigit():  # an address: a valid one
+                try:
+                    ipaddress.ip_address(server)
+                except ValueError:
+                    fail(node.at("ntp"), f"ntp[{i}]", f"{server!r} is not an IP address")
 
     @property
     def disk_path(self) -> str:

@@ -22,6 +22,10 @@ DISTRIBUTOR = "xenspin"  # GRUB's menu says "xenspin GNU/Linux, with Xen hypervi
 XEN_TITLE = f"{DISTRIBUTOR} GNU/Linux, with Xen hypervisor"
 XEN_CMDLINE = "dom0_mem=1024M,max:1024M"
 EFI_CORE_MODULES = ["part_gpt", "part_msdos", "ext2", "search", "search_fs_uuid"]
+# After an upgrade: the menu entry of the release kept on the other root (written by the installer,
+# and printed by the /etc/grub.d script of that name when update-grub runs).
+PREVIOUS_CFG = "/boot/grub/xenspin-previous.cfg"
+PREVIOUS_SCRIPT = "/etc/grub.d/42_xenspin_previous"
 
 # The variables grub-mkconfig exports to its scripts that the entries written here use.
 SETTINGS = [
@@ -117,7 +121,22 @@ def _args(*parts: str) -> str:
     return " ".join(p for p in (" ".join(x.split()) for x in parts) if p)
 
 
-def grub_cfg(settings: dict[str, str], root_uuid: str, files: BootFiles) -> str:
+def previous_entry(title: str, root_uuid: str) -> str:
+    """The menu entry that boots the release an upgrade kept: its own menu, from its own root."""
+    return "\n".join(
+        [
+            f"menuentry {shlex.quote(title)} --id xenspin-previous {{",
+            "\tinsmod part_gpt",
+            "\tinsmod ext2",
+            f"\tsearch --no-floppy --fs-uuid --set=root {root_uuid}",
+            "\tconfigfile /boot/grub/grub.cfg",
+            "}",
+            "",
+        ]
+    )
+
+
+def grub_cfg(settings: dict[str, str], root_uuid: str, files: BootFiles, extra: str = "") -> str:
     """The installed disk's grub.cfg (pure): the Xen entry (the default when there is a Xen) and plain Linux.
 
     Command lines as Debian's scripts make them: Xen gets GRUB_CMDLINE_XEN and
@@ -179,6 +198,8 @@ def grub_cfg(settings: dict[str, str], root_uuid: str, files: BootFiles) -> str:
         *([f"\tinitrd {files.initrd}"] if files.initrd else []),
         "}",
     ]
+    if extra:
+        lines += ["", extra.rstrip("\n")]
     return "\n".join(lines) + "\n"
 
 

@@ -21,6 +21,11 @@ ROOT_MAX = 16 * GiB
 LOCAL_MIN = 1 * GiB
 VG_NAME = "xenspin-local"
 ANSWER_LABEL = "XSANSWER"
+# GPT partition names of the two roots: the one in use, and the other (the release before the
+# last upgrade, or empty). An upgrade writes the other and swaps the names; a restore swaps them back.
+ROOT_NAME = "xenspin-root"
+BACKUP_NAME = "xenspin-backup"
+LEGACY_ROOT_NAME = "root"  # the one-root layout of the installs before upgrades existed
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,8 @@ class Disk:
     mountpoints: tuple[str, ...] = ()
     labels: tuple[str, ...] = ()
     holds_live_medium: bool = False
+    partlabel: str = ""  # a GPT partition's name
+    partn: int = 0  # a partition's number
 
     @property
     def name(self) -> str:
@@ -157,28 +164,32 @@ class Part:
 
 
 def plan(size: int, *, local_storage: bool = True) -> list[Part]:
-    """GPT layout: BIOS boot 1 MiB, ESP 256 MiB, root, the rest an LVM PV for guests.
+    """GPT layout: BIOS boot 1 MiB, ESP 256 MiB, two roots of one size, the rest an LVM PV for guests.
 
-    Root takes half of what is left up to 16 GiB when there is local storage, or all of it.
-    The first and last MiB stay free for the GPT and its backup.
+    Two roots so that an upgrade installs the new release beside the one in use and the old
+    one stays bootable (upgrade, restore). Each root takes a quarter of what is left, from 3
+    to 16 GiB, when there is local storage, or half of it. The first and last MiB stay free
+    for the GPT and its backup.
     """
     usable = (size // MiB) * MiB - 2 * MiB
     fixed = BIOS_BOOT + ESP
-    if usable < fixed + ROOT_MIN:
-        raise DiskError(f"disk is too small: {human(size)} (expected at least {human(fixed + ROOT_MIN + 2 * MiB)})")
+    if usable < fixed + 2 * ROOT_MIN:
+        raise DiskError(f"disk is too small: {human(size)} (expected at least {human(fixed + 2 * ROOT_MIN + 2 * MiB)})")
     rest = usable - fixed
-    root = rest
+    root = (rest // 2 // MiB) * MiB
     if local_storage:
-        root = max(ROOT_MIN, min(ROOT_MAX, (rest // 2 // MiB) * MiB))
-        if rest - root < LOCAL_MIN:
-            root = rest
+        quarter = max(ROOT_MIN, min(ROOT_MAX, (rest // 4 // MiB) * MiB))
+        if rest - 2 * quarter >= LOCAL_MIN:
+            root = quarter
+    start = MiB + fixed
     parts = [
         Part(1, "biosboot", MiB, BIOS_BOOT, "EF02", "bios-boot"),
         Part(2, "esp", MiB + BIOS_BOOT, ESP, "EF00", "esp"),
-        Part(3, "root", MiB + fixed, root, "8300", "root"),
+        Part(3, ROOT_NAME, start, root, "8300", "root"),
+        Part(4, BACKUP_NAME, start + root, root, "8300", "backup"),
     ]
-    if root < rest:
-        parts.append(Part(4, "local", MiB + fixed + root, rest - root, "8E00", "lvm"))
+    if local_storage and rest - 2 * root >= LOCAL_MIN:
+        parts.append(Part(5, "local", start + 2 * root, rest - 2 * root, "8E00", "lvm"))
     return parts
 
 
@@ -205,6 +216,67 @@ def describe_plan(disk: Disk, parts: list[Part]) -> list[str]:
         "bios-boot": "BIOS boot",
         "esp": "EFI system (FAT)",
         "root": "root (ext4)",
+        "backup": "second root (the release before an upgrade)",
         "lvm": f"LVM {VG_NAME} for guests",
     }
     return [f"{part_path(disk.path, p.number)}  {human(p.size):>10}  {names[p.role]}" for p in parts]
+
+
+@dataclass(frozen=True)
+class Installed:
+    """A disk holding this layout: the root in use, the other root, the ESP (all partitions of disk)."""
+
+    disk: Disk
+    root: Disk
+    backup: Disk
+    esp: Disk
+
+
+def has_layout(disk: Disk) -> bool:
+    """Whether disk carries the two-root layout (what an upgrade or a restore can work on)."""
+    names = {c.partlabel for c in disk.children}
+    return {ROOT_NAME, BACKUP_NAME, "esp"} <= names
+
+
+def installed(disk: Disk) -> Installed:
+    """The installation's partitions on disk, or DiskError saying in one line why there is none to work on."""
+    by_name: dict[str, Disk] = {}
+    for c in disk.children:
+        by_name.setdefault(c.partlabel, c)
+    if has_layout(disk):
+        return Installed(disk, by_name[ROOT_NAME], by_name[BACKUP_NAME], by_name["esp"])
+    if LEGACY_ROOT_NAME in by_name and "esp" in by_name:
+        raise DiskError(
+            f"disk {disk.path}: holds an install made before upgrades existed (one root partition, no second one "
+            "to install beside it); back up what it holds and install fresh"
+        )
+    held = disk.contents()
+    raise DiskError(f"disk {disk.path}: holds no xenspin installation (it holds {', '.join(held) or 'nothing'})")
+
+
+def check_in_use(disk: Disk) -> None:
+    """Refuse an upgrade or restore of a disk that is mounted, read-only or the install medium."""
+    if disk.readonly:
+        raise DiskError(f"disk {disk.path}: is read-only")
+    if disk.holds_live_medium:
+        raise DiskError(f"disk {disk.path}: holds the install medium")
+    mounted = disk.in_use()
+    if mounted:
+        raise DiskError(f"disk {disk.path}: is in use (mounted at {', '.join(mounted)})")
+
+
+def choose_installed(disks: list[Disk], named: str, *, resolve=lambda p: p) -> Disk:
+    """The disk to upgrade or restore: the one named, or the only one holding the two-root layout."""
+    if named:
+        return choose(disks, named, interactive=False, resolve=resolve).disk  # type: ignore[return-value]
+    found = [d for d in disks if has_layout(d)]
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise DiskError("no disk holds a xenspin installation to upgrade or restore")
+    raise DiskError(f"several disks hold an installation: {', '.join(d.path for d in found)} (name one with disk:)")
+
+
+def swap_names_args(disk: str, active: int, other: int) -> list[str]:
+    """One sgdisk call (one GPT write) that makes partition active the root in use and other the backup."""
+    return ["sgdisk", f"--change-name={active}:{ROOT_NAME}", f"--change-name={other}:{BACKUP_NAME}", disk]

@@ -18,26 +18,42 @@ import ctypes
 import functools
 import glob
 import os
+import shutil
 import stat
 import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import DISK_INITRD, InstallerError, confined
+from . import DISK_INITRD, InstallerError, carry, confined
 from .answerfile import Answerfile, Hook
 from .bootloader import (
     EFI_CORE_MODULES,
+    PREVIOUS_CFG,
+    PREVIOUS_SCRIPT,
     boot_files,
     efi_early_config,
     grub_cfg,
     grub_defaults,
     parse_settings,
+    previous_entry,
     read_settings_script,
 )
-from .disks import VG_NAME, Disk, Part, check_writable, part_path, plan, sgdisk_args
+from .disks import (
+    VG_NAME,
+    Disk,
+    DiskError,
+    Part,
+    check_in_use,
+    check_writable,
+    installed,
+    part_path,
+    plan,
+    sgdisk_args,
+    swap_names_args,
+)
 from .run import Runner
 
 CLONE_NEWNS = 0x00020000
@@ -48,6 +64,13 @@ LOG_ON_TARGET = "var/log/xenspin-install.log"
 TEST_USER = "xenspin-test"  # the test login (Installer.add_test_login)
 TEST_LOGIN_ADDED = f"adding the test login {TEST_USER}"  # said on the console: the harness looks for it
 KEYGEN_UNIT = "xenspin-ssh-keygen.service"
+# /etc/grub.d/ script: update-grub (a kernel upgrade) keeps the previous release's entry the installer wrote.
+PREVIOUS_SCRIPT_TEXT = f"""#!/bin/sh
+# written by the xenspin installer at an upgrade: the release kept on the other root
+if [ -f {PREVIOUS_CFG} ]; then cat {PREVIOUS_CFG}; fi
+"""
+TIMESYNCD_UNIT = "systemd-timesyncd.service"
+TIMESYNCD_CONF = "etc/systemd/timesyncd.conf.d/xenspin.conf"
 FIRST_BOOT_KEYS = """\
 [Unit]
 Description=Generate this host's SSH host keys (xenspin, first boot)
@@ -65,22 +88,52 @@ WantedBy=ssh.service
 
 @dataclass
 class Layout:
-    """The disk and its planned partitions, decided before anything is written."""
+    """The disk, the partitions a fresh install writes, and the device of each role, decided before any write.
+
+    Roles: root (where the release goes, or the root a restore boots again), esp, backup and
+    lvm (a fresh install), old (upgrade, restore: the root in use until now). swap: upgrade
+    and restore, the partition numbers that become the root in use and the backup.
+    """
 
     disk: Disk
     parts: list[Part]
+    devs: dict[str, str] = field(default_factory=dict)
+    swap: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.devs:  # a fresh install: each role's partition of the plan
+            self.devs = {p.role: part_path(self.disk.path, p.number) for p in self.parts}
 
     def dev(self, role: str) -> str | None:
-        for p in self.parts:
-            if p.role == role:
-                return part_path(self.disk.path, p.number)
-        return None
+        return self.devs.get(role)
 
 
 def decide(answer: Answerfile, disk: Disk) -> Layout:
     """The safety rules and the plan: raises before any write when the disk must not be touched."""
-    check_writable(disk, wipe=answer.wipe)
-    return Layout(disk, plan(disk.size, local_storage=answer.local_storage))
+    if answer.mode == "install":
+        check_writable(disk, wipe=answer.wipe)
+        return Layout(disk, plan(disk.size, local_storage=answer.local_storage))
+    check_in_use(disk)
+    found = installed(disk)  # upgrade and restore both write the other root and make it the one in use
+    if answer.mode == "restore" and not found.backup.fstype:
+        raise DiskError(
+            f"disk {disk.path}: its second root {found.backup.path} is empty: no release kept by an upgrade to restore"
+        )
+    devs = {"root": found.backup.path, "old": found.root.path, "esp": found.esp.path}
+    return Layout(disk, [], devs, (found.backup.partn, found.root.partn))
+
+
+def os_release(text: str) -> dict[str, str]:
+    out = {}
+    for line in text.splitlines():
+        k, sep, v = line.partition("=")
+        if sep and k.strip() and not k.startswith("#"):
+            out[k.strip()] = v.strip().strip('"').strip("'")
+    return out
+
+
+def pretty(info: dict[str, str]) -> str:
+    return info.get("PRETTY_NAME") or " ".join(x for x in (info.get("NAME"), info.get("VERSION")) if x) or "unknown"
 
 
 class Installer:
@@ -101,27 +154,153 @@ class Installer:
         self.medium = medium
         self.test_login = test_login
         self.mnt = Path(tempfile.mkdtemp(prefix="xenspin-target-"))
+        self.old = Path(tempfile.mkdtemp(prefix="xenspin-old-"))
         self.mounted: list[Path] = []
+        self.previous: tuple[str, str] | None = None  # (title, root UUID) of the release an upgrade keeps
 
-    def run(self) -> None:
+    def run(self) -> str:
+        """Do what the answers' mode asks; returns the line that says what was done."""
         start = time.monotonic()
         if not self.squashfs.is_file():
             raise InstallerError(f"root filesystem image {self.squashfs}: not found")
         if not self.r.dry_run:
             private_mounts(self.r)
-        self.hooks("installation-start")
         try:
-            self.partition()
-            self.make_filesystems()
-            self.unpack()
-            self.configure()
-            self.make_bootable()
-            self.hooks("filesystem-populated", self.mnt)
-            self.r.say(f"installed in {time.monotonic() - start:.0f} s")
-            self.copy_log()
-            self.hooks("installation-complete", self.mnt)
+            done = {"install": self.install, "upgrade": self.upgrade, "restore": self.restore}[self.a.mode]()
+            self.r.say(f"{self.a.mode} done in {time.monotonic() - start:.0f} s")
+            if self.a.mode != "restore":
+                self.copy_log()
+                self.hooks("installation-complete", self.mnt)
+            return done
         finally:
             self.unmount_all()
+
+    def install(self) -> str:
+        self.hooks("installation-start")
+        self.partition()
+        self.make_filesystems()
+        self.unpack()
+        self.configure()
+        self.make_bootable()
+        self.hooks("filesystem-populated", self.mnt)
+        return f"xenspin installed on {self.layout.disk.path}"
+
+    # --- upgrade and restore --------------------------------------------------------------
+
+    def image_release(self) -> dict[str, str]:
+        """os-release of the root filesystem image, read from it before anything is written."""
+        if self.r.dry_run:
+            return {}
+        tmp = Path(tempfile.mkdtemp(prefix="xenspin-release-"))
+        try:
+            self.r.run(
+                ["unsquashfs", "-no-progress", "-force", "-dest", str(tmp), str(self.squashfs)]
+                + ["etc/os-release", "usr/lib/os-release"],
+                "read the image's os-release",
+                check=False,
+                writes=False,
+            )
+            return os_release(confined.read_bytes(tmp, "etc/os-release", limit=65536).decode(errors="replace"))
+        except (confined.Refused, OSError):
+            return {}
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def release_of(self, root: Path, dev: str) -> dict[str, str]:
+        """os-release of the root mounted at root; InstallerError when it is not this distribution's."""
+        try:
+            info = os_release(confined.read_bytes(root, "etc/os-release", limit=65536).decode(errors="replace"))
+        except (confined.Refused, OSError):
+            info = {}
+        if not info:
+            raise InstallerError(f"{dev}: holds no installed system (no /etc/os-release)")
+        mine = self.image_release()
+        if mine and info.get("ID") != mine.get("ID"):
+            name = mine.get("NAME") or mine.get("ID")
+            raise InstallerError(
+                f"{dev}: holds {pretty(info)}, not {name}; this installer upgrades and restores only {name} "
+                "(install fresh, with wipe, to replace it)"
+            )
+        return info
+
+    def upgrade(self) -> str:
+        """The new release into the other root, with this host's state from the root in use; the old one stays."""
+        disk, old_dev, new_dev = self.layout.disk.path, self.layout.dev("old"), self.layout.dev("root")
+        self.mount(old_dev, self.old, "-o", "ro")
+        before = self.release_of(self.old, old_dev) if not self.r.dry_run else {}
+        if not self.r.dry_run and not confined.is_file(self.old, carry.RELEASE_ETC):
+            raise InstallerError(
+                f"{old_dev}: has no record of its release's /etc ({carry.RELEASE_ETC}); cannot tell this host's "
+                "settings from the release's"
+            )
+        after = self.image_release()
+        self.r.say(
+            f"upgrading {pretty(before)} on {disk} to {pretty(after)}; {pretty(before)} stays on {old_dev} "
+            "(boot menu: previous release; installer: restore)"
+        )
+        self.hooks("installation-start")
+        self.r.run(["mkfs.ext4", "-F", "-q", "-L", "xenspin-root", new_dev], "make the new root filesystem")
+        self.unpack()
+        self.first_boot_identity()  # the image's own go; the host's come over with the rest
+        self.carry_state()
+        self.write_fstab()
+        if self.test_login:
+            self.add_test_login(self.test_login)
+        self.previous = (f"Previous release: {pretty(before)}", self.uuid(old_dev))
+        self.make_bootable()
+        self.hooks("filesystem-populated", self.mnt)
+        return f"xenspin upgraded on {disk} ({pretty(before)} -> {pretty(after)})"
+
+    def carry_state(self) -> None:
+        """The host's identity, settings and data from the old root (carry.py says what and why)."""
+        self.r.say("carrying this host's settings and data over")
+        if self.r.dry_run:
+            return
+        release = carry.parse_record(confined.read_bytes(self.old, carry.RELEASE_ETC).decode(errors="replace"))
+        n = carry.copy(self.old, self.mnt, carry.carried(self.old, release))
+        for accounts, shadow in carry.ACCOUNTS.items():
+            if not (confined.is_file(self.old, accounts) and confined.is_file(self.mnt, accounts)):
+                continue
+            text, from_old = carry.merge_table(
+                confined.read_bytes(self.mnt, accounts).decode(errors="replace"),
+                confined.read_bytes(self.old, accounts).decode(errors="replace"),
+                members=accounts == "etc/group",
+            )
+            confined.write_bytes(self.mnt, accounts, text.encode(), mode=None)
+            if confined.is_file(self.old, shadow) and confined.is_file(self.mnt, shadow):
+                merged = carry.merge_shadow(
+                    confined.read_bytes(self.mnt, shadow).decode(errors="replace"),
+                    confined.read_bytes(self.old, shadow).decode(errors="replace"),
+                    from_old,
+                )
+                confined.write_bytes(self.mnt, shadow, merged.encode(), mode=None)
+        self.r.log(f"carried {n} files, links and directories from {self.layout.dev('old')}; accounts merged")
+
+    def restore(self) -> str:
+        """Make the other root (the release before the last upgrade) the one in use again: only the boot changes."""
+        disk, dev = self.layout.disk.path, self.layout.dev("root")
+        self.mount(dev, self.mnt)
+        info = self.release_of(self.mnt, dev) if not self.r.dry_run else {}
+        if not self.r.dry_run:
+            try:
+                boot_files(self.mnt)
+            except FileNotFoundError:
+                raise InstallerError(f"{dev}: holds no kernel to boot; nothing to restore") from None
+        self.r.say(
+            f"restoring {pretty(info)} on {disk}; the release in use until now stays on {self.layout.dev('old')}"
+        )
+        for fs in ("dev", "proc", "sys", "run"):
+            self.mount(f"/{fs}", self.mnt / fs, "--rbind", "--make-rslave")
+        self.switch_root_and_boot()
+        return f"xenspin restored on {disk} ({pretty(info)})"
+
+    def switch_root_and_boot(self) -> None:
+        """Swap the partition names (the one record of which root is in use), then point GRUB at the new one."""
+        if self.layout.swap:
+            active, other = self.layout.swap
+            self.r.run(swap_names_args(self.layout.disk.path, active, other), "make it the root in use")
+        self.chroot(["grub-install", "--target=i386-pc", self.layout.disk.path], "install GRUB for BIOS")
+        self.install_efi_grub()
 
     # --- disk ----------------------------------------------------------------------
 
@@ -145,12 +324,14 @@ class Installer:
         esp, root, lvm = self.layout.dev("esp"), self.layout.dev("root"), self.layout.dev("lvm")
         self.r.run(["mkfs.vfat", "-F", "32", "-n", "XSESP", esp], "make the EFI system partition")
         self.r.run(["mkfs.ext4", "-F", "-q", "-L", "xenspin-root", root], "make the root filesystem")
+        # the second root stays empty until an upgrade: nothing left there from before may pass for a release
+        self.r.run(["wipefs", "--all", self.layout.dev("backup")], "clear the second root")
         if lvm:
             self.r.run(["pvcreate", "--force", "--force", "--yes", lvm], "make the LVM physical volume")
             self.r.run(["vgcreate", "--yes", VG_NAME, lvm], f"make the LVM group {VG_NAME}")
 
     def mount(self, what: str | Path, where: Path, *opts: str) -> None:
-        if where != self.mnt:  # a mount point in the target: resolved inside it, as in a chroot
+        if where not in (self.mnt, self.old):  # a mount point in the target: resolved inside it, as in a chroot
             where = confined.resolve(self.mnt, where.relative_to(self.mnt))
         where.mkdir(parents=True, exist_ok=True)
         self.r.run(["mount", *opts, str(what), str(where)], f"mount {where}")
@@ -176,6 +357,8 @@ class Installer:
         if not self.r.dry_run:
             self.copy_boot_files()
             confined.mkdirs(self.mnt, "boot/efi")
+            # the release's /etc as shipped: the next upgrade tells the host's changes from it (carry.py)
+            confined.write_bytes(self.mnt, carry.RELEASE_ETC, carry.record(self.mnt).encode(), 0o644)
         for fs in ("dev", "proc", "sys", "run"):
             self.mount(f"/{fs}", self.mnt / fs, "--rbind", "--make-rslave")
 
@@ -237,13 +420,7 @@ class Installer:
     def configure(self) -> None:
         a = self.a
         self.r.say("configuring the system")
-        root_uuid, esp_uuid = self.root_uuid, self.uuid(self.layout.dev("esp"))
-        self.write(
-            "etc/fstab",
-            "# written by the xenspin installer\n"
-            f"UUID={root_uuid}\t/\text4\terrors=remount-ro\t0\t1\n"
-            f"UUID={esp_uuid}\t/boot/efi\tvfat\tumask=0077,nofail\t0\t2\n",
-        )
+        self.write_fstab()
         self.write("etc/hostname", a.hostname + "\n")
         self.write(
             "etc/hosts", f"127.0.0.1\tlocalhost\n127.0.1.1\t{a.hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n"
@@ -254,6 +431,7 @@ class Installer:
         if a.network.dns:
             self.write("etc/resolv.conf", "".join(f"nameserver {d}\n" for d in a.network.dns))
         self.set_timezone()
+        self.set_time_servers()
         self.write(
             "etc/default/keyboard",
             f'XKBMODEL="pc105"\nXKBLAYOUT="{a.keymap}"\nXKBVARIANT=""\nXKBOPTIONS=""\nBACKSPACE="guess"\n',
@@ -262,6 +440,21 @@ class Installer:
         if self.test_login:
             self.add_test_login(self.test_login)
         self.first_boot_identity()
+
+    def write_fstab(self) -> None:
+        """/ and /boot/efi by UUID; on an upgrade, the old root's other lines after them."""
+        root_uuid, esp_uuid = self.root_uuid, self.uuid(self.layout.dev("esp"))
+        text = (
+            "# written by the xenspin installer\n"
+            f"UUID={root_uuid}\t/\text4\terrors=remount-ro\t0\t1\n"
+            f"UUID={esp_uuid}\t/boot/efi\tvfat\tumask=0077,nofail\t0\t2\n"
+        )
+        if self.a.mode == "upgrade" and not self.r.dry_run and confined.is_file(self.old, "etc/fstab"):
+            for line in confined.read_bytes(self.old, "etc/fstab").decode(errors="replace").splitlines():
+                fields = line.split()
+                if len(fields) >= 2 and not fields[0].startswith("#") and fields[1] not in ("/", "/boot/efi"):
+                    text += line + "\n"
+        self.write("etc/fstab", text)
 
     def set_timezone(self) -> None:
         zone = self.a.timezone
@@ -274,6 +467,29 @@ class Installer:
             link = confined.resolve(self.mnt, "etc/localtime", follow=False)
             link.unlink(missing_ok=True)
             link.symlink_to(f"/usr/share/zoneinfo/{zone}")
+
+    def set_time_servers(self) -> None:
+        """The answerfile's time servers for systemd-timesyncd; [] turns time sync off (the unit masked).
+
+        Not given: nothing is written, and timesyncd uses the servers a DHCP lease names, else
+        Debian's pool. An image without timesyncd gets one warning and the install goes on.
+        """
+        servers = self.a.ntp
+        if servers is None:
+            return
+        if not self.r.dry_run and not any(
+            confined.is_file(self.mnt, f"{lib}/systemd/system/{TIMESYNCD_UNIT}") for lib in ("usr/lib", "lib")
+        ):
+            self.r.say("warning: no systemd-timesyncd in the image; the answerfile's time servers are not set")
+            return
+        if not servers:
+            self.r.log(f"mask {TIMESYNCD_UNIT}: the answerfile turns time sync off")
+            if not self.r.dry_run:
+                link = confined.mkdirs(self.mnt, "etc/systemd/system") / TIMESYNCD_UNIT
+                link.unlink(missing_ok=True)
+                link.symlink_to("/dev/null")
+            return
+        self.write(TIMESYNCD_CONF, f"# written by the xenspin installer\n[Time]\nNTP={' '.join(servers)}\n")
 
     def set_root_login(self) -> None:
         """Root's password (to chpasswd on its input, masked in what it says) and SSH keys, as the answers give them."""
@@ -310,25 +526,27 @@ class Installer:
         input, never into a command line or the install log.
         """
         self.r.say(f"{TEST_LOGIN_ADDED} (uid 0) that the answer disk asks for; root is as the answers set it")
-        self.chroot(
-            [
-                "useradd",
-                "--non-unique",
-                "--uid",
-                "0",
-                "--gid",
-                "0",
-                "--home-dir",
-                "/root",
-                "--no-create-home",
-                "--shell",
-                "/bin/bash",
-                "--comment",
-                "xenspin test install",
-                TEST_USER,
-            ],
-            f"add the test login {TEST_USER}",
-        )
+        passwd = "" if self.r.dry_run else confined.read_bytes(self.mnt, "etc/passwd").decode(errors="replace")
+        if not any(line.startswith(f"{TEST_USER}:") for line in passwd.splitlines()):  # an upgrade keeps it
+            self.chroot(
+                [
+                    "useradd",
+                    "--non-unique",
+                    "--uid",
+                    "0",
+                    "--gid",
+                    "0",
+                    "--home-dir",
+                    "/root",
+                    "--no-create-home",
+                    "--shell",
+                    "/bin/bash",
+                    "--comment",
+                    "xenspin test install",
+                    TEST_USER,
+                ],
+                f"add the test login {TEST_USER}",
+            )
         self.chroot(
             ["chpasswd", "--encrypted"],
             f"set the password of {TEST_USER}",
@@ -380,11 +598,22 @@ class Installer:
                     f"make the initramfs for {version}",
                 )
         # zz-: read after Debian's xen.cfg, whose GRUB_DEFAULT names a "Debian GNU/Linux" entry
-        self.write("etc/default/grub.d/zz-xenspin.cfg", grub_defaults(bool(self.a.serial_console)))
+        self.write("etc/default/grub.d/zz-xenspin.cfg", grub_defaults(self.serial_console()))
+        if self.previous:
+            title, uuid = self.previous
+            self.write(PREVIOUS_CFG.lstrip("/"), previous_entry(title, uuid))
+            self.write(f"etc/grub.d/{Path(PREVIOUS_SCRIPT).name}", PREVIOUS_SCRIPT_TEXT, 0o755)
         self.write_grub_cfg()
-        disk = self.layout.disk.path
-        self.chroot(["grub-install", "--target=i386-pc", disk], "install GRUB for BIOS")
-        self.install_efi_grub()
+        self.switch_root_and_boot()
+
+    def serial_console(self) -> bool:
+        """The answers' choice; for an upgrade that makes none, the old root's (its GRUB on the serial line or not)."""
+        if self.a.serial_console is not None:
+            return self.a.serial_console
+        old = "etc/default/grub.d/zz-xenspin.cfg"
+        if self.a.mode == "upgrade" and not self.r.dry_run and confined.is_file(self.old, old):
+            return 'GRUB_TERMINAL="serial console"' in confined.read_bytes(self.old, old).decode(errors="replace")
+        return False
 
     def write_grub_cfg(self) -> None:
         """/boot/grub/grub.cfg from the target's GRUB settings (bootloader.py: why not update-grub)."""
@@ -397,7 +626,8 @@ class Installer:
             raise InstallerError(f"no kernel to boot: {e}") from None
         if files.xen is None:
             self.r.say("warning: no Xen in /boot of the root filesystem image; GRUB boots Linux alone")
-        self.write("boot/grub/grub.cfg", grub_cfg(parse_settings(out), self.root_uuid, files))
+        previous = previous_entry(*self.previous) if self.previous else ""
+        self.write("boot/grub/grub.cfg", grub_cfg(parse_settings(out), self.root_uuid, files, previous))
 
     def disk_initrds(self) -> dict[str, str]:
         """Kernel version -> the disk initrd xenspin's rootfs stage made, found beside the squashfs (a name in medium_tree)."""

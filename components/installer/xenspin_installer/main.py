@@ -16,7 +16,7 @@ from typing import NoReturn
 
 from . import InstallerError
 from .answerfile import Answerfile, redacted
-from .disks import choose
+from .disks import choose, choose_installed
 from .install import LIVE_MEDIUM, SQUASHFS, Installer, decide
 from .probe import probe
 from .readanswer import load
@@ -113,17 +113,21 @@ def run(args: argparse.Namespace) -> int:
             return 1
     if args.disk:
         answer.disk = args.disk
-    if answer.serial_console is None:
+    if answer.serial_console is None and answer.mode == "install":  # an upgrade keeps the host's
         answer.serial_console = booted_on_serial(cmdline)
-    chosen = choose(disks, answer.disk, interactive=interactive, resolve=os.path.realpath).disk
+    if answer.mode == "install":
+        chosen = choose(disks, answer.disk, interactive=interactive, resolve=os.path.realpath).disk
+    else:
+        chosen = choose_installed(disks, answer.disk, resolve=os.path.realpath)
     assert chosen is not None  # an interview always names the disk
     layout = decide(answer, chosen)
     runner.log(f"answers: {redacted(answer)}")
     if args.check:
-        runner.say(f"would install to {chosen.describe()} (nothing written)")
+        what = "install to" if answer.mode == "install" else answer.mode
+        runner.say(f"would {what} {chosen.describe()} (nothing written)")
         return 0
-    Installer(answer, layout, runner, args.squashfs, medium=args.medium, test_login=login).run()
-    runner.say(f"xenspin installed on {chosen.path}; {answer.finish} now")
+    done = Installer(answer, layout, runner, args.squashfs, medium=args.medium, test_login=login).run()
+    runner.say(f"{done}; {answer.finish} now")
     finish(answer, args)
     return 0
 

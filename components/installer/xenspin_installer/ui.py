@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import IO
 
 from .answerfile import Answerfile, AnswerfileError, Node, build
-from .disks import Disk, check_writable, describe_plan, plan
+from .disks import Disk, candidates, check_writable, describe_plan, has_layout, plan
 
 
 class Console:
@@ -66,16 +66,26 @@ def interview(c: Console, disks: list[Disk]) -> Answerfile | None:
                 return
             c.say(f"  {problem}")
 
-    c.say("Disks:")
-    for d in disks:
+    offered = candidates(disks)  # not the install medium, the answers disk, a CD, a loop device or a read-only disk
+    if not offered:
+        c.say("no disk to install to was found")
+        return None
+    c.say("Disks you can install to:")
+    for d in offered:
         held = d.contents()
         c.say(f"  {d.describe()}" + (f" holds {', '.join(held)}" if held else " (empty)"))
-    names = [d.name for d in disks]
-    if not names:
-        c.say("no disk to install to")
-        return None
+    names = [d.name for d in offered]
     disk_name = c.pick("Install to disk", names, names[0] if len(names) == 1 else "")
-    disk = next(d for d in disks if d.name == disk_name)
+    disk = next(d for d in offered if d.name == disk_name)
+    if has_layout(disk):
+        what = c.pick(
+            f"{disk.path} holds a xenspin installation: upgrade it (keeps its settings, data and guests; the "
+            "release in use stays bootable), restore the release it kept, or install fresh (erases it)",
+            ["upgrade", "restore", "install"],
+            "upgrade",
+        )
+        if what != "install":
+            return Answerfile(mode=what, disk=disk.path) if c.ask(f"Type yes to {what} {disk.path}") == "yes" else None
     data["disk"] = disk.path
     data["wipe"] = bool(disk.contents())
     ask_until("hostname", "Host name", "xenspin")
