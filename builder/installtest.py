@@ -200,6 +200,7 @@ def log_in(line: SerialLine, user: str, password: str, t0: float, steps: dict[st
     line.expect("Password:", timeout=60)
     line.send(password + "\r")
     line.expect(PROMPT, timeout=120)
+    line.pos = max(0, line.pos - len(PROMPT))  # left to be awaited again: SerialLine.command waits for a prompt
 
 
 def domain0(line: SerialLine, t0: float, steps: dict[str, float], step: str = "Domain-0") -> None:

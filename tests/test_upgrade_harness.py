@@ -99,3 +99,60 @@ def test_the_cli_names_a_missing_iso_for_the_upgrade(tmp_path, capsys: pytest.Ca
     argv = ["--out", str(tmp_path), "test", "upgrade", str(tmp_path / "old.iso"), str(tmp_path / "new.iso")]
     assert cli.main(argv) != 0
     assert "old.iso: no such file" in capsys.readouterr().err
+
+
+class Console:
+    """A VM's serial console behind QEMU's socket: answers the login and runs what is typed at its prompt."""
+
+    def __init__(self, tmp_path) -> None:
+        import socket
+        import threading
+
+        self.sock_path, self.log = tmp_path / "s.sock", tmp_path / "s.log"
+        self.log.write_text("host login: ")
+        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.server.bind(str(self.sock_path))
+        self.server.listen(1)
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def say(self, text: str) -> None:
+        with self.log.open("a") as f:
+            f.write(text)
+
+    def serve(self) -> None:
+        import subprocess
+
+        conn, _ = self.server.accept()
+        typed = ""
+        replies = iter(["Password: ", "\r\nroot@host:~# "])
+        while data := conn.recv(1024):
+            typed += data.decode()
+            while "\r" in typed:
+                entered, typed = typed.split("\r", 1)
+                self.say(entered + "\r\n")
+                reply = next(replies, None)
+                if reply is None:  # at the prompt: run it as a shell would
+                    out = subprocess.run(["sh", "-c", entered], capture_output=True, text=True).stdout
+                    reply = out.replace("\n", "\r\n") + "root@host:~# "
+                self.say(reply)
+
+
+class Running:
+    def poll(self) -> None:
+        return None
+
+
+def test_a_command_right_after_the_login_finds_its_prompt(tmp_path) -> None:
+    """log_in waits for the shell's prompt and leaves it for SerialLine.command, which waits for one before typing."""
+    from builder.installtest import SerialLine, log_in
+
+    console = Console(tmp_path)
+    line = SerialLine(console.sock_path, console.log, Running())
+    try:
+        steps: dict[str, float] = {}
+        log_in(line, "xenspin-test", "pw", 0.0, steps)
+        assert "login" in steps
+        assert line.command("echo mark=$((40+2))", timeout=10) == "mark=42"
+        assert line.command("echo again", timeout=10) == "again"
+    finally:
+        line.close()
