@@ -311,14 +311,11 @@ def answers_for(path: Path | None) -> Answers:
     return Answers(Path(iso_name(path)).name, data, answer.disk, answer)
 
 
-def answer_disk(
-    logs: Path, name: str, answers: Answers | None, log: Path, login: testguest.Login | None = None
-) -> tuple[Path, testguest.Login]:
-    """An XSANSWER disk: the answerfile (None: none, as for an interactive install), the test login's hash
-    (a fresh password unless login is given) and the guest initrd."""
-    login = login or testguest.throwaway_login()
+def answer_disk(logs: Path, name: str, answers: Answers, log: Path) -> tuple[Path, testguest.Login]:
+    """An XSANSWER disk: the answerfile, the test login's hash (a fresh password) and the guest initrd."""
+    login = testguest.throwaway_login()
     files = {
-        **({answers.name: answers.data} if answers is not None else {}),
+        answers.name: answers.data,
         **testguest.login_file(login),
         "guest.gz": testguest.guest_initrd(testguest.BUSYBOX.read_bytes()),
     }
