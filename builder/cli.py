@@ -25,6 +25,7 @@ from . import (
     fetch,
     host,
     installtest,
+    interactivetest,
     iso,
     lock,
     manifest,
@@ -34,6 +35,7 @@ from . import (
     plan,
     release,
     relnotes,
+    upgradetest,
     vmtest,
 )
 from .context import Context
@@ -181,7 +183,25 @@ def make_parser() -> argparse.ArgumentParser:
         "--answerfile",
         type=Path,
         metavar="FILE",
-        help="answerfile (YAML or XML; any root login: the test logs in with a throwaway login of its own) instead of the test's own",
+        help="answerfile (YAML or XML; any root login: the test logs in with a throwaway login of its own) instead of the test's own; "
+        "its disk: names the VM's target disk (sdX: AHCI, vdX: virtio, nvmeXnY: NVMe, /dev/disk/by-id/...: that serial)",
+    )
+    t.add_argument(
+        "--interactive",
+        action="store_true",
+        help="the interactive install instead: the ISO's default entry, each prompt answered by typing on the serial console",
+    )
+    t.add_argument("--kvm", action="store_true", help="use KVM instead of TCG (where /dev/kvm works)")
+    t = tests.add_parser(
+        "upgrade",
+        help="install OLD, change the host, upgrade it with NEW (the changes kept, NEW's version runs), then restore OLD",
+    )
+    _globals(t, suppress=True)
+    t.add_argument("old", type=Path, metavar="OLD.iso", help="the ISO to install first")
+    t.add_argument("new", type=Path, metavar="NEW.iso", help="the ISO that upgrades it")
+    t.add_argument("--firmware", choices=["bios", "uefi"], default="bios", help="firmware (default bios)")
+    t.add_argument(
+        "--answerfile", type=Path, metavar="FILE", help="answerfile of OLD's install (as for `test install`)"
     )
     t.add_argument("--kvm", action="store_true", help="use KVM instead of TCG (where /dev/kvm works)")
     p = add("store", "look after the store")
@@ -599,6 +619,13 @@ def cmd_test_boot(args: argparse.Namespace) -> int:
 
 
 def cmd_test_install(args: argparse.Namespace) -> int:
+    if args.interactive:
+        if args.answerfile:
+            raise XenspinError("test install: --interactive types the answers; it takes no --answerfile")
+        results = interactivetest.run_interactive_test(
+            args.image, vmtest.firmwares(args.firmware), args.out, kvm=args.kvm, report=_print_result(args.json)
+        )
+        return _results(results, args.json)
     results = installtest.run_install_test(
         args.image,
         vmtest.firmwares(args.firmware),
@@ -621,7 +648,14 @@ def _results(results: list[Any], as_json: bool) -> int:
     return 0 if all(r.passed for r in results) else 1
 
 
-TESTS = {"boot": cmd_test_boot, "install": cmd_test_install}
+def cmd_test_upgrade(args: argparse.Namespace) -> int:
+    results = upgradetest.run_upgrade_test(
+        args.old, args.new, args.firmware, args.out, args.answerfile, kvm=args.kvm, report=_print_result(args.json)
+    )
+    return _results(results, args.json)
+
+
+TESTS = {"boot": cmd_test_boot, "install": cmd_test_install, "upgrade": cmd_test_upgrade}
 
 
 COMMANDS = {

@@ -19,9 +19,12 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from xenspin_installer.answerfile import Answerfile
+from xenspin_installer.disks import VG_NAME
 from xenspin_installer.install import TEST_LOGIN_ADDED
+from xenspin_installer.readanswer import parse_yaml
 
-from . import testguest, vmtest
+from . import testguest, vmdrives, vmtest
 from .answercheck import iso_name, validate
 from .errors import XenspinError
 from .run import run, spawn, stop
@@ -32,6 +35,7 @@ DISK_SIZE = "8G"
 BANNER = "xenspin installer:"
 INSTALLED = "xenspin installed on"
 FAILED = "xenspin install failed"
+FAILURES = (FAILED, "xenspin upgrade failed", "xenspin restore failed")
 DOWN = "\x1b[B"
 KERNEL_LOG = re.compile(r"^\[\s*\d+\.\d+\] ")
 PROMPT = ":~# "  # a uid-0 login's shell prompt in its home directory
@@ -142,12 +146,13 @@ class InstallResult:
     missing: str | None = None
     why: str = ""
     logs: Path | None = None
+    kind: str = "install"  # install, upgrade (`test upgrade`), interactive (`test install --interactive`)
 
     def line(self) -> str:
         steps = ", ".join(f"{k} at {v:.0f} s" for k, v in self.steps.items())
         if self.passed:
-            return f"PASS install {self.firmware}: {steps} (total {self.seconds:.0f} s; logs: {self.logs})"
-        return f"FAIL install {self.firmware}: no {self.missing!r} {self.why} after {self.seconds:.0f} s ({steps or 'nothing'}; logs: {self.logs})"
+            return f"PASS {self.kind} {self.firmware}: {steps} (total {self.seconds:.0f} s; logs: {self.logs})"
+        return f"FAIL {self.kind} {self.firmware}: no {self.missing!r} {self.why} after {self.seconds:.0f} s ({steps or 'nothing'}; logs: {self.logs})"
 
 
 @contextlib.contextmanager
@@ -187,24 +192,37 @@ def menu_downs(iso: Path) -> int:
     return labels.index("unattended-serial") if "unattended-serial" in labels else 1
 
 
-def login_and_check(line: SerialLine, login: testguest.Login, t0: float, steps: dict[str, float]) -> None:
-    """Log in with the test's own login (uid 0; root is as the answerfile made it), then Domain-0 and a guest."""
+def log_in(line: SerialLine, user: str, password: str, t0: float, steps: dict[str, float], step: str = "login") -> None:
+    """Wait for the login prompt and log in on the serial console."""
     line.expect("login:", timeout=BOOT_TIMEOUT)
-    steps["login"] = time.monotonic() - t0
-    line.send(login.user + "\r")
+    steps[step] = time.monotonic() - t0
+    line.send(user + "\r")
     line.expect("Password:", timeout=60)
-    line.send(login.password + "\r")
+    line.send(password + "\r")
     line.expect(PROMPT, timeout=120)
+    line.pos = max(0, line.pos - len(PROMPT))  # left to be awaited again: SerialLine.command waits for a prompt
+
+
+def domain0(line: SerialLine, t0: float, steps: dict[str, float], step: str = "Domain-0") -> None:
     line.send("xl list\r")
     line.expect("Domain-0", timeout=120)
-    steps["Domain-0"] = time.monotonic() - t0
+    steps[step] = time.monotonic() - t0
+
+
+def login_and_check(
+    line: SerialLine, login: testguest.Login, t0: float, steps: dict[str, float], suffix: str = ""
+) -> None:
+    """Log in with the test's own login (uid 0; root is as the answerfile made it), then Domain-0 and a guest.
+    suffix: added to the steps' names (a run with several boots)."""
+    log_in(line, login.user, login.password, t0, steps, "login" + suffix)
+    domain0(line, t0, steps, "Domain-0" + suffix)
     line.send(
         "mount -o ro LABEL=XSANSWER /mnt && K=$(ls /boot/vmlinuz-* | tail -n 1) && "
         'xl create -c /dev/null \'name="guest"\' "kernel=\\"$K\\"" \'ramdisk="/mnt/guest.gz"\' '
         "'memory=256' 'extra=\"console=hvc0\"'\r"
     )
     line.expect(testguest.GUEST_MARKER, timeout=300)
-    steps["guest"] = time.monotonic() - t0
+    steps["guest" + suffix] = time.monotonic() - t0
 
 
 # The XCP toolstack's daemons on a host that carries it (spins/xcp.yaml), in their start order.
@@ -266,28 +284,17 @@ def two_way_serial(argv: list[str], log: Path, sock: Path) -> list[str]:
 
 # One NIC, as a host has: QEMU's user network with its DHCP server, restricted (nothing outside the VM).
 NIC = "user,model=virtio-net-pci,restrict=on"
-
-
-def drives(disk: Path, answers: Path, *, boot_disk: bool) -> list[str]:
-    """The target disk (virtio: /dev/vda in dom0) and the XSANSWER disk (AHCI: /dev/sda)."""
-    return [
-        "-drive",
-        f"if=none,id=target,format=qcow2,file={disk}",
-        "-device",
-        "virtio-blk-pci,drive=target" + (",bootindex=1" if boot_disk else ",bootindex=2"),
-        "-drive",
-        f"if=none,id=answers,format=raw,snapshot=on,file={answers}",
-        "-device",
-        "ide-hd,drive=answers,bus=ide.2",
-    ]
+FILLER_SIZE = "64M"  # a blank disk that only holds a name (vmdrives: the letters before the target's)
 
 
 @dataclass(frozen=True)
 class Answers:
-    """The answerfile handed to the VM: its name on the answer disk and its bytes, as given."""
+    """The answerfile handed to the VM: its name on the answer disk, its bytes as given, and the disk it names."""
 
     name: str
     data: bytes
+    disk: str = ""  # the answerfile's disk: ("" for the only disk)
+    answer: Answerfile | None = None  # the answers as the installer reads them (None: not ours to read)
 
 
 def answers_for(path: Path | None) -> Answers:
@@ -297,22 +304,99 @@ def answers_for(path: Path | None) -> Answers:
     login of its own (testguest.Login), so it needs nothing from the answerfile.
     """
     if path is None:
-        return Answers("answerfile.yaml", testguest.default_answerfile().encode())
+        text = testguest.default_answerfile()
+        return Answers("answerfile.yaml", text.encode(), "", parse_yaml(text, "answerfile.yaml"))
     data = path.read_bytes()
-    validate(path)
-    return Answers(Path(iso_name(path)).name, data)
+    answer, _warnings = validate(path)
+    return Answers(Path(iso_name(path)).name, data, answer.disk, answer)
 
 
-def answer_disk(logs: Path, firmware: str, answerfile: Path | None, log: Path) -> tuple[Path, testguest.Login]:
-    """The XSANSWER disk of one run: the answerfile, the test login's hash (a fresh password) and the guest initrd."""
-    answers = answers_for(answerfile)
+def answer_disk(logs: Path, name: str, answers: Answers, log: Path) -> tuple[Path, testguest.Login]:
+    """An XSANSWER disk: the answerfile, the test login's hash (a fresh password) and the guest initrd."""
     login = testguest.throwaway_login()
     files = {
         answers.name: answers.data,
         **testguest.login_file(login),
         "guest.gz": testguest.guest_initrd(testguest.BUSYBOX.read_bytes()),
     }
-    return testguest.answer_disk(logs / f"{firmware}.answers.img", files, log), login
+    return testguest.answer_disk(logs / f"{name}.answers.img", files, log), login
+
+
+class Rig:
+    """One firmware's VM across its boots: the machine, the UEFI variables, the target disk, the blank
+    fillers and the drive plan that gives the target the answerfile's name."""
+
+    def __init__(
+        self,
+        firmware: vmtest.Firmware,
+        logs: Path,
+        drives: vmdrives.DrivePlan,
+        *,
+        kvm: bool = False,
+        what: str = "test install",
+    ) -> None:
+        self.firmware, self.logs, self.drives, self.what = firmware, logs, drives, what
+        logs.mkdir(parents=True, exist_ok=True)
+        self.log = logs / f"{firmware}.harness.log"
+        self.log.write_text("")
+        self.disk = logs / f"{firmware}.disk.qcow2"
+        self.disk.unlink(missing_ok=True)
+        self.files: dict[str, Path] = {"target": self.disk}
+        run(
+            ["qemu-img", "create", "-q", "-f", "qcow2", self.disk, DISK_SIZE],
+            what=f"{what}: make the disk",
+            log_path=self.log,
+        )
+        for d in drives.by_role("filler"):
+            self.files[d.id] = logs / f"{firmware}.{d.id}.qcow2"
+            run(
+                ["qemu-img", "create", "-q", "-f", "qcow2", self.files[d.id], FILLER_SIZE],
+                what=f"{what}: make a blank disk",
+                log_path=self.log,
+            )
+        self.m = vmtest.Machine(firmware, kvm=kvm)
+        self.ovmf = self.vars_copy = None
+        if firmware == "uefi":
+            self.ovmf = vmtest.find_ovmf()
+            if self.ovmf.vars is not None:
+                self.vars_copy = logs / f"{firmware}.OVMF_VARS.fd"
+                shutil.copyfile(self.ovmf.vars, self.vars_copy)
+
+    def argv_for(self, iso: Path | None, answers: Path) -> Callable[[Path, Path], list[str]]:
+        """The QEMU command line of a boot from iso (None: from the disk), with the answer disk answers."""
+
+        def argv(serial_log: Path, sock: Path) -> list[str]:
+            base = vmtest.qemu_argv(
+                iso.absolute() if iso else None, self.m, serial_log, self.ovmf, self.vars_copy, nic=NIC
+            )
+            files = {**self.files, "answers": answers}
+            return two_way_serial(base, serial_log, sock) + self.drives.argv(files, boot_disk=iso is None)
+
+        return argv
+
+    def close(self) -> None:
+        if self.vars_copy is not None:
+            self.vars_copy.unlink(missing_ok=True)
+
+
+def run_installer(line: SerialLine, iso: Path, done: str, device: str) -> None:
+    """Pick the unattended entry in the ISO's menu; wait for the installer to say done on device (the VM
+    then stops: the installer powers off or reboots, and QEMU runs with -no-reboot)."""
+    line.expect(MENU, timeout=300)
+    time.sleep(1)
+    line.keys(*[DOWN] * menu_downs(iso), "\r")
+    line.expect(BANNER, timeout=600)
+    run_installer_done(line, done, device)
+
+
+def run_installer_done(line: SerialLine, done: str, device: str) -> None:
+    """Wait for the installer's last word: done on device (else a Timeout naming what it said)."""
+    if line.expect(done, *FAILURES, timeout=INSTALL_TIMEOUT) != done:
+        raise Timeout(done, "(the installer failed; see the serial log)")
+    said = re.compile(re.escape(done) + r" (\S+?)[;,(\s]").search(line.text(), max(0, line.pos - len(done)))
+    on = said[1] if said else "?"
+    if on != device:
+        raise Timeout(f"{done} {device}", f"(the installer said {done} {on}: the VM's drives did not give that name)")
 
 
 def run_install_test(
@@ -339,53 +423,113 @@ def install(
     """Install from iso onto a fresh qcow2, then boot the disk alone and start a guest; one InstallResult."""
     if not iso.is_file():
         raise XenspinError(f"test install: {iso}: no such file")
-    logs.mkdir(parents=True, exist_ok=True)
-    log = logs / f"{firmware}.harness.log"
-    log.write_text("")
-    image, login = answer_disk(logs, firmware, answerfile, log)
-    disk = logs / f"{firmware}.disk.qcow2"
-    disk.unlink(missing_ok=True)
-    run(["qemu-img", "create", "-q", "-f", "qcow2", disk, DISK_SIZE], what="test install: make the disk", log_path=log)
-    m = vmtest.Machine(firmware, kvm=kvm)
-    ovmf = vars_copy = None
-    if firmware == "uefi":
-        ovmf = vmtest.find_ovmf()
-        if ovmf.vars is not None:
-            vars_copy = logs / f"{firmware}.OVMF_VARS.fd"
-            shutil.copyfile(ovmf.vars, vars_copy)
-
-    def from_iso(serial_log: Path, sock: Path) -> list[str]:
-        argv = vmtest.qemu_argv(iso.absolute(), m, serial_log, ovmf, vars_copy, nic=NIC)
-        return two_way_serial(argv, serial_log, sock) + drives(disk, image, boot_disk=False)
-
-    def from_disk(serial_log: Path, sock: Path) -> list[str]:
-        argv = vmtest.qemu_argv(None, m, serial_log, ovmf, vars_copy, nic=NIC)
-        return two_way_serial(argv, serial_log, sock) + drives(disk, image, boot_disk=True)
-
+    answers = answers_for(answerfile)
+    rig = Rig(firmware, logs, vmdrives.plan(answers.disk), kvm=kvm)
+    image, login = answer_disk(logs, firmware, answers, rig.log)
     steps: dict[str, float] = {}
     t0 = time.monotonic()
     try:
-        with vm(from_iso, logs, f"{firmware}-install") as line:
-            line.expect(MENU, timeout=300)
-            time.sleep(1)
-            line.keys(*[DOWN] * menu_downs(iso), "\r")
-            line.expect(BANNER, timeout=600)
-            if line.expect(INSTALLED, FAILED, timeout=INSTALL_TIMEOUT) == FAILED:
-                raise Timeout(INSTALLED, "(the installer failed; see the serial log)")
+        with vm(rig.argv_for(iso, image), logs, f"{firmware}-install") as line:
+            run_installer(line, iso, INSTALLED, rig.drives.device)
             if TEST_LOGIN_ADDED not in line.text():
                 raise Timeout(TEST_LOGIN_ADDED, "from the installer: it predates the test's own login; rebuild the ISO")
             steps["installed"] = time.monotonic() - t0
             line.wait_exit(timeout=180)
-        with vm(from_disk, logs, f"{firmware}-disk") as line:
+        with vm(rig.argv_for(None, image), logs, f"{firmware}-disk") as line:
             login_and_check(line, login, t0, steps)
             # root's password is the test's own only with the test's own answers
             check_toolstack(line, t0, steps, testguest.TEST_PASSWORD if answerfile is None else None)
+            check_settings(line, answers.answer)
     except Timeout as e:
         return InstallResult(firmware, False, round(time.monotonic() - t0, 1), _rounded(steps), e.text, e.why, logs)
     finally:
-        if vars_copy is not None:
-            vars_copy.unlink(missing_ok=True)
+        rig.close()
     return InstallResult(firmware, True, round(time.monotonic() - t0, 1), _rounded(steps), logs=logs)
+
+
+# --- what the answers asked for, read back on the installed host --------------------------------
+
+SETTINGS = {
+    "hostname": "cat /etc/hostname",
+    "timezone": "cat /etc/timezone",
+    "addresses": "ip -4 -o addr; ip -4 route show default",
+    "dns": "cat /etc/resolv.conf /etc/systemd/network/*.network",
+    "ssh-keys": "cat /root/.ssh/authorized_keys",
+    "keymap": "cat /etc/default/keyboard",
+    "vgs": "vgs --noheadings -o vg_name",
+    "ntp": "cat /etc/systemd/timesyncd.conf.d/*.conf",
+}
+SECTION = "XS-SECTION"
+
+
+def settings_command() -> str:
+    """One shell line printing each of SETTINGS after a line of its own (errors dropped: a missing file is
+    empty). Short: it is typed a character at a time."""
+    body = "; ".join(f"S {key}; {cmd}" for key, cmd in SETTINGS.items())
+    return f"S() {{ echo {SECTION}-$1; }}; {{ {body}; }} 2>/dev/null"
+
+
+def split_settings(out: str) -> dict[str, str]:
+    """settings_command's output by key."""
+    found: dict[str, str] = {}
+    key = None
+    for ln in out.splitlines():
+        if ln.startswith(SECTION + "-"):
+            key = ln.removeprefix(SECTION + "-").strip()
+            found[key] = ""
+        elif key is not None:
+            found[key] += ln + "\n"
+    return found
+
+
+def _strings(value: object) -> list[str]:
+    """Every string in value (a list, a dataclass, a string): the NTP servers, however the model holds them."""
+    if isinstance(value, str):
+        return [value] if value else []
+    if isinstance(value, (list, tuple)):
+        return [s for v in value for s in _strings(v)]
+    if hasattr(value, "__dataclass_fields__"):
+        return [s for f in value.__dataclass_fields__ for s in _strings(getattr(value, f))]
+    return []
+
+
+def settings_problems(answer: Answerfile, found: dict[str, str]) -> list[str]:
+    """What the installed host shows against what the answers asked for (pure); one phrase per difference."""
+    problems = []
+
+    def want(key: str, ok: bool, expected: str) -> None:
+        if not ok:
+            problems.append(f"{key}: expected {expected}, the host has {found.get(key, '').strip()!r}")
+
+    want("hostname", found.get("hostname", "").strip() == answer.hostname, answer.hostname)
+    if answer.network.mode == "static":
+        addrs = found.get("addresses", "")
+        want("addresses", f"inet {answer.network.address} " in addrs, answer.network.address)
+        if answer.network.gateway:
+            want(
+                "addresses", f"default via {answer.network.gateway} " in addrs, f"default via {answer.network.gateway}"
+            )
+    for server in answer.network.dns:
+        want("dns", re.search(rf"(nameserver |DNS=){re.escape(server)}\b", found.get("dns", "")) is not None, server)
+    for key in answer.root.ssh_keys:
+        want("ssh-keys", key.strip() in found.get("ssh-keys", ""), key.split()[0] + " ...")
+    want("keymap", f'XKBLAYOUT="{answer.keymap}"' in found.get("keymap", ""), f'XKBLAYOUT="{answer.keymap}"')
+    if answer.local_storage:
+        want("vgs", VG_NAME in found.get("vgs", "").split(), f"the volume group {VG_NAME}")
+    ntp = found.get("ntp", "")
+    for server in _strings(getattr(answer, "ntp", None)) if ntp.strip() else []:  # only once the installer writes it
+        want("ntp", server in ntp, server)
+    return problems
+
+
+def check_settings(line: SerialLine, answer: Answerfile | None) -> None:
+    """The installed host's name, address, name servers, root's keys, keymap, volume group and NTP servers
+    as the answers asked (a Timeout naming the first difference)."""
+    if answer is None:
+        return
+    problems = settings_problems(answer, split_settings(line.command(settings_command(), timeout=120)))
+    if problems:
+        raise Timeout(problems[0].split(":")[0], f"as the answers asked ({'; '.join(problems)})")
 
 
 def _rounded(steps: dict[str, float]) -> dict[str, float]:

@@ -298,6 +298,7 @@ class FakeLine:
     def __init__(self, said: str) -> None:
         self.sent: list[str] = []
         self.said = said
+        self.pos = 0
 
     def text(self) -> str:
         return self.said
@@ -349,10 +350,18 @@ def test_test_install_logs_in_with_its_own_throwaway_login(
 
     @contextlib.contextmanager
     def fake_vm(argv_for, logs, name):
-        lines.append((name, FakeLine(f"xenspin installer: x\n{TEST_LOGIN_ADDED} (uid 0) ...\n")))
+        lines.append(
+            (
+                name,
+                FakeLine(
+                    f"xenspin installer: x\n{TEST_LOGIN_ADDED} (uid 0) ...\nxenspin installed on /dev/vda; poweroff now\n"
+                ),
+            )
+        )
         yield lines[-1][1]
 
     monkeypatch.setattr(installtest, "vm", fake_vm)
+    monkeypatch.setattr(installtest, "check_settings", lambda line, answer: None)  # tests/test_vmdrives.py
     iso = tmp_path / "x.iso"
     iso.write_bytes(b"an ISO\n" * 1000)
     before = hashlib.sha256(iso.read_bytes()).hexdigest()

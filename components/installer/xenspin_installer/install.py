@@ -682,7 +682,8 @@ class Installer:
         esp = self.layout.dev("esp")
         # mcopy runs outside the target: it reads the image as the regular file it is inside the target
         src = str(self.mnt / image.lstrip("/")) if self.r.dry_run else str(confined.regular(self.mnt, image))
-        # skipped when there (an upgrade, a restore); mmd says 1 then, and mcopy below fails if one is missing
+        # -D s: an upgrade finds them there (without it mmd asks on the console what to do, and waits);
+        # it then exits 1, so the status says nothing: a directory missing fails the copies below
         self.r.run(
             ["mmd", "-D", "s", "-i", esp, "::/EFI", "::/EFI/BOOT", "::/EFI/xenspin"],
             "make directories on the ESP",
