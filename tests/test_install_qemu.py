@@ -4,7 +4,7 @@ Each VM run checks several things, as the slow suite's time is counted:
 - BIOS: `xenspin test upgrade` from the default ISO (installed with a XenServer XML answerfile naming
   sda: the VM puts the target on AHCI, the answers on virtio; a static address, name servers and NTP
   servers read back on the installed host) to the same distribution built again as version 0.2 (only
-  the rootfs and ISO stages rebuild), then restored to 0.1;
+  the rootfs, ISO and SBOM stages rebuild), then restored to 0.1;
 - UEFI: `xenspin test install` with an XML answerfile naming sda whose root password is a hash;
 - BIOS: `xenspin test install --interactive`, the installer's prompts typed on the serial console.
 
@@ -85,7 +85,7 @@ def next_iso(default_build: DefaultBuild, tmp_path_factory: pytest.TempPathFacto
         assert cli.main(argv) == 0, err.getvalue()
     stages = json.loads((project / "out/build-info.json").read_text())["stages"]
     made = {name for name, stage in stages.items() if stage["made"]}
-    assert made <= {"rootfs:rootfs", "iso:iso"}, made  # the components come from the store
+    assert made <= {"rootfs:rootfs", "iso:iso", "sbom:sbom"}, made  # the components come from the store
     return project / "out/xenspin-0.2-amd64.iso"
 
 
