@@ -75,7 +75,9 @@ class Runner:
         if self.dry_run and writes:
             return ""
         try:
-            proc = subprocess.run(argv, input=input, capture_output=True, text=True, errors="replace")
+            # no console: a command that would ask a question (mmd on a name clash) fails instead of waiting
+            stdin = subprocess.DEVNULL if input is None else None
+            proc = subprocess.run(argv, input=input, stdin=stdin, capture_output=True, text=True, errors="replace")
         except FileNotFoundError:
             raise CommandFailed(f"{what}: {argv[0]} is not installed") from None
         with open(self.log_path, "a") as f:
