@@ -9,7 +9,6 @@ The VM comes from vmtest's QEMU helpers; what is added here is a serial line bot
 from __future__ import annotations
 
 import contextlib
-import io
 import re
 import shutil
 import socket
@@ -27,6 +26,7 @@ from xenspin_installer.readanswer import parse_yaml
 from . import testguest, vmdrives, vmtest
 from .answercheck import iso_name, validate
 from .errors import XenspinError
+from .iso import read_files
 from .run import run, spawn, stop
 
 INSTALL_TIMEOUT = 3600.0  # an install under TCG on a busy 2-core machine took over 20 minutes
@@ -174,21 +174,11 @@ def vm(argv_for: Callable[[Path, Path], list[str]], logs: Path, name: str) -> It
         sock.unlink(missing_ok=True)
 
 
-def menu_downs(iso: Path) -> int:
+def menu_downs(image: Path) -> int:
     """How many entries come before 'unattended-serial' in the ISO's menu (ISOLINUX and GRUB list them alike)."""
-    import pycdlib
-
-    iso_ = pycdlib.PyCdlib()
-    try:
-        iso_.open(str(iso))
-        out = io.BytesIO()
-        iso_.get_file_from_iso_fp(out, rr_path="/isolinux/isolinux.cfg")
-        labels = re.findall(r"^label (\S+)", out.getvalue().decode(), re.M)
-    except Exception:  # an ISO without ISOLINUX: the serial entries come first
-        return 1
-    finally:
-        with contextlib.suppress(Exception):
-            iso_.close()
+    cfg = read_files(image, ["isolinux/isolinux.cfg"]).get("isolinux/isolinux.cfg", b"")
+    labels = re.findall(r"^label (\S+)", cfg.decode(errors="replace"), re.M)
+    # an ISO without ISOLINUX (UEFI only): its GRUB menu lists the serial entries first, unattended second
     return labels.index("unattended-serial") if "unattended-serial" in labels else 1
 
 
