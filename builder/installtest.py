@@ -26,7 +26,7 @@ from xenspin_installer.readanswer import parse_yaml
 from . import testguest, vmdrives, vmtest
 from .answercheck import iso_name, validate
 from .errors import XenspinError
-from .iso import read_files
+from .iso import UnreadableIso, read_files
 from .run import run, spawn, stop
 
 INSTALL_TIMEOUT = 3600.0  # an install under TCG on a busy 2-core machine took over 20 minutes
@@ -176,7 +176,10 @@ def vm(argv_for: Callable[[Path, Path], list[str]], logs: Path, name: str) -> It
 
 def menu_downs(image: Path) -> int:
     """How many entries come before 'unattended-serial' in the ISO's menu (ISOLINUX and GRUB list them alike)."""
-    cfg = read_files(image, ["isolinux/isolinux.cfg"]).get("isolinux/isolinux.cfg", b"")
+    try:
+        cfg = read_files(image, ["isolinux/isolinux.cfg"]).get("isolinux/isolinux.cfg", b"")
+    except UnreadableIso:  # not an ISO 9660 image (QEMU says what it makes of it)
+        cfg = b""
     labels = re.findall(r"^label (\S+)", cfg.decode(errors="replace"), re.M)
     # an ISO without ISOLINUX (UEFI only): its GRUB menu lists the serial entries first, unattended second
     return labels.index("unattended-serial") if "unattended-serial" in labels else 1
