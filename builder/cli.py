@@ -563,20 +563,11 @@ def cmd_store(args: argparse.Namespace) -> int:
         print(note)
     verb = "" if args.action == "du" else "removed "
     for r in rows:
-        print(f"{verb}{r.area:<20} {r.entries:>6} entries {_human(r.bytes):>10}")
+        print(f"{verb}{r.area:<20} {r.entries:>6} entries {nightly.human(r.bytes):>10}")
     print(
-        f"{verb}{'total':<20} {sum(r.entries for r in rows):>6} entries {_human(sum(r.bytes for r in rows)):>10}  ({ctx.store.root})"
+        f"{verb}{'total':<20} {sum(r.entries for r in rows):>6} entries {nightly.human(sum(r.bytes for r in rows)):>10}  ({ctx.store.root})"
     )
     return 0
-
-
-def _human(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"
 
 
 def cmd_diff(args: argparse.Namespace) -> int:

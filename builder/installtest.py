@@ -148,6 +148,16 @@ class InstallResult:
     logs: Path | None = None
     kind: str = "install"  # install, upgrade (`test upgrade`), interactive (`test install --interactive`)
 
+    @classmethod
+    def ended(
+        cls, firmware: str, kind: str, t0: float, steps: dict[str, float], logs: Path, failed: Timeout | None = None
+    ) -> InstallResult:
+        """The result of a run that started at t0 and passed, or stopped at failed."""
+        seconds, rounded = round(time.monotonic() - t0, 1), _rounded(steps)
+        if failed is None:
+            return cls(firmware, True, seconds, rounded, logs=logs, kind=kind)
+        return cls(firmware, False, seconds, rounded, failed.text, failed.why, logs, kind)
+
     def line(self) -> str:
         steps = ", ".join(f"{k} at {v:.0f} s" for k, v in self.steps.items())
         if self.passed:
@@ -434,10 +444,10 @@ def install(
             check_toolstack(line, t0, steps, testguest.TEST_PASSWORD if answerfile is None else None)
             check_settings(line, answers.answer)
     except Timeout as e:
-        return InstallResult(firmware, False, round(time.monotonic() - t0, 1), _rounded(steps), e.text, e.why, logs)
+        return InstallResult.ended(firmware, "install", t0, steps, logs, e)
     finally:
         rig.close()
-    return InstallResult(firmware, True, round(time.monotonic() - t0, 1), _rounded(steps), logs=logs)
+    return InstallResult.ended(firmware, "install", t0, steps, logs)
 
 
 # --- what the answers asked for, read back on the installed host --------------------------------

@@ -92,21 +92,10 @@ def interactive(iso: Path, firmware: vmtest.Firmware, logs: Path, *, kvm: bool =
             installtest.log_in(line, "root", password, t0, steps)
             installtest.domain0(line, t0, steps)
     except Timeout as e:
-        return InstallResult(
-            firmware,
-            False,
-            round(time.monotonic() - t0, 1),
-            installtest._rounded(steps),
-            e.text,
-            e.why,
-            logs,
-            "interactive",
-        )
+        return InstallResult.ended(firmware, "interactive", t0, steps, logs, e)
     finally:
         rig.close()
-    return InstallResult(
-        firmware, True, round(time.monotonic() - t0, 1), installtest._rounded(steps), logs=logs, kind="interactive"
-    )
+    return InstallResult.ended(firmware, "interactive", t0, steps, logs)
 
 
 def run_interactive_test(

@@ -168,18 +168,7 @@ def upgrade(
             line.command("dmesg -n 1", timeout=60)
             check(line, "OLD after the restore", old_version)
     except Timeout as e:
-        return InstallResult(
-            firmware,
-            False,
-            round(time.monotonic() - t0, 1),
-            installtest._rounded(steps),
-            e.text,
-            e.why,
-            logs,
-            "upgrade",
-        )
+        return InstallResult.ended(firmware, "upgrade", t0, steps, logs, e)
     finally:
         rig.close()
-    return InstallResult(
-        firmware, True, round(time.monotonic() - t0, 1), installtest._rounded(steps), logs=logs, kind="upgrade"
-    )
+    return InstallResult.ended(firmware, "upgrade", t0, steps, logs)

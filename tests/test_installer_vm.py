@@ -65,14 +65,18 @@ def update_grub(root: str, mnt: Path) -> str:
             link.unlink(missing_ok=True)
 
 
-@pytest.mark.root
-def test_install_onto_a_loop_device(default_build, tmp_path: Path) -> None:
-    image = tmp_path / "disk.img"
+def loop_disk(image: Path) -> str:
+    """An empty 8 GiB image attached as a loop device (the caller detaches it)."""
     with open(image, "wb") as f:
         f.truncate(8 * GiB)
-    dev = subprocess.run(
+    return subprocess.run(
         ["losetup", "--find", "--show", "--partscan", str(image)], capture_output=True, text=True, check=True
     ).stdout.strip()
+
+
+@pytest.mark.root
+def test_install_onto_a_loop_device(default_build, tmp_path: Path) -> None:
+    dev = loop_disk(tmp_path / "disk.img")
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     try:
@@ -179,12 +183,7 @@ def partnames(dev: str) -> dict[int, str]:
 
 def check_upgrade_and_restore(tmp_path: Path, squashfs: Path) -> None:
     """Install, change the host as its administrator would, upgrade, check what was kept; restore; check the names."""
-    image = tmp_path / "disk.img"
-    with open(image, "wb") as f:
-        f.truncate(8 * GiB)
-    dev = subprocess.run(
-        ["losetup", "--find", "--show", "--partscan", str(image)], capture_output=True, text=True, check=True
-    ).stdout.strip()
+    dev = loop_disk(tmp_path / "disk.img")
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     p = lambda n: f"{dev}p{n}"  # noqa: E731

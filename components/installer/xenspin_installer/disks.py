@@ -135,13 +135,7 @@ def check_writable(disk: Disk, *, wipe: bool) -> None:
     """Refuse a disk we must not write: read-only, in use, the medium, or holding data without wipe."""
     if disk.type not in ("disk", "loop"):
         raise DiskError(f"disk {disk.path}: is a {disk.type}, not a whole disk")
-    if disk.readonly:
-        raise DiskError(f"disk {disk.path}: is read-only")
-    if disk.holds_live_medium:
-        raise DiskError(f"disk {disk.path}: holds the install medium")
-    mounted = disk.in_use()
-    if mounted:
-        raise DiskError(f"disk {disk.path}: is in use (mounted at {', '.join(mounted)})")
+    check_in_use(disk)
     held = disk.contents()
     if held and not wipe:
         raise DiskError(f"disk {disk.path}: holds {', '.join(held)}; refusing to erase it (set wipe: true)")
@@ -255,7 +249,7 @@ def installed(disk: Disk) -> Installed:
 
 
 def check_in_use(disk: Disk) -> None:
-    """Refuse an upgrade or restore of a disk that is mounted, read-only or the install medium."""
+    """Refuse a disk that is read-only, the install medium or mounted (any install, upgrade or restore)."""
     if disk.readonly:
         raise DiskError(f"disk {disk.path}: is read-only")
     if disk.holds_live_medium:
