@@ -256,10 +256,9 @@ def installer(tmp_path: Path, answer: Answerfile, *, dry_run: bool = False) -> t
     disk = Disk("/dev/vdz", 8 * GiB)
     out = io.StringIO()
     runner = (Runner if dry_run else Recorder)(tmp_path / "install.log", out=out, dry_run=dry_run)
-    inst = Installer(answer, Layout(disk, plan(disk.size)), runner, tmp_path / "medium/live/filesystem.squashfs")
-    os.rmdir(inst.mnt)
-    inst.mnt = tmp_path / "target"
-    inst.mnt.mkdir()
+    inst = Installer(
+        answer, Layout(disk, plan(disk.size)), runner, tmp_path / "medium/live/filesystem.squashfs", workdir=tmp_path
+    )
     return inst, out
 
 

@@ -8,7 +8,6 @@ import contextlib
 import hashlib
 import io
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -195,8 +194,8 @@ def installer(tmp_path: Path, tree: Path, answer: Answerfile, **kw: object) -> I
         medium / "live/x.squashfs",
         medium=medium,
         **kw,
+        workdir=tmp_path,
     )
-    os.rmdir(inst.mnt)
     inst.mnt = tree
     return inst
 

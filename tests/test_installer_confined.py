@@ -53,8 +53,8 @@ def installer(tmp_path: Path, target: Path, medium: Path) -> Installer:
         runner,
         medium / "live/filesystem.squashfs",
         medium=medium,
+        workdir=tmp_path,
     )
-    os.rmdir(inst.mnt)
     inst.mnt = target
     return inst
 

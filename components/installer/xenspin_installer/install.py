@@ -146,6 +146,7 @@ class Installer:
         *,
         medium: Path = LIVE_MEDIUM,
         test_login: str | None = None,
+        workdir: Path | None = None,
     ):
         self.a = answer
         self.layout = layout
@@ -153,8 +154,13 @@ class Installer:
         self.squashfs = squashfs
         self.medium = medium
         self.test_login = test_login
-        self.mnt = Path(tempfile.mkdtemp(prefix="xenspin-target-"))
-        self.old = Path(tempfile.mkdtemp(prefix="xenspin-old-"))
+        # mount points: the target, and the root in use during an upgrade; removed when run() ends
+        self.workdir = workdir or Path(tempfile.mkdtemp(prefix="xenspin-install-"))
+        self.own_workdir = workdir is None
+        self.mnt = self.workdir / "target"
+        self.old = self.workdir / "old"
+        for point in (self.mnt, self.old):
+            point.mkdir(mode=0o700, exist_ok=True)
         self.mounted: list[Path] = []
         self.previous: tuple[str, str] | None = None  # (title, root UUID) of the release an upgrade keeps
 
@@ -344,6 +350,10 @@ class Installer:
         if self.layout.dev("lvm"):
             self.r.run(["vgchange", "--activate", "n", VG_NAME], "deactivate the LVM group", check=False)
         self.r.run(["sync"], "flush writes", check=False)
+        made = [self.workdir / "target", self.old] + ([self.workdir] if self.own_workdir else [])
+        for point in made:  # empty ones only: a busy one stays
+            with contextlib.suppress(OSError):
+                point.rmdir()
 
     # --- root filesystem --------------------------------------------------------------
 
