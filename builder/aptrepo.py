@@ -15,8 +15,10 @@ import shutil
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
-from .errors import XenspinError
+from .errors import Missing, XenspinError
 from .run import run
+from .sources import verified_blob
+from .store import Store
 
 FORMAT = 1  # the store repository's object; bump when what it holds changes
 
@@ -38,6 +40,23 @@ def local(debs: Iterable[tuple[str, Path]], dest: Path, suite: str, origin: str)
     _link(debs, dest)
     index(dest, origin, suite)
     return dest
+
+
+def locked_debs(store: Store, debs: Iterable[tuple[str, str, str, str]], what: str) -> list[tuple[str, Path]]:
+    """(file name, store blob) of each locked (name, version, pool filename, sha256), every blob checked again.
+
+    A blob missing says to fetch; one changed behind xenspin's back is refused and removed.
+    """
+    out, missing = [], []
+    for name, version, filename, sha256 in debs:
+        if not store.has_blob(sha256):
+            missing.append(f"{name} {version}")
+            continue
+        out.append((Path(filename).name, verified_blob(store, sha256, f"{what}: {name} {version}")))
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise Missing(f"{what}: {len(missing)} locked .debs are not in the store: {shown} (run `xenspin fetch`)")
+    return out
 
 
 def from_paragraphs(dest: Path, paragraphs: Iterable[str], files: dict[str, bytes], suite: str, origin: str) -> Path:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import dataschema, debtree, outputcheck, overlays
+from . import dataschema, debtree, outputcheck, overlays, packagesets
 from .context import Context
 from .debtree import TreeSpec
 from .errors import XenspinError
@@ -118,7 +118,7 @@ def plan(
         if kind.debs(entry) is not None:
             action, root = "archive", None
         elif comp.steps:
-            action, root = "build", debtree.root_spec(distro.base, lock.archive, comp.build_depends)
+            action, root = "build", packagesets.root_tree(lock, comp.build_depends)
         else:
             action, root = "none", None
         after = tuple(d for d in comp.after if d in jobs)

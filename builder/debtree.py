@@ -1,10 +1,11 @@
 """Every Debian tree xenspin makes, with the one mmdebstrap caller.
 
 One spec type (`TreeSpec`), three uses:
-- build roots: from the base archive at its locked state, kept in the store as a lazy
-  stage keyed by the spec; components with the same build-depends share one root;
+- build roots: composed offline from their locked sets' .debs, kept in the store as a
+  lazy stage keyed by those .debs; components with the same build-depends share one root;
 - the rootfs base: composed offline from a flat repository of exactly the locked and
-  built .debs, so the same lock gives the same tree after the archive has moved on;
+  built .debs;
+Both never read the archive: the same lock gives the same tree after it has moved on.
 - apt's answer for a package set: `mmdebstrap --simulate` over a repository of the
   verified index (nothing installed, nothing run).
 
@@ -16,19 +17,20 @@ owned by the account's subordinate ids): work on it with `in_namespace`.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import aptrepo
 from .context import Context
 from .errors import XenspinError
 from .run import CommandError, as_builder, builder, give, run
-from .sources import FetchError, debian
 from .stage import Stage, stage_key
 
-ROOT_FORMAT = 2  # bump when what a build root holds changes (2: made in the build account's user namespace)
+ROOT_FORMAT = 3  # bump when what a build root holds changes (2: made in the build account's user namespace; 3: composed from its locked set)
 MOUNTS = ("/src", "/srcpkg", "/out", "/debs", "/build")  # a build root's mount points for the sandbox
 AUTOMOUNT = Path("/usr/share/mmdebstrap/hooks/file-mirror-automount")
 
@@ -50,34 +52,33 @@ class TreeError(XenspinError):
 
 
 @dataclass(frozen=True)
-class TreeSpec:
-    """A Debian tree: its packages and variant, and the archive state they come from.
+class LockedDeb:
+    """One .deb of a locked set, as a build root's key and its local repository name it."""
 
-    `archives` are (mirror, suite) pairs for a tree made from the network (the base
-    suite first, then the suites laid over it); a tree composed from a local flat
-    repository has none.
-    """
+    name: str
+    version: str
+    architecture: str
+    filename: str  # the archive's pool path
+    sha256: str
+
+
+@dataclass(frozen=True)
+class TreeSpec:
+    """A Debian tree: its packages and variant; for a build root, the locked .debs it is composed from."""
 
     suite: str
     variant: str
     packages: tuple[str, ...]
-    archives: tuple[tuple[str, str], ...] = ()
-    areas: tuple[str, ...] = ()
-    archive: str = ""  # the locked InRelease sha256s (debian.archive_ident)
-
-    def sources(self, url: Callable[[str], str]) -> list[str]:
-        """mmdebstrap's mirror arguments: one sources.list line per suite, mirrors mapped by url."""
-        return [f"deb {url(mirror)} {suite} {' '.join(self.areas)}" for mirror, suite in self.archives]
+    debs: tuple[LockedDeb, ...] = ()  # a build root's locked set (packagesets.root_tree)
+    set: str = ""  # that set's name in the lock
 
     def inputs(self) -> dict[str, Any]:
-        """The canonical inputs of a build root's key."""
+        """The canonical inputs of a build root's key: the locked .debs, never the archive's state."""
         return {
             "mounts": MOUNTS,
-            "archives": self.archives,
-            "areas": self.areas,
-            "archive": self.archive,
             "variant": self.variant,
             "packages": self.packages,
+            "debs": [(d.name, d.version, d.architecture, d.sha256) for d in self.debs],
         }
 
     @property
@@ -118,20 +119,7 @@ def _mmdebstrap(
     )
 
 
-# --- build roots: from the archive, kept in the store ------------------------------------
-
-
-def root_spec(base: Any, archive_state: dict[str, Any], packages: list[str], variant: str = "minbase") -> TreeSpec:
-    """The root with packages, from the manifest's base archive at its locked state."""
-    archives = tuple(base.archives())
-    return TreeSpec(
-        suite=archives[0][1],
-        variant=variant,
-        packages=tuple(sorted(set(packages))),
-        archives=archives,
-        areas=tuple(base.areas),
-        archive=debian.archive_ident(archive_state),
-    )
+# --- build roots: composed from their locked sets, kept in the store --------------------------
 
 
 def root_stage(ctx: Context, spec: TreeSpec, say: Callable[[str], None]) -> Stage:
@@ -155,77 +143,71 @@ def _name(spec: TreeSpec) -> str:
 
 
 def make_root(ctx: Context, spec: TreeSpec, tmp: Path, say: Callable[[str], None]) -> dict:
-    """mmdebstrap the root into tmp/root; the object records that top directory."""
+    """Compose the root at tmp/root from its locked .debs in the store (no network); the object records that top."""
     short = _name(spec)[:12]
-    if ctx.offline:
-        raise TreeError(
-            f"build root {short} ({', '.join(spec.packages) or 'minbase'}) is not in the store "
-            "and --offline forbids mmdebstrap"
-        )
-    suites = "+".join(suite for _, suite in spec.archives)
-    say(f"build root {short}: mmdebstrap {suites} {' '.join(spec.packages)}")
-    _check_archive(ctx, spec, say)
-    _mmdebstrap(
-        spec,
-        tmp / "root",
-        spec.sources(ctx.url),
-        [
-            "--quiet",
-            "--customize-hook=mkdir -p " + " ".join(f'"$1{m}"' for m in MOUNTS),
-            '--customize-hook=rm -rf "$1/var/cache/apt"/*.bin "$1/var/lib/apt/lists"/*_*',
-        ],
-        work=tmp,
-        what=f"build root {short}",
-        log_path=ctx.store.log_dir("buildroot", short + ".log"),
-        hide=[ctx.store.root],
+    asked = ", ".join(spec.packages) or spec.variant
+    if not spec.debs:
+        raise TreeError(f"build root {short} ({asked}): its package set is not locked; run `xenspin lock`")
+    say(f"build root {short}: compose {len(spec.debs)} locked packages ({asked})")
+    debs = aptrepo.locked_debs(
+        ctx.store, [(d.name, d.version, d.filename, d.sha256) for d in spec.debs], f"build root {short}"
     )
-    return {"top": "root", "packages": list(spec.packages)}
-
-
-def _check_archive(ctx: Context, spec: TreeSpec, say: Callable[[str], None]) -> None:
-    """Say so when the archive has moved on since the lock: mmdebstrap can only use its current state."""
-    if not spec.archive:
-        return
+    repo = aptrepo.local(debs, tmp / "repo", spec.suite, "xenspin-buildroot")
     try:
-        now = debian.archive_state(ctx)
-    except FetchError:
-        return  # mmdebstrap will report an unreachable archive itself
-    if debian.archive_ident(now) != spec.archive:
-        suites = "+".join(suite for _, suite in spec.archives)
-        say(
-            f"warning: {suites} changed since it was locked; build root {_name(spec)[:12]} gets today's package versions"
+        compose(
+            TreeSpec(suite=spec.suite, variant=spec.variant, packages=tuple(d.name for d in spec.debs)),
+            repo,
+            tmp / "root",
+            tmp,
+            ctx.store.log_dir("buildroot", short + ".log"),
+            hide=[ctx.store.root],
+            what=f"build root {short}",
+            options=[
+                "--quiet",
+                "--customize-hook=mkdir -p " + " ".join(f'"$1{m}"' for m in MOUNTS),
+                '--customize-hook=rm -rf "$1/var/cache/apt"/*.bin "$1/var/lib/apt/lists"/*_*',
+            ],
         )
+    finally:
+        shutil.rmtree(tmp / "repo", ignore_errors=True)
+    return {"top": "root", "packages": list(spec.packages), "set": spec.set}
 
 
 # --- trees from a local repository: the rootfs, and apt's resolution ------------------------
 
 
-def compose(spec: TreeSpec, repo: Path, work: Path, log_path: Path, hide: Sequence[Path], epoch: int) -> Path:
-    """spec's tree from the flat repository repo alone, at work/tree; the tree's path.
+def compose(
+    spec: TreeSpec,
+    repo: Path,
+    tree: Path,
+    work: Path,
+    log_path: Path,
+    hide: Sequence[Path],
+    *,
+    what: str,
+    options: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+) -> Path:
+    """spec's tree from the flat repository repo alone, at tree (inside work); the tree's path.
 
-    mmdebstrap reads a file:// repository only through its file-mirror-automount hook,
-    and the repository's line does not stay in the image.
+    The rootfs and every build root are made this way: no archive is read, so the same
+    lock gives the same tree after the archive has moved on. mmdebstrap reads a file://
+    repository only through its file-mirror-automount hook, and the repository's line
+    does not stay in the image.
     """
     if not AUTOMOUNT.is_dir():
         raise TreeError(f"compose: {AUTOMOUNT} is missing (mmdebstrap >= 1.3 needed; run `xenspin setup`)")
-    tree = work / "tree"
     try:
         _mmdebstrap(
             spec,
             tree,
             [f"deb [trusted=yes] file://{repo} ./"],
-            [
-                "--format=directory",
-                "--aptopt=Apt::Install-Recommends false",
-                *(f"--dpkgopt={o}" for o in DPKG_OPTIONS),
-                f"--dpkgopt={BUILD_ONLY}",
-                f"--hook-dir={AUTOMOUNT}",
-            ],
+            ["--format=directory", "--aptopt=Apt::Install-Recommends false", *options] + [f"--hook-dir={AUTOMOUNT}"],
             work=work,
-            what="rootfs: mmdebstrap",
+            what=what,
             log_path=log_path,
             hide=hide,
-            env={"SOURCE_DATE_EPOCH": str(epoch)},
+            env=env,
         )
     except CommandError as e:
         raise TreeError(str(e)) from None

@@ -73,6 +73,10 @@ class Missing(FetchError):
     """Offline, and the store lacks something a lock entry names."""
 
 
+class Gone(FetchError):
+    """The server answered that the file is not there (HTTP 404 or 410): another place may have it."""
+
+
 class GitError(XenspinError):
     """git failed on a mirror in the store (not reaching upstream: that is a FetchError)."""
 

@@ -33,7 +33,6 @@ from .store import sha256_json
 
 # Imported when a set is resolved or fetched, not on every run (see builder/lazyimport.py).
 deb822 = lazyimport.module("debian.deb822")
-http = lazyimport.module("builder.sources.http")
 
 
 def Version(text: str) -> Any:  # noqa: N802 (stands in for debian_support.Version)
@@ -103,26 +102,78 @@ def package_sets(distro: Distro, lock: Lock) -> dict[str, SetSpec]:
     rootfs: the manifest's packages, the live-boot pair, the archive components at
     their locked versions, and the built components (their depends resolved too).
     iso: the boot loaders the ISO stage unpacks, without their dependencies.
-    A manifest with no rootfs.packages (components only, as in tests) has no sets:
-    it locks, fetches and builds without the archive's binary index.
+    buildroot-*: each build root (a component's build-depends on minbase), shared by
+    the components asking for the same packages.
+    A manifest with no rootfs.packages (components only, as in tests) has no rootfs or
+    iso set; one whose components build nothing needs no binary index at all.
     """
-    if not distro.rootfs.packages:
-        return {}
-    include: list[str] = list(distro.rootfs.packages) + list(LIVE_PACKAGES)
-    built: list[tuple[str, str]] = []
-    for name, comp in sorted(distro.components.items()):
-        entry = lock.components.get(name)
-        if entry is None:
-            continue
-        if entry.get("kind") == "archive":
-            include += [f"{pkg}={info['version']}" for pkg, info in sorted(entry["packages"].items())]
-        elif comp.package is not None and comp.steps and not comp.build_only:
-            built.append((comp.package.name, relations(comp.package)))
     ident = debian.archive_ident(lock.archive)
-    return {
-        "rootfs": SetSpec("rootfs", tuple(dict.fromkeys(include)), distro.rootfs.variant, True, tuple(built), ident),
-        "iso": SetSpec("iso", ISO_BOOT_PACKAGES, "", False, (), ident),
-    }
+    sets: dict[str, SetSpec] = {}
+    if distro.rootfs.packages:
+        include: list[str] = list(distro.rootfs.packages) + list(LIVE_PACKAGES)
+        built: list[tuple[str, str]] = []
+        for name, comp in sorted(distro.components.items()):
+            entry = lock.components.get(name)
+            if entry is None:
+                continue
+            if entry.get("kind") == "archive":
+                include += [f"{pkg}={info['version']}" for pkg, info in sorted(entry["packages"].items())]
+            elif comp.package is not None and comp.steps and not comp.build_only:
+                built.append((comp.package.name, relations(comp.package)))
+        sets["rootfs"] = SetSpec(
+            "rootfs", tuple(dict.fromkeys(include)), distro.rootfs.variant, True, tuple(built), ident
+        )
+        sets["iso"] = SetSpec("iso", ISO_BOOT_PACKAGES, "", False, (), ident)
+    for comp, name in root_sets(distro, lock).items():
+        include = tuple(sorted(set(distro.components[comp].build_depends)))
+        sets.setdefault(name, SetSpec(name, include, ROOT_VARIANT, True, (), ident))
+    return sets
+
+
+# --- build roots ----------------------------------------------------------------------------
+
+ROOT_VARIANT = "minbase"  # a build root is minbase plus the component's build-depends
+
+
+def root_set(build_depends: list[str] | tuple[str, ...]) -> str:
+    """The name of the set a build root with these build-depends is composed from (named by its content,
+    so components asking for the same packages share it, and renaming a component keeps it)."""
+    include = sorted(set(build_depends))
+    return "buildroot-" + sha256_json({"variant": ROOT_VARIANT, "include": include})[:12]
+
+
+def root_sets(distro: Distro, lock: Lock, names: set[str] | None = None) -> dict[str, str]:
+    """Component -> build root set, for the (named) components that run build steps on a locked source."""
+    out = {}
+    for name, comp in sorted(distro.components.items()):
+        entry = lock.components.get(distro.origin(name))
+        if names is not None and name not in names:
+            continue
+        if entry is not None and entry.get("kind") != "archive" and comp.steps:
+            out[name] = root_set(comp.build_depends)
+    return out
+
+
+def root_tree(lock: Lock, build_depends: list[str]) -> debtree.TreeSpec:
+    """The build root for these build-depends: exactly the .debs its locked set names.
+
+    Its key is those .debs (name, version, architecture, sha256) and nothing of the
+    archive's state: the same lock gives the same root on any machine, any day, and a
+    root changes only when the lock does. Without a locked set (a lock from before build
+    roots were locked) the spec has no .debs and making it says to lock again.
+    """
+    name = root_set(build_depends)
+    debs = tuple(
+        debtree.LockedDeb(pkg, info["version"], info["architecture"], info["filename"], info["sha256"])
+        for pkg, info in sorted(files(lock, name).items())
+    )
+    return debtree.TreeSpec(
+        suite=lock.archive.get("suite", ""),
+        variant=ROOT_VARIANT,
+        packages=tuple(sorted(set(build_depends))),
+        debs=debs,
+        set=name,
+    )
 
 
 def relations(package: Package) -> str:
@@ -261,16 +312,21 @@ def files(lock: Lock, name: str) -> dict[str, dict[str, Any]]:
     return ((lock.sets).get(name) or {}).get("packages") or {}
 
 
-def fetch(lock: Lock, ctx: Context, jobs: int = 4) -> SetFetch:
-    """Put every locked .deb of every set in the store, each verified by its locked sha256."""
+def fetch(lock: Lock, ctx: Context, jobs: int = 4, only: set[str] | None = None) -> SetFetch:
+    """Put every locked .deb of every set (of the sets named in only) in the store, each verified by its locked sha256.
+
+    A .deb the mirror no longer has comes from the snapshot archive by its locked version (debian.download).
+    """
     report = SetFetch()
-    todo: dict[str, tuple[str, str]] = {}
+    todo: dict[str, tuple[str, debian.ArchiveFile]] = {}
     for set_name in sorted(lock.sets):
+        if only is not None and set_name not in only:
+            continue
         for pkg, info in files(lock, set_name).items():
             if ctx.store.has_blob(info["sha256"]):
                 report.present += 1
                 continue
-            todo[info["sha256"]] = (pkg, f"{info['mirror']}/{info['filename']}")
+            todo[info["sha256"]] = (pkg, debian.binary_file(pkg, info, ctx.base.mirror))
     if todo and ctx.offline:
         names = sorted(p for p, _ in todo.values())
         shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
@@ -278,8 +334,8 @@ def fetch(lock: Lock, ctx: Context, jobs: int = 4) -> SetFetch:
     quiet = dataclasses.replace(ctx, progress=None)  # one line for the set, not a bar per .deb
     with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
         futures = {
-            pool.submit(http.download, url, quiet, sha256=sha, what=f"fetch set: {pkg}"): pkg
-            for sha, (pkg, url) in sorted(todo.items())
+            pool.submit(debian.download, f, quiet, f"fetch set: {pkg}", ctx.say): pkg
+            for _sha, (pkg, f) in sorted(todo.items())
         }
         for fut in concurrent.futures.as_completed(futures):
             fut.result()

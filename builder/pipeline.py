@@ -127,9 +127,9 @@ def resolve_lock(
     return new, report
 
 
-def fetch_sets(current: lock.Lock, ctx: Context) -> packagesets.SetFetch:
-    """The locked package sets' .debs into the store, verified by sha256."""
-    report = packagesets.fetch(current, ctx)
+def fetch_sets(current: lock.Lock, ctx: Context, only: set[str] | None = None) -> packagesets.SetFetch:
+    """The locked package sets' .debs (of the sets named in only) into the store, verified by sha256."""
+    report = packagesets.fetch(current, ctx, only=only)
     if report.fetched:
         ctx.say(f"fetch: {len(report.fetched)} locked .debs of the package sets")
     return report
@@ -151,8 +151,10 @@ def run_build(
         xensource.check(distro, current, str(ctx.manifest))  # a lock kept from before is held to it too
         wanted = build.closure(distro, names) if names else None
         fetched = fetch.fetch(distro, current, ctx, wanted, strict=strict)
-        if names is None:
-            fetch_sets(current, ctx)
+        # every set for a whole build; only the build roots of the named components (and what they build after)
+        fetch_sets(
+            current, ctx, None if wanted is None else set(packagesets.root_sets(distro, current, set(wanted)).values())
+        )
         stages, comp_jobs = graph(ctx, distro, current, names, set(fetched.left_out))
         outcomes = Scheduler(ctx.store, stages, jobs=jobs).run()
         report = build.report(outcomes, comp_jobs)

@@ -180,7 +180,17 @@ def make_rootfs(
         _prepare(inp, work, repo, layer)
         spec = debtree.TreeSpec(suite=d.base.suite, variant=d.rootfs.variant, packages=tuple(names))
         timer.mark("repo")
-        tree = debtree.compose(spec, repo, work, logs / "01-mmdebstrap.log", hide=[store.root], epoch=inp.epoch)
+        tree = debtree.compose(
+            spec,
+            repo,
+            work / "tree",
+            work,
+            logs / "01-mmdebstrap.log",
+            hide=[store.root],
+            what="rootfs: mmdebstrap",
+            options=[*(f"--dpkgopt={o}" for o in debtree.DPKG_OPTIONS), f"--dpkgopt={debtree.BUILD_ONLY}"],
+            env={"SOURCE_DATE_EPOCH": str(inp.epoch)},
+        )
         timer.mark("mmdebstrap")
         try:
             debtree.in_namespace(
@@ -371,18 +381,8 @@ def _repo_contents(
     locked_shas = {info["sha256"] for info in locked.values()}
     # Archive components' .debs are in the set already (same bytes); the rest were built.
     built = {_deb_name(d): (d, sha) for d, sha in sorted(debs.items()) if sha not in locked_shas}
-    out: list[tuple[str, Path]] = []
-    missing = []
-    for name, info in sorted(locked.items()):
-        if name in built:
-            continue
-        blob = store.blob_path(info["sha256"])
-        if not blob.is_file():
-            missing.append(f"{name} {info['version']}")
-        out.append((Path(info["filename"]).name, blob))
-    if missing:
-        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-        raise RootfsError(f"rootfs: {len(missing)} locked .debs are not in the store: {shown} (run `xenspin fetch`)")
+    wanted = [(n, i["version"], i["filename"], i["sha256"]) for n, i in sorted(locked.items()) if n not in built]
+    out = aptrepo.locked_debs(store, wanted, "rootfs")
     out += [(built[n][0].name, built[n][0]) for n in sorted(built)]
     return out, sorted(set(locked) | set(built)), built
 

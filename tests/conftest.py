@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -358,9 +359,11 @@ class Handler(BaseHTTPRequestHandler):
             state.seen.append(Seen(self.path, dict(self.headers)))
             first = self.path not in state.first
             state.first.add(self.path)
-        mode, _, rest = self.path.lstrip("/").partition("/")
+        # A query names nothing here (the snapshot archive's listings take ?fileinfo=1): the path decides.
+        path = urllib.parse.unquote(self.path.split("?", 1)[0])
+        mode, _, rest = path.lstrip("/").partition("/")
         if mode not in MODES:
-            mode, rest = "plain", self.path.lstrip("/")
+            mode, rest = "plain", path.lstrip("/")
         file = state.root / rest
         if ".." in rest.split("/") or not file.is_file():
             return self._reply(404, b"not found\n")
@@ -442,3 +445,24 @@ def xen_mirror(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
             p.chmod(p.stat().st_mode | 0o200)
     (dest / "git-http/xen.git/refs").mkdir(exist_ok=True)
     return {"https://xenbits.xen.org/": dest.as_uri() + "/"}
+
+
+# --- Debian's snapshot archive, as the tests serve it -----------------------------------------
+
+
+def snapshot_add(root: Path, listing: str, files: dict[str, Path], arch: str = "") -> None:
+    """Publish files (name -> path) at root as snapshot.debian.org serves them: /file/SHA1 and the
+    machine-readable listing (e.g. mr/binary/NAME/VERSION/binfiles) naming each by its sha1."""
+    where = root / listing
+    doc = json.loads(where.read_text()) if where.is_file() else {"_comment": "test", "result": [], "fileinfo": {}}
+    for name, path in files.items():
+        sha1 = hashlib.sha1(path.read_bytes()).hexdigest()
+        (root / "file").mkdir(parents=True, exist_ok=True)
+        if not (root / "file" / sha1).exists():
+            shutil.copyfile(path, root / "file" / sha1)
+        doc["result"].append({"hash": sha1, **({"architecture": arch} if arch else {})})
+        doc["fileinfo"][sha1] = [
+            {"archive_name": "debian", "first_seen": "20250101T000000Z", "name": name, "path": "/pool", "size": 1}
+        ]
+    where.parent.mkdir(parents=True, exist_ok=True)
+    where.write_text(json.dumps(doc))

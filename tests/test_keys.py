@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from builder import lock, manifest, pipeline
+from builder import lock, manifest, packagesets, pipeline
 from builder.context import Context
 from builder.store import Store
 
@@ -85,8 +85,8 @@ def test_keys_hold_across_xenspin_versions(project: Path) -> None:
     """Keys written down: a change of xenspin that changes them (a new recipe field, a new input)
     rebuilds every user's store, so it must be deliberate (bump build.FORMAT and this test)."""
     assert keys(project) == {
-        "a": "77b847d1a7e1d197b240f7dabded713ebbea599789272c2891b5304201105831",
-        "b": "599ff80f26e674d2c8a5e9ffc5a8635b37e3ec07e797a20911ffaa4241583e4f",
+        "a": "f72e3e51d1b20fb7df890961eb4d61ea5c78ae0b095a9d52864d62f130e37030",
+        "b": "162954a7e195ac46d172b8aa2e580a9b21b912835f6b5304f6040616dc4210b4",
         "c": "909e09c66cf09580791f910cd26eb3b3ff18b0463c5ea8b567eb7faed86afa99",
     }
 
@@ -150,3 +150,38 @@ def test_source_content_and_epoch_change_keys(project: Path) -> None:
     (project / "b/file").chmod(0o755)  # the executable bit is content too
     assert changed(before, after := keys(project)) == {"b"}
     assert changed(after, keys(project, epoch=1700000001)) == {"a", "b", "c"}
+
+
+def test_a_build_root_changes_only_when_its_locked_set_does(project: Path) -> None:
+    """A build root is keyed by the .debs its locked set names, never by the archive's state: an archive
+    that moved on (a new signed Release) changes nothing until the lock does."""
+    path = project / "distro.yaml"
+    distro = manifest.load(path)
+    ctx = Context(store=Store(project.parent / "store"), base=distro.base, manifest=path, epoch=1700000000)
+    current, _ = lock.resolve(distro, None, ctx)
+    sets = packagesets.root_sets(distro, current)
+    assert set(sets) == {"a", "b"} and sets["a"] != sets["b"]  # make, and minbase alone
+
+    def deb(name: str, version: str, sha: str) -> dict:
+        return {"version": version, "architecture": "amd64", "filename": f"pool/{name}_{version}.deb", "sha256": sha}
+
+    current.sets = {
+        sets["a"]: {"packages": {"make": deb("make", "4.4.1-2", "1" * 64), "dash": deb("dash", "0.5.12-12", "2" * 64)}},
+        sets["b"]: {"packages": {"dash": deb("dash", "0.5.12-12", "2" * 64)}},
+    }
+
+    def planned() -> dict[str, str]:
+        return {p.stage.id: p.key for p in pipeline.planned(ctx, distro, current) if p.key}
+
+    before = planned()
+    roots = {sid for sid in before if sid.startswith("buildroot:")}
+    assert len(roots) == 2
+    current.archive = {"suite": "trixie", "date": "Sat, 05 Dec 2026 08:00:00 UTC", "inrelease-sha256": "9" * 64}
+    assert planned() == before  # the archive moved on; the lock's sets did not
+    current.sets[sets["a"]]["packages"]["make"] = deb("make", "4.4.1-3", "3" * 64)
+    after = planned()
+    builds = {sid for sid in before if sid.startswith("build:") and before[sid] != after[sid]}
+    assert builds == {"build:a", "build:b"}  # a's root, and b builds after a
+    root_of_b = packagesets.root_tree(current, []).key[:16]
+    assert {sid for sid in before if sid.startswith("buildroot:")} - set(after) == roots - {f"buildroot:{root_of_b}"}
+    assert f"buildroot:{root_of_b}" in after and len([s for s in after if s.startswith("buildroot:")]) == 2

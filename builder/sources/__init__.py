@@ -18,12 +18,13 @@ from types import ModuleType
 from typing import Any
 
 from ..context import Context
-from ..errors import FetchError, Missing, Refused
+from ..errors import FetchError, Gone, Missing, Refused
 from ..store import Store, sha256_file, sha256_json
 
 __all__ = [
     "Context",
     "FetchError",
+    "Gone",
     "Keeps",
     "Kind",
     "Missing",

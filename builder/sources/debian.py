@@ -16,14 +16,16 @@ import shutil
 import tarfile
 import tempfile
 import threading
+import urllib.parse
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 from .. import dataschema, lazyimport, safetar
 from ..run import run
-from . import Context, FetchError, Keeps, Refused, verified_blob
+from . import Context, FetchError, Gone, Keeps, Refused, verified_blob
 
 T = TypeVar("T")
 
@@ -42,7 +44,6 @@ def Version(text: str) -> Any:  # noqa: N802 (stands in for debian_support.Versi
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _PARAGRAPHS = re.compile(r"\n[ \t]*\n")
 _PACKAGE = re.compile(r"^Package:[ \t]*(\S+)", re.M)
-_GONE = re.compile(r": HTTP (404|410) ")  # how http.download reports a missing file
 _memo_guard = threading.Lock()
 
 
@@ -185,9 +186,8 @@ def _index_blob(ctx: Context, mirror: str, suite: str, name: str, sha256: str, b
         url = f"{dists}/{posixpath.dirname(name)}/by-hash/SHA256/{sha256}"
         try:
             return http.download(url, ctx, sha256=sha256, what=what)
-        except FetchError as e:
-            if not _GONE.search(str(e)):
-                raise  # a mismatch or a dead network; only a mirror without by-hash falls back
+        except Gone:
+            pass  # only a mirror without by-hash falls back; a mismatch or a dead network is raised
     return http.download(f"{dists}/{name}", ctx, sha256=sha256, what=what)
 
 
@@ -278,27 +278,98 @@ def _lock_binaries(name: str, source: Any, ctx: Context) -> dict[str, Any]:
 # --- fetch and the store -----------------------------------------------------------
 
 
-def _files(entry: dict[str, Any], mirror: str) -> dict[str, str]:
-    """URL -> sha256 for every file the entry names (mirror: where entries made before updates: came from);
-    refuses malformed hashes."""
+@dataclass(frozen=True)
+class ArchiveFile:
+    """One file a lock entry names: where the mirror had it, its sha256, and how the snapshot archive finds it."""
+
+    url: str
+    sha256: str
+    lookup: str  # snapshot.debian.org's listing of the package version holding it (see SNAPSHOT)
+
+    @property
+    def name(self) -> str:
+        return posixpath.basename(self.url)
+
+
+# Debian's snapshot archive keeps every file the archive ever published; mirrors drop superseded
+# versions within days. Its machine-readable listings name a file's sha1, and /file/SHA1 serves it;
+# the lock's sha256 still decides. Mirror-mappable like any URL (`--mirror https://snapshot.debian.org/=...`).
+SNAPSHOT = "https://snapshot.debian.org"
+
+
+def binary_file(pkg: str, info: dict[str, Any], mirror: str) -> ArchiveFile:
+    """A locked .deb (a package set's or an archive component's)."""
+    lookup = f"mr/binary/{_q(pkg)}/{_q(info['version'])}/binfiles?fileinfo=1"
+    return _checked(ArchiveFile(f"{info.get('mirror', mirror)}/{info['filename']}", info["sha256"], lookup))
+
+
+def _q(text: str) -> str:
+    return urllib.parse.quote(str(text), safe="")
+
+
+def _checked(f: ArchiveFile) -> ArchiveFile:
+    # A hash is also a store path: anything but 64 hex digits could point outside blobs/.
+    if not isinstance(f.sha256, str) or not _SHA256.fullmatch(f.sha256):
+        raise Refused(f"lock entry: {f.url}: sha256 {f.sha256!r} is not 64 lowercase hex digits")
+    return f
+
+
+def _files(entry: dict[str, Any], mirror: str) -> list[ArchiveFile]:
+    """Every file the entry names (mirror: where entries made before updates: came from); refuses malformed hashes."""
     if entry.get("kind") == "debian":
         where = entry.get("mirror", mirror)
-        out = {f"{where}/{entry['directory']}/{fn}": f["sha256"] for fn, f in entry["files"].items()}
-    elif entry.get("kind") == "archive":
-        out = {f"{p.get('mirror', mirror)}/{p['filename']}": p["sha256"] for p in entry["packages"].values()}
-    else:
-        raise FetchError(f"lock entry: kind {entry.get('kind')!r} is not debian or archive")
-    for path, sha in out.items():
-        # A hash is also a store path: anything but 64 hex digits could point outside blobs/.
-        if not isinstance(sha, str) or not _SHA256.fullmatch(sha):
-            raise Refused(f"lock entry: {path}: sha256 {sha!r} is not 64 lowercase hex digits")
-    return out
+        lookup = f"mr/package/{_q(entry['package'])}/{_q(entry['version'])}/srcfiles?fileinfo=1"
+        return [
+            _checked(ArchiveFile(f"{where}/{entry['directory']}/{fn}", f["sha256"], lookup))
+            for fn, f in entry["files"].items()
+        ]
+    if entry.get("kind") == "archive":
+        return [binary_file(pkg, p, mirror) for pkg, p in entry["packages"].items()]
+    raise FetchError(f"lock entry: kind {entry.get('kind')!r} is not debian or archive")
+
+
+def download(f: ArchiveFile, ctx: Context, what: str, say: Callable[[str], None] | None = None) -> str:
+    """A locked archive file into the store: from its mirror, else (gone from there) from the snapshot archive.
+
+    Either way the bytes must have the locked sha256; the snapshot's listing only says where to look.
+    """
+    try:
+        return http.download(f.url, ctx, sha256=f.sha256, what=what)
+    except Gone as gone:
+        mirror_said = str(gone)
+    listing = f"{SNAPSHOT}/{f.lookup}"
+    try:
+        found = http.get_json(listing, ctx, what=f"{what}: snapshot archive")
+        sha1 = _snapshot_hash(found, f.name)
+        if sha1 is None:
+            raise Gone(f"{what}: {ctx.url(listing)} does not list {f.name}")
+        sha = http.download(f"{SNAPSHOT}/file/{sha1}", ctx, sha256=f.sha256, what=f"{what} (snapshot)")
+    except Refused:
+        raise
+    except FetchError as e:
+        raise FetchError(f"{mirror_said}; not in the snapshot archive either: {e}") from None
+    (say or ctx.say)(f"{what}: gone from the mirror; fetched from the snapshot archive by its locked version")
+    return sha
+
+
+def _snapshot_hash(listing: Any, filename: str) -> str | None:
+    """The sha1 under which a snapshot listing (mr/.../binfiles or srcfiles with fileinfo) holds filename."""
+    if not isinstance(listing, dict):
+        return None
+    info = listing.get("fileinfo") or {}
+    for item in listing.get("result") or []:
+        sha1 = item.get("hash") if isinstance(item, dict) else None
+        if not isinstance(sha1, str) or not re.fullmatch(r"[0-9a-f]{40}", sha1):
+            continue
+        if any(isinstance(x, dict) and x.get("name") == filename for x in info.get(sha1) or []):
+            return sha1
+    return None
 
 
 def fetch(name: str, source: Any, entry: dict[str, Any], ctx: Context) -> None:
     """Fill the store with exactly the locked files; a file whose sha256 differs is refused and not stored."""
-    for url, sha in _files(entry, ctx.base.mirror).items():
-        http.download(url, ctx, sha256=sha, what=f"fetch {name}: {posixpath.basename(url)}")
+    for f in _files(entry, ctx.base.mirror):
+        download(f, ctx, f"fetch {name}: {f.name}")
     if entry["kind"] == "debian":
         _check_dsc(name, entry, ctx)
 
@@ -320,11 +391,11 @@ def _check_dsc(name: str, entry: dict[str, Any], ctx: Context) -> None:
 
 def fetched(entry: dict[str, Any], ctx: Context) -> bool:
     """Whether every file of the entry is in the store (presence only: blobs were verified on the way in)."""
-    return all(ctx.store.has_blob(sha) for sha in _files(entry, ctx.base.mirror).values())
+    return all(ctx.store.has_blob(f.sha256) for f in _files(entry, ctx.base.mirror))
 
 
 def keeps(entry: dict[str, Any], ctx: Context) -> Keeps:
-    return Keeps(blobs=frozenset(_files(entry, ctx.base.mirror).values()))
+    return Keeps(blobs=frozenset(f.sha256 for f in _files(entry, ctx.base.mirror)))
 
 
 # --- unpacking ---------------------------------------------------------------------

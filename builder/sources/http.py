@@ -12,14 +12,14 @@ import time
 import urllib.parse
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import requests
 import urllib3
 
 from ..progress import Reporter, Task
 from ..store import StoreError, sha256_file, sha256_text
-from . import Context, FetchError, Missing, Refused
+from . import Context, FetchError, Gone, Missing, Refused
 
 log = logging.getLogger("xenspin.http")
 
@@ -93,6 +93,41 @@ def download(
             raise Refused(str(e)) from None
 
 
+def get_json(url: str, ctx: Context, *, what: str) -> Any:
+    """A small JSON document from url (after the mirror map), not stored: an index to look a file up in.
+
+    Gone when the server has no such document; FetchError for anything else that fails.
+    """
+    if ctx.offline:
+        raise Missing(f"{what}: offline; cannot ask {url}")
+    real = ctx.url(url)
+    last = ""
+    for attempt in range(ATTEMPTS):
+        try:
+            r = requests.get(real, timeout=TIMEOUT, headers={"Accept": "application/json"})
+        except requests.exceptions.ConnectionError as e:
+            if _unresolvable(e):
+                raise FetchError(
+                    f"{what}: {real}: host {urllib.parse.urlsplit(real).hostname} does not resolve"
+                ) from None
+            last = _reason(e)
+        except _RETRYABLE as e:
+            last = " ".join(str(e).split()) or e.__class__.__name__
+        else:
+            if r.status_code in (404, 410):
+                raise Gone(f"{what}: {real}: HTTP {r.status_code} {r.reason}")
+            if r.status_code == 200:
+                try:
+                    return r.json()
+                except ValueError:
+                    raise FetchError(f"{what}: {real}: not JSON") from None
+            if 400 <= r.status_code < 500 and r.status_code not in (408, 429):
+                raise FetchError(f"{what}: {real}: HTTP {r.status_code} {r.reason}")
+            last = f"HTTP {r.status_code} {r.reason}"
+        time.sleep(min(BACKOFF * 2**attempt, MAX_BACKOFF))
+    raise FetchError(f"{what}: {real}: failed after {ATTEMPTS} attempts: {last}")
+
+
 def _stored(ctx: Context, sha256: str, check: Callable[[Path], None] | None) -> str:
     if check is not None:
         check(ctx.store.blob_path(sha256))
@@ -157,6 +192,8 @@ def _copy_local(url: str, partial: Path, ctx: Context, what: str) -> None:
     path = Path(urllib.parse.unquote(urllib.parse.urlsplit(url).path))
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError as e:
+        raise Gone(f"{what}: {url}: {e.strerror or e}") from None
     except OSError as e:
         raise FetchError(f"{what}: {url}: {e.strerror or e}") from None
     with open(fd, "rb") as src:
@@ -204,6 +241,8 @@ def _attempt(session: requests.Session, url: str, partial: Path, ctx: Context, w
                 return  # already complete; the sha256 check decides
             _discard(partial)
             raise _Retry(f"server refused the range (file is {size} bytes, kept {have}); starting over")
+        if code in (404, 410):
+            raise Gone(f"{what}: {url}: HTTP {code} {r.reason}")
         if 400 <= code < 500 and code not in (408, 429):
             raise FetchError(f"{what}: {url}: HTTP {code} {r.reason}")
         if code >= 400:
