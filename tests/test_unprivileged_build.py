@@ -81,7 +81,7 @@ def serve_archive(default_build: DefaultBuild, current: lock.Lock, server: Serve
     rootfs set, an archive component), which only the snapshot archive at server/snapshot still has."""
     files = archive_files(current)
     dropped: dict[str, tuple[str, dict]] = {}
-    for group in sorted({g for g, _, _ in files if g.startswith("buildroot-")}) + ["rootfs", "linux"]:
+    for group in ["linux", *sorted({g for g, _, _ in files if g.startswith("buildroot-")}), "rootfs"]:
         taken = {pkg for pkg, _ in dropped.values()}
         candidates = [(info["size"], pkg, info) for g, pkg, info in files if g == group and pkg not in taken]
         _size, pkg, info = min(candidates, key=lambda c: (c[0], c[1]))
