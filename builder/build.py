@@ -485,7 +485,8 @@ def write_new(path: Path, data: bytes) -> None:
 @dataclass
 class BuildReport:
     built: list[str] = field(default_factory=list)
-    cached: list[str] = field(default_factory=list)
+    cached: list[str] = field(default_factory=list)  # found in the store or the remote cache
+    remote: list[str] = field(default_factory=list)  # of those, taken from the remote cache in this run
     nothing: list[str] = field(default_factory=list)
     debs: dict[str, list[str]] = field(default_factory=dict)  # component -> .deb paths
     seconds: dict[str, float] = field(default_factory=dict)
@@ -504,6 +505,8 @@ def report(outcomes: dict[str, Outcome], jobs: dict[str, Job]) -> BuildReport:
             rep.seconds[name] = o.seconds
         else:
             rep.cached.append(name)
+            if o.remote:
+                rep.remote.append(name)
         assert o.done.path is not None and o.done.meta is not None
         rep.debs[name] = [str(o.done.path / d) for d in o.done.meta["debs"]]
     return rep

@@ -10,7 +10,7 @@ import logging
 import subprocess
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -19,6 +19,7 @@ import yaml
 from . import (
     __version__,
     answercheck,
+    cache,
     config,
     dataschema,
     errors,
@@ -74,6 +75,30 @@ def _globals(parser: argparse.ArgumentParser, suppress: bool) -> None:
     )
     parser.add_argument(
         "--strict", action="store_true", default=d(False), help="an optional component left out is an error"
+    )
+    parser.add_argument(
+        "--cache",
+        metavar="URL",
+        default=d(None),
+        help="remote cache shared with other machines: http(s)://HOST/PATH or s3://BUCKET/PREFIX (default: config's cache.url)",
+    )
+    parser.add_argument("--no-cache", action="store_true", default=d(False), help="use no remote cache in this run")
+    parser.add_argument(
+        "--cache-read-only", action="store_true", default=d(False), help="take from the remote cache, never write to it"
+    )
+    parser.add_argument(
+        "--cache-trust",
+        choices=cache.TRUST,
+        default=d(None),
+        help="use any record, or only records signed by a key of --cache-keyring (default: config's cache.trust, any)",
+    )
+    parser.add_argument(
+        "--cache-keyring",
+        type=Path,
+        action="append",
+        default=d([]),
+        metavar="K",
+        help="a public key whose signatures --cache-trust signed accepts (repeatable; default: config's cache.keyring)",
     )
 
 
@@ -204,6 +229,8 @@ def make_parser() -> argparse.ArgumentParser:
         "--answerfile", type=Path, metavar="FILE", help="answerfile of OLD's install (as for `test install`)"
     )
     t.add_argument("--kvm", action="store_true", help="use KVM instead of TCG (where /dev/kvm works)")
+    p = add("cache", "the remote cache")
+    p.add_argument("action", choices=["stats"], help="stats: what the last build or fetch did with the cache")
     p = add("store", "look after the store")
     p.add_argument(
         "action",
@@ -282,11 +309,11 @@ def cmd_show(args: argparse.Namespace) -> int:
 def cmd_plan(args: argparse.Namespace) -> int:
     distro = manifest.load(args.file)
     current = lock.read(lock.lock_path(args.file))
-    cached: dict[str, tuple[str, bool]] = {}
+    cached: dict[str, tuple[str, bool, bool]] = {}
     graph: list = []
     if current is not None:
-        graph = pipeline.planned(_context(args, distro), distro, current)
-        cached = {p.stage.name: (p.key, bool(p.hit)) for p in graph if p.stage.kind == "build"}
+        graph = pipeline.planned(_context(args, distro), distro, current, remote=True)
+        cached = {p.stage.name: (p.key, bool(p.hit), p.remote) for p in graph if p.stage.kind == "build"}
     stages = plan.make_plan(distro, cached)
     if args.json:
         print(json.dumps({"stages": dataschema.to_data(stages), "graph": plan.graph_data(graph)}, indent=2))
@@ -312,15 +339,42 @@ def _context(args: argparse.Namespace, distro: manifest.Distro) -> Context:
     cfg = config.load()
     mirrors = {**cfg.mirrors, **dict(config.parse_mirror(m) for m in args.mirror)}
     store = Store(args.store or (Path(cfg.store) if cfg.store else config.default_store()))
+    progress = Reporter(quiet=args.json)
     return Context(
         store=store,
         base=distro.base,
         mirrors=mirrors,
         offline=args.offline,
         manifest=args.file.absolute(),
-        progress=Reporter(quiet=args.json),
+        progress=progress,
         epoch=config.epoch_from_env(),
+        remote=_remote(args, cfg.cache, progress),
     )
+
+
+def _remote(args: argparse.Namespace, cfg: config.CacheConfig, progress: Reporter) -> cache.Remote | None:
+    """The remote cache of this run: the options over the config file."""
+    return cache.from_settings(
+        "" if args.no_cache else args.cache or cfg.url,
+        endpoint=cfg.endpoint,
+        read_only=args.cache_read_only or cfg.read_only,
+        trust=args.cache_trust or cfg.trust,
+        keyring=args.cache_keyring or [Path(k) for k in cfg.keyring],
+        sign_key=cfg.sign_key,
+        host=cfg.host_id,
+        say=progress.say,
+        warn=lambda line: print(line, file=sys.stderr, flush=True),
+    )
+
+
+@contextlib.contextmanager
+def _cache_counted(ctx: Context, command: str) -> Iterator[None]:
+    """The run's cache figures written to the store when it ends, however it ends (`xenspin cache stats`)."""
+    try:
+        yield
+    finally:
+        if ctx.remote is not None:
+            ctx.remote.save(ctx.store, command)
 
 
 def _left_out(report_left_out: dict[str, str]) -> None:
@@ -381,7 +435,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     current = lock.read(path)
     names = args.components or list(distro.components)
     lock.require(distro, current, ctx.project, names, path)
-    with ctx.store.session():
+    with ctx.store.session(), _cache_counted(ctx, "fetch"):
         report = fetch.fetch(distro, current, ctx, args.components or None, strict=args.strict)
         sets = None
         if not args.components:
@@ -446,9 +500,10 @@ def cmd_build(args: argparse.Namespace) -> int:
     if key:
         release.check_key(key)  # before the build, not after an hour of it
     ctx = _context(args, distro)
-    result = pipeline.run_build(
-        distro, ctx, names=args.components or None, jobs=args.jobs, strict=args.strict, out=args.out
-    )
+    with _cache_counted(ctx, "build"):
+        result = pipeline.run_build(
+            distro, ctx, names=args.components or None, jobs=args.jobs, strict=args.strict, out=args.out
+        )
     signature, dropped = release.finish(args.out, key) if result.iso is not None else (None, False)
     if dropped:
         print(f"removed {args.out / release.SIGNATURE}: this build is not signed", file=sys.stderr)
@@ -479,6 +534,8 @@ def cmd_build(args: argparse.Namespace) -> int:
         print("built: " + ", ".join(f"{n} ({report.seconds[n]} s)" for n in report.built))
     if report.cached:
         print("up to date: " + ", ".join(report.cached))
+    if report.remote:
+        print(f"from the remote cache: {', '.join(report.remote)}")
     print(f"apt repository: {result.repo} (deb [trusted=yes] file://{result.repo.absolute()} ./)")
     if result.rootfs is not None:
         made = result.rootfs
@@ -570,6 +627,19 @@ def cmd_store(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cache(args: argparse.Namespace) -> int:
+    cfg = config.load()
+    store = Store(args.store or (Path(cfg.store) if cfg.store else config.default_store()))
+    stats = cache.load_stats(store)
+    if args.json:
+        print(json.dumps(dataclasses.asdict(stats) if stats else None, indent=2))
+    elif stats is None:
+        print(f"no build or fetch with this store ({store.root}) has used a remote cache yet")
+    else:
+        print("\n".join(cache.stats_lines(stats)))
+    return 0
+
+
 def cmd_diff(args: argparse.Namespace) -> int:
     cfg = config.load()
     store = Store(args.store or (Path(cfg.store) if cfg.store else config.default_store()))
@@ -651,6 +721,7 @@ TESTS = {"boot": cmd_test_boot, "install": cmd_test_install, "upgrade": cmd_test
 
 COMMANDS = {
     "diff": cmd_diff,
+    "cache": cmd_cache,
     "build": cmd_build,
     "setup": cmd_setup,
     "lock": cmd_lock,

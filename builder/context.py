@@ -1,4 +1,4 @@
-"""What a run knows, read once at its start: store, mirrors, offline, epoch, manifest location, progress.
+"""What a run knows, read once at its start: store, mirrors, offline, epoch, manifest location, progress, remote cache.
 
 Everything below the command line takes this one object instead of re-reading the
 environment or re-deriving where the manifest is: the manifest's location is
@@ -31,6 +31,7 @@ class Context:
     progress: Any = None  # builder.progress.Reporter, or None for quiet
     epoch: int | None = None  # $SOURCE_DATE_EPOCH as given, else None (then the locked archive's date)
     cache: dict[str, Any] = field(default_factory=dict)  # per-run memo (archive indexes, ...)
+    remote: Any = None  # builder.cache.Remote: the remote cache this run shares stages and sources through, or None
 
     def url(self, url: str) -> str:
         """url rewritten by the mirror map: the longest matching prefix wins, as with git's insteadOf.

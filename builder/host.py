@@ -23,7 +23,8 @@ HOST_PACKAGES = {
     "installer": ["gdisk", "parted", "lvm2", "dosfstools", "mtools", "e2fsprogs", "util-linux", "udev"],
     # QEMU for test boot/install; busybox for the tiny guest initrd test install starts;
     # openssl hashes the password of test install's throwaway login.
-    "test": ["qemu-system-x86", "qemu-utils", "ovmf", "busybox-static", "openssl"],
+    # nginx: the tests' remote cache (HTTP with WebDAV PUT), started on 127.0.0.1 by each test.
+    "test": ["qemu-system-x86", "qemu-utils", "ovmf", "busybox-static", "openssl", "nginx"],
     # Headless Chromium: the nightly index page's test loads it as people's browsers would.
     "nightly": ["chromium"],
 }
@@ -78,7 +79,26 @@ def _packages() -> list[str]:
         env=env,
         capture=True,
     )
-    return [f"installed {' '.join(todo)}"]
+    return [f"installed {' '.join(todo)}", *_quiet_services(todo)]
+
+
+# Packages installed for their programs whose Debian packages also start a system service:
+# the service is stopped and disabled when setup installed the package (nothing of the
+# host's own is touched). nginx: Debian serves its default site on port 80.
+SERVICES = {"nginx": "nginx"}
+
+
+def _quiet_services(installed: list[str]) -> list[str]:
+    changes = []
+    for package, service in SERVICES.items():
+        if package not in installed:
+            continue
+        run(["invoke-rc.d", service, "stop"], what=f"setup: stop {service}", capture=True, check=False)
+        run(["update-rc.d", service, "disable"], what=f"setup: disable {service}", capture=True, check=False)
+        if Path("/run/systemd/system").is_dir():
+            run(["systemctl", "disable", "--now", service], what=f"setup: disable {service}", capture=True, check=False)
+        changes.append(f"stopped and disabled the {service} service Debian starts (xenspin's tests run their own)")
+    return changes
 
 
 SUBID_COUNT = 65536

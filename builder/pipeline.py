@@ -156,7 +156,7 @@ def run_build(
             current, ctx, None if wanted is None else set(packagesets.root_sets(distro, current, set(wanted)).values())
         )
         stages, comp_jobs = graph(ctx, distro, current, names, set(fetched.left_out))
-        outcomes = Scheduler(ctx.store, stages, jobs=jobs).run()
+        outcomes = Scheduler(ctx.store, stages, jobs=jobs, remote=ctx.remote).run()
         report = build.report(outcomes, comp_jobs)
         repo_path = outcomes[REPO].done.path
         assert repo_path is not None
@@ -208,10 +208,10 @@ def publish_iso(
     return iso.publish(made, out, info, extra=[bom.path / bom.meta["file"]])
 
 
-def planned(ctx: Context, distro: Distro, current: lock.Lock) -> list[Planned]:
-    """The stage graph with each key and whether the store has it (nothing is run)."""
+def planned(ctx: Context, distro: Distro, current: lock.Lock, *, remote: bool = False) -> list[Planned]:
+    """The stage graph with each key and whether the store has it (nothing is run); with remote, the cache too."""
     stages, _ = graph(ctx, distro, current)
-    return resolve(ctx.store, stages)
+    return resolve(ctx.store, stages, ctx.remote if remote else None)
 
 
 def gc_root(ctx: Context, distro: Distro, current: lock.Lock, graph: list[Planned] | None = None) -> Root:

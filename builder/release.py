@@ -54,9 +54,12 @@ def check_key(key: str) -> str:
     return fprs[0]
 
 
-def sign(sums: Path, key: str) -> Path:
-    """Write SIGNATURE beside sums: a detached armored signature by key, in place only once whole."""
-    dest = sums.with_name(SIGNATURE)
+def sign(sums: Path, key: str, dest: Path | None = None) -> Path:
+    """Write SIGNATURE beside sums (or dest): a detached armored signature by key, in place only once whole.
+
+    The remote cache signs its records with this too (builder/cache.py).
+    """
+    dest = dest or sums.with_name(SIGNATURE)
     tmp = dest.with_name(f".{dest.name}.tmp{os.getpid()}")
     tmp.unlink(missing_ok=True)
     try:

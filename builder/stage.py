@@ -13,6 +13,10 @@ Two kinds of edge:
 - `uses`: stages made only if this one must be made (a build root, a source tree):
   their keys are in this one's inputs, but a build found in the store never makes
   its build root again.
+
+With a remote cache (builder/cache.py), a stage the store lacks is looked up there
+before anything is made, its `uses` included: a hit never makes a build root. What is
+made here is sent there afterwards.
 """
 
 from __future__ import annotations
@@ -22,9 +26,12 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .store import Store, sha256_json
+
+if TYPE_CHECKING:
+    from .cache import Remote
 
 
 class Pending(Exception):
@@ -86,6 +93,7 @@ class Outcome:
     done: Done
     made: bool
     seconds: float = 0.0
+    remote: bool = False  # taken from the remote cache (not made here)
 
 
 @dataclass(frozen=True)
@@ -95,6 +103,7 @@ class Planned:
     stage: Stage
     key: str
     hit: bool | None  # None: key not known before earlier stages run
+    remote: bool = False  # not in the store, but the remote cache holds a record for it
 
 
 def check(stages: list[Stage]) -> dict[str, Stage]:
@@ -139,8 +148,12 @@ def lookup(store: Store, stage: Stage, needs: Needs) -> Done:
     return Done(key, store.content(stage.kind, key, meta) if meta is not None else None, meta)
 
 
-def resolve(store: Store, stages: list[Stage]) -> list[Planned]:
-    """Each stage's key and whether the store has it, computed without running anything."""
+def resolve(store: Store, stages: list[Stage], remote: Remote | None = None) -> list[Planned]:
+    """Each stage's key and whether the store has it, computed without running anything.
+
+    With remote, a stage the store lacks is looked up in the cache too (its record only,
+    no blob): a record's metadata gives the keys of the stages after it, as the store's would.
+    """
     known: dict[str, Done] = {}
     out = []
     for s in order(stages):
@@ -149,8 +162,13 @@ def resolve(store: Store, stages: list[Stage]) -> list[Planned]:
         except Pending:
             out.append(Planned(s, "", None))
             continue
+        record = None
+        if done.meta is None and remote is not None and remote.wants(s.kind):
+            record = remote.lookup(s.kind, done.key)
+        if record is not None:
+            done = Done(done.key, None, record.meta)
         known[s.id] = done
-        out.append(Planned(s, done.key, done.meta is not None))
+        out.append(Planned(s, done.key, done.meta is not None and record is None, record is not None))
     return out
 
 
@@ -161,8 +179,9 @@ def _needs(stage: Stage, known: Mapping[str, Done]) -> dict[str, Done]:
 class Scheduler:
     """Runs a stage graph: eager stages along `after` with up to `jobs` at once, lazy ones on demand."""
 
-    def __init__(self, store: Store, stages: list[Stage], *, jobs: int = 1):
+    def __init__(self, store: Store, stages: list[Stage], *, jobs: int = 1, remote: Remote | None = None):
         self.store = store
+        self.remote = remote
         self.stages = order(stages)
         self.by_id = {s.id: s for s in self.stages}
         self.jobs = max(1, jobs)
@@ -199,8 +218,13 @@ class Scheduler:
             return self.results[stage.id]
         needs = self._known(stage)
         done = lookup(self.store, stage, needs)
-        made = False
+        made = remote = False
         start = time.monotonic()
+        if done.meta is None and self.remote is not None:
+            meta = self.remote.restore(self.store, stage.kind, done.key)
+            if meta is not None:
+                done = Done(done.key, self.store.content(stage.kind, done.key, meta), meta)
+                remote = True
         if done.meta is None or stage.check is not None:
             if done.meta is None:
                 for u in stage.uses:
@@ -216,7 +240,10 @@ class Scheduler:
             path = self.store.obtain(stage.kind, done.key, make, clamp=stage.clamp, check=stage.check)
             done = Done(done.key, path, self.store.meta(stage.kind, done.key))
             made = bool(made_flag)
-        outcome = Outcome(stage, done, made, round(time.monotonic() - start, 1))
+        seconds = round(time.monotonic() - start, 1)  # the making, not the upload
+        if made and self.remote is not None:
+            self.remote.upload(self.store, stage.kind, done.key)
+        outcome = Outcome(stage, done, made, seconds, remote)
         self.results[stage.id] = outcome
         return outcome
 

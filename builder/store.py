@@ -241,6 +241,35 @@ class Store:
             write_json(dest.with_suffix(META), meta)
         return self.content(kind, key, meta)
 
+    def adopt(self, kind: str, key: str, fill: Callable[[Path], dict | None]) -> dict | None:
+        """The object KIND/KEY taken from elsewhere (a remote cache) if fill has it; its metadata, or None.
+
+        The same lifecycle as obtain, under the object's lock: fill(tmp) writes the
+        object into a fresh scratch directory and returns its metadata, or None when it
+        has nothing (the scratch is then removed and nothing changes). An object already
+        in the store is kept and its metadata returned.
+        """
+        dest = self.object_path(kind, key)
+        with self.locked(f"{kind}-{key[:32]}"):
+            meta = self.meta(kind, key)
+            if meta is not None:
+                return meta
+            dest.with_suffix(META).unlink(missing_ok=True)
+            if dest.exists() or dest.is_symlink():
+                _remove(dest)
+            tmp = self.tmp_dir(kind)
+            try:
+                meta = fill(tmp)
+                if meta is None:
+                    return None
+                os.chmod(tmp, 0o755)
+                self.commit_dir(tmp, dest)
+            finally:
+                if tmp.exists():
+                    _remove(tmp)
+            write_json(dest.with_suffix(META), meta)
+        return meta
+
     def create(self, dest: Path, make: Callable[[Path], dict | None], *, hint: str, clamp: int | None = None) -> dict:
         """Make a directory at dest through tmp/ and a rename; the caller holds dest's lock.
 

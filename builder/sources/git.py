@@ -38,13 +38,13 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
-from .. import gpg, safetar
+from .. import cache, gpg, safetar
 from ..errors import GitError, git_failed, git_said
 from ..gpg import SignatureError
 from ..manifest import GitSource
 from ..progress import Reporter
 from ..run import run
-from ..store import Store
+from ..store import Store, sha256_json
 from . import Context, FetchError, Keeps, Missing, Refused, debian_upstream
 
 log = logging.getLogger("xenspin.git")
@@ -105,6 +105,7 @@ def lock(name: str, source: GitSource, ctx: Context) -> dict[str, Any]:
         _keep(path, entry, what)
         if described := _describe(path, entry, what):
             entry["describe"] = described
+        _offer(ctx, path, entry, what)
     return entry
 
 
@@ -119,19 +120,25 @@ def fetch(name: str, source: GitSource, entry: dict[str, Any], ctx: Context) -> 
     _check_inputs(what, url, entry["ref"])
     path = ctx.store.git_path(url)
     with _mirror_lock(ctx, url), _discard_refused(path):
+        upstream = False
         if not _holds(path, entry):
             if ctx.offline:
                 raise Missing(f"{what}: offline, and the store lacks commit {commit} of {url}")
-            # Branches and tags only: the locked commit is asked for by id if they lack it,
-            # and a ref locked from refs/pull/... may be long gone.
-            _update(ctx, url, path, REFSPECS, what)
+            if not _from_cache(ctx, path, entry, what):
+                # Branches and tags only: the locked commit is asked for by id if they lack it,
+                # and a ref locked from refs/pull/... may be long gone.
+                _update(ctx, url, path, REFSPECS, what)
+                upstream = True
         _check_tag(path, entry, what)
         if not _holds(path, entry):
             _fetch_commit(ctx, url, path, commit)
+            upstream = True
         if not _holds(path, entry):
             raise FetchError(f"{what}: {ctx.url(url)} no longer has commit {commit} (locked from {entry['ref']!r})")
         _verify(source, entry, path, what)
         _keep(path, entry, what)
+        if upstream:
+            _offer(ctx, path, entry, what)
 
 
 def tag_now(name: str, entry: dict[str, Any], ctx: Context) -> str | None:
@@ -346,6 +353,77 @@ def _holds(path: Path, entry: dict[str, Any]) -> bool:
 def _keep(path: Path, entry: dict[str, Any], what: str) -> None:
     for sha in filter(None, (entry["commit"], entry.get("tag-object"))):
         _git(path, "update-ref", KEEP + sha, sha, what=what)
+
+
+# --- through the remote cache: the locked commit as a bundle ----------------------------
+
+
+def _bundle_key(entry: dict[str, Any]) -> str:
+    return sha256_json({k: entry.get(k) for k in ("url", "commit", "tag", "tag-object")})
+
+
+def _bundle_refs(entry: dict[str, Any]) -> list[str]:
+    """What a bundle of a locked commit holds: the keep refs, and the tag (fetch checks it names the commit)."""
+    refs = [KEEP + sha for sha in filter(None, (entry["commit"], entry.get("tag-object")))]
+    return refs + ([f"refs/tags/{entry['tag']}"] if entry.get("tag") else [])
+
+
+def _from_cache(ctx: Context, path: Path, entry: dict[str, Any], what: str) -> bool:
+    """The locked commit from the remote cache's bundle into the mirror; whether the mirror now holds it.
+
+    Git checks every object's id as it takes the bundle (index-pack), and fetch then checks
+    the tag and the signatures as for an upstream fetch: a bundle can only fail, never pass
+    off other code.
+    """
+    if ctx.remote is None:
+        return False
+    scratch = ctx.store.tmp_dir("gitbundle")
+    try:
+        if ctx.remote.fill(cache.GIT_KIND, _bundle_key(entry), scratch, ctx.store) is None:
+            return False
+        bundle = scratch / "bundle"
+        refspecs = [f"+{r}:{r}" for r in _bundle_refs(entry)]
+
+        def take(repo: Path) -> None:
+            _git(repo, "fetch", *FETCH_OPTIONS, str(bundle), *refspecs, what=f"{what}: the cache's bundle")
+
+        if path.is_dir():
+            take(path)
+        else:
+
+            def make(tmp: Path) -> None:
+                tmp.chmod(0o755)
+                _git(None, "init", "--quiet", "--bare", "--template=", str(tmp), what=what)
+                _configure(tmp, entry["url"], what)
+                take(tmp)
+
+            ctx.store.create(path, make, hint="git")
+        _check_tag(path, entry, what)  # a bundle with another tag: upstream's tags overwrite it next
+        return _holds(path, entry)
+    except (GitError, FetchError, OSError) as e:
+        log.info("%s: the cache's bundle did not do: %s", what, e)
+        ctx.say(f"warning: {what}: the remote cache's bundle of {entry['commit'][:12]} did not do; fetching upstream")
+        return False
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _offer(ctx: Context, path: Path, entry: dict[str, Any], what: str) -> None:
+    """The locked commit (its whole history, the tag) as a bundle to the remote cache, unless it is there."""
+    remote = ctx.remote
+    if remote is None or remote.read_only or remote.has_record(cache.GIT_KIND, _bundle_key(entry)):
+        return
+    scratch = ctx.store.tmp_dir("gitbundle")
+    try:
+        proc = _git(
+            path, "bundle", "create", "--quiet", str(scratch / "bundle"), *_bundle_refs(entry), what=what, check=False
+        )
+        if proc.returncode != 0:  # a shallow mirror's history may not bundle: the cache goes without
+            log.info("%s: no bundle for the cache: %s", what, git_said(proc.stderr.decode(errors="replace")))
+            return
+        remote.put_tree(cache.GIT_KIND, _bundle_key(entry), scratch, {"url": entry["url"], "commit": entry["commit"]})
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 # --- checking what is exported --------------------------------------------------------

@@ -56,6 +56,9 @@ def download(
     check, if given, is called on the complete file before it enters the store (or on
     the stored blob when it is already there); if it raises, nothing new is stored.
     This is how a signature is checked without a bad file ever becoming a blob.
+
+    With a remote cache (ctx.remote), a file pinned by sha256 is taken from the cache
+    before upstream, under the same checks; a file downloaded from upstream is sent to it.
     """
     store = ctx.store
     sha256 = sha256.strip().lower()
@@ -68,6 +71,8 @@ def download(
     with store.locked("dl-" + key):
         if sha256 and store.has_blob(sha256):
             return _stored(ctx, sha256, check)
+        if sha256 and ctx.remote is not None and ctx.remote.fetch_blob(store, sha256, f"{what}: {url}", check):
+            return sha256
         partial = store.root / "tmp" / f"partial-{key}"
         resumed = _fetch_to(real, partial, ctx, what)
         digest = sha256_file(partial)
@@ -88,9 +93,12 @@ def download(
                 raise
         _meta(partial).unlink(missing_ok=True)
         try:
-            return store.add_blob(partial, digest, what=f"{what}: {real}")
+            digest = store.add_blob(partial, digest, what=f"{what}: {real}")
         except StoreError as e:
             raise Refused(str(e)) from None
+    if ctx.remote is not None:
+        ctx.remote.offer_blob(store, digest)
+    return digest
 
 
 def get_json(url: str, ctx: Context, *, what: str) -> Any:
