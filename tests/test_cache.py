@@ -648,3 +648,38 @@ def test_a_second_machine_builds_the_lock_from_the_warm_cache_without_a_step_or_
     assert Path(deb).read_bytes() == first_deb.read_bytes()
     stats = json.loads(xenspin(capsys, "--store", str(s2), "--json", "cache", "stats")[0])
     assert stats["sources_down"] > 0 and stats["hits"] == 2 and stats["refused"] == 0
+
+
+# --- git sources as bundles -------------------------------------------------------------------------
+
+
+def test_a_git_source_comes_from_the_cache_as_a_bundle_when_upstream_is_gone(
+    server: CacheServer, tmp_path: Path, keys: Keys
+) -> None:
+    """The first machine fetches upstream and sends the locked commit (and its signed tag) as a bundle;
+    the second, upstream gone, takes the bundle, and fetch checks the tag and its signature as ever."""
+    from conftest import commit, git, new_repo
+
+    from builder.manifest import GitSource, Verify
+    from builder.sources import git as gitsrc
+
+    up = new_repo(tmp_path / "up")
+    commit(up, "two")
+    git(up, "tag", "-s", "-m", "v1.0", "v1.0", key=keys.good, keys=keys)
+    source = GitSource(git=up.as_uri(), ref="v1.0", verify=Verify(tag=True, keys=[str(keys.good_file)]))
+    first = Context(store=Store(tmp_path / "a"), base=None, remote=server.remote())
+    entry = gitsrc.lock("x", source, first)
+    gitsrc.fetch("x", source, entry, Context(store=Store(tmp_path / "a2"), base=None, remote=first.remote))
+    assert first.remote.stats.uploads == 1  # at lock; the second fetch found the bundle there
+
+    shutil.rmtree(up)
+    second = Context(store=Store(tmp_path / "b"), base=None, remote=server.remote())
+    gitsrc.fetch("x", source, entry, second)
+    assert gitsrc.fetched(entry, second) and second.remote.stats.hits == 1
+    out = gitsrc.export(entry, second, tmp_path / "tree")
+    assert (out / "README").read_text() == "two"
+
+    # a bundle whose tag was signed by another key is refused by the same check as upstream's would be
+    bad = GitSource(git=source.git, ref="v1.0", verify=Verify(tag=True, keys=[str(keys.bad_file)]))
+    with pytest.raises(gitsrc.SignatureError):
+        gitsrc.fetch("x", bad, entry, Context(store=Store(tmp_path / "c"), base=None, remote=server.remote()))
