@@ -9,6 +9,7 @@ Layout under the store root:
     verified/<sha256 of entry>   stamps: every check a lock entry demands passed for what is stored
     roots/<sha256>.json          gc roots: what each manifest building into this store uses
     tmp/<hint>.<pid>.<random>    scratch; everything is written here first, then renamed
+    cache-stats.json             the last run's use of the remote cache (builder/cache.py)
     locks/                       flock files
 
 Nothing appears under its final name until it is complete: writers fill a
