@@ -539,9 +539,11 @@ class Stats:
     uploads: int = 0  # records written
     blobs_down: int = 0
     bytes_down: int = 0
+    seconds_down: float = 0.0  # in downloads (records and blobs), summed over threads
     blobs_local: int = 0  # blobs a record named that this machine had already (not downloaded)
     blobs_up: int = 0
     bytes_up: int = 0
+    seconds_up: float = 0.0  # in uploads (records and blobs, with their HEADs), summed over threads
     sources_down: int = 0  # source files (tarballs, .debs) taken from the cache instead of upstream
     errors: int = 0  # failures to reach the cache (the run went on without it)
     notes: list[str] = field(default_factory=list)  # what was refused or failed, and why
@@ -601,7 +603,15 @@ class Remote:
 
     # --- counting and reporting ---
 
-    def _count(self, **deltas: int) -> None:
+    @contextlib.contextmanager
+    def _timed(self, counter: str) -> Iterator[None]:
+        start = time.monotonic()
+        try:
+            yield
+        finally:
+            self._count(**{counter: time.monotonic() - start})
+
+    def _count(self, **deltas: float) -> None:
         with self._lock:
             for name, n in deltas.items():
                 setattr(self.stats, name, getattr(self.stats, name) + n)
@@ -642,7 +652,8 @@ class Remote:
         if not self._ok():
             return None
         with self._guard():
-            data = self.backend.get_record(ac_key(kind, key))
+            with self._timed("seconds_down"):
+                data = self.backend.get_record(ac_key(kind, key))
             if data is None:
                 self._count(misses=1)
                 return None
@@ -751,7 +762,7 @@ class Remote:
                 _copy(blob, dest)
             self._count(blobs_local=1)
             return
-        with open(dest, "xb") as out:
+        with open(dest, "xb") as out, self._timed("seconds_down"):
             got = self.backend.get_blob(e.sha256, out)
         if got is None:
             raise BadRecord(f"blob {e.sha256[:16]}… of {e.path} is not in the cache")
@@ -784,7 +795,8 @@ class Remote:
                     self._put_blob(e.sha256, root / e.path)
             text = body(kind, key, meta, entries, self.host, now())
             signature = self._sign(text) if self.sign_key else None
-            self.backend.put_record(ac_key(kind, key), encode(text, signature))
+            with self._timed("seconds_up"):
+                self.backend.put_record(ac_key(kind, key), encode(text, signature))
             self._count(uploads=1)
 
     def _put_blob(self, sha256: str, path: Path) -> None:
@@ -792,8 +804,11 @@ class Remote:
             known = sha256 in self._present and sha256 not in self._bad
         if known:
             return
-        if sha256 in self._bad or not self.backend.has_blob(sha256):
-            self.backend.put_blob(sha256, path)
+        with self._timed("seconds_up"):
+            send = sha256 in self._bad or not self.backend.has_blob(sha256)
+            if send:
+                self.backend.put_blob(sha256, path)
+        if send:
             self._count(blobs_up=1, bytes_up=path.stat().st_size)
         with self._lock:
             self._present.add(sha256)
@@ -820,7 +835,7 @@ class Remote:
         partial = store.tmp_path("cache-blob")
         try:
             with self._guard():
-                with open(partial, "wb") as out:
+                with open(partial, "wb") as out, self._timed("seconds_down"):
                     got = self.backend.get_blob(sha256, out)
                 if got is None:
                     return False
@@ -854,6 +869,8 @@ class Remote:
             return
         self.stats.command = command
         self.stats.seconds = round(time.monotonic() - self._start, 2)
+        self.stats.seconds_down = round(self.stats.seconds_down, 2)
+        self.stats.seconds_up = round(self.stats.seconds_up, 2)
         with contextlib.suppress(OSError):
             store.root.mkdir(parents=True, exist_ok=True)
             write_json(store.root / STATS, dataclasses.asdict(self.stats))
@@ -875,9 +892,9 @@ def stats_lines(s: Stats) -> list[str]:
     lines = [
         f"last run with the cache: {s.command} at {s.started}, {s.seconds} s ({s.cache}{mode}, trust {s.trust})",
         f"  records: {s.hits} hits, {s.misses} misses, {s.refused} refused, {s.uploads} uploaded",
-        f"  down: {s.blobs_down} blobs, {_human(s.bytes_down)} ({s.sources_down} of them source files);"
-        f" {s.blobs_local} blobs already here",
-        f"  up: {s.blobs_up} blobs, {_human(s.bytes_up)}",
+        f"  down: {s.blobs_down} blobs, {_human(s.bytes_down)} in {s.seconds_down:.1f} s"
+        f" ({s.sources_down} of them source files); {s.blobs_local} blobs already here",
+        f"  up: {s.blobs_up} blobs, {_human(s.bytes_up)} in {s.seconds_up:.1f} s",
     ]
     if s.errors:
         lines.append(f"  errors: {s.errors} (the run went on without the cache)")
