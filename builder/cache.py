@@ -47,6 +47,7 @@ from .errors import XenspinError
 from .store import CHUNK, Store, sha256_file, sha256_json, write_json
 
 requests = lazyimport.module("requests")  # imported when a cache is first asked (a no-op build asks none)
+urllib3 = lazyimport.module("urllib3")
 
 log = logging.getLogger("xenspin.cache")
 
@@ -364,7 +365,8 @@ class HttpCache(Backend):
             if r.status_code == 404:
                 return None
             self._expect(r, "GET", f"ac/{name}", (200,))
-            data = r.raw.read(MAX_RECORD + 1, decode_content=True)
+            with self._transfer("GET", f"ac/{name}"):
+                data = r.raw.read(MAX_RECORD + 1, decode_content=True)
             if len(data) > MAX_RECORD:
                 raise CacheError(f"cache {self.shown()}: ac/{name}: a record over {MAX_RECORD >> 20} MiB")
             return data
@@ -387,12 +389,16 @@ class HttpCache(Backend):
             if r.status_code == 404:
                 return None
             self._expect(r, "GET", f"cas/{sha256}", (200,))
-            try:
+            with self._transfer("GET", f"cas/{sha256}"):
                 return _hashing_copy(r.raw.stream(CHUNK, decode_content=False), out)
-            except (requests.RequestException, OSError) as e:
-                if isinstance(e, OSError) and not isinstance(e, ConnectionError):
-                    raise  # a local write (a full disk): not the cache's fault
-                raise CacheError(f"cache {self.shown()}: GET cas/{sha256}: {e}") from None
+
+    @contextlib.contextmanager
+    def _transfer(self, method: str, path: str) -> Iterator[None]:
+        """A body cut while it streams is the cache's failure; a local write error (a full disk) is not."""
+        try:
+            yield
+        except (requests.RequestException, urllib3.exceptions.HTTPError, ConnectionError) as e:
+            raise CacheError(f"cache {self.shown()}: {method} {path}: {e}") from None
 
     def put_blob(self, sha256: str, path: Path) -> None:
         with open(path, "rb") as f:
@@ -454,7 +460,7 @@ class S3Cache(Backend):
             raise CacheError(
                 f"cache {self.url}: {what}: {err.get('Code', '?')} {err.get('Message', '')}".rstrip()
             ) from None
-        except BotoCoreError as e:
+        except (BotoCoreError, urllib3.exceptions.HTTPError, ConnectionError) as e:
             raise CacheError(f"cache {self.url}: {what}: {e}") from None
 
     @staticmethod
@@ -768,7 +774,9 @@ class Remote:
             raise BadRecord(f"blob {e.sha256[:16]}… of {e.path} is not in the cache")
         if got != e.sha256:
             with self._lock:
-                self._bad.add(e.sha256)
+                self._bad.add(e.sha256)  # what this run makes is sent again over it
+            if dest.stat().st_size < e.size:
+                raise BadRecord(f"blob {e.sha256[:16]}… of {e.path} arrived cut short")
             raise BadRecord(f"blob {e.sha256[:16]}… of {e.path} arrived as sha256 {got[:16]}…: changed in the cache")
         self._count(blobs_down=1, bytes_down=e.size)
 
