@@ -26,12 +26,23 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from .store import Store, sha256_json
 
-if TYPE_CHECKING:
-    from .cache import Remote
+
+class Remote(Protocol):
+    """What the scheduler and `resolve` ask of a remote cache (builder/cache.py's Remote)."""
+
+    def wants(self, kind: str) -> bool: ...
+
+    def lookup(self, kind: str, key: str) -> Any:
+        """The record for kind and key (its `meta`), or None."""
+
+    def restore(self, store: Store, kind: str, key: str) -> dict | None:
+        """The object put into the store from the cache; its metadata, or None."""
+
+    def upload(self, store: Store, kind: str, key: str) -> None: ...
 
 
 class Pending(Exception):
