@@ -451,6 +451,7 @@ class S3Cache(Backend):
 
     @contextlib.contextmanager
     def _errors(self, what: str) -> Iterator[None]:
+        from boto3.exceptions import Boto3Error  # upload_file's S3UploadFailedError
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
@@ -460,7 +461,7 @@ class S3Cache(Backend):
             raise CacheError(
                 f"cache {self.url}: {what}: {err.get('Code', '?')} {err.get('Message', '')}".rstrip()
             ) from None
-        except (BotoCoreError, urllib3.exceptions.HTTPError, ConnectionError) as e:
+        except (BotoCoreError, Boto3Error, urllib3.exceptions.HTTPError, ConnectionError) as e:
             raise CacheError(f"cache {self.url}: {what}: {e}") from None
 
     @staticmethod

@@ -683,3 +683,19 @@ def test_a_git_source_comes_from_the_cache_as_a_bundle_when_upstream_is_gone(
     bad = GitSource(git=source.git, ref="v1.0", verify=Verify(tag=True, keys=[str(keys.bad_file)]))
     with pytest.raises(gitsrc.SignatureError):
         gitsrc.fetch("x", bad, entry, Context(store=Store(tmp_path / "c"), base=None, remote=server.remote()))
+
+
+def test_s3_without_credentials_is_one_line_and_the_build_goes_on(
+    moto_endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance role to ask
+    said: list[str] = []
+    remote = cache.from_settings("s3://nobucket/x", endpoint=moto_endpoint, say=said.append, warn=said.append)
+    made = Made()
+    run(Store(tmp_path / "a"), remote, made)
+    assert sorted(made.calls) == ["repo", "root", "thing"]
+    (warning,) = said
+    assert "Unable to locate credentials" in warning and "going on without the cache" in warning
