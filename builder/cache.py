@@ -443,7 +443,9 @@ class S3Cache(Backend):
                         f"cache {self.url}: the S3 backend needs boto3: pip install 'xenspin[s3]'"
                     ) from None
                 config = Config(retries={"max_attempts": ATTEMPTS, "mode": "standard"}, connect_timeout=TIMEOUT[0])
-                self._client = boto3.client("s3", endpoint_url=self.endpoint or None, config=config)
+                # A session of its own: boto3's default one keeps the credentials it first found.
+                session = boto3.session.Session()
+                self._client = session.client("s3", endpoint_url=self.endpoint or None, config=config)
             return self._client
 
     def _key(self, path: str) -> str:
@@ -607,6 +609,11 @@ class Remote:
 
     def wants(self, kind: str) -> bool:
         return kind in KINDS
+
+    @property
+    def writable(self) -> bool:
+        """Whether this run sends anything: not read-only, and the cache not given up on."""
+        return not self.read_only and not self.down
 
     # --- counting and reporting ---
 

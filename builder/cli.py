@@ -353,9 +353,9 @@ def _context(args: argparse.Namespace, distro: manifest.Distro) -> Context:
 
 
 def _remote(args: argparse.Namespace, cfg: config.CacheConfig, progress: Reporter) -> cache.Remote | None:
-    """The remote cache of this run: the options over the config file."""
+    """The remote cache of this run: the options over the config file; none offline (no network at all)."""
     return cache.from_settings(
-        "" if args.no_cache else args.cache or cfg.url,
+        "" if args.no_cache or args.offline else args.cache or cfg.url,
         endpoint=cfg.endpoint,
         read_only=args.cache_read_only or cfg.read_only,
         trust=args.cache_trust or cfg.trust,

@@ -699,3 +699,13 @@ def test_s3_without_credentials_is_one_line_and_the_build_goes_on(
     assert sorted(made.calls) == ["repo", "root", "thing"]
     (warning,) = said
     assert "Unable to locate credentials" in warning and "going on without the cache" in warning
+
+
+def test_offline_asks_no_cache(nginx: CacheServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    manifest = small(tmp_path / "p")
+    xenspin(capsys, "-f", str(manifest), "--store", str(tmp_path / "s1"), "--cache", nginx.url, "build")
+    asked = len(nginx.methods())
+    out, _ = xenspin(
+        capsys, "-f", str(manifest), "--store", str(tmp_path / "s2"), "--cache", nginx.url, "--offline", "plan"
+    )
+    assert "remote hit" not in out and len(nginx.methods()) == asked

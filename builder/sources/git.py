@@ -411,7 +411,7 @@ def _from_cache(ctx: Context, path: Path, entry: dict[str, Any], what: str) -> b
 def _offer(ctx: Context, path: Path, entry: dict[str, Any], what: str) -> None:
     """The locked commit (its whole history, the tag) as a bundle to the remote cache, unless it is there."""
     remote = ctx.remote
-    if remote is None or remote.read_only or remote.has_record(cache.GIT_KIND, _bundle_key(entry)):
+    if remote is None or not remote.writable or remote.has_record(cache.GIT_KIND, _bundle_key(entry)):
         return
     scratch = ctx.store.tmp_dir("gitbundle")
     try:
