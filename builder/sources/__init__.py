@@ -27,6 +27,7 @@ __all__ = [
     "Gone",
     "Keeps",
     "Kind",
+    "Provenance",
     "Missing",
     "Refused",
     "debian_upstream",
@@ -44,6 +45,19 @@ class Keeps:
     blobs: frozenset[str] = frozenset()
     git: frozenset[str] = frozenset()
     stamps: frozenset[str] = frozenset()  # verified/ stamps (of the lock entries, not of a kind)
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where a locked source's bytes come from, as the packages built from it say it (their copyright
+    file's Source:, changelog and description).
+
+    where: the upstream's address (a URL; words for an in-tree source); pinned: all of it in one
+    sentence's worth, exact (the kind, the address, the full commit, sha256 or version).
+    """
+
+    where: str
+    pinned: str
 
 
 def verified_stamp(ctx: Context, entry: dict[str, Any]) -> Path:
@@ -101,6 +115,8 @@ class Kind:
 
     # Locked against the base archive's state: stale when the base's suites change.
     FOLLOWS_ARCHIVE: bool = False
+    # Released with the distribution (in-tree sources): its packages take the manifest's `version:`.
+    DISTRIBUTION_VERSION: bool = False
 
     def __init__(self, mod: ModuleType) -> None:
         missing = [name for name in self.REQUIRED if not hasattr(mod, name)]
@@ -159,8 +175,23 @@ class Kind:
         """The upstream part of a Debian version for what was built from it ("0" when it has none)."""
         return "0"
 
+    def provenance(self, entry: dict[str, Any]) -> Provenance:
+        """Where the entry's bytes come from (for the packages built from it): by default, its summary."""
+        return Provenance(self.summary(entry), self.summary(entry))
 
-_DEFAULTED = ("FOLLOWS_ARCHIVE", "keeps", "tag_now", "in_tree", "debs", "binary_packages", "srcpkg", "upstream_version")
+
+_DEFAULTED = (
+    "FOLLOWS_ARCHIVE",
+    "DISTRIBUTION_VERSION",
+    "keeps",
+    "tag_now",
+    "in_tree",
+    "debs",
+    "binary_packages",
+    "srcpkg",
+    "upstream_version",
+    "provenance",
+)
 
 
 # The words that mark a pre-release (a regular expression, matched ignoring case).

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 from .. import dataschema, lazyimport, safetar
 from ..run import run
-from . import Context, FetchError, Gone, Keeps, Refused, verified_blob
+from . import Context, FetchError, Gone, Keeps, Provenance, Refused, verified_blob
 
 T = TypeVar("T")
 
@@ -460,6 +460,18 @@ def summary(entry: dict[str, Any]) -> str:
     if entry["kind"] == "archive":
         return ", ".join(f"{n} {p['version']}" for n, p in sorted(entry["packages"].items()))
     return f"{entry['package']} {entry['version']}"
+
+
+def provenance(entry: dict[str, Any]) -> Provenance:
+    if entry["kind"] == "archive":
+        return Provenance(summary(entry), f"Debian's packages {summary(entry)}")
+    where = f"{entry['mirror'].rstrip('/')}/{entry['directory']}"
+    dsc = next(fn for fn in sorted(entry["files"]) if fn.endswith(".dsc"))
+    return Provenance(
+        where,
+        f"Debian source package {entry['package']} {entry['version']} from {where},"
+        f" {dsc} sha256 {entry['files'][dsc]['sha256']}",
+    )
 
 
 def upstream_version(entry: dict[str, Any]) -> str:

@@ -45,7 +45,7 @@ from ..manifest import GitSource
 from ..progress import Reporter
 from ..run import run
 from ..store import Store
-from . import Context, FetchError, Keeps, Missing, Refused, debian_upstream
+from . import Context, FetchError, Keeps, Missing, Provenance, Refused, debian_upstream
 
 log = logging.getLogger("xenspin.git")
 
@@ -197,6 +197,19 @@ def tree(entry: dict[str, Any], ctx: Context, dest: Path) -> Path:
 
 def summary(entry: dict[str, Any]) -> str:
     return f"{entry['commit'][:12]} ({entry.get('ref', '')})"
+
+
+def provenance(entry: dict[str, Any]) -> Provenance:
+    """git URL at REF, the full commit, and where it lies from the nearest release tag."""
+    ref = entry.get("ref", "")
+    pinned = f"git {entry['url']}{f' at {ref}' if ref else ''}, commit {entry['commit']}"
+    described = entry.get("describe") or {}
+    tag, distance = described.get("tag"), described.get("distance", 0)
+    if tag and distance:
+        pinned += f", {distance} commit{'s' if distance > 1 else ''} after tag {tag}"
+    elif tag and tag != ref:
+        pinned += f", tagged {tag}"
+    return Provenance(entry["url"], pinned)
 
 
 def upstream_version(entry: dict[str, Any]) -> str:

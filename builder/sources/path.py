@@ -6,7 +6,10 @@ import os
 from pathlib import Path
 
 from ..store import tree_digest
-from . import Context, FetchError
+from . import Context, FetchError, Provenance
+
+# Released with the distribution: its packages are versioned with the manifest's `version:`.
+DISTRIBUTION_VERSION = True
 
 
 def lock(name: str, source, ctx: Context) -> dict:
@@ -38,6 +41,11 @@ def in_tree(source) -> Path | None:
 
 def summary(entry: dict) -> str:
     return entry["path"]
+
+
+def provenance(entry: dict) -> Provenance:
+    """The directory, relative to the manifest (build adds the tree's digest, which the entry lacks)."""
+    return Provenance(f"the distribution's own source, {entry['path']}", f"the in-tree source {entry['path']}")
 
 
 def digest(path: Path) -> str:

@@ -19,7 +19,7 @@ from urllib.parse import unquote, urljoin, urlsplit
 from .. import gpg, safetar
 from ..errors import XenspinError
 from ..manifest import PrebuiltSource, TarballSource
-from . import PRERELEASE_WORDS, Context, FetchError, Keeps, debian_upstream, http, verified_blob
+from . import PRERELEASE_WORDS, Context, FetchError, Keeps, Provenance, debian_upstream, http, verified_blob
 
 Source = TarballSource | PrebuiltSource
 
@@ -118,6 +118,11 @@ def tree(entry: dict[str, Any], ctx: Context, dest: Path) -> Path:
 
 def summary(entry: dict[str, Any]) -> str:
     return f"sha256 {entry['sha256'][:12]}, {entry.get('size', 0)} bytes"
+
+
+def provenance(entry: dict[str, Any]) -> Provenance:
+    what = "tarball" if entry["kind"] == "tarball" else "file"
+    return Provenance(entry["url"], f"{what} {entry['url']}, sha256 {entry['sha256']}")
 
 
 def upstream_version(entry: dict[str, Any]) -> str:
