@@ -289,6 +289,15 @@ def test_an_in_tree_source_takes_the_distributions_version(release: str, version
     assert build.package_version({"kind": "path", "path": "x"}, "0123456789abcdef", release) == version
 
 
+def test_distribution_versions_sort_release_nightly_next_release() -> None:
+    """apt upgrades a host's installer from a release to the nightlies after it, then to the next release."""
+    releases = ["0.1", "0.1.99~nightly20260101", "0.1.99~nightly20260102", "0.2"]
+    keys = ["f" * 64, "0" * 64, "9" * 64, "1" * 64]  # the build key never decides
+    versions = [build.package_version({"kind": "path", "path": "x"}, k, r) for r, k in zip(releases, keys, strict=True)]
+    for lower, higher in zip(versions, versions[1:], strict=False):
+        assert subprocess.run(["dpkg", "--compare-versions", lower, "lt", higher]).returncode == 0, (lower, higher)
+
+
 def test_readme_lists_the_kept_warnings() -> None:
     readme = (ROOT / "README.md").read_text()
     for tag in KEPT_WARNINGS:
