@@ -239,7 +239,7 @@ def stages(
         def make(tmp: Path, needs: Needs, comp=comp, entry=entry, job=job, inputs=inputs) -> dict:
             given = inputs(needs)
             key = stage_key(FORMAT, given)
-            return _make_build(ctx, distro, job, comp, entry, needs, tmp, key, epoch, say, given)
+            return _make_build(ctx, distro, job, comp, entry, needs, tmp, key, epoch, say, given.get("patches", []))
 
         out.append(
             Stage(
@@ -301,12 +301,11 @@ def _make_build(
     key: str,
     epoch: int,
     say: Callable[[str], None],
-    given: dict[str, Any],
+    patches: list[str],
 ) -> dict:
     """Run the component's steps (or take its locked .debs) into tmp; record the .debs and their digests.
 
-    given: the key's inputs. Its patches (the sha256 of each patch file as the key took it): the
-    steps get those bytes or nothing; its deb facts: what the package says beside the recipe.
+    patches: the sha256 of each patch file as the key took it; the steps get those bytes or nothing.
     """
     short = key[:12]
     start = time.monotonic()
@@ -319,7 +318,6 @@ def _make_build(
             debs[name] = sha
     elif job.action == "build":
         logs = ctx.store.log_dir("build", job.name, short)
-        patches = given.get("patches", [])
         staged = _steps(ctx, distro, job, comp, entry, needs, tmp, epoch, logs, patches)
         # Packages the steps made themselves (dpkg-buildpackage) come first, then the staged tree's.
         made = sorted((tmp / "debs").glob("*.deb"))
@@ -489,18 +487,18 @@ def _package(
         doc = debpackage.doc_dir(job.name, staged, name)
     except debpackage.PackageError as e:
         raise BuildError(str(e)) from None
-    files = debpackage.licence_files(src) if src is not None else []
+    upstream = debpackage.licence_files(src) if src is not None else []
     text = debpackage.copyright_file(
-        job.source, name, comp.license, provenance, files, debpackage.common_licences(root)
+        job.source, name, comp.license, provenance, upstream, debpackage.common_licences(root)
     )
     write_new(doc / "copyright", text.encode())
     write_new(doc / "changelog.Debian.gz", debpackage.changelog(built))
     write_new(debian / "control", control_file(comp, version, arch, maint, provenance.pinned).encode())
     write_new(debian / "md5sums", debpackage.md5sums(staged))
     # os.walk does not descend into symlinked directories, and utime changes a link, never its target.
-    for dirpath, dirs, files_ in os.walk(staged):
-        for entry_name in dirs + files_:
-            os.utime(os.path.join(dirpath, entry_name), (epoch, epoch), follow_symlinks=False)
+    for dirpath, dirs, files in os.walk(staged):
+        for path in dirs + files:
+            os.utime(os.path.join(dirpath, path), (epoch, epoch), follow_symlinks=False)
     deb = f"{name}_{version}_{arch}.deb"
     run(
         ["dpkg-deb", "--root-owner-group", "-Zxz", "--build", staged, tmp / deb],
