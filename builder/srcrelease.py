@@ -142,11 +142,12 @@ def stage(ctx: Context, distro: Distro, lock: Lock, lock_file: Path, gaps: Gaps,
                 continue
             kind = module(comp.source.kind)
             here = kind.in_tree(comp.source)
+            tree = path_source.digest(here) if here is not None else ""
             comps[name] = {
                 "entry": entry,
-                "tree": path_source.digest(here) if here is not None else "",
+                "tree": tree,
                 "licence": getattr(comp, "license", "") or licence.NOASSERTION,
-                "version": kind.upstream_version(entry),
+                "version": _version(kind, entry, tree),
             }
         wanted = {f["sha256"] for e in debsources.entries(lock).values() for f in (e.get("files") or {}).values()}
         return Inputs(
@@ -168,6 +169,17 @@ def stage(ctx: Context, distro: Distro, lock: Lock, lock_file: Path, gaps: Gaps,
         return write(top, inp, lock_bytes, ctx, lock)
 
     return Stage(KIND, "release", FORMAT, lambda _needs: dataclasses.asdict(inputs_of()), make, clamp=epoch)
+
+
+def _version(kind: Any, entry: dict[str, Any], tree: str) -> str:
+    """What names a component's source's version: its upstream version, an in-tree source's tree digest,
+    archive packages' versions."""
+    if tree:
+        return f"tree {tree[:12]}"
+    debs = entry.get("packages") if kind.debs(entry) is not None else None
+    if debs:
+        return ", ".join(sorted({str(p["version"]) for p in debs.values()}))
+    return kind.upstream_version(entry)
 
 
 def write(top: Path, inp: Inputs, lock_bytes: bytes, ctx: Context, lock: Lock) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from conftest import Keys, Server, commit, git, new_repo, one_line, snapshot_add, write
+from conftest import UNREACHABLE, Keys, Server, commit, git, mirror_args, new_repo, one_line, snapshot_add, write
 
 from builder import cli, debsources, fetch, lock, manifest, nightly, pipeline, srcrelease
 from builder.context import Context
@@ -463,3 +463,54 @@ def test_nightly_index_links_the_source_release(tmp_path: Path) -> None:
     index = json.loads((root / "index.json").read_text())
     assert index["builds"][0]["sources"] == {"name": "demo-0.1-source/", "href": "20260101/demo-0.1-source/", "size": 7}
     assert '<a href="20260101/demo-0.1-source/">sources</a>' in (root / "index.html").read_text()
+
+
+# --- rebuilding from the release alone ------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.network  # build roots come from the Debian archive
+def test_rebuild_from_the_release_alone_gives_the_same_debs(
+    tmp_path: Path, server: Server, store: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Build with --sources; the upstreams go away; in a new project (the recipes, the lock and the
+    in-tree source unpacked from the release) and a new store, `fetch --from` the release, then an
+    offline build: every component's .deb is the same bytes."""
+    mirrors = {k: v for k, v in make_project(tmp_path, server).items() if "debian.org" not in k}
+    project = tmp_path / "project"
+    argv = ["-f", str(project / "distro.yaml"), "--store", str(store), "--out", str(tmp_path / "out")]
+    assert cli.main([*argv, *mirror_args(mirrors), "--json", "build", "--sources"]) == 0, capsys.readouterr().err
+    first = json.loads(capsys.readouterr().out)
+    top = Path(first["sources"]["path"])
+    assert top == tmp_path / "out/tiny-1.0-source"
+    current = lock.read(project / "distro.lock")
+    assert current is not None and not current.sources  # no rootfs: no Debian packages shipped
+    assert sorted(files_in(top)) == [
+        "SHA256SUMS",
+        "components/greet/greet-1.0.tar.gz",
+        "components/hello.bundle",
+        "components/note.tar.gz",
+        "distro.lock",
+        "index.json",
+        "index.md",
+    ]
+    subprocess.run(["sha256sum", "--quiet", "-c", "SHA256SUMS"], cwd=top, check=True)
+
+    shutil.rmtree(tmp_path / "git")
+    server.stop()
+    again = tmp_path / "again"
+    (again / "components").mkdir(parents=True)
+    for name in ("distro.yaml", "distro.lock", *(n for n in RECIPES if n.endswith(".yaml"))):
+        shutil.copyfile(project / name, again / name)
+    with tarfile.open(top / "components/note.tar.gz") as tar:
+        tar.extractall(again, filter="data")
+    gone = {"https://git.example.invalid/": UNREACHABLE, "https://files.example.invalid/": UNREACHABLE}
+    fresh = ["-f", str(again / "distro.yaml"), "--store", str(tmp_path / "store2"), "--out", str(again / "out")]
+    assert cli.main([*fresh, *mirror_args(gone), "fetch", "--from", str(top)]) == 0, capsys.readouterr().err
+    assert "git: hello" in capsys.readouterr().err
+    assert cli.main([*fresh, "--offline", "--json", "build"]) == 0, capsys.readouterr().err
+    second = json.loads(capsys.readouterr().out)
+    assert sorted(second["built"]) == ["greet", "hello", "note"]
+    for comp in ("greet", "hello", "note"):
+        (one,), (two,) = first["debs"][comp], second["debs"][comp]
+        assert Path(one).read_bytes() == Path(two).read_bytes(), comp
