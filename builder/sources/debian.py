@@ -366,7 +366,7 @@ def source_files(entry: dict[str, Any], mirror: str) -> list[ArchiveFile]:
     lookup = f"mr/package/{_q(entry['package'])}/{_q(entry['version'])}/srcfiles?fileinfo=1"
     return [
         _checked(ArchiveFile(f"{where}/{entry['directory']}/{fn}", f["sha256"], lookup))
-        for fn, f in sorted(entry.get("files", {}).items())
+        for fn, f in entry.get("files", {}).items()
     ]
 
 
