@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from conftest import UNREACHABLE, Keys, Server, commit, git, mirror_args, new_repo, one_line, snapshot_add, write
 
-from builder import cli, debsources, fetch, lock, manifest, nightly, pipeline, srcrelease
+from builder import cli, debsources, fetch, lock, manifest, nightly, packagesets, pipeline, srcrelease
 from builder.context import Context
 from builder.errors import XenspinError
 from builder.lock import Lock
@@ -514,3 +514,30 @@ def test_rebuild_from_the_release_alone_gives_the_same_debs(
     for comp in ("greet", "hello", "note"):
         (one,), (two,) = first["debs"][comp], second["debs"][comp]
         assert Path(one).read_bytes() == Path(two).read_bytes(), comp
+
+
+def test_offline_build_sources_needs_the_section_in_the_lock(tmp_path: Path, server: Server) -> None:
+    """A lock from before `sources:` (sets locked, no section): --sources resolves it, which --offline cannot."""
+    make_project(tmp_path, server)
+    path = tmp_path / "project/distro.yaml"
+    path.write_text(DISTRO + "rootfs:\n  packages: [less]\n")
+    distro = manifest.load(path)
+    ctx = Context(store=Store(tmp_path / "store"), base=Base(suite="trixie"), manifest=path, offline=True)
+    current = Lock(components={n: {"kind": "path", "path": f"components/{n}"} for n in distro.components})
+    for n, comp in distro.components.items():
+        current.components[n]["recipe"] = lock.recipe_digest(comp, path.parent)
+    less = {"version": "1", "architecture": "amd64", "source": "less", "filename": "l.deb", "sha256": "0" * 64}
+    current.sets = {
+        n: {"inputs": s.inputs, "packages": {"less": less}}
+        for n, s in packagesets.package_sets(distro, current).items()
+    }
+    lock.write(path.with_suffix(".lock"), current)
+    assert debsources.stale(current)
+    same = pipeline.current_lock(distro, path.with_suffix(".lock"), ctx, strict=False, say=print)
+    assert same == current  # without --sources nothing is missing
+    with pytest.raises(XenspinError) as e:
+        pipeline.current_lock(distro, path.with_suffix(".lock"), ctx, strict=False, say=print, sources=True)
+    assert one_line(e).endswith(
+        "distro.lock: without the Debian sources of its package sets (`xenspin lock` adds them); "
+        "--offline forbids resolving sources"
+    )
