@@ -98,8 +98,8 @@ def current_lock(
     """The lock, resolving only what it lacks or what went stale (as `cargo build` does).
 
     With sources (a build writing a source release), the Debian sources of the package sets
-    too (debsources.py). Optional components that could not be locked stay out until `xenspin lock` is run
-    again, so an unreachable upstream costs nothing on every build.
+    too (debsources.py). Optional components that could not be locked stay out until
+    `xenspin lock` is run again, so an unreachable upstream costs nothing on every build.
     """
     old = lock.read(path)
     todo = [

@@ -379,7 +379,7 @@ class Imported:
     """What `fetch --from` took from a release into the store."""
 
     blobs: int = 0
-    git: list[str] = field(default_factory=list)
+    git: list[str] = field(default_factory=list)  # components whose mirror it filled
 
 
 def import_release(distro: Distro, lock: Lock, ctx: Context, release: Path, needed: set[str]) -> Imported:
@@ -405,10 +405,11 @@ def import_release(distro: Distro, lock: Lock, ctx: Context, release: Path, need
             raise Refused(str(e)) from None
         got.blobs += 1
     for name, entry in sorted(lock.components.items()):
-        if name in distro.components and entry.get("kind") == "git":
-            kind = module("git")
-            if not kind.fetched(entry, ctx):
-                kind.import_files(name, entry, ctx, release)
-                if kind.fetched(entry, ctx):
-                    got.git.append(name)
+        if name not in distro.components:
+            continue
+        kind = module(distro.components[name].source.kind)
+        if not kind.fetched(entry, ctx):
+            kind.import_files(name, entry, ctx, release)  # what is no blob: a git history
+            if kind.fetched(entry, ctx):
+                got.git.append(name)
     return got
