@@ -102,7 +102,7 @@ def fetch(lock: Lock, ctx: Context, jobs: int = 4) -> Gaps:
 
 
 def incomplete(lock: Lock, gaps: Gaps) -> list[str]:
-    """ "NAME VERSION" of each locked Debian source the release will lack files of (or all of)."""
+    """Each locked Debian source the release will lack files of (or all of), as NAME VERSION."""
     out = []
     for entry in debsources.entries(lock).values():
         files = (entry.get("files") or {}).values()
