@@ -12,6 +12,7 @@ import functools
 import importlib
 import os
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -31,6 +32,7 @@ __all__ = [
     "Missing",
     "Refused",
     "debian_upstream",
+    "link_blob",
     "module",
     "verified_blob",
     "verified_stamp",
@@ -180,6 +182,19 @@ class Kind:
         return Provenance(self.summary(entry), self.summary(entry))
 
 
+    def release_files(self, name: str, entry: dict[str, Any], ctx: Context, dest: Path, epoch: int) -> dict[str, str]:
+        """Write what a source release holds of this source under dest: relative path -> sha256.
+
+        Reproducible: the same entry gives the same bytes (epoch: the build's time, for
+        what needs a file time). By default nothing: the source is no file of its own.
+        """
+        return {}
+
+    def import_files(self, name: str, entry: dict[str, Any], ctx: Context, release: Path) -> None:
+        """Take this source into the store from a source release (files as release_files wrote them) when
+        the store cannot hold it as blobs (git); the fetch that follows checks it as any fetch does."""
+
+
 _DEFAULTED = (
     "FOLLOWS_ARCHIVE",
     "DISTRIBUTION_VERSION",
@@ -191,7 +206,20 @@ _DEFAULTED = (
     "srcpkg",
     "upstream_version",
     "provenance",
+    "release_files",
+    "import_files",
 )
+
+
+def link_blob(store: Store, sha256: str, dest: Path, what: str) -> str:
+    """The stored blob at dest (a hard link, a copy across filesystems), its bytes checked first; its sha256."""
+    blob = verified_blob(store, sha256, what)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(blob, dest)
+    except OSError:
+        shutil.copyfile(blob, dest)
+    return sha256
 
 
 # The words that mark a pre-release (a regular expression, matched ignoring case).
