@@ -181,7 +181,6 @@ class Kind:
         """Where the entry's bytes come from (for the packages built from it): by default, its summary."""
         return Provenance(self.summary(entry), self.summary(entry))
 
-
     def release_files(self, name: str, entry: dict[str, Any], ctx: Context, dest: Path, epoch: int) -> dict[str, str]:
         """Write what a source release holds of this source under dest: relative path -> sha256.
 
