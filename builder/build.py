@@ -22,21 +22,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import dataschema, debtree, outputcheck, overlays, packagesets
+from . import dataschema, debpackage, debtree, outputcheck, overlays, packagesets
 from .context import Context
+from .debpackage import control_file
 from .debtree import TreeSpec
 from .errors import XenspinError
 from .lock import Lock
 from .manifest import Component, Distro, build_order
 from .run import CommandError, as_builder, builder, give, run, sandbox, take_back
-from .sources import module, verified_blob
+from .sources import debian_upstream, module, verified_blob
 from .sources import path as path_source
 from .stage import Needs, Outcome, Stage, stage_key
 from .store import remove_tree, sha256_file, tree_digest
 
 log = logging.getLogger("xenspin.build")
 
-FORMAT = 1  # the component build's output format; bump to rebuild every component
+# The component build's output format; bump to rebuild every component. 2: each package has its
+# copyright file, changelog.Debian.gz, md5sums, Section, Priority and an extended description.
+FORMAT = 2
 SRC_FORMAT = 2  # the unpacked source tree's layout; 2: its metadata records the tree's digest
 # In the step's private /tmp: the build root has no mount points of their own for them.
 DEPS = "/tmp/deps"
@@ -73,11 +76,19 @@ DEFAULTS = {
 
 
 def component_inputs(
-    comp: Component, entry: dict, root: str | None, deps: dict[str, str], tree: str, project: Path, epoch: int
+    comp: Component,
+    entry: dict,
+    root: str | None,
+    deps: dict[str, str],
+    tree: str,
+    project: Path,
+    epoch: int,
+    deb: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """The canonical inputs of a component's key: everything that can change what the build produces.
 
     Paths are relative to project (the manifest's directory), so moving a checkout changes no key.
+    deb: what the package takes from the manifest rather than the recipe (`package_facts`).
     """
     recipe = {k: v for k, v in dataschema.to_data(comp, relative_to=project).items() if v != DEFAULTS.get(k)}
     for volatile in ("description", "recipe", "optional"):
@@ -86,13 +97,38 @@ def component_inputs(
     inputs = {"recipe": recipe, "source": source, "tree": tree, "root": root, "after": deps, "epoch": epoch}
     if comp.patches:
         inputs["patches"] = [sha256_file(Path(p)) for p in comp.patches]
+    if deb:
+        inputs["deb"] = deb
     return inputs
 
 
 def component_key(
-    comp: Component, entry: dict, root: str | None, deps: dict[str, str], tree: str, project: Path, epoch: int
+    comp: Component,
+    entry: dict,
+    root: str | None,
+    deps: dict[str, str],
+    tree: str,
+    project: Path,
+    epoch: int,
+    deb: dict[str, str] | None = None,
 ) -> str:
-    return stage_key(FORMAT, component_inputs(comp, entry, root, deps, tree, project, epoch))
+    return stage_key(FORMAT, component_inputs(comp, entry, root, deps, tree, project, epoch, deb))
+
+
+def package_facts(distro: Distro, comp: Component, entry: dict) -> dict[str, str]:
+    """What a component's package takes from the manifest (not the recipe): the maintainer, the
+    changelog's suite and, for a source released with the distribution (in-tree), its version.
+    Part of the key: a package changes only with its key. {} when the component makes no package."""
+    if comp.package is None:
+        return {}
+    facts = {"maintainer": maintainer(distro), "suite": distro.base.suite}
+    if module(entry["kind"]).DISTRIBUTION_VERSION:
+        facts["version"] = distro.version
+    return facts
+
+
+def maintainer(distro: Distro) -> str:
+    return f"{distro.vendor or distro.name} <builds@{distro.name}.invalid>"
 
 
 def plan(
@@ -139,36 +175,18 @@ def closure(distro: Distro, names: list[str]) -> list[str]:
     return sorted(out)
 
 
-def package_version(entry: dict, key: str) -> str:
+def package_version(entry: dict, key: str, release: str = "") -> str:
     """A Debian version that says where the bytes came from and changes with the key.
 
     The upstream version is the source's (4.20.4 for Xen at tag RELEASE-4.20.4, see each
-    kind's upstream_version), so apt, an SBOM or a scanner reads the release; the build
-    key is the Debian revision (4.20.4-xs0123456789): every rebuild changes the version,
-    yet it sorts with the upstream version first.
+    kind's upstream_version; an in-tree source's is the distribution's own, release: the
+    manifest's `version:`), so apt, an SBOM or a scanner reads the release; the build key
+    is the Debian revision (4.20.4-xs0123456789): every rebuild changes the version, yet
+    it sorts with the upstream version first.
     """
-    return f"{module(entry['kind']).upstream_version(entry)}-xs{key[:10]}"
-
-
-def control_file(comp: Component, version: str, arch: str, maintainer: str) -> str:
-    assert comp.package is not None
-    lines = [
-        f"Package: {comp.package.name}",
-        f"Version: {version}",
-        f"Architecture: {arch}",
-        f"Maintainer: {maintainer}",
-    ]
-    for header, relations in [
-        ("Depends", comp.package.depends),
-        ("Provides", comp.package.provides),
-        ("Conflicts", comp.package.conflicts),
-        ("Replaces", comp.package.replaces),
-    ]:
-        if relations:
-            lines.append(f"{header}: " + ", ".join(relations))
-    summary = comp.package.description or comp.description or comp.package.name
-    lines.append(f"Description: {summary.splitlines()[0]}")
-    return "\n".join(lines) + "\n"
+    kind = module(entry["kind"])
+    upstream = (debian_upstream(release) or "0") if kind.DISTRIBUTION_VERSION else kind.upstream_version(entry)
+    return f"{upstream}-xs{key[:10]}"
 
 
 def source_ident(entry: dict) -> dict[str, Any]:
@@ -211,10 +229,12 @@ def stages(
                     trees.add(job.source)
                     out.append(_src_stage(ctx, job.source, shared, entry))
 
-        def inputs(needs: Needs, comp=comp, entry=entry, job=job) -> dict[str, Any]:
+        deb = package_facts(distro, comp, entry) if job.action == "build" else {}
+
+        def inputs(needs: Needs, comp=comp, entry=entry, job=job, deb=deb) -> dict[str, Any]:
             root = needs[debtree.root_stage_id(job.root)].key if job.root is not None else None
             deps = {d: needs[build_id(d)].key for d in job.after}
-            return component_inputs(comp, entry, root, deps, job.tree, ctx.project, epoch)
+            return component_inputs(comp, entry, root, deps, job.tree, ctx.project, epoch, deb)
 
         def make(tmp: Path, needs: Needs, comp=comp, entry=entry, job=job, inputs=inputs) -> dict:
             given = inputs(needs)
@@ -306,7 +326,12 @@ def _make_build(
         shutil.rmtree(tmp / "debs")
         names = [d.name for d in made]
         if comp.package is not None:
-            names.append(_package(distro, job, comp, entry, staged, tmp, key, epoch, logs))
+            src, root = _src_and_root(distro, job, needs)
+            given_patches = [
+                (f"{i:02d}-{Path(p).name}", d) for i, (p, d) in enumerate(zip(comp.patches, patches, strict=True), 1)
+            ]
+            deb = _package(distro, job, comp, entry, staged, tmp, key, epoch, logs, src, root, tuple(given_patches))
+            names.append(deb)
         debs = {n: sha256_file(tmp / n) for n in names}
         say(f"built {job.name} in {round(time.monotonic() - start, 1)} s")
     return {"component": job.name, "action": job.action, "debs": list(debs), "sha256": debs}
@@ -324,11 +349,7 @@ def _steps(
     logs: Path,
     patch_digests: list[str],
 ) -> Path:
-    assert job.root is not None
-    root = needs[debtree.root_stage_id(job.root)].path
-    shared = distro.components[job.source].source
-    src = needs[src_id(job.source)].path if src_id(job.source) in needs else module(shared.kind).in_tree(shared)
-    assert root is not None and src is not None
+    src, root = _src_and_root(distro, job, needs)
     out, debs = tmp / "staged", tmp / "debs"
     scratch = ctx.store.tmp_dir("scratch-" + job.name)
     out.mkdir()
@@ -422,20 +443,63 @@ def _steps(
     return out
 
 
+def _src_and_root(distro: Distro, job: Job, needs: Needs) -> tuple[Path, Path]:
+    """The source tree a build job reads at /src and its build root (both in the store, or the source in-tree)."""
+    assert job.root is not None
+    root = needs[debtree.root_stage_id(job.root)].path
+    shared = distro.components[job.source].source
+    src = needs[src_id(job.source)].path if src_id(job.source) in needs else module(shared.kind).in_tree(shared)
+    assert root is not None and src is not None
+    return src, root
+
+
 def _package(
-    distro: Distro, job: Job, comp: Component, entry: dict, staged: Path, tmp: Path, key: str, epoch: int, logs: Path
+    distro: Distro,
+    job: Job,
+    comp: Component,
+    entry: dict,
+    staged: Path,
+    tmp: Path,
+    key: str,
+    epoch: int,
+    logs: Path,
+    src: Path | None = None,
+    root: Path | None = None,
+    patches: tuple[tuple[str, str], ...] = (),
 ) -> str:
+    """The staged tree as the component's .deb, with what a Debian package says of itself.
+
+    src: the source tree the build read (its licence files); root: the build root (its common
+    licences); patches: (name at $PATCHES, sha256) of each patch given to the steps.
+    """
     assert comp.package is not None
-    version = package_version(entry, key)
+    name, arch = comp.package.name, distro.base.architecture
+    facts = package_facts(distro, comp, entry)  # as the key took them
+    version = package_version(entry, key, facts.get("version", ""))
     debian = staged / "DEBIAN"
     check_debian(job.name, debian)
-    maint = f"{distro.vendor or distro.name} <builds@{distro.name}.invalid>"
-    write_new(debian / "control", control_file(comp, version, distro.base.architecture, maint).encode())
+    provenance = module(entry["kind"]).provenance(entry)
+    if job.tree:  # an in-tree source: the content of the tree, which the lock entry does not pin
+        provenance = dataclasses.replace(provenance, pinned=f"{provenance.pinned}, tree sha256 {job.tree}")
+    maint = facts["maintainer"]
+    built = debpackage.Built(name, version, maint, facts["suite"], epoch, key, provenance, patches)
+    try:
+        doc = debpackage.doc_dir(job.name, staged, name)
+    except debpackage.PackageError as e:
+        raise BuildError(str(e)) from None
+    upstream = debpackage.licence_files(src) if src is not None else []
+    text = debpackage.copyright_file(
+        job.source, name, comp.license, provenance, upstream, debpackage.common_licences(root)
+    )
+    write_new(doc / "copyright", text.encode())
+    write_new(doc / "changelog.Debian.gz", debpackage.changelog(built))
+    write_new(debian / "control", control_file(comp, version, arch, maint, provenance.pinned).encode())
+    write_new(debian / "md5sums", debpackage.md5sums(staged))
     # os.walk does not descend into symlinked directories, and utime changes a link, never its target.
     for dirpath, dirs, files in os.walk(staged):
-        for name in dirs + files:
-            os.utime(os.path.join(dirpath, name), (epoch, epoch), follow_symlinks=False)
-    deb = f"{comp.package.name}_{version}_{distro.base.architecture}.deb"
+        for path in dirs + files:
+            os.utime(os.path.join(dirpath, path), (epoch, epoch), follow_symlinks=False)
+    deb = f"{name}_{version}_{arch}.deb"
     run(
         ["dpkg-deb", "--root-owner-group", "-Zxz", "--build", staged, tmp / deb],
         what=f"build {job.name}: package",

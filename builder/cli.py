@@ -22,6 +22,7 @@ from . import (
     cache,
     config,
     dataschema,
+    debsources,
     errors,
     fetch,
     host,
@@ -36,6 +37,7 @@ from . import (
     plan,
     release,
     relnotes,
+    srcrelease,
     upgradetest,
     vmtest,
 )
@@ -143,6 +145,13 @@ def make_parser() -> argparse.ArgumentParser:
     )
     p = add("fetch", "fill the store with the locked sources, verified")
     p.add_argument("components", nargs="*", metavar="COMP", help="only these components")
+    p.add_argument(
+        "--from",
+        dest="source_release",
+        type=_path,
+        metavar="DIR",
+        help="take the sources from a source release (NAME-VERSION-source/) first; they are checked as any fetch",
+    )
     p = add("build", "lock what is missing, fetch, and build the components (all, or COMP and what it needs)")
     p.add_argument("components", nargs="*", metavar="COMP", help="only these components and what they need")
     p.add_argument("-j", "--jobs", type=int, default=2, help="components built at once (default 2)")
@@ -156,6 +165,11 @@ def make_parser() -> argparse.ArgumentParser:
         "--sign",
         metavar="KEY",
         help="sign SHA256SUMS with this OpenPGP key of $GNUPGHOME (SHA256SUMS.asc; default: config's sign-key)",
+    )
+    p.add_argument(
+        "--sources",
+        action="store_true",
+        help="also write the source release OUT/NAME-VERSION-source/ (--sign and --nightly write it too)",
     )
     p.add_argument(
         "--nightly",
@@ -416,6 +430,8 @@ def cmd_lock(args: argparse.Namespace) -> int:
         print(f"dropped {name}: no longer in the manifest")
     for name in report.sets:
         print(f"locked  set {name}: {len(new.sets[name]['packages'])} packages")
+    if report.sources:
+        print(f"locked  sources: {report.sources}")
     for name, moved in sorted(report.moved.items()):
         kept = name in report.kept
         note = (
@@ -436,6 +452,11 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     names = args.components or list(distro.components)
     lock.require(distro, current, ctx.project, names, path)
     with ctx.store.session(), _cache_counted(ctx, "fetch"):
+        if args.source_release is not None:
+            needed = fetch.keeps(distro, current, ctx).blobs | debsources.keeps(current)
+            got = srcrelease.import_release(distro, current, ctx, args.source_release, needed)
+            git = f"; git: {', '.join(got.git)}" if got.git else ""
+            print(f"from {args.source_release}: {got.blobs} files into the store{git}", file=sys.stderr)
         report = fetch.fetch(distro, current, ctx, args.components or None, strict=args.strict)
         sets = None
         if not args.components:
@@ -485,6 +506,8 @@ def cmd_build(args: argparse.Namespace) -> int:
     key = release.signing_key(args.sign, config.load().sign_key)
     if key and args.components:
         raise XenspinError(f"--sign {key}: a build of some components writes no ISO or SHA256SUMS to sign")
+    if args.sources and args.components:
+        raise XenspinError("--sources: a build of some components writes no ISO to give the sources of")
     distro = manifest.load(args.file)
     if args.answerfile:
         installer = dataclasses.replace(distro.installer, answerfile=str(args.answerfile.absolute()))
@@ -502,12 +525,22 @@ def cmd_build(args: argparse.Namespace) -> int:
     ctx = _context(args, distro)
     with _cache_counted(ctx, "build"):
         result = pipeline.run_build(
-            distro, ctx, names=args.components or None, jobs=args.jobs, strict=args.strict, out=args.out
+            distro,
+            ctx,
+            names=args.components or None,
+            jobs=args.jobs,
+            strict=args.strict,
+            out=args.out,
+            sources=bool(args.sources or key),  # a signed release carries its sources
         )
-    signature, dropped = release.finish(args.out, key) if result.iso is not None else (None, False)
+    also = [result.source_dir / srcrelease.SUMS] if result.source_dir is not None else []
+    signature, dropped = release.finish(args.out, key, also) if result.iso is not None else (None, False)
     if dropped:
         print(f"removed {args.out / release.SIGNATURE}: this build is not signed", file=sys.stderr)
     _left_out(result.left_out)
+    lacking = srcrelease.summary(result.sources.done.meta or {}) if result.sources is not None else None
+    if lacking:
+        print(f"warning: {lacking}; {result.source_dir}/{srcrelease.INDEX_MD} says why", file=sys.stderr)
     report = result.build
     if args.json:
         data = dataclasses.asdict(report)
@@ -527,6 +560,14 @@ def cmd_build(args: argparse.Namespace) -> int:
                 "wall": result.iso.seconds,
                 "files": [str(p) for p in result.published + ([signature] if signature else [])],
                 **(result.iso.done.meta or {}),
+            }
+        if result.sources is not None:
+            data["sources"] = {
+                "path": str(result.source_dir),
+                "key": result.sources.done.key,
+                "made": result.sources.made,
+                "wall": result.sources.seconds,
+                **(result.sources.done.meta or {}),
             }
         print(json.dumps(data, indent=2))
         return 0
@@ -549,6 +590,15 @@ def cmd_build(args: argparse.Namespace) -> int:
         print(f"     {', '.join(p.name for p in result.published[1:])} beside it")
         if signature is not None:
             print(f"     {signature.name}: signed with {key}")
+    if result.sources is not None:
+        made = result.sources
+        meta = made.done.meta or {}
+        state = f"written in {made.seconds} s" if made.made else "up to date"
+        signed = f", {srcrelease.SUMS} signed" if signature is not None else ""
+        print(
+            f"sources: {result.source_dir} ({meta.get('files', 0)} files, {nightly.human(meta.get('bytes', 0))}, "
+            f"{state}{signed})"
+        )
     print(f"logs: {ctx.store.log_dir('build')}")
     return 0
 
@@ -569,7 +619,9 @@ def cmd_nightly(args: argparse.Namespace) -> int:
         print(line, file=sys.stderr)
 
     def build(into: Path) -> None:
-        inner = argparse.Namespace(**{**vars(args), "out": into, "nightly": False, "keep": None, "json": False})
+        inner = argparse.Namespace(
+            **{**vars(args), "out": into, "nightly": False, "keep": None, "json": False, "sources": True}
+        )
         with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
             cmd_build(inner)
 

@@ -22,9 +22,10 @@ HOST_PACKAGES = {
     # The installer's disk tools (its tests install onto loop devices from this host).
     "installer": ["gdisk", "parted", "lvm2", "dosfstools", "mtools", "e2fsprogs", "util-linux", "udev"],
     # QEMU for test boot/install; busybox for the tiny guest initrd test install starts;
-    # openssl hashes the password of test install's throwaway login.
-    # nginx: the tests' remote cache (HTTP with WebDAV PUT), started on 127.0.0.1 by each test.
-    "test": ["qemu-system-x86", "qemu-utils", "ovmf", "busybox-static", "openssl", "nginx"],
+    # openssl hashes the password of test install's throwaway login; lintian checks the
+    # packages xenspin builds as a Debian maintainer would; nginx is the remote cache's
+    # tests' server (HTTP with WebDAV PUT), started on 127.0.0.1 by each test.
+    "test": ["qemu-system-x86", "qemu-utils", "ovmf", "busybox-static", "openssl", "lintian", "nginx"],
     # Headless Chromium: the nightly index page's test loads it as people's browsers would.
     "nightly": ["chromium"],
 }

@@ -1,9 +1,11 @@
-"""A package's licence from its machine-readable copyright file (DEP-5), as an SPDX expression.
+"""Licences between SPDX and Debian's machine-readable copyright format (DEP-5), both ways.
 
-Pure functions over the file's text: the SBOM asks for a licence per package, and the
-Debian copyright file is the only place a .deb says it. A file that is not in the
-machine-readable format gives NOASSERTION (guessing from free text would be worse than
-saying nothing); a licence name with no clean SPDX identifier becomes a LicenseRef.
+Pure functions over text. The SBOM asks for a licence per package, and the Debian
+copyright file is the only place a .deb says it: `declared` reads it as an SPDX
+expression. A file that is not in the machine-readable format gives NOASSERTION
+(guessing from free text would be worse than saying nothing); a licence name with no
+clean SPDX identifier becomes a LicenseRef. The packages xenspin builds say their
+licence in that file too, from a recipe's SPDX `license:` (`dep5`, `common_licence`).
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ _EXCEPTIONS = {
     "libtool": "Libtool-exception",
     "linux-syscall-note": "Linux-syscall-note",
     "ocaml-linking": "OCaml-LGPL-linking-exception",
+    "ocaml-lgpl-linking": "OCaml-LGPL-linking-exception",
 }
 
 
@@ -151,7 +154,12 @@ def _term(term: str, known: SpdxIds) -> str:
     if not sep:
         return ident or licence_ref(name)
     rest = rest.strip()
-    exc = known.exceptions.get(rest.lower()) or _EXCEPTIONS.get(re.sub(r"\s+exception$", "", rest, flags=re.I).lower())
+    base = re.sub(r"\s+exception$", "", rest, flags=re.I).lower()
+    exc = (
+        known.exceptions.get(rest.lower())
+        or _EXCEPTIONS.get(base)
+        or next((e for e in known.exceptions.values() if dep5_exception(e).lower() == rest.lower()), None)
+    )
     if ident and exc:
         return f"{ident} WITH {exc}"
     return licence_ref(f"{name}-with-{rest}")
@@ -169,7 +177,7 @@ def expression(dep5: str, known: SpdxIds = NONE) -> str:
     ("A or B, and C" is (A or B) and C).
     """
     text = re.sub(r"\s+", " ", dep5.strip())
-    if not text:
+    if not text or text.upper() == NOASSERTION:  # a copyright file saying it states no licence
         return NOASSERTION
     parts = re.split(r",\s*(and|or)\s+", text, flags=re.I)
     out = _plain(parts[0], known)
@@ -214,3 +222,85 @@ def declared(text: str | None, known: SpdxIds = NONE) -> str:
 def refs(expr: str) -> list[str]:
     """The LicenseRef identifiers an expression uses (each needs its own entry in an SPDX document)."""
     return sorted(set(re.findall(r"LicenseRef-[A-Za-z0-9.-]+", expr)))
+
+
+# --- SPDX to DEP-5 (the copyright files of the packages xenspin builds) ---------------------
+
+# SPDX identifiers Debian's copyright format spells otherwise (the versioned GNU licences: below).
+_DEP5_NAMES = {
+    "MIT": "Expat",
+    "BSD-2-Clause": "BSD-2-clause",
+    "BSD-3-Clause": "BSD-3-clause",
+    "BSD-4-Clause": "BSD-4-clause",
+    "Artistic-1.0": "Artistic",
+}
+_GNU = re.compile(r"(?P<name>A?GPL|LGPL|GFDL)-(?P<ver>\d(?:\.\d)?)-(?P<kind>only|or-later)")
+# The licence texts Debian's base-files carries in /usr/share/common-licenses, by SPDX identifier
+# (the versioned file only: GPL, LGPL and GFDL are links to the newest version). Not BSD: Policy
+# deprecates pointing at it, its copyright holder being the University of California.
+COMMON_LICENCES = {
+    "GPL-1.0": "GPL-1",
+    "GPL-2.0": "GPL-2",
+    "GPL-3.0": "GPL-3",
+    "LGPL-2.0": "LGPL-2",
+    "LGPL-2.1": "LGPL-2.1",
+    "LGPL-3.0": "LGPL-3",
+    "GFDL-1.2": "GFDL-1.2",
+    "GFDL-1.3": "GFDL-1.3",
+    "Apache-2.0": "Apache-2.0",
+    "Artistic-1.0": "Artistic",
+    "CC0-1.0": "CC0-1.0",
+    "MPL-1.1": "MPL-1.1",
+    "MPL-2.0": "MPL-2.0",
+}
+
+
+def dep5_name(ident: str) -> str:
+    """An SPDX licence identifier as Debian's copyright format names it: GPL-2.0-only -> GPL-2,
+    LGPL-2.1-or-later -> LGPL-2.1+, MIT -> Expat; one the format does not name stays as it is.
+    `spdx_id` reads each back."""
+    m = _GNU.fullmatch(ident)
+    if m:
+        return f"{m['name']}-{m['ver'].removesuffix('.0')}{'+' if m['kind'] == 'or-later' else ''}"
+    return _DEP5_NAMES.get(ident, ident)
+
+
+def dep5_exception(ident: str) -> str:
+    """An SPDX exception as Debian's format words it, "NAME exception": OCaml-LGPL-linking-exception ->
+    OCaml-LGPL-linking exception, Linux-syscall-note -> Linux-syscall-note exception."""
+    return re.sub(r"-exception(?=-|$)", "", ident, count=1) + " exception"
+
+
+def terms(spdx: str) -> list[tuple[str, str]]:
+    """The (licence, exception or "") terms of an SPDX expression without parentheses, each once, in order."""
+    out: list[tuple[str, str]] = []
+    for term in re.split(r" (?:AND|OR) ", spdx.strip()):
+        name, _, exc = term.partition(" WITH ")
+        if name and (name, exc) not in out:
+            out.append((name, exc))
+    return out
+
+
+def dep5_term(name: str, exc: str) -> str:
+    return f"{dep5_name(name)} with {dep5_exception(exc)}" if exc else dep5_name(name)
+
+
+def dep5(spdx: str) -> str:
+    """An SPDX expression without parentheses as a DEP-5 License: value (AND binds before OR in both)."""
+    parts = re.split(r" (AND|OR) ", spdx.strip())
+    out = [dep5_term(*_with(parts[0]))]
+    for op, term in zip(parts[1::2], parts[2::2], strict=True):
+        out += [op.lower(), dep5_term(*_with(term))]
+    return " ".join(out)
+
+
+def _with(term: str) -> tuple[str, str]:
+    name, _, exc = term.partition(" WITH ")
+    return name, exc
+
+
+def common_licence(ident: str) -> str | None:
+    """The file of /usr/share/common-licenses holding the licence's text (GPL-2.0-or-later -> GPL-2), or None."""
+    m = _GNU.fullmatch(ident)
+    key = f"{m['name']}-{m['ver'] if '.' in m['ver'] else m['ver'] + '.0'}" if m else ident
+    return COMMON_LICENCES.get(key)

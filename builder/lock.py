@@ -45,6 +45,7 @@ class Lock:
     archive: dict[str, Any] = field(default_factory=dict)
     components: dict[str, dict[str, Any]] = field(default_factory=dict)
     sets: dict[str, dict[str, Any]] = field(default_factory=dict)  # package sets (packagesets.py)
+    sources: dict[str, Any] = field(default_factory=dict)  # the shipped sets' Debian sources (debsources.py)
 
 
 @dataclass
@@ -58,6 +59,7 @@ class LockReport:
     dropped: list[str] = field(default_factory=list)
     sets: list[str] = field(default_factory=list)  # package sets resolved
     moved: dict[str, str] = field(default_factory=dict)  # name -> "tag T: OLD -> NEW"
+    sources: str = ""  # what the shipped sets' Debian sources were resolved to ("" when not)
 
 
 def lock_path(manifest_path: Path) -> Path:
@@ -77,7 +79,12 @@ def read(path: Path) -> Lock | None:
         ) from None
     if not isinstance(data, dict) or data.get("format") != LOCK_FORMAT:
         raise LockError(f"{path}: not a lock file of format {LOCK_FORMAT}; run `xenspin lock --update`")
-    return Lock(archive=data.get("archive") or {}, components=data.get("components") or {}, sets=data.get("sets") or {})
+    return Lock(
+        archive=data.get("archive") or {},
+        components=data.get("components") or {},
+        sets=data.get("sets") or {},
+        sources=data.get("sources") or {},
+    )
 
 
 def write(path: Path, lock: Lock) -> None:
@@ -85,6 +92,8 @@ def write(path: Path, lock: Lock) -> None:
     data = {"format": LOCK_FORMAT, "archive": lock.archive, "components": lock.components}
     if lock.sets:
         data["sets"] = lock.sets
+    if lock.sources:
+        data["sources"] = lock.sources
     text = HEADER + yaml.safe_dump(data, sort_keys=True, default_flow_style=False, width=1000)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
@@ -166,7 +175,7 @@ def resolve(
     changed = stale(distro, old, root)
     require_components(distro, update or [], "lock --update")
     redo = set(distro.components) if update == [] else set(update or []) | set(changed)
-    new = Lock(archive=dict(old.archive), sets=dict(old.sets))
+    new = Lock(archive=dict(old.archive), sets=dict(old.sets), sources=dict(old.sources))
     for name in build_order(distro):
         comp = distro.components[name]
         if name not in redo:

@@ -97,6 +97,23 @@ REF = Grammar(r"(?!-)(?!.*\.\.)[A-Za-z0-9._/+@,=%-]{1,255}", "a branch, tag or c
 SHA256 = Grammar(r"[0-9a-f]{64}", "64 lowercase hex digits")
 SUITE = Grammar(r"[A-Za-z0-9][A-Za-z0-9.+_-]{0,63}", "a suite name, e.g. bookworm-security")
 AREA = Grammar(r"[a-z0-9][a-z0-9-]{0,63}", "an archive area, e.g. main")
+# An SPDX licence expression; AND binds before OR, as in Debian's copyright format, so none
+# needs parentheses (that format has none). Written into each package's copyright file.
+_SPDX_ID = r"(?!(?:AND|OR|WITH)(?: |$))[A-Za-z0-9.+-]{1,64}"
+_SPDX_TERM = rf"{_SPDX_ID}(?: WITH {_SPDX_ID})?"
+LICENSE = Grammar(
+    rf"{_SPDX_TERM}(?: (?:AND|OR) {_SPDX_TERM}){{0,15}}",
+    "an SPDX licence expression without parentheses, e.g. GPL-2.0-only or LGPL-2.1-only WITH OCaml-LGPL-linking-exception",
+)
+# A Debian archive section, maybe in an area: admin, kernel, contrib/net.
+SECTION = Grammar(
+    r"(?:(?:contrib|non-free|non-free-firmware)/)?[a-z][a-z0-9-]{0,31}", "a Debian section, e.g. admin or kernel"
+)
+# A package description: the synopsis, then maybe the extended description's lines (a YAML block).
+PACKAGE_DESCRIPTION = Grammar(
+    rf"[^{CONTROL}]{{0,200}}(?:\n[^{CONTROL}]{{0,200}}){{0,100}}\n?",
+    "a one-line synopsis of at most 200 characters, then maybe lines of the extended description",
+)
 
 
 @dataclass(frozen=True)
@@ -229,7 +246,15 @@ class Package:
         "packages that cannot be installed beside it (Conflicts:)", factory=list
     )
     replaces: list[Annotated[str, RELATION]] = field("packages whose files it takes over (Replaces:)", factory=list)
-    description: Annotated[str, ONE_LINE] = field("one-line package description", "")
+    description: Annotated[str, PACKAGE_DESCRIPTION] = field(
+        "the synopsis, a line; the lines after it (a YAML block) open the extended description, which xenspin"
+        " ends with where the package was built from",
+        "",
+    )
+    section: Annotated[str, SECTION] = field("Debian archive section (Section:), e.g. admin, kernel", "misc")
+    priority: Literal["required", "important", "standard", "optional"] = field(
+        "Debian priority (Priority:)", "optional"
+    )
 
 
 @dataclass(frozen=True)
@@ -238,6 +263,11 @@ class Component:
 
     source: Source = field("where the source comes from")
     description: Annotated[str, ONE_LINE] = field("what the component is", "")
+    license: Annotated[str, optional(LICENSE)] = field(
+        "the upstream licence, an SPDX expression (AND binds before OR); its package's copyright file says it"
+        " (empty: not stated)",
+        "",
+    )
     optional: bool = field("a build may leave it out when its source cannot be had (--strict refuses)", False)
     build_depends: list[Annotated[str, DEB_NAME]] = field("Debian packages in the build root", factory=list)
     after: list[Annotated[str, COMPONENT]] = field("components that must be built first", factory=list)

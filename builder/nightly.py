@@ -1,6 +1,6 @@
 """`xenspin build --nightly`: dated builds side by side, `latest`, retention, an index page.
 
-    OUT/nightly/20260101/        one complete build (ISO, SHA256SUMS[.asc], build-info.json, ...)
+    OUT/nightly/20260101/        one complete build (ISO, SHA256SUMS[.asc], build-info.json, ..., NAME-VERSION-source/)
     OUT/nightly/20260101-2/      a second build that day
     OUT/nightly/latest -> 20260101-2
     OUT/nightly/index.html, index.json
@@ -40,6 +40,7 @@ COMMIT = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 # Files a build directory may hold that the index links to, in the order shown.
 COMPANIONS = ["SHA256SUMS", "SHA256SUMS.asc", "build-info.json", "packages.json", "guest-tools.iso"]
 SBOM_GLOBS = ["*.spdx.json", "*.cdx.json", "*sbom*"]
+SOURCE_GLOB = "*-source"  # the source release (srcrelease.py), a directory
 
 
 # --- pure plans ----------------------------------------------------------------------
@@ -107,6 +108,7 @@ class Entry:
     sbom: Link | None
     notes: Link | None
     latest: bool
+    sources: Link | None = None  # the source release's directory (NAME-VERSION-source/)
 
 
 def index_data(entries: list[Entry], title: str) -> dict[str, Any]:
@@ -128,6 +130,7 @@ def index_data(entries: list[Entry], title: str) -> dict[str, Any]:
                 "sha256": e.sha256,
                 "files": [link(f) for f in e.files],
                 "sbom": link(e.sbom),
+                "sources": link(e.sources),
                 "release_notes": link(e.notes),
             }
             for e in builds
@@ -172,7 +175,8 @@ def index_html(data: dict[str, Any]) -> str:
             f"<td>{e(b['name'])}{tag}<br>{e(b['version'])}</td>"
             f"<td>{a(iso)}<br>{size}</td>"
             f"<td><code>{e(b['sha256'])}</code></td>"
-            f"<td>{files}</td><td>{a(b['sbom'], 'SBOM')}</td><td>{a(b['release_notes'], 'release notes')}</td></tr>"
+            f"<td>{files}</td><td>{a(b['sbom'], 'SBOM')}</td><td>{a(b.get('sources'), 'sources')}</td>"
+            f"<td>{a(b['release_notes'], 'release notes')}</td></tr>"
         )
     latest = data["latest"]
     head = (
@@ -186,7 +190,7 @@ def index_html(data: dict[str, Any]) -> str:
         f'<html lang="en"><head><meta charset="utf-8"><title>{e(data["title"])}</title>'
         f"<style>{CSS}</style></head>\n<body>\n<h1>{e(data['title'])}</h1>\n{head}\n"
         '<table id="builds"><thead><tr><th>build</th><th>ISO</th><th>sha256</th><th>checksums and records</th>'
-        "<th>SBOM</th><th>changes</th></tr></thead>\n<tbody>\n"
+        "<th>SBOM</th><th>sources</th><th>changes</th></tr></thead>\n<tbody>\n"
         + "\n".join(rows)
         + "\n</tbody></table>\n</body></html>\n"
     )
@@ -209,6 +213,7 @@ def entry(root: Path, name: str, latest: str | None) -> Entry:
     isos = [d / iso_name] if iso_name and (d / iso_name).is_file() else sorted(d.glob("*-amd64.iso"))
     files = [link(d / f) for f in COMPANIONS if (d / f).is_file()]
     sboms = sorted({p for g in SBOM_GLOBS for p in d.glob(g) if p.is_file()})
+    releases = sorted(p for p in d.glob(SOURCE_GLOB) if (p / "SHA256SUMS").is_file())
     notes = d / NOTES
     return Entry(
         name=name,
@@ -219,7 +224,12 @@ def entry(root: Path, name: str, latest: str | None) -> Entry:
         sbom=link(sboms[0]) if sboms else None,
         notes=link(notes) if notes.is_file() else None,
         latest=name == latest,
+        sources=Link(releases[0].name + "/", f"{name}/{releases[0].name}/", _size(releases[0])) if releases else None,
     )
+
+
+def _size(tree: Path) -> int:
+    return sum(p.stat().st_size for p in tree.rglob("*") if p.is_file() and not p.is_symlink())
 
 
 def current_latest(root: Path) -> str | None:

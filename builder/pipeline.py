@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import aptrepo, build, fetch, iso, lock, packagesets, rootfs, sbom, xensource
+from . import aptrepo, build, debsources, fetch, iso, lock, packagesets, rootfs, sbom, srcrelease, xensource
 from .context import Context
 from .errors import XenspinError
 from .manifest import Distro
@@ -33,6 +33,8 @@ class Result:
     rootfs: Outcome | None = None  # None: a partial build (COMP named), no rootfs
     iso: Outcome | None = None  # None: a partial build, no ISO
     published: list[Path] = field(default_factory=list)  # the ISO and its companions in out/
+    sources: Outcome | None = None  # the source release's stage, when asked for
+    source_dir: Path | None = None  # where it was published: out/NAME-VERSION-source
 
 
 def graph(
@@ -90,11 +92,14 @@ def iso_stages(ctx: Context, distro: Distro, current: lock.Lock, jobs: dict[str,
     return out
 
 
-def current_lock(distro: Distro, path: Path, ctx: Context, *, strict: bool, say: Callable[[str], None]) -> lock.Lock:
+def current_lock(
+    distro: Distro, path: Path, ctx: Context, *, strict: bool, say: Callable[[str], None], sources: bool = False
+) -> lock.Lock:
     """The lock, resolving only what it lacks or what went stale (as `cargo build` does).
 
-    Optional components that could not be locked stay out until `xenspin lock` is run
-    again, so an unreachable upstream costs nothing on every build.
+    With sources (a build writing a source release), the Debian sources of the package sets
+    too (debsources.py). Optional components that could not be locked stay out until
+    `xenspin lock` is run again, so an unreachable upstream costs nothing on every build.
     """
     old = lock.read(path)
     todo = [
@@ -102,15 +107,19 @@ def current_lock(distro: Distro, path: Path, ctx: Context, *, strict: bool, say:
         for name, why in lock.stale(distro, old, ctx.project).items()
         if not distro.components[name].optional or why != "not locked"
     ]
-    if old is not None and not todo and not packagesets.stale_sets(distro, old):
+    stale_sources = sources and old is not None and debsources.stale(old)
+    if old is not None and not todo and not packagesets.stale_sets(distro, old) and not stale_sources:
         return old
     if ctx.offline:
         what = "no lock yet" if old is None else "stale for " + ", ".join(todo or ["its package sets"])
+        if old is not None and not todo and not packagesets.stale_sets(distro, old):
+            what = "without the Debian sources of its package sets (`xenspin lock` adds them)"
         raise XenspinError(f"{path}: {what}; --offline forbids resolving sources")
     new, report = resolve_lock(distro, old, ctx, update=None, strict=strict)
     if new != old:
         lock.write(path, new)
-        say(f"lock: resolved {', '.join(report.resolved + report.sets) or 'nothing'}; wrote {path}")
+        done = report.resolved + report.sets + (["the Debian sources of the package sets"] if report.sources else [])
+        say(f"lock: resolved {', '.join(done) or 'nothing'}; wrote {path}")
     return new
 
 
@@ -123,6 +132,9 @@ def resolve_lock(
     if names:
         new.sets = packagesets.resolve_all(distro, new, ctx, names)
         report.sets = names
+    if update == [] or debsources.stale(new):
+        new.sources = debsources.resolve(new, ctx, again=update == [])
+        report.sources = debsources.summary(new) if new.sources else ""
     xensource.check(distro, new, str(ctx.manifest or "the manifest"))  # before the lock is written
     return new, report
 
@@ -143,11 +155,14 @@ def run_build(
     jobs: int,
     strict: bool,
     out: Path,
+    sources: bool = False,
 ) -> Result:
-    """Lock, fetch, run the stage graph, publish the apt repository to out/repo."""
+    """Lock, fetch, run the stage graph, publish the apt repository to out/repo (with sources, the
+    source release to out/NAME-VERSION-source too)."""
     assert ctx.manifest is not None
     with ctx.store.session():
-        current = current_lock(distro, lock.lock_path(ctx.manifest), ctx, strict=strict, say=ctx.say)
+        path = lock.lock_path(ctx.manifest)
+        current = current_lock(distro, path, ctx, strict=strict, say=ctx.say, sources=sources)
         xensource.check(distro, current, str(ctx.manifest))  # a lock kept from before is held to it too
         wanted = build.closure(distro, names) if names else None
         fetched = fetch.fetch(distro, current, ctx, wanted, strict=strict)
@@ -156,6 +171,8 @@ def run_build(
             current, ctx, None if wanted is None else set(packagesets.root_sets(distro, current, set(wanted)).values())
         )
         stages, comp_jobs = graph(ctx, distro, current, names, set(fetched.left_out))
+        if sources:
+            stages.append(source_release(distro, ctx, current, path, fetched.left_out, strict=strict))
         outcomes = Scheduler(ctx.store, stages, jobs=jobs, remote=ctx.remote).run()
         report = build.report(outcomes, comp_jobs)
         repo_path = outcomes[REPO].done.path
@@ -164,13 +181,34 @@ def run_build(
         made = outcomes.get(rootfs.STAGE_ID)
         image = outcomes.get(iso.STAGE_ID)
         files: list[Path] = []
+        released = outcomes.get(srcrelease.STAGE_ID)
+        source_dir = None
         with aptrepo.out_lock(out):  # one build's repo, ISO and sums together, never a mix of two
             published = aptrepo.publish(repo_path, out / "repo")
             if image is not None:
                 files = publish_iso(distro, ctx, current, outcomes, fetched.left_out, out)
+            if released is not None and released.done.path is not None:
+                source_dir = srcrelease.publish(released.done.path, out)
         # The whole plan's root, even when only some components were asked for.
         ctx.store.register(gc_root(ctx, distro, current, resolve(ctx.store, stages) if names is None else None))
-    return Result(sorted(current.components), fetched.left_out, report, published, made, image, files)
+    return Result(
+        sorted(current.components), fetched.left_out, report, published, made, image, files, released, source_dir
+    )
+
+
+def source_release(
+    distro: Distro, ctx: Context, current: lock.Lock, path: Path, left_out: dict[str, str], *, strict: bool
+) -> Stage:
+    """The source release's stage, after fetching the Debian sources' files it holds (what cannot be had is
+    listed in it; with strict, it fails the build before anything is built)."""
+    gaps = srcrelease.fetch(current, ctx)
+    if gaps.fetched:
+        ctx.say(f"fetch: {gaps.fetched} files of the Debian sources for the source release")
+    lacking = srcrelease.incomplete(current, gaps)
+    if strict and lacking:
+        shown = ", ".join(lacking[:10]) + (f" and {len(lacking) - 10} more" if len(lacking) > 10 else "")
+        raise XenspinError(f"--strict: the source release would lack {len(lacking)} Debian sources: {shown}")
+    return srcrelease.stage(ctx, distro, current, path, gaps, left_out)
 
 
 def publish_iso(
@@ -220,7 +258,8 @@ def gc_root(ctx: Context, distro: Distro, current: lock.Lock, graph: list[Planne
     keep = fetch.keeps(distro, current, ctx)
     graph = planned(ctx, distro, current) if graph is None else graph
     objects = frozenset((p.stage.kind, p.key) for p in graph if p.key)
-    return Root(ctx.manifest, keep.blobs | packagesets.keeps(current), keep.git, objects, keep.stamps)
+    blobs = keep.blobs | packagesets.keeps(current) | debsources.keeps(current)
+    return Root(ctx.manifest, blobs, keep.git, objects, keep.stamps)
 
 
 def register(ctx: Context, distro: Distro, current: lock.Lock | None) -> None:

@@ -245,8 +245,9 @@ def verify(image: Path, keyrings: Sequence[Path]) -> Verified:
     return result
 
 
-def finish(out: Path, key: str | None) -> tuple[Path | None, bool]:
-    """After a build published out/SHA256SUMS: sign it with key, or drop a signature it outdated.
+def finish(out: Path, key: str | None, also: Sequence[Path] = ()) -> tuple[Path | None, bool]:
+    """After a build published out/SHA256SUMS: sign it with key (and the other sums files in also: the
+    source release's), or drop a signature it outdated.
 
     Under the out/ lock, so a build publishing into out/ at once never pairs with the wrong signature.
     Returns the signature written (if any) and whether an outdated one was removed.
@@ -255,5 +256,7 @@ def finish(out: Path, key: str | None) -> tuple[Path | None, bool]:
 
     with out_lock(out):
         if key:
+            for sums in also:
+                sign(sums, key)
             return sign(out / SUMS, key), False
         return None, drop_stale_signature(out)

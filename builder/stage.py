@@ -169,6 +169,8 @@ def resolve(store: Store, stages: list[Stage], remote: Remote | None = None) -> 
     out = []
     for s in order(stages):
         try:
+            if any(d not in known for d in (*s.after, *s.uses)):
+                raise Pending(f"{s.id}: a stage it needs is pending")  # so is everything after it
             done = lookup(store, s, _needs(s, known))
         except Pending:
             out.append(Planned(s, "", None))

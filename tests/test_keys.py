@@ -85,9 +85,9 @@ def test_keys_hold_across_xenspin_versions(project: Path) -> None:
     """Keys written down: a change of xenspin that changes them (a new recipe field, a new input)
     rebuilds every user's store, so it must be deliberate (bump build.FORMAT and this test)."""
     assert keys(project) == {
-        "a": "f72e3e51d1b20fb7df890961eb4d61ea5c78ae0b095a9d52864d62f130e37030",
-        "b": "162954a7e195ac46d172b8aa2e580a9b21b912835f6b5304f6040616dc4210b4",
-        "c": "909e09c66cf09580791f910cd26eb3b3ff18b0463c5ea8b567eb7faed86afa99",
+        "a": "9d408ae631252b1deea00c5072cf60f3db76e71d7e1b49bacdb939d5487faf0a",
+        "b": "8da28b09139c818e817f0223ff74d496c2364114eaa3661f9f5029617d266f0a",
+        "c": "a1ac17c89c510b98bbfe38d14c17ff66c79ef9f531c156d3745b6b9b2a64c91e",
     }
 
 
@@ -97,6 +97,8 @@ def test_keys_hold_across_xenspin_versions(project: Path) -> None:
         ("  a:\n", "  a:\n    env: {}\n"),  # a field at its default
         ("  a:\n", "  a:\n    build-only: false\n"),
         ("  a:\n", "  a:\n    setuid: []\n"),
+        ("  a:\n", '  a:\n    license: ""\n'),
+        ("package: {name: a-xs}", "package: {name: a-xs, section: misc, priority: optional}"),
     ],
 )
 def test_a_field_at_its_default_changes_no_key(project: Path, old: str, new: str) -> None:
@@ -124,6 +126,14 @@ def test_file_times_and_the_project_location_do_not_change_keys(project: Path) -
         ("  c:\n    source: {path: c}\n", "  c:\n    source: {path: c}\n    after: [a]\n", {"c"}),
         ("  a:\n", "  a:\n    env: {FLAVOUR: small}\n", {"a", "b"}),
         ("  a:\n", "  a:\n    build-only: true\n", {"a", "b"}),
+        # what a's package says: its licence, section, extended description
+        ("  a:\n", "  a:\n    license: MIT\n", {"a", "b"}),
+        ("package: {name: a-xs}", "package: {name: a-xs, section: admin}", {"a", "b"}),
+        ("package: {name: a-xs}", 'package: {name: a-xs, description: "a\\nmore"}', {"a", "b"}),
+        # the manifest's words in a's package: its maintainer (the vendor) and, the source being
+        # in-tree, its version (the distribution's); c makes no package, b none but builds after a
+        ("description: keys", "description: keys\nvendor: ACME", {"a", "b"}),
+        ('version: "1"', 'version: "2"', {"a", "b"}),
     ],
 )
 def test_what_changes_a_key(project: Path, old: str, new: str, rebuilt: set[str]) -> None:

@@ -189,6 +189,12 @@ def test_pending_key_and_first_failure(tmp_path: Path) -> None:
     assert [(p.stage.name, p.hit) for p in resolve(store, stages)] == [("a", False), ("late", None)]
     Scheduler(store, stages).run()
     assert [(p.stage.name, p.hit) for p in resolve(store, stages)] == [("a", True), ("late", True)]
+    # a stage after a pending one is pending too, whatever its inputs would read (the plan of a stale lock)
+    chain = [*stages, stage("next", log, after=["test:late"], inputs=lambda needs: {"late": needs["test:late"].key})]
+    assert [(p.stage.name, p.hit) for p in resolve(Store(tmp_path / "empty"), chain)][1:] == [
+        ("late", None),
+        ("next", None),
+    ]
     broken = [stage("bad", log, fail=True), stage("never", log, after=["test:bad"])]
     with pytest.raises(RuntimeError, match="bad failed"):
         Scheduler(store, broken).run()

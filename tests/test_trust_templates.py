@@ -13,6 +13,7 @@ import copy
 import gzip
 import io
 import os
+import shutil
 import stat
 import subprocess
 import tarfile
@@ -346,7 +347,7 @@ def packaging(project: Path, tmp_path: Path) -> dict[str, Any]:
         "distro": distro,
         "job": build.Job("hello", "build", None, (), "", "hello"),
         "comp": distro.components["hello"],
-        "entry": {"kind": "path"},
+        "entry": {"kind": "path", "path": "components/hello"},
         "staged": staged,
         "tmp": tmp_path / "obj",
         "key": "0" * 64,
@@ -409,6 +410,43 @@ def test_debian_script_symlink_does_not_read_a_host_file_into_the_package(
     (packaging["staged"] / "DEBIAN/postinst").unlink()
     os.mkfifo(packaging["staged"] / "DEBIAN/config")
     assert "$OUT/DEBIAN/config is a fifo (" in package_refused(packaging)
+
+
+@pytest.mark.parametrize("link", ["usr/share/doc", "usr/share/doc/hello-xs", "usr"])
+def test_doc_directory_symlink_does_not_write_to_the_host(
+    packaging: dict[str, Any], secret: Path, tmp_path: Path, link: str
+) -> None:
+    """xenspin writes the copyright file and changelog into usr/share/doc/PKG: a step's link there is refused."""
+    staged = packaging["staged"]
+    (staged / link).parent.mkdir(parents=True, exist_ok=True)
+    if (staged / link).is_dir():
+        shutil.rmtree(staged / link)
+    (staged / link).symlink_to(secret.parent)
+    with pytest.raises(BuildError) as e:
+        package(packaging)
+    assert one_line(e, f"build hello: package: $OUT/{link} is a symlink") == (
+        f"build hello: package: $OUT/{link} is a symlink"
+        " (expected a directory: xenspin writes the package's copyright file and changelog there)"
+    )
+    assert sorted(p.name for p in secret.parent.iterdir()) == ["shadow"]
+
+
+def test_a_source_licence_file_link_reads_nothing_of_the_host(packaging: dict[str, Any], secret: Path) -> None:
+    """The source's COPYING is copied into the copyright file: a link there (to /etc/shadow) is skipped."""
+    src = packaging["tmp"].parent / "src"
+    write(src, {"LICENSE": "Copyright 2024 Upstream\nPermission is granted.\n"})
+    (src / "COPYING").symlink_to(secret)
+    os.mkfifo(src / "NOTICE")  # never opened for a blocking read
+    deb = packaging["tmp"] / build._package(**packaging, src=src)
+    text = subprocess.run(
+        f"dpkg-deb --fsys-tarfile {deb} | tar -xO ./usr/share/doc/hello-xs/copyright",
+        shell=True,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "Copyright: Copyright 2024 Upstream" in text and " Permission is granted." in text
+    assert SECRET not in text and "COPYING" not in text
 
 
 def test_debian_control_hard_link_is_replaced_not_written_through(packaging: dict[str, Any], tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ import functools
 import importlib
 import os
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -27,9 +28,11 @@ __all__ = [
     "Gone",
     "Keeps",
     "Kind",
+    "Provenance",
     "Missing",
     "Refused",
     "debian_upstream",
+    "link_blob",
     "module",
     "verified_blob",
     "verified_stamp",
@@ -44,6 +47,19 @@ class Keeps:
     blobs: frozenset[str] = frozenset()
     git: frozenset[str] = frozenset()
     stamps: frozenset[str] = frozenset()  # verified/ stamps (of the lock entries, not of a kind)
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where a locked source's bytes come from, as the packages built from it say it (their copyright
+    file's Source:, changelog and description).
+
+    where: the upstream's address (a URL; words for an in-tree source); pinned: all of it in one
+    sentence's worth, exact (the kind, the address, the full commit, sha256 or version).
+    """
+
+    where: str
+    pinned: str
 
 
 def verified_stamp(ctx: Context, entry: dict[str, Any]) -> Path:
@@ -101,6 +117,8 @@ class Kind:
 
     # Locked against the base archive's state: stale when the base's suites change.
     FOLLOWS_ARCHIVE: bool = False
+    # Released with the distribution (in-tree sources): its packages take the manifest's `version:`.
+    DISTRIBUTION_VERSION: bool = False
 
     def __init__(self, mod: ModuleType) -> None:
         missing = [name for name in self.REQUIRED if not hasattr(mod, name)]
@@ -159,8 +177,48 @@ class Kind:
         """The upstream part of a Debian version for what was built from it ("0" when it has none)."""
         return "0"
 
+    def provenance(self, entry: dict[str, Any]) -> Provenance:
+        """Where the entry's bytes come from (for the packages built from it): by default, its summary."""
+        return Provenance(self.summary(entry), self.summary(entry))
 
-_DEFAULTED = ("FOLLOWS_ARCHIVE", "keeps", "tag_now", "in_tree", "debs", "binary_packages", "srcpkg", "upstream_version")
+    def release_files(self, name: str, entry: dict[str, Any], ctx: Context, dest: Path, epoch: int) -> dict[str, str]:
+        """Write what a source release holds of this source under dest: relative path -> sha256.
+
+        Reproducible: the same entry gives the same bytes (epoch: the build's time, for
+        what needs a file time). By default nothing: the source is no file of its own.
+        """
+        return {}
+
+    def import_files(self, name: str, entry: dict[str, Any], ctx: Context, release: Path) -> None:
+        """Take this source into the store from a source release (files as release_files wrote them) when
+        the store cannot hold it as blobs (git); the fetch that follows checks it as any fetch does."""
+
+
+_DEFAULTED = (
+    "FOLLOWS_ARCHIVE",
+    "DISTRIBUTION_VERSION",
+    "keeps",
+    "tag_now",
+    "in_tree",
+    "debs",
+    "binary_packages",
+    "srcpkg",
+    "upstream_version",
+    "provenance",
+    "release_files",
+    "import_files",
+)
+
+
+def link_blob(store: Store, sha256: str, dest: Path, what: str) -> str:
+    """The stored blob at dest (a hard link, a copy across filesystems), its bytes checked first; its sha256."""
+    blob = verified_blob(store, sha256, what)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(blob, dest)
+    except OSError:
+        shutil.copyfile(blob, dest)
+    return sha256
 
 
 # The words that mark a pre-release (a regular expression, matched ignoring case).

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 from .. import dataschema, lazyimport, safetar
 from ..run import run
-from . import Context, FetchError, Gone, Keeps, Refused, verified_blob
+from . import Context, FetchError, Gone, Keeps, Provenance, Refused, link_blob, verified_blob
 
 T = TypeVar("T")
 
@@ -275,6 +275,51 @@ def _lock_binaries(name: str, source: Any, ctx: Context) -> dict[str, Any]:
     return {"kind": "archive", "packages": packages}
 
 
+# --- the source of a binary package ------------------------------------------------
+
+_RELATION = re.compile(r"^\s*([a-z0-9][a-z0-9+.-]*)\s*\(\s*=\s*([^)\s]+)\s*\)\s*$")
+
+
+def binary_source(para: Any) -> tuple[str, str]:
+    """(source package, source version) of a verified Packages paragraph.
+
+    "Source: xen" is built from xen at the binary's own version; "Source: linux-signed-amd64
+    (6.12.117+1)" names the source version (a binNMU's or a signed template's); no Source
+    field means a source of the binary's own name and version.
+    """
+    name, _, version = str(para.get("Source", para["Package"])).partition(" (")
+    return name.strip(), version.rstrip(")").strip() or str(para["Version"])
+
+
+def built_using(para: Any) -> list[tuple[str, str]]:
+    """The (source, version) pairs a paragraph's Built-Using field names: sources whose code the binary
+    carries (a signed kernel's unsigned source, a statically linked library's)."""
+    out = []
+    for item in str(para.get("Built-Using", "")).split(","):
+        m = _RELATION.match(item)
+        if m:
+            out.append((m.group(1), m.group(2)))
+    return out
+
+
+def source_entry(index: Index, package: str, version: str) -> dict[str, Any] | None:
+    """The files of source package at exactly version, from a verified Sources index (as a `debian` lock
+    entry names them: package, version, mirror, directory, files); None when the index lacks it."""
+    for mirror, text in index.get(package, []):
+        para = deb822.Sources(text)
+        if para["Version"] != version:
+            continue
+        files = {f["name"]: {"sha256": f["sha256"], "size": int(f["size"])} for f in para.get("Checksums-Sha256", [])}
+        return {
+            "package": package,
+            "version": version,
+            "mirror": mirror,
+            "directory": str(para["Directory"]),
+            "files": dict(sorted(files.items())),
+        }
+    return None
+
+
 # --- fetch and the store -----------------------------------------------------------
 
 
@@ -314,15 +359,21 @@ def _checked(f: ArchiveFile) -> ArchiveFile:
     return f
 
 
+def source_files(entry: dict[str, Any], mirror: str) -> list[ArchiveFile]:
+    """The files of a locked Debian source package (a `debian` component's entry, or one of the lock's
+    `sources:`): package, version, directory and files, as the signed Sources index named them."""
+    where = entry.get("mirror", mirror)
+    lookup = f"mr/package/{_q(entry['package'])}/{_q(entry['version'])}/srcfiles?fileinfo=1"
+    return [
+        _checked(ArchiveFile(f"{where}/{entry['directory']}/{fn}", f["sha256"], lookup))
+        for fn, f in entry.get("files", {}).items()
+    ]
+
+
 def _files(entry: dict[str, Any], mirror: str) -> list[ArchiveFile]:
     """Every file the entry names (mirror: where entries made before updates: came from); refuses malformed hashes."""
     if entry.get("kind") == "debian":
-        where = entry.get("mirror", mirror)
-        lookup = f"mr/package/{_q(entry['package'])}/{_q(entry['version'])}/srcfiles?fileinfo=1"
-        return [
-            _checked(ArchiveFile(f"{where}/{entry['directory']}/{fn}", f["sha256"], lookup))
-            for fn, f in entry["files"].items()
-        ]
+        return source_files(entry, mirror)
     if entry.get("kind") == "archive":
         return [binary_file(pkg, p, mirror) for pkg, p in entry["packages"].items()]
     raise FetchError(f"lock entry: kind {entry.get('kind')!r} is not debian or archive")
@@ -338,6 +389,13 @@ def download(f: ArchiveFile, ctx: Context, what: str, say: Callable[[str], None]
     except Gone as gone:
         mirror_said = str(gone)
     listing = f"{SNAPSHOT}/{f.lookup}"
+    unreachable = ctx.cache.get(_SNAPSHOT_DOWN)
+    if unreachable:  # asked once this run and it did not answer: do not wait on it for every file
+        raise NotArchived(
+            f"{mirror_said}; not in the snapshot archive either: {unreachable} (earlier in this run)",
+            _said(mirror_said),
+            unreachable,
+        )
     try:
         found = http.get_json(listing, ctx, what=f"{what}: snapshot archive")
         sha1 = _snapshot_hash(found, f.name)
@@ -347,9 +405,30 @@ def download(f: ArchiveFile, ctx: Context, what: str, say: Callable[[str], None]
     except Refused:
         raise
     except FetchError as e:
-        raise FetchError(f"{mirror_said}; not in the snapshot archive either: {e}") from None
+        if not isinstance(e, Gone):
+            ctx.cache.setdefault(_SNAPSHOT_DOWN, _said(str(e)))
+        raise NotArchived(
+            f"{mirror_said}; not in the snapshot archive either: {e}", _said(mirror_said), _said(str(e))
+        ) from None
     (say or ctx.say)(f"{what}: gone from the mirror; fetched from the snapshot archive by its locked version")
     return sha
+
+
+_SNAPSHOT_DOWN = "debian:snapshot-unreachable"
+
+
+class NotArchived(FetchError):
+    """A locked file gone from the mirror that the snapshot archive does not give either; what each said, in short."""
+
+    def __init__(self, message: str, mirror: str, snapshot: str) -> None:
+        super().__init__(message)
+        self.mirror = mirror
+        self.snapshot = snapshot
+
+
+def _said(message: str) -> str:
+    """The last words of an error line (after its URL): "HTTP 404 Not Found", "host X does not resolve"."""
+    return message.rsplit(": ", 1)[-1]
 
 
 def _snapshot_hash(listing: Any, filename: str) -> str | None:
@@ -371,10 +450,10 @@ def fetch(name: str, source: Any, entry: dict[str, Any], ctx: Context) -> None:
     for f in _files(entry, ctx.base.mirror):
         download(f, ctx, f"fetch {name}: {f.name}")
     if entry["kind"] == "debian":
-        _check_dsc(name, entry, ctx)
+        check_dsc(name, entry, ctx)
 
 
-def _check_dsc(name: str, entry: dict[str, Any], ctx: Context) -> None:
+def check_dsc(name: str, entry: dict[str, Any], ctx: Context) -> None:
     """The .dsc must list the same files as the archive's Sources (defence in depth)."""
     files = entry["files"]
     dscs = [fn for fn in files if fn.endswith(".dsc")]
@@ -452,6 +531,39 @@ def binary_packages(source: Any) -> list[str]:
     return list(source.archive) if source.kind == "archive" else []
 
 
+def release_files(name: str, entry: dict[str, Any], ctx: Context, dest: Path, epoch: int) -> dict[str, str]:
+    """A Debian source's files under debian/ as the archive's pool lays them out (dpkg-source -x takes the .dsc)."""
+    if entry["kind"] != "debian":
+        return {}  # binary packages: their sources are the lock's `sources:` (debsources.py)
+    return pool_files(entry, ctx, dest, f"source release {name}")
+
+
+def pool_files(entry: dict[str, Any], ctx: Context, dest: Path, what: str) -> dict[str, str]:
+    """The stored files of a locked source package at dest/debian/DIRECTORY/FILE: relative path -> sha256.
+
+    Files the store lacks are left out (the caller lists them as missing).
+    """
+    directory = pool_directory(entry, what)
+    out = {}
+    for fn, f in sorted(entry.get("files", {}).items()):
+        if "/" in fn or fn in (".", ".."):
+            raise Refused(f"{what}: {fn!r} is not a file name")
+        rel = f"debian/{directory}/{fn}"
+        if (dest / rel).is_file():  # another entry's already (an orig tarball two revisions share)
+            out[rel] = f["sha256"]
+        elif ctx.store.has_blob(f["sha256"]):
+            out[rel] = link_blob(ctx.store, f["sha256"], dest / rel, f"{what}: {fn}")
+    return out
+
+
+def pool_directory(entry: dict[str, Any], what: str) -> str:
+    """The entry's pool directory (pool/main/x/xen), refused when it could lead out of a release."""
+    directory = str(entry["directory"]).strip("/")
+    if not directory or any(part in ("", ".", "..") for part in directory.split("/")):
+        raise Refused(f"{what}: directory {entry['directory']!r} is not a pool directory")
+    return directory
+
+
 def srcpkg(entry: dict[str, Any]) -> dict[str, str]:
     return {name: info["sha256"] for name, info in entry["files"].items()} if entry["kind"] == "debian" else {}
 
@@ -460,6 +572,18 @@ def summary(entry: dict[str, Any]) -> str:
     if entry["kind"] == "archive":
         return ", ".join(f"{n} {p['version']}" for n, p in sorted(entry["packages"].items()))
     return f"{entry['package']} {entry['version']}"
+
+
+def provenance(entry: dict[str, Any]) -> Provenance:
+    if entry["kind"] == "archive":
+        return Provenance(summary(entry), f"Debian's packages {summary(entry)}")
+    where = f"{entry['mirror'].rstrip('/')}/{entry['directory']}"
+    dsc = next(fn for fn in sorted(entry["files"]) if fn.endswith(".dsc"))
+    return Provenance(
+        where,
+        f"Debian source package {entry['package']} {entry['version']} from {where},"
+        f" {dsc} sha256 {entry['files'][dsc]['sha256']}",
+    )
 
 
 def upstream_version(entry: dict[str, Any]) -> str:

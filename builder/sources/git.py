@@ -27,6 +27,7 @@ it is about to write out (`_check_objects`).
 from __future__ import annotations
 
 import contextlib
+import gzip
 import hashlib
 import logging
 import os
@@ -44,8 +45,8 @@ from ..gpg import SignatureError
 from ..manifest import GitSource
 from ..progress import Reporter
 from ..run import run
-from ..store import Store, sha256_json
-from . import Context, FetchError, Keeps, Missing, Refused, debian_upstream
+from ..store import Store, sha256_file, sha256_json
+from . import Context, FetchError, Keeps, Missing, Provenance, Refused, debian_upstream
 
 log = logging.getLogger("xenspin.git")
 
@@ -202,8 +203,157 @@ def tree(entry: dict[str, Any], ctx: Context, dest: Path) -> Path:
     return export(entry, ctx, dest)
 
 
+# --- source releases ------------------------------------------------------------------
+
+BUNDLE_HEADER = b"# v2 git bundle\n"
+
+
+def release_files(name: str, entry: dict[str, Any], ctx: Context, dest: Path, epoch: int) -> dict[str, str]:
+    """components/NAME.bundle: the locked commit with its history (and tag object), which `git clone` and
+    `xenspin fetch --from` take; its objects hashed again first, as an export does.
+
+    A mirror made from a shallow upstream lacks the commit's early history, and git cannot
+    make a bundle others can fetch without it: the commit's tree goes instead, as
+    components/NAME-COMMIT12.tar.gz.
+    """
+    url, commit = entry["url"], entry["commit"]
+    what = f"source release {name}"
+    path = ctx.store.git_path(url)
+    out = dest / "components"
+    out.mkdir(parents=True, exist_ok=True)
+    with _mirror_lock(ctx, url):
+        if not _holds(path, entry):
+            raise Missing(f"{what}: the store lacks commit {commit} of {url} (fetch it first)")
+        with _discard_refused(path):
+            _check_objects(ctx.store, path, commit, what)
+        if _shallow_below(path, commit, what):
+            rel = f"components/{name}-{commit[:12]}.tar.gz"
+            _tree_tar(path, commit, f"{name}-{commit[:12]}", dest / rel, what)
+        else:
+            rel = f"components/{name}.bundle"
+            _bundle(path, entry, dest / rel, what)
+    return {rel: sha256_file(dest / rel)}
+
+
+def _bundle(path: Path, entry: dict[str, Any], dest: Path, what: str) -> None:
+    """A v2 bundle of the locked commit: HEAD, the locked tag and branch at it; a pack written the same way
+    every time (one thread, no bytes reused from the mirror's own packs), so one lock gives one bundle."""
+    commit, tag_object = entry["commit"], entry.get("tag-object")
+    refs = [("HEAD", commit)]
+    if entry.get("tag"):
+        refs.append((f"refs/tags/{entry['tag']}", tag_object or commit))
+    ref = entry.get("ref", "")
+    if ref.startswith("refs/heads/") or not (
+        ref.startswith("refs/") or ref == "HEAD" or entry.get("tag") or HEX.fullmatch(ref.lower())
+    ):
+        refs.append((ref if ref.startswith("refs/heads/") else f"refs/heads/{ref}", commit))
+    tips = [commit, *([tag_object] if tag_object else [])]
+    objects = _git(path, "rev-list", "--objects", *tips, what=what).stdout
+    with open(dest, "wb") as f:
+        f.write(BUNDLE_HEADER + "".join(f"{sha} {name}\n" for name, sha in refs).encode() + b"\n")
+        f.flush()
+        _git(
+            path,
+            "pack-objects",
+            "--stdout",
+            "--quiet",
+            "--threads=1",
+            "--no-reuse-object",
+            "--delta-base-offset",
+            what=what,
+            input=objects,
+            stdout=f,
+        )
+
+
+def _shallow_below(path: Path, commit: str, what: str) -> bool:
+    """Whether the commit's history reaches a root the mirror holds shallow (its parents not fetched)."""
+    shallow = path / "shallow"
+    if not shallow.is_file():
+        return False
+    roots = set(shallow.read_text().split())
+    return any(c in roots for c in _out(path, "rev-list", commit, what=what).split())
+
+
+def _tree_tar(path: Path, commit: str, prefix: str, dest: Path, what: str) -> None:
+    """The commit's tree as git archive writes it (times: the commit's), gzipped without a name or time."""
+    raw = dest.with_name(dest.name + ".tar")
+    try:
+        with open(raw, "wb") as f:
+            _git(path, "archive", "--format=tar", f"--prefix={prefix}/", commit, what=what, stdout=f)
+        with (
+            open(raw, "rb") as src,
+            open(dest, "wb") as out,
+            gzip.GzipFile(filename="", mode="wb", fileobj=out, mtime=0, compresslevel=9) as gz,
+        ):
+            shutil.copyfileobj(src, gz, 1 << 20)
+    finally:
+        raw.unlink(missing_ok=True)
+
+
+def import_files(name: str, entry: dict[str, Any], ctx: Context, release: Path) -> None:
+    """The locked commit (and tag) from a source release's components/NAME.bundle into the store's mirror.
+
+    Only objects and the locked tag come in (a tag the mirror holds elsewhere is not moved:
+    git refuses, and the fetch that follows names it); git checks every object's id as it
+    takes it, and the fetch then checks tags and signatures as for any upstream.
+    """
+    bundle = release / "components" / f"{name}.bundle"
+    if not bundle.is_file():
+        return  # a tree, not a history: the fetch says what the store lacks
+    url = entry["url"]
+    path = ctx.store.git_path(url)
+    with _mirror_lock(ctx, url), _discard_refused(path):
+        if _holds(path, entry):
+            return
+        _take_bundle(ctx, entry, bundle, f"fetch {name} from {bundle}")
+        _keep(path, entry, what=f"fetch {name} from {bundle}")
+
+
+def _take_bundle(ctx: Context, entry: dict[str, Any], bundle: Path, what: str) -> None:
+    """The locked commit (and its tag) from a bundle file into the store's mirror, made if missing.
+
+    The caller holds the mirror's lock. Only objects and the locked tag come in (a tag the
+    mirror holds elsewhere is not moved: git refuses); git checks every object's id as it
+    takes it. A source release's bundle and the remote cache's come in this way.
+    """
+    url = entry["url"]
+    path = ctx.store.git_path(url)
+    specs = [entry["commit"], *([f"refs/tags/{entry['tag']}:refs/tags/{entry['tag']}"] if entry.get("tag") else [])]
+
+    def fill(repo: Path) -> None:
+        proc = _git(repo, "fetch", *FETCH_OPTIONS, str(bundle.absolute()), *specs, what=what, check=False)
+        if proc.returncode != 0:
+            raise FetchError(f"{what}: git fetch failed: {git_said(proc.stderr.decode(errors='replace'))}")
+
+    if path.is_dir():
+        fill(path)
+    else:
+
+        def make(tmp: Path) -> None:
+            tmp.chmod(0o755)
+            _git(None, "init", "--quiet", "--bare", "--template=", str(tmp), what=what)
+            _configure(tmp, url, what)
+            fill(tmp)
+
+        ctx.store.create(path, make, hint="git")
+
+
 def summary(entry: dict[str, Any]) -> str:
     return f"{entry['commit'][:12]} ({entry.get('ref', '')})"
+
+
+def provenance(entry: dict[str, Any]) -> Provenance:
+    """git URL at REF, the full commit, and where it lies from the nearest release tag."""
+    ref = entry.get("ref", "")
+    pinned = f"git {entry['url']}{f' at {ref}' if ref else ''}, commit {entry['commit']}"
+    described = entry.get("describe") or {}
+    tag, distance = described.get("tag"), described.get("distance", 0)
+    if tag and distance:
+        pinned += f", {distance} commit{'s' if distance > 1 else ''} after tag {tag}"
+    elif tag and tag != ref:
+        pinned += f", tagged {tag}"
+    return Provenance(entry["url"], pinned)
 
 
 def upstream_version(entry: dict[str, Any]) -> str:
@@ -363,7 +513,7 @@ def _bundle_key(entry: dict[str, Any]) -> str:
 
 
 def _bundle_refs(entry: dict[str, Any]) -> list[str]:
-    """What a bundle of a locked commit holds: the keep refs, and the tag (fetch checks it names the commit)."""
+    """What the cache's bundle of a locked commit names: the keep refs, and the tag (fetch checks it)."""
     refs = [KEEP + sha for sha in filter(None, (entry["commit"], entry.get("tag-object")))]
     return refs + ([f"refs/tags/{entry['tag']}"] if entry.get("tag") else [])
 
@@ -371,9 +521,9 @@ def _bundle_refs(entry: dict[str, Any]) -> list[str]:
 def _from_cache(ctx: Context, path: Path, entry: dict[str, Any], what: str) -> bool:
     """The locked commit from the remote cache's bundle into the mirror; whether the mirror now holds it.
 
-    Git checks every object's id as it takes the bundle (index-pack), and fetch then checks
-    the tag and the signatures as for an upstream fetch: a bundle can only fail, never pass
-    off other code.
+    Taken as a source release's bundle is (`_take_bundle`): git checks every object's id,
+    and fetch then checks the tag and the signatures as for an upstream fetch. A bundle
+    that does not do is reported, and upstream asked instead.
     """
     if ctx.remote is None:
         return False
@@ -381,24 +531,8 @@ def _from_cache(ctx: Context, path: Path, entry: dict[str, Any], what: str) -> b
     try:
         if ctx.remote.fill(cache.GIT_KIND, _bundle_key(entry), scratch, ctx.store) is None:
             return False
-        bundle = scratch / "bundle"
-        refspecs = [f"+{r}:{r}" for r in _bundle_refs(entry)]
-
-        def take(repo: Path) -> None:
-            _git(repo, "fetch", *FETCH_OPTIONS, str(bundle), *refspecs, what=f"{what}: the cache's bundle")
-
-        if path.is_dir():
-            take(path)
-        else:
-
-            def make(tmp: Path) -> None:
-                tmp.chmod(0o755)
-                _git(None, "init", "--quiet", "--bare", "--template=", str(tmp), what=what)
-                _configure(tmp, entry["url"], what)
-                take(tmp)
-
-            ctx.store.create(path, make, hint="git")
-        _check_tag(path, entry, what)  # a bundle with another tag: upstream's tags overwrite it next
+        _take_bundle(ctx, entry, scratch / "bundle", f"{what}: the remote cache's bundle")
+        _check_tag(path, entry, what)
         return _holds(path, entry)
     except (GitError, FetchError, OSError) as e:
         log.info("%s: the cache's bundle did not do: %s", what, e)
@@ -409,16 +543,22 @@ def _from_cache(ctx: Context, path: Path, entry: dict[str, Any], what: str) -> b
 
 
 def _offer(ctx: Context, path: Path, entry: dict[str, Any], what: str) -> None:
-    """The locked commit (its whole history, the tag) as a bundle to the remote cache, unless it is there."""
+    """The locked commit (its whole history, the tag) as a bundle to the remote cache, unless it is there.
+
+    `git bundle create` reuses the mirror's deltas: seconds for Xen's history, where the
+    source release's reproducible bundle (`_bundle`) packs it again on one thread. A
+    mirror from a shallow upstream cannot bundle the history: the cache goes without.
+    """
     remote = ctx.remote
-    if remote is None or not remote.writable or remote.has_record(cache.GIT_KIND, _bundle_key(entry)):
+    if remote is None or not remote.writable or _shallow_below(path, entry["commit"], what):
+        return
+    if remote.has_record(cache.GIT_KIND, _bundle_key(entry)):
         return
     scratch = ctx.store.tmp_dir("gitbundle")
     try:
-        proc = _git(
-            path, "bundle", "create", "--quiet", str(scratch / "bundle"), *_bundle_refs(entry), what=what, check=False
-        )
-        if proc.returncode != 0:  # a shallow mirror's history may not bundle: the cache goes without
+        refs = _bundle_refs(entry)
+        proc = _git(path, "bundle", "create", "--quiet", str(scratch / "bundle"), *refs, what=what, check=False)
+        if proc.returncode != 0:
             log.info("%s: no bundle for the cache: %s", what, git_said(proc.stderr.decode(errors="replace")))
             return
         remote.put_tree(cache.GIT_KIND, _bundle_key(entry), scratch, {"url": entry["url"], "commit": entry["commit"]})

@@ -19,7 +19,7 @@ from urllib.parse import unquote, urljoin, urlsplit
 from .. import gpg, safetar
 from ..errors import XenspinError
 from ..manifest import PrebuiltSource, TarballSource
-from . import PRERELEASE_WORDS, Context, FetchError, Keeps, debian_upstream, http, verified_blob
+from . import PRERELEASE_WORDS, Context, FetchError, Keeps, Provenance, debian_upstream, http, link_blob, verified_blob
 
 Source = TarballSource | PrebuiltSource
 
@@ -116,8 +116,26 @@ def tree(entry: dict[str, Any], ctx: Context, dest: Path) -> Path:
     return got if got.is_dir() else got.parent
 
 
+def release_files(name: str, entry: dict[str, Any], ctx: Context, dest: Path, epoch: int) -> dict[str, str]:
+    """The locked file (and its detached signature) under components/NAME/, named as upstream names them."""
+    what = f"source release {name}"
+    file = _basename(entry["url"], what)
+    out = {f"components/{name}/{file}": entry["sha256"]}
+    if sig := entry.get("signature"):
+        sig_file = _basename(sig["url"], what)
+        out[f"components/{name}/{sig_file if sig_file != file else file + '.sig'}"] = sig["sha256"]
+    for rel, sha in out.items():
+        link_blob(ctx.store, sha, dest / rel, f"{what}: {rel}")
+    return out
+
+
 def summary(entry: dict[str, Any]) -> str:
     return f"sha256 {entry['sha256'][:12]}, {entry.get('size', 0)} bytes"
+
+
+def provenance(entry: dict[str, Any]) -> Provenance:
+    what = "tarball" if entry["kind"] == "tarball" else "file"
+    return Provenance(entry["url"], f"{what} {entry['url']}, sha256 {entry['sha256']}")
 
 
 def upstream_version(entry: dict[str, Any]) -> str:
