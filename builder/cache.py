@@ -283,6 +283,10 @@ class Backend:
 
     url: str
 
+    def shown(self) -> str:
+        """The URL as messages show it (no password)."""
+        return self.url
+
     def get_record(self, name: str) -> bytes | None:
         raise NotImplementedError
 
@@ -326,7 +330,7 @@ class HttpCache(Backend):
         return s
 
     def shown(self) -> str:
-        """The URL without a password."""
+        """The URL without its password."""
         parts = urllib.parse.urlsplit(self.url)
         if parts.password is None:
             return self.url
@@ -427,9 +431,6 @@ class S3Cache(Backend):
         self.endpoint = endpoint
         self._client: Any = None
         self._lock = threading.Lock()
-
-    def shown(self) -> str:
-        return self.url
 
     @property
     def client(self) -> Any:
@@ -604,8 +605,7 @@ class Remote:
 
     @property
     def shown(self) -> str:
-        shown = getattr(self.backend, "shown", None)
-        return shown() if callable(shown) else self.backend.url
+        return self.backend.shown()
 
     def wants(self, kind: str) -> bool:
         return kind in KINDS
