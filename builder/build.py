@@ -554,6 +554,7 @@ class BuildReport:
     nothing: list[str] = field(default_factory=list)
     debs: dict[str, list[str]] = field(default_factory=dict)  # component -> .deb paths
     seconds: dict[str, float] = field(default_factory=dict)
+    workers: dict[str, str] = field(default_factory=dict)  # component -> the Dask worker that built it
     repo: str = ""
 
 
@@ -567,6 +568,8 @@ def report(outcomes: dict[str, Outcome], jobs: dict[str, Job]) -> BuildReport:
         elif o.made:
             rep.built.append(name)
             rep.seconds[name] = o.seconds
+            if o.worker:
+                rep.workers[name] = o.worker
         else:
             rep.cached.append(name)
             if o.remote:

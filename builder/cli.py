@@ -7,6 +7,8 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
+import socket
 import subprocess
 import sys
 import traceback
@@ -40,6 +42,7 @@ from . import (
     srcrelease,
     upgradetest,
     vmtest,
+    workers,
 )
 from .context import Context
 from .errors import XenspinError
@@ -179,6 +182,14 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--keep", type=int, metavar="N", help="--nightly: builds to keep (default: the manifest's nightly.keep)"
     )
+    p.add_argument(
+        "--scheduler",
+        metavar="ADDR",
+        help="make stages on the Dask workers of this scheduler (tcp://HOST:8786), through the remote cache",
+    )
+    p = add("worker", "serve a Dask scheduler as a build worker with this machine's store (see --scheduler)")
+    p.add_argument("scheduler", metavar="ADDR", help="the Dask scheduler, e.g. tcp://HOST:8786")
+    p.add_argument("--name", help="the worker's name in the scheduler (default: host name and pid)")
     p = add("verify", "check a downloaded ISO against SHA256SUMS, its signature and build-info.json beside it")
     p.add_argument(
         "image", type=Path, metavar="ISO", help="the ISO (SHA256SUMS, SHA256SUMS.asc, build-info.json beside it)"
@@ -508,6 +519,10 @@ def cmd_build(args: argparse.Namespace) -> int:
         raise XenspinError(f"--sign {key}: a build of some components writes no ISO or SHA256SUMS to sign")
     if args.sources and args.components:
         raise XenspinError("--sources: a build of some components writes no ISO to give the sources of")
+    if args.scheduler and args.answerfile:
+        raise XenspinError(
+            "--answerfile with --scheduler: name it in the manifest (installer.answerfile) so workers get it"
+        )
     distro = manifest.load(args.file)
     if args.answerfile:
         installer = dataclasses.replace(distro.installer, answerfile=str(args.answerfile.absolute()))
@@ -532,6 +547,7 @@ def cmd_build(args: argparse.Namespace) -> int:
             strict=args.strict,
             out=args.out,
             sources=bool(args.sources or key),  # a signed release carries its sources
+            scheduler=args.scheduler,
         )
     also = [result.source_dir / srcrelease.SUMS] if result.source_dir is not None else []
     signature, dropped = release.finish(args.out, key, also) if result.iso is not None else (None, False)
@@ -572,7 +588,8 @@ def cmd_build(args: argparse.Namespace) -> int:
         print(json.dumps(data, indent=2))
         return 0
     if report.built:
-        print("built: " + ", ".join(f"{n} ({report.seconds[n]} s)" for n in report.built))
+        where = {n: f" on {w}" for n, w in report.workers.items()}
+        print("built: " + ", ".join(f"{n} ({report.seconds[n]} s{where.get(n, '')})" for n in report.built))
     if report.cached:
         print("up to date: " + ", ".join(report.cached))
     if report.remote:
@@ -692,6 +709,12 @@ def cmd_cache(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_worker(args: argparse.Namespace) -> int:
+    name = args.name or f"{socket.gethostname()}-{os.getpid()}"
+    settings = workers.Settings(args.store, args.cache_trust or "", tuple(args.cache_keyring))
+    return workers.serve(args.scheduler, settings, name=name)
+
+
 def cmd_diff(args: argparse.Namespace) -> int:
     cfg = config.load()
     store = Store(args.store or (Path(cfg.store) if cfg.store else config.default_store()))
@@ -774,6 +797,7 @@ TESTS = {"boot": cmd_test_boot, "install": cmd_test_install, "upgrade": cmd_test
 COMMANDS = {
     "diff": cmd_diff,
     "cache": cmd_cache,
+    "worker": cmd_worker,
     "build": cmd_build,
     "setup": cmd_setup,
     "lock": cmd_lock,

@@ -66,6 +66,19 @@ def fetch(
     return report
 
 
+def share(distro: Distro, lock: Lock, ctx: Context, names: list[str]) -> None:
+    """The named components' locked sources, from the store to the remote cache (for a build on
+    workers, which take them from there and need no upstream): files by sha256, git commits as bundles."""
+    remote = ctx.remote
+    if remote is None or not remote.writable:
+        return
+    for name in dict.fromkeys(distro.origin(n) for n in names):
+        entry = lock.components.get(name)
+        if entry is None or name not in distro.components:
+            continue
+        module(distro.components[name].source.kind).share(name, entry, ctx)
+
+
 def keeps(distro: Distro, lock: Lock, ctx: Context) -> Keeps:
     """Everything in the store that the lock still needs (for `store gc`), its verified/ stamps too."""
     blobs: set[str] = set()

@@ -629,6 +629,11 @@ def load(path: Path | str) -> Distro:
     return distro
 
 
+def chain_files(path: Path | str) -> list[Path]:
+    """The manifest file and every manifest it extends (path first): what a copy of the project must hold."""
+    return _load_chain(Path(path).absolute(), [], None)[1]
+
+
 def check_iso_filename(distro: Distro, raw: LDict) -> None:
     """The ISO's file name as it will be written: one path component, whatever {name} and {version} hold."""
     name = distro.iso_filename

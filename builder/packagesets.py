@@ -344,6 +344,14 @@ def fetch(lock: Lock, ctx: Context, jobs: int = 4, only: set[str] | None = None)
     return report
 
 
+def share(lock: Lock, ctx: Context, names: set[str]) -> None:
+    """The named sets' .debs the store holds, to the remote cache (for a build on workers)."""
+    if ctx.remote is not None and ctx.remote.writable:
+        for name in sorted(names):
+            for info in files(lock, name).values():
+                ctx.remote.offer_blob(ctx.store, info["sha256"])
+
+
 def keeps(lock: Lock) -> set[str]:
     """Blobs the sets need (for `store gc`)."""
     return {info["sha256"] for s in (lock.sets) for info in files(lock, s).values()}

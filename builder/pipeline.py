@@ -8,11 +8,12 @@ stage is a node added here, reading earlier stages' outputs through its needs.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import aptrepo, build, debsources, fetch, iso, lock, packagesets, rootfs, sbom, srcrelease, xensource
+from . import aptrepo, build, debsources, fetch, iso, lock, packagesets, rootfs, sbom, srcrelease, workers, xensource
 from .context import Context
 from .errors import XenspinError
 from .manifest import Distro
@@ -156,9 +157,11 @@ def run_build(
     strict: bool,
     out: Path,
     sources: bool = False,
+    scheduler: str | None = None,
 ) -> Result:
     """Lock, fetch, run the stage graph, publish the apt repository to out/repo (with sources, the
-    source release to out/NAME-VERSION-source too)."""
+    source release to out/NAME-VERSION-source too). With scheduler (a Dask scheduler's address),
+    stages neither the store nor the remote cache holds are made on its workers (workers.py)."""
     assert ctx.manifest is not None
     with ctx.store.session():
         path = lock.lock_path(ctx.manifest)
@@ -173,7 +176,23 @@ def run_build(
         stages, comp_jobs = graph(ctx, distro, current, names, set(fetched.left_out))
         if sources:
             stages.append(source_release(distro, ctx, current, path, fetched.left_out, strict=strict))
-        outcomes = Scheduler(ctx.store, stages, jobs=jobs, remote=ctx.remote).run()
+        with workers.pool(
+            scheduler,
+            ctx,
+            distro,
+            current,
+            stages,
+            skip=(ctx.store.root, out),
+            mirrors=dict(ctx.mirrors),
+            epoch=ctx.epoch,
+            names=names,
+            left_out=sorted(fetched.left_out),
+            strict=strict,
+            client=socket.gethostname(),
+        ) as pool:
+            # with workers, each thread here only waits for one: as many as stages may run at once
+            threads = max(jobs, len(stages)) if pool is not None else jobs
+            outcomes = Scheduler(ctx.store, stages, jobs=threads, remote=ctx.remote, dispatch=pool).run()
         report = build.report(outcomes, comp_jobs)
         repo_path = outcomes[REPO].done.path
         assert repo_path is not None

@@ -60,3 +60,43 @@ def checked(tar: tarfile.TarFile, dest: Path, *, exact_modes: bool) -> Iterator[
             safe.uname = safe.gname = ""
         safe.mode = mode
         yield safe
+
+
+def extract_tree(tar: tarfile.TarFile, dest: Path) -> None:
+    """Extract a tree whose links are data (a project's overlays hold `/etc/localtime -> /usr/...`) into
+    the empty directory dest: links are made, never followed, never written through.
+
+    Only directories, regular files and symbolic links are taken, each below a directory the
+    archive made earlier (so never below a link), with its exact permission bits; anything
+    else is tarfile.TarError naming it. Owners are not applied.
+    """
+    dirs: dict[str, int] = {".": 0o755}
+    for member in tar:
+        name = os.path.normpath(member.name)
+        parts = name.split("/")
+        if name == ".":
+            continue
+        if name.startswith("/") or ".." in parts:
+            raise tarfile.TarError(f"{member.name}: would be extracted outside the destination")
+        parent = os.path.dirname(name) or "."
+        if parent not in dirs:
+            raise tarfile.TarError(f"{member.name}: its directory is not a directory of the archive (a link?)")
+        path = os.path.join(dest, name)
+        mode = member.mode & 0o7777
+        if member.isdir():
+            os.mkdir(path, 0o700)
+            dirs[name] = mode
+        elif member.issym():
+            os.symlink(member.linkname, path)
+        elif member.isfile():
+            src = tar.extractfile(member)
+            assert src is not None
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            with os.fdopen(fd, "wb") as out, src:
+                while chunk := src.read(1 << 20):
+                    out.write(chunk)
+                os.fchmod(out.fileno(), mode)
+        else:
+            raise tarfile.TarError(f"{member.name}: not a directory, regular file or symbolic link")
+    for name, mode in sorted(dirs.items(), reverse=True):  # children first: a read-only directory last
+        os.chmod(os.path.join(dest, name), mode)

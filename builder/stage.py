@@ -16,7 +16,10 @@ Two kinds of edge:
 
 With a remote cache (builder/cache.py), a stage the store lacks is looked up there
 before anything is made, its `uses` included: a hit never makes a build root. What is
-made here is sent there afterwards.
+made here is sent there afterwards. With a dispatcher too (builder/workers.py: Dask
+workers), a stage of a kind the cache takes that neither holds is made elsewhere and
+taken back from the cache; what the store holds and the cache lacks is sent first, so
+no worker makes it again.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from .errors import XenspinError
 from .store import Store, sha256_json
 
 
@@ -43,6 +47,16 @@ class Remote(Protocol):
         """The object put into the store from the cache; its metadata, or None."""
 
     def upload(self, store: Store, kind: str, key: str) -> None: ...
+
+    def has_record(self, kind: str, key: str) -> bool: ...
+
+    @property
+    def writable(self) -> bool: ...
+
+
+# Makes the stage (whose key is given) somewhere else and puts it in the remote cache;
+# returns where it was made, to be reported.
+Dispatch = Callable[["Stage", str], str]
 
 
 class Pending(Exception):
@@ -105,6 +119,7 @@ class Outcome:
     made: bool
     seconds: float = 0.0
     remote: bool = False  # taken from the remote cache (not made here)
+    worker: str = ""  # made by this worker (builder/workers.py) and taken from the cache
 
 
 @dataclass(frozen=True)
@@ -185,6 +200,19 @@ def resolve(store: Store, stages: list[Stage], remote: Remote | None = None) -> 
     return out
 
 
+def upto(stages: list[Stage], target: str) -> list[Stage]:
+    """The target and every stage it needs, through `after` and `uses` (what a worker runs to make it)."""
+    by_id = check(stages)
+    keep: set[str] = set()
+    todo = [target]
+    while todo:
+        sid = todo.pop()
+        if sid not in keep:
+            keep.add(sid)
+            todo += [*by_id[sid].after, *by_id[sid].uses]
+    return [s for s in stages if s.id in keep]
+
+
 def _needs(stage: Stage, known: Mapping[str, Done]) -> dict[str, Done]:
     return {d: known[d] for d in (*stage.after, *stage.uses) if d in known}
 
@@ -192,9 +220,18 @@ def _needs(stage: Stage, known: Mapping[str, Done]) -> dict[str, Done]:
 class Scheduler:
     """Runs a stage graph: eager stages along `after` with up to `jobs` at once, lazy ones on demand."""
 
-    def __init__(self, store: Store, stages: list[Stage], *, jobs: int = 1, remote: Remote | None = None):
+    def __init__(
+        self,
+        store: Store,
+        stages: list[Stage],
+        *,
+        jobs: int = 1,
+        remote: Remote | None = None,
+        dispatch: Dispatch | None = None,
+    ):
         self.store = store
         self.remote = remote
+        self.dispatch = dispatch if remote is not None else None  # workers hand back through the cache only
         self.stages = order(stages)
         self.by_id = {s.id: s for s in self.stages}
         self.jobs = max(1, jobs)
@@ -238,6 +275,23 @@ class Scheduler:
             if meta is not None:
                 done = Done(done.key, self.store.content(stage.kind, done.key, meta), meta)
                 remote = True
+        elif self.dispatch is not None and self.remote is not None and self.remote.wants(stage.kind):
+            self._share(stage, done.key)
+        worker = ""
+        if (
+            done.meta is None
+            and self.dispatch is not None
+            and self.remote is not None
+            and self.remote.wants(stage.kind)
+        ):
+            worker = self.dispatch(stage, done.key)
+            meta = self.remote.restore(self.store, stage.kind, done.key)
+            if meta is None:
+                raise XenspinError(
+                    f"{stage.id}: {worker} made it, but the remote cache does not give it back (see above)"
+                )
+            done = Done(done.key, self.store.content(stage.kind, done.key, meta), meta)
+            remote = True
         if done.meta is None or stage.check is not None:
             if done.meta is None:
                 for u in stage.uses:
@@ -256,9 +310,15 @@ class Scheduler:
         seconds = round(time.monotonic() - start, 1)  # the making, not the upload
         if made and self.remote is not None:
             self.remote.upload(self.store, stage.kind, done.key)
-        outcome = Outcome(stage, done, made, seconds, remote)
+        outcome = Outcome(stage, done, made or bool(worker), seconds, remote, worker)
         self.results[stage.id] = outcome
         return outcome
+
+    def _share(self, stage: Stage, key: str) -> None:
+        """A stage this store holds, sent to the cache if it lacks it: the workers read what comes after from there."""
+        assert self.remote is not None
+        if self.remote.writable and not self.remote.has_record(stage.kind, key):
+            self.remote.upload(self.store, stage.kind, key)
 
     def _known(self, stage: Stage) -> dict[str, Done]:
         """Keys of what the stage uses (computed, not made) and outcomes of what it comes after."""

@@ -193,6 +193,13 @@ class Kind:
         """Take this source into the store from a source release (files as release_files wrote them) when
         the store cannot hold it as blobs (git); the fetch that follows checks it as any fetch does."""
 
+    def share(self, name: str, entry: dict[str, Any], ctx: Context) -> None:
+        """Send what the store holds of this source to the remote cache (a build on workers takes it
+        from there, not upstream): by default the blobs it keeps."""
+        if ctx.remote is not None:
+            for blob in sorted(self.keeps(entry, ctx).blobs):
+                ctx.remote.offer_blob(ctx.store, blob)
+
 
 _DEFAULTED = (
     "FOLLOWS_ARCHIVE",
@@ -207,6 +214,7 @@ _DEFAULTED = (
     "provenance",
     "release_files",
     "import_files",
+    "share",
 )
 
 

@@ -142,6 +142,16 @@ def fetch(name: str, source: GitSource, entry: dict[str, Any], ctx: Context) -> 
             _offer(ctx, path, entry, what)
 
 
+def share(name: str, entry: dict[str, Any], ctx: Context) -> None:
+    """The locked commit from the store's mirror to the remote cache as a bundle, unless it is there
+    (a build on workers: they take it from the cache, not upstream)."""
+    url = entry["url"]
+    path = ctx.store.git_path(url)
+    with _mirror_lock(ctx, url):
+        if _holds(path, entry):
+            _offer(ctx, path, entry, f"share {name}")
+
+
 def tag_now(name: str, entry: dict[str, Any], ctx: Context) -> str | None:
     """The commit a locked tag names upstream now; None when it is no tag or upstream cannot be reached."""
     tag = entry.get("tag")
