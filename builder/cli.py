@@ -567,6 +567,7 @@ def cmd_build(args: argparse.Namespace) -> int:
                 "key": made.done.key,
                 "made": made.made,
                 "wall": made.seconds,
+                "worker": made.worker,
                 **(made.done.meta or {}),
             }
         if result.iso is not None:
@@ -574,6 +575,7 @@ def cmd_build(args: argparse.Namespace) -> int:
                 "key": result.iso.done.key,
                 "made": result.iso.made,
                 "wall": result.iso.seconds,
+                "worker": result.iso.worker,
                 "files": [str(p) for p in result.published + ([signature] if signature else [])],
                 **(result.iso.done.meta or {}),
             }
