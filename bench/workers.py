@@ -68,7 +68,9 @@ def main() -> int:
         env_epoch = os.environ.setdefault("SOURCE_DATE_EPOCH", "1700000000")
         print(f"SOURCE_DATE_EPOCH={env_epoch}")
 
-        local, _ = build(manifest, seeded(work / "local", sources), work / "out-local", "--no-cache")  # -j 2: the default
+        local, _ = build(
+            manifest, seeded(work / "local", sources), work / "out-local", "--no-cache"
+        )  # -j 2: the default
         print(f"local -j2, cold: {local:.1f} s")
 
         nginx, url = start_nginx(work / "nginx")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -547,7 +548,7 @@ def cmd_build(args: argparse.Namespace) -> int:
             strict=args.strict,
             out=args.out,
             sources=bool(args.sources or key),  # a signed release carries its sources
-            scheduler=args.scheduler,
+            workers=functools.partial(workers.pool, args.scheduler) if args.scheduler else None,
         )
     also = [result.source_dir / srcrelease.SUMS] if result.source_dir is not None else []
     signature, dropped = release.finish(args.out, key, also) if result.iso is not None else (None, False)

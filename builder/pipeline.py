@@ -8,16 +8,17 @@ stage is a node added here, reading earlier stages' outputs through its needs.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import aptrepo, build, debsources, fetch, iso, lock, packagesets, rootfs, sbom, srcrelease, workers, xensource
+from . import aptrepo, build, debsources, fetch, iso, lock, packagesets, rootfs, sbom, srcrelease, xensource
 from .context import Context
 from .errors import XenspinError
 from .manifest import Distro
-from .stage import Needs, Outcome, Pending, Planned, Scheduler, Stage, resolve
+from .stage import Dispatch, Needs, Outcome, Pending, Planned, Scheduler, Stage, resolve
 from .store import GcResult, Root, sha256_file
 
 REPO = "repo:repo"
@@ -157,11 +158,11 @@ def run_build(
     strict: bool,
     out: Path,
     sources: bool = False,
-    scheduler: str | None = None,
+    workers: Callable[..., contextlib.AbstractContextManager[Dispatch]] | None = None,
 ) -> Result:
     """Lock, fetch, run the stage graph, publish the apt repository to out/repo (with sources, the
-    source release to out/NAME-VERSION-source too). With scheduler (a Dask scheduler's address),
-    stages neither the store nor the remote cache holds are made on its workers (workers.py)."""
+    source release to out/NAME-VERSION-source too). With workers (workers.pool for a Dask
+    scheduler), stages neither the store nor the remote cache holds are made on its workers."""
     assert ctx.manifest is not None
     with ctx.store.session():
         path = lock.lock_path(ctx.manifest)
@@ -176,8 +177,8 @@ def run_build(
         stages, comp_jobs = graph(ctx, distro, current, names, set(fetched.left_out))
         if sources:
             stages.append(source_release(distro, ctx, current, path, fetched.left_out, strict=strict))
-        with workers.pool(
-            scheduler,
+        distribute = workers or (lambda *_a, **_k: contextlib.nullcontext())
+        with distribute(
             ctx,
             distro,
             current,

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import cache, config, fetch, host, lazyimport, lock, manifest, packagesets, safetar
+from . import cache, config, fetch, host, lazyimport, lock, manifest, packagesets, pipeline, safetar
 from .context import Context
 from .errors import XenspinError
 from .progress import Reporter
@@ -231,8 +231,6 @@ def _me() -> str:
 
 
 def _run_job(job: Job, me: str) -> dict[str, Any]:
-    from . import pipeline  # the graph is the pipeline's; it imports this module
-
     start = time.monotonic()
     cfg = config.load().cache
     store = Store(_worker_store())
@@ -428,15 +426,11 @@ class Pool:
 
 @contextlib.contextmanager
 def pool(
-    address: str | None, ctx: Context, distro: manifest.Distro, current: lock.Lock, stages: list[Stage], **fields: Any
-) -> Iterator[Pool | None]:
-    """The build's Pool when a scheduler is named (the project sent, closed at the end); None: all stays local.
-
-    skip: directories inside the project not to send (the store, out/).
+    address: str, ctx: Context, distro: manifest.Distro, current: lock.Lock, stages: list[Stage], **fields: Any
+) -> Iterator[Pool]:
+    """The build's Pool on the scheduler at address, the project sent; closed at the end (pipeline.run_build's
+    `workers`). skip: directories inside the project not to send (the store, out/); the rest: Job's fields.
     """
-    if not address:
-        yield None
-        return
     skip = fields.pop("skip", ())
     p = Pool.connect(address, ctx, distro, current, **fields)
     try:
