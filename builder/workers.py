@@ -27,6 +27,7 @@ import socket
 import stat
 import tarfile
 import threading
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -177,6 +178,13 @@ def serve(address: str, settings: Settings, *, name: str, tools: bool | None = N
     ready = tools_ready() if tools is None else tools
     offered = {STAGE: 1, **({TOOLS: 1} if ready else {})}
     where = _worker_store()
+    if address.startswith("tcp://"):
+        print(
+            f"warning: {address} is unauthenticated: whoever reaches the scheduler can run code here; "
+            "use tls:// or a private network (docs/cache.md)",
+            file=sys.stderr,
+            flush=True,
+        )
     print(
         f"xenspin worker {name}: store {where}, resources {', '.join(offered)}"
         + ("" if ready else f" (no {TOOLS}: run `xenspin setup` to make builds, rootfs and ISOs here)"),

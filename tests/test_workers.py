@@ -1,4 +1,4 @@
-# ruff: noqa: F811 (the nginx fixture imported from test_cache is a parameter of the tests)
+# ruff: noqa: F811 (the cache fixtures imported from test_cache are parameters of the tests)
 """Builds on Dask workers (`xenspin build --scheduler`, `xenspin worker`): a real scheduler, real worker processes.
 
 Each test starts `dask scheduler` and `xenspin worker` processes on 127.0.0.1, every worker
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 from conftest import DEFAULT_EPOCH, OPTIONAL_UPSTREAMS, copy_project, mirror_args, one_line, write
-from test_cache import NO_STEPS, SMALL, CacheServer, nginx  # noqa: F401 (nginx: the fixture)
+from test_cache import NO_STEPS, SMALL, CacheServer, moto_endpoint, nginx, s3, server  # noqa: F401 (fixtures)
 
 from builder import cli, lock, manifest, safetar, workers
 from builder.store import tree_digest
@@ -241,25 +241,26 @@ def test_a_spin_sends_the_directory_holding_it_and_what_it_extends() -> None:
 
 
 def test_a_small_distribution_is_built_on_two_workers_and_handed_back_through_the_cache(
-    cluster: Cluster,
-    nginx: CacheServer,
-    tmp_path: Path,
+    cluster: Cluster, server: CacheServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The client makes nothing itself: each stage is made on a worker, in that worker's store, and the
-    client takes it from the cache; the repository is the same bytes as a local build's."""
+    client takes it from the cache (nginx, or S3: moto's server); the repository is the same bytes as a
+    local build's."""
+    if server.endpoint:  # S3: client and workers find the endpoint where boto3 looks
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", server.endpoint)
     w1 = cluster.worker("w1", host_id="worker-one")
     w2 = cluster.worker("w2", host_id="worker-two")
     cluster.wait_for(2)
     manifest_path = small(tmp_path / "p")
     client = tmp_path / "client"
-    argv = ["-f", str(manifest_path), "--store", str(client), "--out", str(tmp_path / "o1"), "--cache", nginx.url]
+    argv = ["-f", str(manifest_path), "--store", str(client), "--out", str(tmp_path / "o1"), "--cache", server.url]
     proc = xenspin(*argv, "build", "--scheduler", cluster.address)
     assert "build:hello: sent to the workers" in proc.stderr and "repo:repo: made on w" in proc.stderr
     assert "apt repository: " in proc.stdout
     # made on the workers, in their stores; recorded in the cache by the worker that made them
     made = {p.parent.name for s in (w1, w2) for p in (s / "objects").glob("*/*") if p.is_dir()}
     assert made == {"build", "repo", "project"}  # the project: what the client sent, unpacked
-    records = [json.loads(json.loads(nginx.get(p))["record"]) for p in nginx.listing() if p.startswith("ac/")]
+    records = [json.loads(json.loads(server.get(p))["record"]) for p in server.listing() if p.startswith("ac/")]
     assert {r["kind"] for r in records} == {"build", "repo"}
     assert {r["host"] for r in records} <= {"worker-one", "worker-two"}
     local = ["-f", str(manifest_path), "--store", str(tmp_path / "local"), "--out", str(tmp_path / "o2"), "--no-cache"]
