@@ -25,9 +25,9 @@ import dataclasses
 import os
 import socket
 import stat
+import sys
 import tarfile
 import threading
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
