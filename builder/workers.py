@@ -22,6 +22,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
+import hashlib
 import os
 import socket
 import stat
@@ -88,6 +90,7 @@ class Job:
     left_out: list[str] = dataclasses.field(default_factory=list)
     strict: bool = False
     client: str = ""  # the host that asked, for the worker's log
+    code: str = ""  # code_digest() on the client: a worker running other code refuses
 
 
 # --- pure parts --------------------------------------------------------------------------
@@ -101,6 +104,18 @@ def resources(kind: str) -> dict[str, int]:
 def task_key(stage: Stage, key: str) -> str:
     """The Dask key of a stage's task: by its store key, so two clients asking for one stage share one task."""
     return f"xenspin-{stage.kind}-{stage.name}-{key[:24]}"
+
+
+@functools.cache
+def code_digest() -> str:
+    """sha256 of xenspin's own files (the builder package as installed): client and workers must run the
+    same code, since a changed tool that kept its format numbers would make other bytes under one key."""
+    root = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in (".py", ".sh")):
+        h.update(f"{path.relative_to(root).as_posix()}\0{path.stat().st_size}\0".encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
 
 
 def project_root(manifest_path: Path) -> Path:
@@ -239,6 +254,11 @@ def _me() -> str:
 
 
 def _run_job(job: Job, me: str) -> dict[str, Any]:
+    if job.code != code_digest():
+        raise XenspinError(
+            f"this worker runs other xenspin code ({code_digest()[:12]}) than the client ({job.code[:12]}): "
+            "install the same xenspin on both"
+        )
     start = time.monotonic()
     cfg = config.load().cache
     store = Store(_worker_store())
@@ -253,7 +273,8 @@ def _run_job(job: Job, me: str) -> dict[str, Any]:
         say=progress.say,
         warn=progress.say,
     )
-    assert remote is not None
+    if remote is None:
+        raise XenspinError("the job names no remote cache")
     progress.say(f"{job.stage}: asked by {job.client or 'a client'} (key {job.key[:12]})")
     with store.session():
         path = _project(store, remote, job.project) / job.manifest
@@ -352,7 +373,16 @@ class Pool:
         except ImportError:
             raise XenspinError(f"--scheduler {address}: Dask is not installed: pip install 'xenspin[dask]'") from None
         endpoint = getattr(remote.backend, "endpoint", "")
-        job = Job(stage="", key="", project="", manifest="", cache=remote.backend.url, endpoint=endpoint, **fields)
+        job = Job(
+            stage="",
+            key="",
+            project="",
+            manifest="",
+            cache=remote.backend.url,
+            endpoint=endpoint,
+            code=code_digest(),
+            **fields,
+        )
         pool = cls(address, ctx, distro, current, job)
         try:
             pool._client = dask.Client(address, timeout=CONNECT_SECONDS, set_as_default=False)

@@ -303,6 +303,19 @@ def test_a_worker_whose_key_differs_refuses_to_make_the_stage(
     assert not [p for p in nginx.listing() if p.startswith("ac/")]
 
 
+def test_a_worker_running_other_xenspin_code_refuses(tmp_path: Path) -> None:
+    """The job names the client's code; a worker whose own differs makes nothing (its keys could agree
+    while its tools make other bytes)."""
+    job = workers.Job(
+        stage="build:hello", key="k" * 64, project="p" * 64, manifest="distro.yaml", cache="", code="0" * 64
+    )
+    with pytest.raises(
+        workers.WorkerError, match=r"runs other xenspin code \([0-9a-f]{12}\) than the client \(000000000000\)"
+    ):
+        workers.run_job(job)
+    assert workers.code_digest() == workers.code_digest() and len(workers.code_digest()) == 64
+
+
 def test_no_cache_no_worker_and_no_setup_are_each_one_line(
     cluster: Cluster,
     nginx: CacheServer,
